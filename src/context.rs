@@ -1,0 +1,514 @@
+//! [`Context`]: the KV cache and compute state for decoding with a [`Model`].
+
+use std::ffi::c_void;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use llama_cpp_sys_2 as sys;
+
+use crate::batch::Batch;
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::vocab::Token;
+
+/// When to use flash attention (`llama_flash_attn_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub enum FlashAttention {
+    /// llama.cpp decides per device (the default).
+    #[default]
+    Auto,
+    /// Always.
+    On,
+    /// Never.
+    Off,
+}
+
+impl std::str::FromStr for FlashAttention {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(FlashAttention::Auto),
+            "on" | "true" | "1" => Ok(FlashAttention::On),
+            "off" | "false" | "0" => Ok(FlashAttention::Off),
+            other => Err(Error::InvalidConfig(format!("flash attention must be auto, on or off, not {other:?}"))),
+        }
+    }
+}
+
+/// Element type of the K or V cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub enum KvType {
+    /// 32-bit floats.
+    F32,
+    /// 16-bit floats (the default).
+    #[default]
+    F16,
+    /// bfloat16.
+    BF16,
+    /// 8-bit blocks.
+    Q8_0,
+    /// 4-bit blocks.
+    Q4_0,
+    /// 4-bit blocks with offset.
+    Q4_1,
+    /// 5-bit blocks.
+    Q5_0,
+    /// 5-bit blocks with offset.
+    Q5_1,
+    /// 4-bit non-linear.
+    Iq4Nl,
+}
+
+impl KvType {
+    fn ggml(self) -> sys::ggml_type {
+        match self {
+            KvType::F32 => sys::GGML_TYPE_F32,
+            KvType::F16 => sys::GGML_TYPE_F16,
+            KvType::BF16 => sys::GGML_TYPE_BF16,
+            KvType::Q8_0 => sys::GGML_TYPE_Q8_0,
+            KvType::Q4_0 => sys::GGML_TYPE_Q4_0,
+            KvType::Q4_1 => sys::GGML_TYPE_Q4_1,
+            KvType::Q5_0 => sys::GGML_TYPE_Q5_0,
+            KvType::Q5_1 => sys::GGML_TYPE_Q5_1,
+            KvType::Iq4Nl => sys::GGML_TYPE_IQ4_NL,
+        }
+    }
+
+    /// Whether this is a block-quantized type (which needs flash attention for V).
+    pub fn is_quantized(self) -> bool {
+        !matches!(self, KvType::F32 | KvType::F16 | KvType::BF16)
+    }
+}
+
+impl std::str::FromStr for KvType {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "f32" => KvType::F32,
+            "f16" => KvType::F16,
+            "bf16" => KvType::BF16,
+            "q8_0" => KvType::Q8_0,
+            "q4_0" => KvType::Q4_0,
+            "q4_1" => KvType::Q4_1,
+            "q5_0" => KvType::Q5_0,
+            "q5_1" => KvType::Q5_1,
+            "iq4_nl" => KvType::Iq4Nl,
+            other => return Err(Error::InvalidConfig(format!("unknown KV cache type {other:?}"))),
+        })
+    }
+}
+
+/// The number of threads this process may use: the CPUs in its affinity mask / cgroup quota
+/// (`std::thread::available_parallelism`), or 1.
+///
+/// llama.cpp's own default of 4 threads on a 2-core machine made decoding about 90x slower
+/// (0.5 vs 45 tokens/s with gemma-3-270m), so the default never exceeds this.
+pub fn default_threads() -> u32 {
+    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+}
+
+/// Settings for [`Context::new`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ContextConfig {
+    /// Total context length in tokens, shared by all sequences (`None`: the model's trained length).
+    pub n_ctx: Option<u32>,
+    /// Most tokens one `decode` call may take (default 512).
+    pub n_batch: u32,
+    /// Most tokens computed at once inside a decode (default 512).
+    pub n_ubatch: u32,
+    /// Number of sequences (default 1).
+    pub n_seq_max: u32,
+    /// Threads for single-token decoding (default: [`default_threads`]).
+    pub threads: Option<u32>,
+    /// Threads for prompt processing (default: same as `threads`).
+    pub threads_batch: Option<u32>,
+    /// Flash attention.
+    pub flash_attention: FlashAttention,
+    /// K cache element type.
+    pub type_k: KvType,
+    /// V cache element type (quantized types need flash attention).
+    pub type_v: KvType,
+    /// Also compute embeddings.
+    pub embeddings: bool,
+    /// Keep the KV cache on the GPU (default true).
+    pub offload_kqv: bool,
+    /// One KV buffer shared by all sequences (default true; helps shared prefixes).
+    pub kv_unified: bool,
+}
+
+impl Default for ContextConfig {
+    fn default() -> Self {
+        ContextConfig {
+            n_ctx: None,
+            n_batch: 512,
+            n_ubatch: 512,
+            n_seq_max: 1,
+            threads: None,
+            threads_batch: None,
+            flash_attention: FlashAttention::Auto,
+            type_k: KvType::F16,
+            type_v: KvType::F16,
+            embeddings: false,
+            offload_kqv: true,
+            kv_unified: true,
+        }
+    }
+}
+
+impl ContextConfig {
+    /// Sets the context length.
+    pub fn n_ctx(mut self, n: u32) -> Self {
+        self.n_ctx = Some(n);
+        self
+    }
+    /// Sets the number of sequences.
+    pub fn n_seq_max(mut self, n: u32) -> Self {
+        self.n_seq_max = n;
+        self
+    }
+    /// Sets `n_batch` (and lowers `n_ubatch` to it when needed).
+    pub fn n_batch(mut self, n: u32) -> Self {
+        self.n_batch = n;
+        self.n_ubatch = self.n_ubatch.min(n);
+        self
+    }
+    /// Sets the thread count for both decoding and prompt processing.
+    pub fn threads(mut self, n: u32) -> Self {
+        self.threads = Some(n);
+        self.threads_batch = Some(n);
+        self
+    }
+    /// Sets flash attention.
+    pub fn flash_attention(mut self, fa: FlashAttention) -> Self {
+        self.flash_attention = fa;
+        self
+    }
+
+    fn validate(&self, model: &Model) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidConfig(m));
+        if self.n_batch == 0 || self.n_ubatch == 0 {
+            return bad("n_batch and n_ubatch must be at least 1".into());
+        }
+        if self.n_ubatch > self.n_batch {
+            return bad(format!("n_ubatch {} exceeds n_batch {}", self.n_ubatch, self.n_batch));
+        }
+        // SAFETY: a pure query.
+        let max_seq = unsafe { sys::llama_max_parallel_sequences() } as u32;
+        if self.n_seq_max == 0 || self.n_seq_max > max_seq {
+            return bad(format!("n_seq_max must be 1..={max_seq}, got {}", self.n_seq_max));
+        }
+        if let Some(n) = self.n_ctx {
+            if n < 8 {
+                return bad(format!("n_ctx {n} is too small (at least 8)"));
+            }
+        }
+        for t in [self.threads, self.threads_batch].into_iter().flatten() {
+            if t == 0 || t > 4096 {
+                return bad(format!("thread count {t} must be 1..=4096"));
+            }
+        }
+        if self.type_v.is_quantized() && self.flash_attention == FlashAttention::Off {
+            return bad("a quantized V cache needs flash attention (auto or on)".into());
+        }
+        let _ = model;
+        Ok(())
+    }
+}
+
+/// Decoding state for one model: KV cache, compute buffers, logits. Wraps `llama_context`.
+///
+/// Borrows its model. Send (move it to a worker thread) but not Sync.
+pub struct Context<'m> {
+    ptr: NonNull<sys::llama_context>,
+    model: &'m Model,
+    n_vocab: i32,
+    n_ctx: u32,
+    n_ctx_seq: u32,
+    n_batch: u32,
+    n_seq_max: u32,
+    /// `outputs[i]`: whether batch index `i` of the last successful decode produced output.
+    outputs: Vec<bool>,
+    abort: Arc<AtomicBool>,
+    /// Tokens known to sit in sequence 0's cache, in order (used by `generate` to reuse a
+    /// prompt prefix). Cleared by any memory operation the caller makes directly.
+    pub(crate) seq0_tokens: Vec<Token>,
+    embeddings: bool,
+}
+
+// SAFETY: a `llama_context` may be used from any thread as long as only one uses it at a
+// time (llama.cpp's threading contract: contexts are not thread-safe, models are). `Context`
+// is not `Sync` and every mutating call takes `&mut self`.
+unsafe impl Send for Context<'_> {}
+
+/// Lets another thread stop a [`Context::decode`] in progress (CPU backends check it between
+/// graph nodes), which then returns [`Error::Aborted`].
+#[derive(Debug, Clone)]
+pub struct AbortHandle(Arc<AtomicBool>);
+
+impl AbortHandle {
+    /// Requests the abort. The flag stays set until [`Context::decode`] starts again.
+    pub fn abort(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+unsafe extern "C" fn abort_trampoline(data: *mut c_void) -> bool {
+    // SAFETY: `data` points into the `Arc<AtomicBool>` the context holds for its whole life.
+    let flag = unsafe { &*(data as *const AtomicBool) };
+    flag.load(Ordering::Relaxed)
+}
+
+impl<'m> Context<'m> {
+    /// Creates a context. Wraps `llama_init_from_model`.
+    pub fn new(model: &'m Model, config: &ContextConfig) -> Result<Context<'m>> {
+        crate::backend::init();
+        config.validate(model)?;
+        // SAFETY: returns a plain struct by value.
+        let mut p = unsafe { sys::llama_context_default_params() };
+        p.n_ctx = config.n_ctx.unwrap_or(0);
+        p.n_batch = config.n_batch;
+        p.n_ubatch = config.n_ubatch;
+        p.n_seq_max = config.n_seq_max;
+        let threads = config.threads.unwrap_or_else(default_threads);
+        p.n_threads = threads as i32;
+        p.n_threads_batch = config.threads_batch.unwrap_or(threads) as i32;
+        p.flash_attn_type = match config.flash_attention {
+            FlashAttention::Auto => sys::LLAMA_FLASH_ATTN_TYPE_AUTO,
+            FlashAttention::On => sys::LLAMA_FLASH_ATTN_TYPE_ENABLED,
+            FlashAttention::Off => sys::LLAMA_FLASH_ATTN_TYPE_DISABLED,
+        };
+        p.type_k = config.type_k.ggml();
+        p.type_v = config.type_v.ggml();
+        p.embeddings = config.embeddings;
+        p.offload_kqv = config.offload_kqv;
+        p.kv_unified = config.kv_unified;
+        p.no_perf = false;
+
+        let abort = Arc::new(AtomicBool::new(false));
+        p.abort_callback = Some(abort_trampoline);
+        p.abort_callback_data = Arc::as_ptr(&abort) as *mut c_void;
+
+        // SAFETY: the model pointer is valid for `'m`; params are initialised; the abort flag
+        // outlives the context because the context holds the `Arc`.
+        let raw = unsafe { sys::llama_init_from_model(model.as_ptr(), p) };
+        let ptr = NonNull::new(raw).ok_or_else(|| {
+            Error::ContextCreate(format!(
+                "n_ctx {:?}, n_seq_max {}, flash attention {:?} (out of memory or unsupported; enable tracing for details)",
+                config.n_ctx, config.n_seq_max, config.flash_attention
+            ))
+        })?;
+        // SAFETY: `ptr` is a live context.
+        let (n_ctx, n_ctx_seq, n_batch, n_seq_max) = unsafe {
+            (
+                sys::llama_n_ctx(ptr.as_ptr()),
+                sys::llama_n_ctx_seq(ptr.as_ptr()),
+                sys::llama_n_batch(ptr.as_ptr()),
+                sys::llama_n_seq_max(ptr.as_ptr()),
+            )
+        };
+        Ok(Context {
+            ptr,
+            model,
+            n_vocab: model.vocab().n_tokens(),
+            n_ctx,
+            n_ctx_seq,
+            n_batch,
+            n_seq_max,
+            outputs: Vec::new(),
+            abort,
+            seq0_tokens: Vec::new(),
+            embeddings: config.embeddings,
+        })
+    }
+
+    /// The raw pointer, for calls this crate does not wrap.
+    ///
+    /// # Safety
+    /// Valid while `self` lives; do not free it, and do not use it while another borrow of
+    /// this context is active.
+    pub unsafe fn as_ptr(&self) -> *mut sys::llama_context {
+        self.ptr.as_ptr()
+    }
+
+    pub(crate) fn raw(&self) -> *mut sys::llama_context {
+        self.ptr.as_ptr()
+    }
+
+    /// The model this context decodes with.
+    pub fn model(&self) -> &'m Model {
+        self.model
+    }
+
+    /// Total context length (all sequences together). Wraps `llama_n_ctx`.
+    pub fn n_ctx(&self) -> u32 {
+        self.n_ctx
+    }
+
+    /// Context length available to one sequence. Wraps `llama_n_ctx_seq`.
+    pub fn n_ctx_seq(&self) -> u32 {
+        self.n_ctx_seq
+    }
+
+    /// Most tokens one decode may take. Wraps `llama_n_batch`.
+    pub fn n_batch(&self) -> u32 {
+        self.n_batch
+    }
+
+    /// Number of sequences. Wraps `llama_n_seq_max`.
+    pub fn n_seq_max(&self) -> u32 {
+        self.n_seq_max
+    }
+
+    /// A handle that aborts a decode in progress from another thread.
+    pub fn abort_handle(&self) -> AbortHandle {
+        AbortHandle(self.abort.clone())
+    }
+
+    /// Changes the thread counts. Wraps `llama_set_n_threads`.
+    pub fn set_threads(&mut self, threads: u32, threads_batch: u32) -> Result<()> {
+        if threads == 0 || threads_batch == 0 || threads > 4096 || threads_batch > 4096 {
+            return Err(Error::InvalidConfig("thread counts must be 1..=4096".into()));
+        }
+        // SAFETY: live context, valid counts.
+        unsafe { sys::llama_set_n_threads(self.raw(), threads as i32, threads_batch as i32) };
+        Ok(())
+    }
+
+    /// Checks a sequence id against `n_seq_max`.
+    pub(crate) fn check_seq(&self, seq_id: i32) -> Result<()> {
+        if seq_id < 0 || seq_id as u32 >= self.n_seq_max {
+            return Err(Error::InvalidSeqId { seq_id, n_seq_max: self.n_seq_max });
+        }
+        Ok(())
+    }
+
+    /// Checks everything llama.cpp would reject or assert on before it sees the batch.
+    fn check_batch(&self, batch: &Batch) -> Result<()> {
+        let n = batch.len();
+        if n == 0 || n > self.n_batch as usize {
+            return Err(Error::BatchSize { n_tokens: n, n_batch: self.n_batch });
+        }
+        for &t in batch.tokens() {
+            if !(0..self.n_vocab).contains(&t) {
+                return Err(Error::InvalidToken { token: t, n_vocab: self.n_vocab });
+            }
+        }
+        for &p in batch.positions() {
+            if p < 0 || p as u32 >= self.n_ctx_seq {
+                return Err(Error::InvalidPosition { pos: p, n_ctx: self.n_ctx_seq });
+            }
+        }
+        for i in 0..n {
+            for &s in batch.seq_ids(i).unwrap_or_default() {
+                self.check_seq(s)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the model over a batch, filling the KV cache and computing the requested outputs.
+    /// Wraps `llama_decode`.
+    ///
+    /// The batch is checked first: empty or larger than `n_batch`, token ids outside the
+    /// vocabulary, positions outside the context and sequence ids outside `n_seq_max` are
+    /// errors. Return codes map to [`Error::NoKvSlot`] (1), [`Error::Aborted`] (2),
+    /// [`Error::InvalidBatch`] (-1) and [`Error::Decode`] (others).
+    pub fn decode(&mut self, batch: &Batch) -> Result<()> {
+        self.check_batch(batch)?;
+        self.outputs.clear();
+        self.abort.store(false, Ordering::SeqCst);
+        // SAFETY: live context; the batch's arrays hold `n_tokens` checked entries and stay
+        // alive for the call.
+        let code = unsafe { sys::llama_decode(self.raw(), batch.raw()) };
+        Error::check_decode(code)?;
+        self.outputs.extend(batch.output_flags().iter().map(|&f| f != 0));
+        Ok(())
+    }
+
+    fn check_output(&self, index: i32) -> Result<()> {
+        match usize::try_from(index).ok().and_then(|i| self.outputs.get(i)) {
+            Some(true) => Ok(()),
+            _ => Err(Error::NoOutput { index }),
+        }
+    }
+
+    /// The logits (one per vocabulary entry) of batch index `index` from the last decode.
+    /// Wraps `llama_get_logits_ith`. Indices that produced no output are an error.
+    pub fn logits(&self, index: i32) -> Result<&[f32]> {
+        self.check_output(index)?;
+        // SAFETY: `index` produced output in the last decode, so llama.cpp holds its row.
+        let p = unsafe { sys::llama_get_logits_ith(self.raw(), index) };
+        if p.is_null() {
+            return Err(Error::NoOutput { index });
+        }
+        // SAFETY: the row holds `n_vocab` floats and lives until the next decode, which needs
+        // `&mut self` and so cannot overlap this borrow.
+        Ok(unsafe { std::slice::from_raw_parts(p, self.n_vocab as usize) })
+    }
+
+    /// The embedding of batch index `index` (contexts made with `embeddings: true`).
+    /// Wraps `llama_get_embeddings_ith`.
+    pub fn embeddings(&self, index: i32) -> Result<&[f32]> {
+        if !self.embeddings {
+            return Err(Error::InvalidConfig("this context was created without embeddings".into()));
+        }
+        self.check_output(index)?;
+        // SAFETY: as for `logits`.
+        let p = unsafe { sys::llama_get_embeddings_ith(self.raw(), index) };
+        if p.is_null() {
+            return Err(Error::NoOutput { index });
+        }
+        // SAFETY: the row holds `n_embd` floats until the next decode.
+        Ok(unsafe { std::slice::from_raw_parts(p, self.model.n_embd() as usize) })
+    }
+
+    /// Whether batch index `index` of the last decode has output.
+    pub fn has_output(&self, index: i32) -> bool {
+        self.check_output(index).is_ok()
+    }
+
+    /// llama.cpp's timing counters. Wraps `llama_perf_context`.
+    pub fn perf(&self) -> sys::llama_perf_context_data {
+        // SAFETY: live context.
+        unsafe { sys::llama_perf_context(self.raw()) }
+    }
+}
+
+impl Drop for Context<'_> {
+    fn drop(&mut self) {
+        // SAFETY: created by `llama_init_from_model`, freed once, before the model (it borrows it).
+        unsafe { sys::llama_free(self.ptr.as_ptr()) };
+    }
+}
+
+impl std::fmt::Debug for Context<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("n_ctx", &self.n_ctx)
+            .field("n_batch", &self.n_batch)
+            .field("n_seq_max", &self.n_seq_max)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_settings() {
+        assert_eq!("on".parse::<FlashAttention>().unwrap(), FlashAttention::On);
+        assert!("maybe".parse::<FlashAttention>().is_err());
+        assert_eq!("Q8_0".parse::<KvType>().unwrap(), KvType::Q8_0);
+        assert!("q9".parse::<KvType>().is_err());
+        assert!(KvType::Q4_0.is_quantized() && !KvType::F16.is_quantized());
+    }
+
+    #[test]
+    fn default_threads_is_bounded_by_the_machine() {
+        let n = default_threads();
+        assert!(n >= 1);
+        assert!(n as usize <= std::thread::available_parallelism().unwrap().get());
+    }
+}

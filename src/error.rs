@@ -1,0 +1,172 @@
+//! The crate's one error type.
+
+use std::path::PathBuf;
+
+/// Every failure this crate reports. Each variant is one class of failure; new ones may be
+/// added, so match with a wildcard arm.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file could not be opened or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// The file is not a GGUF model (wrong magic, too short).
+    #[error("{path}: not a GGUF file ({reason})")]
+    NotGguf {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
+    /// llama.cpp could not load the model (truncated or unsupported file, out of memory).
+    /// The details are in the `llama_cpp` tracing target.
+    #[error("llama.cpp failed to load model {path} (truncated, unsupported architecture or out of memory; enable tracing for details)")]
+    ModelLoad {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The progress callback asked to stop the load.
+    #[error("model load cancelled by the progress callback")]
+    LoadCancelled,
+    /// llama.cpp could not create a context (usually out of memory).
+    #[error("llama.cpp failed to create a context: {0}")]
+    ContextCreate(String),
+    /// A setting is out of its valid range.
+    #[error("invalid setting: {0}")]
+    InvalidConfig(String),
+    /// A string passed to C contains a NUL byte.
+    #[error("{what} contains a NUL byte at offset {offset}")]
+    NulByte {
+        /// Which argument.
+        what: &'static str,
+        /// Byte offset of the NUL.
+        offset: usize,
+    },
+    /// A token id outside the vocabulary.
+    #[error("token id {token} is outside the vocabulary (0..{n_vocab})")]
+    InvalidToken {
+        /// The token id.
+        token: i32,
+        /// The vocabulary size.
+        n_vocab: i32,
+    },
+    /// A sequence id outside `0..n_seq_max`.
+    #[error("sequence id {seq_id} is outside 0..{n_seq_max}")]
+    InvalidSeqId {
+        /// The sequence id.
+        seq_id: i32,
+        /// The number of sequences allowed.
+        n_seq_max: u32,
+    },
+    /// A position is negative or past the context.
+    #[error("position {pos} is outside 0..{n_ctx}")]
+    InvalidPosition {
+        /// The position.
+        pos: i32,
+        /// The context length per sequence.
+        n_ctx: u32,
+    },
+    /// The batch already holds as many tokens as it was created for.
+    #[error("batch is full ({capacity} tokens)")]
+    BatchFull {
+        /// Tokens the batch can hold.
+        capacity: usize,
+    },
+    /// The batch holds more tokens than the context's `n_batch`, or none.
+    #[error("batch of {n_tokens} tokens does not fit the context's n_batch of {n_batch} (and must not be empty)")]
+    BatchSize {
+        /// Tokens in the batch.
+        n_tokens: usize,
+        /// The context's logical batch size.
+        n_batch: u32,
+    },
+    /// A prompt (or prompt plus generation) longer than the context.
+    #[error("{needed} tokens do not fit a context of {n_ctx} tokens")]
+    ContextOverflow {
+        /// Tokens needed.
+        needed: usize,
+        /// Tokens available per sequence.
+        n_ctx: u32,
+    },
+    /// `llama_decode` returned 1: no KV cache slot for the batch.
+    #[error("no KV cache slot for the batch (reduce the batch or raise the context)")]
+    NoKvSlot,
+    /// `llama_decode` was aborted by the abort callback (returned 2).
+    #[error("decode aborted")]
+    Aborted,
+    /// `llama_decode` rejected the batch (returned -1).
+    #[error("llama.cpp rejected the batch as invalid")]
+    InvalidBatch,
+    /// `llama_decode` failed with a fatal error (returned below -1 or another code).
+    #[error("llama_decode failed with code {0}")]
+    Decode(i32),
+    /// Logits or embeddings were asked for a batch index that produced no output.
+    #[error("batch index {index} produced no output (set `logits` when adding it)")]
+    NoOutput {
+        /// The batch index.
+        index: i32,
+    },
+    /// Text could not be tokenized or detokenized.
+    #[error("tokenizer: {0}")]
+    Tokenize(String),
+    /// A GBNF grammar failed to parse.
+    #[error("grammar rejected by llama.cpp: {0}")]
+    Grammar(String),
+    /// A chat template is missing or not supported.
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
+    /// Work was cancelled.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Maps a `llama_decode` return code to `Ok` or the error it stands for.
+    pub(crate) fn check_decode(code: i32) -> Result<()> {
+        match code {
+            0 => Ok(()),
+            1 => Err(Error::NoKvSlot),
+            2 => Err(Error::Aborted),
+            -1 => Err(Error::InvalidBatch),
+            other => Err(Error::Decode(other)),
+        }
+    }
+}
+
+/// Turns a Rust string into a C string, or `Error::NulByte` naming `what`.
+pub(crate) fn c_string(what: &'static str, s: &str) -> Result<std::ffi::CString> {
+    std::ffi::CString::new(s).map_err(|e| Error::NulByte {
+        what,
+        offset: e.nul_position(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_codes_map_to_errors() {
+        assert!(Error::check_decode(0).is_ok());
+        assert!(matches!(Error::check_decode(1), Err(Error::NoKvSlot)));
+        assert!(matches!(Error::check_decode(2), Err(Error::Aborted)));
+        assert!(matches!(Error::check_decode(-1), Err(Error::InvalidBatch)));
+        assert!(matches!(Error::check_decode(-3), Err(Error::Decode(-3))));
+        assert!(matches!(Error::check_decode(7), Err(Error::Decode(7))));
+    }
+
+    #[test]
+    fn nul_bytes_are_errors() {
+        let err = c_string("path", "a\0b").unwrap_err();
+        assert!(matches!(err, Error::NulByte { what: "path", offset: 1 }));
+        assert!(c_string("path", "ab").is_ok());
+    }
+}

@@ -1,0 +1,455 @@
+//! Loading a GGUF model: [`Model`] and its [`LoadConfig`].
+
+use std::ffi::{c_char, c_void, CStr};
+use std::io::Read;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use llama_cpp_sys_2 as sys;
+
+use crate::error::{c_string, Error, Result};
+use crate::vocab::Vocab;
+
+/// How many of the model's layers to place on the GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GpuLayers {
+    /// Every layer (the default; a CPU-only build simply keeps them on the CPU).
+    #[default]
+    All,
+    /// At most this many layers; `Count(0)` keeps the whole model on the CPU.
+    Count(u32),
+}
+
+/// How a model is spread over several GPUs (`llama_split_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SplitMode {
+    /// Everything on `main_gpu`.
+    None,
+    /// Whole layers (and their KV cache) per GPU.
+    #[default]
+    Layer,
+    /// Rows of each weight across GPUs.
+    Row,
+}
+
+/// A load-progress callback: called with 0.0..=1.0; return `false` to cancel the load.
+pub type ProgressFn = dyn Fn(f32) -> bool + Send + Sync;
+
+/// Settings for [`Model::load`].
+#[derive(Clone, Default)]
+pub struct LoadConfig {
+    /// Layers to offload to the GPU (default: all).
+    pub gpu_layers: GpuLayers,
+    /// The GPU that holds the model when `split_mode` is [`SplitMode::None`] (default 0).
+    pub main_gpu: u32,
+    /// How to use several GPUs.
+    pub split_mode: SplitMode,
+    /// Memory-map the file (`None`: llama.cpp decides).
+    pub use_mmap: Option<bool>,
+    /// Called as the weights load; returning `false` cancels with [`Error::LoadCancelled`].
+    pub progress: Option<Arc<ProgressFn>>,
+    /// Let the CPU backend repack weights into its faster interleaved layouts
+    /// (`use_extra_bufts`, default true). Repacked matrix kernels pick different code paths
+    /// for different batch sizes, so logits of the same sequence can differ slightly between
+    /// batch shapes; turn this off for bit-stable CPU logits.
+    pub cpu_repack: Option<bool>,
+}
+
+impl std::fmt::Debug for LoadConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadConfig")
+            .field("gpu_layers", &self.gpu_layers)
+            .field("main_gpu", &self.main_gpu)
+            .field("split_mode", &self.split_mode)
+            .field("use_mmap", &self.use_mmap)
+            .field("progress", &self.progress.is_some())
+            .field("cpu_repack", &self.cpu_repack)
+            .finish()
+    }
+}
+
+impl LoadConfig {
+    /// Sets the number of GPU layers.
+    pub fn gpu_layers(mut self, layers: GpuLayers) -> Self {
+        self.gpu_layers = layers;
+        self
+    }
+
+    /// Sets a progress callback (return `false` to cancel).
+    pub fn with_progress(mut self, f: impl Fn(f32) -> bool + Send + Sync + 'static) -> Self {
+        self.progress = Some(Arc::new(f));
+        self
+    }
+}
+
+/// A loaded model: weights, vocabulary and metadata. Wraps `llama_model`.
+///
+/// A model is immutable once loaded and may be shared between threads (`Arc<Model>`);
+/// each thread creates its own [`Context`](crate::Context) from it.
+pub struct Model {
+    ptr: NonNull<sys::llama_model>,
+    path: PathBuf,
+}
+
+// SAFETY: llama.cpp never mutates a `llama_model` after `llama_model_load_from_file` returns;
+// its documentation and server use one model from many threads, each with its own context.
+// Every method here takes `&self` and only reads.
+unsafe impl Send for Model {}
+// SAFETY: see `Send`: all access after load is read-only.
+unsafe impl Sync for Model {}
+
+/// The GGUF magic bytes.
+const GGUF_MAGIC: &[u8; 4] = b"GGUF";
+
+/// Checks that `path` is a readable file that starts like a GGUF, before llama.cpp sees it.
+pub(crate) fn check_gguf_header(path: &Path) -> Result<()> {
+    let io = |source| Error::Io { path: path.to_path_buf(), source };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(Error::NotGguf { path: path.to_path_buf(), reason: "not a regular file".into() });
+    }
+    let mut head = [0u8; 8];
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let mut got = 0;
+    while got < head.len() {
+        match f.read(&mut head[got..]).map_err(io)? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    if got < head.len() {
+        return Err(Error::NotGguf { path: path.to_path_buf(), reason: format!("only {got} bytes long") });
+    }
+    if &head[..4] != GGUF_MAGIC {
+        return Err(Error::NotGguf {
+            path: path.to_path_buf(),
+            reason: format!("magic is {:?}, expected \"GGUF\"", String::from_utf8_lossy(&head[..4])),
+        });
+    }
+    let version = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    if !(2..=3).contains(&version) {
+        return Err(Error::NotGguf { path: path.to_path_buf(), reason: format!("unsupported GGUF version {version}") });
+    }
+    Ok(())
+}
+
+struct ProgressState {
+    f: Arc<ProgressFn>,
+    cancelled: bool,
+}
+
+unsafe extern "C" fn progress_trampoline(progress: f32, user: *mut c_void) -> bool {
+    // SAFETY: `user` is the `ProgressState` that `Model::load` keeps alive across the load call.
+    let state = unsafe { &mut *(user as *mut ProgressState) };
+    let f = state.f.clone();
+    match catch_unwind(AssertUnwindSafe(|| f(progress))) {
+        Ok(true) => true,
+        // A `false` or a panic cancels the load; a panic is not resumed across C.
+        _ => {
+            state.cancelled = true;
+            false
+        }
+    }
+}
+
+impl Model {
+    /// Loads a GGUF model. Wraps `llama_model_load_from_file`.
+    ///
+    /// The file is checked first (exists, GGUF magic, version 2 or 3), so a wrong path or a
+    /// non-GGUF file is an error rather than a llama.cpp failure.
+    pub fn load(path: impl AsRef<Path>, config: &LoadConfig) -> Result<Model> {
+        let path = path.as_ref();
+        crate::backend::init();
+        check_gguf_header(path)?;
+        let path_str = path
+            .to_str()
+            .ok_or_else(|| Error::InvalidConfig(format!("model path {} is not UTF-8", path.display())))?;
+        let c_path = c_string("model path", path_str)?;
+
+        // SAFETY: returns a plain struct by value.
+        let mut params = unsafe { sys::llama_model_default_params() };
+        params.n_gpu_layers = match config.gpu_layers {
+            GpuLayers::All => -1,
+            GpuLayers::Count(n) => i32::try_from(n).unwrap_or(i32::MAX),
+        };
+        params.main_gpu = i32::try_from(config.main_gpu)
+            .map_err(|_| Error::InvalidConfig(format!("main_gpu {} is too large", config.main_gpu)))?;
+        params.split_mode = match config.split_mode {
+            SplitMode::None => sys::LLAMA_SPLIT_MODE_NONE,
+            SplitMode::Layer => sys::LLAMA_SPLIT_MODE_LAYER,
+            SplitMode::Row => sys::LLAMA_SPLIT_MODE_ROW,
+        };
+        if let Some(mmap) = config.use_mmap {
+            params.load_mode = if mmap { sys::LLAMA_LOAD_MODE_MMAP } else { sys::LLAMA_LOAD_MODE_NONE };
+        }
+        if let Some(repack) = config.cpu_repack {
+            params.use_extra_bufts = repack;
+        }
+        let mut state = config.progress.clone().map(|f| ProgressState { f, cancelled: false });
+        if let Some(state) = state.as_mut() {
+            params.progress_callback = Some(progress_trampoline);
+            params.progress_callback_user_data = state as *mut ProgressState as *mut c_void;
+        }
+
+        // SAFETY: `c_path` is a valid C string; `params` is fully initialised; the progress
+        // state outlives the call.
+        let raw = unsafe { sys::llama_model_load_from_file(c_path.as_ptr(), params) };
+        match NonNull::new(raw) {
+            Some(ptr) => Ok(Model { ptr, path: path.to_path_buf() }),
+            None if state.is_some_and(|s| s.cancelled) => Err(Error::LoadCancelled),
+            None => Err(Error::ModelLoad { path: path.to_path_buf() }),
+        }
+    }
+
+    /// The raw pointer, for calls this crate does not wrap.
+    ///
+    /// # Safety
+    /// The pointer is valid while `self` lives. The caller must not free it and must not use
+    /// it to mutate the model.
+    pub unsafe fn as_ptr(&self) -> *mut sys::llama_model {
+        self.ptr.as_ptr()
+    }
+
+    pub(crate) fn raw(&self) -> *const sys::llama_model {
+        self.ptr.as_ptr()
+    }
+
+    /// The file this model was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The tokenizer. Wraps `llama_model_get_vocab`.
+    pub fn vocab(&self) -> Vocab<'_> {
+        // SAFETY: the model pointer is valid; the vocab lives as long as the model.
+        let ptr = unsafe { sys::llama_model_get_vocab(self.raw()) };
+        Vocab::new(NonNull::new(ptr as *mut _).expect("llama.cpp returned a null vocab for a loaded model"))
+    }
+
+    /// A metadata value as a string (`general.architecture`, `general.name`, ...).
+    /// Wraps `llama_model_meta_val_str`. Arrays are not returned.
+    pub fn meta(&self, key: &str) -> Option<String> {
+        let key = c_string("metadata key", key).ok()?;
+        read_c_string(|buf, len| {
+            // SAFETY: `buf` has room for `len` bytes; the model and key are valid.
+            unsafe { sys::llama_model_meta_val_str(self.raw(), key.as_ptr(), buf, len) }
+        })
+    }
+
+    /// Every scalar metadata entry, in file order. Wraps `llama_model_meta_key_by_index`.
+    pub fn meta_all(&self) -> Vec<(String, String)> {
+        // SAFETY: the model pointer is valid.
+        let n = unsafe { sys::llama_model_meta_count(self.raw()) };
+        (0..n.max(0))
+            .filter_map(|i| {
+                let k = read_c_string(|buf, len| {
+                    // SAFETY: index < count; `buf` has room for `len` bytes.
+                    unsafe { sys::llama_model_meta_key_by_index(self.raw(), i, buf, len) }
+                })?;
+                let v = read_c_string(|buf, len| {
+                    // SAFETY: as above.
+                    unsafe { sys::llama_model_meta_val_str_by_index(self.raw(), i, buf, len) }
+                })?;
+                Some((k, v))
+            })
+            .collect()
+    }
+
+    /// `general.architecture`, e.g. `gemma3` or `llama`.
+    pub fn architecture(&self) -> String {
+        self.meta("general.architecture").unwrap_or_default()
+    }
+
+    /// `general.name`, when the file has one.
+    pub fn name(&self) -> Option<String> {
+        self.meta("general.name")
+    }
+
+    /// A short description such as `gemma3 270M Q4_K - Medium`. Wraps `llama_model_desc`.
+    pub fn description(&self) -> String {
+        read_c_string(|buf, len| {
+            // SAFETY: `buf` has room for `len` bytes.
+            unsafe { sys::llama_model_desc(self.raw(), buf, len) }
+        })
+        .unwrap_or_default()
+    }
+
+    /// Number of parameters. Wraps `llama_model_n_params`.
+    pub fn n_params(&self) -> u64 {
+        // SAFETY: the model pointer is valid.
+        unsafe { sys::llama_model_n_params(self.raw()) }
+    }
+
+    /// Size of all tensors in bytes. Wraps `llama_model_size`.
+    pub fn size_bytes(&self) -> u64 {
+        // SAFETY: the model pointer is valid.
+        unsafe { sys::llama_model_size(self.raw()) }
+    }
+
+    /// The context length the model was trained with. Wraps `llama_model_n_ctx_train`.
+    pub fn n_ctx_train(&self) -> u32 {
+        // SAFETY: the model pointer is valid.
+        unsafe { sys::llama_model_n_ctx_train(self.raw()) }.max(0) as u32
+    }
+
+    /// Embedding size. Wraps `llama_model_n_embd`.
+    pub fn n_embd(&self) -> u32 {
+        // SAFETY: the model pointer is valid.
+        unsafe { sys::llama_model_n_embd(self.raw()) }.max(0) as u32
+    }
+
+    /// Number of layers. Wraps `llama_model_n_layer`.
+    pub fn n_layer(&self) -> u32 {
+        // SAFETY: the model pointer is valid.
+        unsafe { sys::llama_model_n_layer(self.raw()) }.max(0) as u32
+    }
+
+    /// Attention heads. Wraps `llama_model_n_head`.
+    pub fn n_head(&self) -> u32 {
+        // SAFETY: the model pointer is valid.
+        unsafe { sys::llama_model_n_head(self.raw()) }.max(0) as u32
+    }
+
+    /// Key/value heads. Wraps `llama_model_n_head_kv`.
+    pub fn n_head_kv(&self) -> u32 {
+        // SAFETY: the model pointer is valid.
+        unsafe { sys::llama_model_n_head_kv(self.raw()) }.max(0) as u32
+    }
+
+    /// The model's own chat template (Jinja source), if the file has one.
+    /// Wraps `llama_model_chat_template`.
+    pub fn chat_template(&self) -> Option<String> {
+        // SAFETY: the model pointer is valid; a null name asks for the default template.
+        let p = unsafe { sys::llama_model_chat_template(self.raw(), std::ptr::null()) };
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: llama.cpp returns a NUL-terminated string owned by the model.
+        Some(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+    }
+
+    /// A summary of the metadata above.
+    pub fn info(&self) -> ModelInfo {
+        ModelInfo {
+            architecture: self.architecture(),
+            name: self.name(),
+            description: self.description(),
+            n_params: self.n_params(),
+            size_bytes: self.size_bytes(),
+            n_ctx_train: self.n_ctx_train(),
+            n_embd: self.n_embd(),
+            n_layer: self.n_layer(),
+            n_head: self.n_head(),
+            n_head_kv: self.n_head_kv(),
+            n_vocab: self.vocab().n_tokens() as u32,
+            has_chat_template: self.chat_template().is_some(),
+        }
+    }
+}
+
+impl Drop for Model {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from `llama_model_load_from_file` and is freed once; every
+        // borrower (`Context<'m>`, `Vocab<'m>`, `Sampler<'m>`) has ended by now.
+        unsafe { sys::llama_model_free(self.ptr.as_ptr()) };
+    }
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("path", &self.path).field("description", &self.description()).finish()
+    }
+}
+
+/// Model metadata, as [`Model::info`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ModelInfo {
+    /// `general.architecture`.
+    pub architecture: String,
+    /// `general.name`.
+    pub name: Option<String>,
+    /// llama.cpp's description (type, size, quantization).
+    pub description: String,
+    /// Parameters.
+    pub n_params: u64,
+    /// Bytes of tensor data.
+    pub size_bytes: u64,
+    /// Trained context length.
+    pub n_ctx_train: u32,
+    /// Embedding size.
+    pub n_embd: u32,
+    /// Layers.
+    pub n_layer: u32,
+    /// Attention heads.
+    pub n_head: u32,
+    /// KV heads.
+    pub n_head_kv: u32,
+    /// Vocabulary size.
+    pub n_vocab: u32,
+    /// Whether the file carries a chat template.
+    pub has_chat_template: bool,
+}
+
+/// Calls a llama.cpp "write a string into buf, return its length" function, growing the
+/// buffer when the first try was too small. Negative lengths mean "absent".
+pub(crate) fn read_c_string(mut f: impl FnMut(*mut c_char, usize) -> i32) -> Option<String> {
+    let mut buf = vec![0u8; 256];
+    loop {
+        let n = f(buf.as_mut_ptr() as *mut c_char, buf.len());
+        if n < 0 {
+            return None;
+        }
+        let n = n as usize;
+        if n < buf.len() {
+            buf.truncate(n);
+            return Some(String::from_utf8_lossy(&buf).into_owned());
+        }
+        buf.resize(n + 1, 0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("rocm-llama-model-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+
+    #[test]
+    fn header_check_rejects_non_gguf() {
+        let p = temp_file("text.gguf", b"hello world, not a model");
+        assert!(matches!(check_gguf_header(&p), Err(Error::NotGguf { .. })));
+        let p = temp_file("short.gguf", b"GGU");
+        assert!(matches!(check_gguf_header(&p), Err(Error::NotGguf { .. })));
+        let p = temp_file("v9.gguf", b"GGUF\x09\0\0\0rest");
+        assert!(matches!(check_gguf_header(&p), Err(Error::NotGguf { .. })));
+        let p = temp_file("v3.gguf", b"GGUF\x03\0\0\0rest");
+        assert!(check_gguf_header(&p).is_ok());
+        assert!(matches!(check_gguf_header(Path::new("/nonexistent/x.gguf")), Err(Error::Io { .. })));
+        assert!(matches!(check_gguf_header(&std::env::temp_dir()), Err(Error::NotGguf { .. })));
+    }
+
+    #[test]
+    fn read_c_string_grows() {
+        let text = "x".repeat(1000);
+        let got = read_c_string(|buf, len| {
+            let n = text.len();
+            let copy = n.min(len.saturating_sub(1));
+            // SAFETY: test writes within `len`.
+            unsafe {
+                std::ptr::copy_nonoverlapping(text.as_ptr(), buf as *mut u8, copy);
+                *buf.add(copy) = 0;
+            }
+            n as i32
+        });
+        assert_eq!(got.as_deref(), Some(text.as_str()));
+        assert_eq!(read_c_string(|_, _| -1), None);
+    }
+}

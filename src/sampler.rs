@@ -1,0 +1,376 @@
+//! Token sampling: [`Sampler`] (a `llama_sampler` chain) and the plain-data
+//! [`SamplingParams`] that describe one.
+
+use std::ffi::CString;
+use std::marker::PhantomData;
+use std::ptr::NonNull;
+
+use llama_cpp_sys_2 as sys;
+
+use crate::context::Context;
+use crate::error::{c_string, Error, Result};
+use crate::model::Model;
+use crate::vocab::Token;
+
+/// A chain of samplers that turns logits into a token. Wraps a `llama_sampler` chain.
+///
+/// Borrows the model: grammar and DRY samplers keep pointers into its vocabulary.
+/// Build one with [`Sampler::builder`] or [`SamplingParams::build`].
+pub struct Sampler<'m> {
+    ptr: NonNull<sys::llama_sampler>,
+    _model: PhantomData<&'m Model>,
+}
+
+// SAFETY: a sampler chain is plain heap state plus read-only pointers into the model's vocab
+// (which is Sync); llama.cpp allows using it from any one thread at a time. Not `Sync`:
+// sampling mutates it.
+unsafe impl Send for Sampler<'_> {}
+
+impl<'m> Sampler<'m> {
+    /// Starts an empty chain for `model`. Wraps `llama_sampler_chain_init`.
+    pub fn builder(model: &'m Model) -> SamplerBuilder<'m> {
+        crate::backend::init();
+        // SAFETY: returns a plain struct by value.
+        let mut params = unsafe { sys::llama_sampler_chain_default_params() };
+        params.no_perf = true;
+        // SAFETY: valid params; a null return is handled.
+        let chain = unsafe { sys::llama_sampler_chain_init(params) };
+        SamplerBuilder { chain: NonNull::new(chain).map(|ptr| Sampler { ptr, _model: PhantomData }), model, error: None }
+    }
+
+    /// Greedy decoding: always the most likely token.
+    pub fn greedy(model: &'m Model) -> Result<Sampler<'m>> {
+        Sampler::builder(model).greedy().build()
+    }
+
+    /// Samples a token from batch index `index` of the context's last decode and accepts it
+    /// into the chain's state (penalties, grammar). Wraps `llama_sampler_sample`.
+    pub fn sample(&mut self, ctx: &Context<'m>, index: i32) -> Result<Token> {
+        if !ctx.has_output(index) {
+            return Err(Error::NoOutput { index });
+        }
+        // SAFETY: live sampler and context; `index` produced logits in the last decode.
+        let t = unsafe { sys::llama_sampler_sample(self.ptr.as_ptr(), ctx.raw(), index) };
+        ctx.model().vocab().check(t)?;
+        Ok(t)
+    }
+
+    /// Samples from raw logits (e.g. logits copied out of a context). Wraps
+    /// `llama_sampler_apply`; the chosen token is accepted into the chain.
+    pub fn sample_logits(&mut self, logits: &[f32]) -> Result<Token> {
+        let mut data: Vec<sys::llama_token_data> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &logit)| sys::llama_token_data { id: i as Token, logit, p: 0.0 })
+            .collect();
+        if data.is_empty() {
+            return Err(Error::InvalidConfig("no logits to sample from".into()));
+        }
+        let mut arr = sys::llama_token_data_array { data: data.as_mut_ptr(), size: data.len(), selected: -1, sorted: false };
+        // SAFETY: `arr` points at `data`, alive for the call.
+        unsafe { sys::llama_sampler_apply(self.ptr.as_ptr(), &mut arr) };
+        let sel = usize::try_from(arr.selected)
+            .ok()
+            .filter(|&s| s < arr.size)
+            .ok_or_else(|| Error::InvalidConfig("the sampler chain selected no token (end it with greedy or dist)".into()))?;
+        // SAFETY: `sel < size`; samplers may reorder `data` in place but keep it within `size`.
+        let t = unsafe { (*arr.data.add(sel)).id };
+        self.accept(t);
+        Ok(t)
+    }
+
+    /// Feeds a token into the chain's state (for tokens chosen elsewhere, e.g. a prompt).
+    /// Wraps `llama_sampler_accept`.
+    pub fn accept(&mut self, token: Token) {
+        // SAFETY: live sampler.
+        unsafe { sys::llama_sampler_accept(self.ptr.as_ptr(), token) };
+    }
+
+    /// Clears the chain's state. Wraps `llama_sampler_reset`.
+    pub fn reset(&mut self) {
+        // SAFETY: live sampler.
+        unsafe { sys::llama_sampler_reset(self.ptr.as_ptr()) };
+    }
+
+    /// The raw pointer.
+    ///
+    /// # Safety
+    /// Valid while `self` lives; do not free it.
+    pub unsafe fn as_ptr(&self) -> *mut sys::llama_sampler {
+        self.ptr.as_ptr()
+    }
+}
+
+impl Drop for Sampler<'_> {
+    fn drop(&mut self) {
+        // SAFETY: the chain owns the samplers added to it and frees them with itself.
+        unsafe { sys::llama_sampler_free(self.ptr.as_ptr()) };
+    }
+}
+
+/// Builds a [`Sampler`] chain stage by stage. Stages run in the order they are added; end
+/// with [`greedy`](SamplerBuilder::greedy) or [`dist`](SamplerBuilder::dist).
+pub struct SamplerBuilder<'m> {
+    chain: Option<Sampler<'m>>,
+    model: &'m Model,
+    error: Option<Error>,
+}
+
+impl<'m> SamplerBuilder<'m> {
+    fn push(mut self, s: *mut sys::llama_sampler, what: &str) -> Self {
+        if self.error.is_some() {
+            if !s.is_null() {
+                // SAFETY: a fresh sampler nobody else owns.
+                unsafe { sys::llama_sampler_free(s) };
+            }
+            return self;
+        }
+        match (&self.chain, s.is_null()) {
+            (Some(chain), false) => {
+                // SAFETY: the chain takes ownership of `s`.
+                unsafe { sys::llama_sampler_chain_add(chain.ptr.as_ptr(), s) };
+            }
+            (_, true) => self.error = Some(Error::InvalidConfig(format!("llama.cpp could not create the {what} sampler"))),
+            (None, false) => {
+                // SAFETY: as above.
+                unsafe { sys::llama_sampler_free(s) };
+                self.error = Some(Error::InvalidConfig("llama.cpp could not create a sampler chain".into()));
+            }
+        }
+        self
+    }
+
+    fn fail(mut self, e: Error) -> Self {
+        self.error.get_or_insert(e);
+        self
+    }
+
+    fn finite(self, name: &str, v: f32) -> std::result::Result<Self, Self> {
+        if v.is_finite() {
+            Ok(self)
+        } else {
+            Err(self.fail(Error::InvalidConfig(format!("{name} must be finite, got {v}"))))
+        }
+    }
+
+    /// Picks the most likely token. Wraps `llama_sampler_init_greedy`.
+    pub fn greedy(self) -> Self {
+        // SAFETY: plain constructor.
+        let s = unsafe { sys::llama_sampler_init_greedy() };
+        self.push(s, "greedy")
+    }
+
+    /// Draws from the distribution with a seeded RNG. Wraps `llama_sampler_init_dist`.
+    pub fn dist(self, seed: u32) -> Self {
+        // SAFETY: plain constructor.
+        let s = unsafe { sys::llama_sampler_init_dist(seed) };
+        self.push(s, "dist")
+    }
+
+    /// Scales logits by 1/`t`. Wraps `llama_sampler_init_temp`.
+    pub fn temperature(self, t: f32) -> Self {
+        match self.finite("temperature", t) {
+            // SAFETY: plain constructor.
+            Ok(b) => b.push(unsafe { sys::llama_sampler_init_temp(t) }, "temperature"),
+            Err(b) => b,
+        }
+    }
+
+    /// Keeps the `k` most likely tokens (`k <= 0` disables). Wraps `llama_sampler_init_top_k`.
+    pub fn top_k(self, k: i32) -> Self {
+        // SAFETY: plain constructor.
+        let s = unsafe { sys::llama_sampler_init_top_k(k) };
+        self.push(s, "top-k")
+    }
+
+    /// Nucleus sampling. Wraps `llama_sampler_init_top_p`.
+    pub fn top_p(self, p: f32, min_keep: usize) -> Self {
+        match self.finite("top_p", p) {
+            // SAFETY: plain constructor.
+            Ok(b) => b.push(unsafe { sys::llama_sampler_init_top_p(p, min_keep) }, "top-p"),
+            Err(b) => b,
+        }
+    }
+
+    /// Drops tokens below `p` times the top probability. Wraps `llama_sampler_init_min_p`.
+    pub fn min_p(self, p: f32, min_keep: usize) -> Self {
+        match self.finite("min_p", p) {
+            // SAFETY: plain constructor.
+            Ok(b) => b.push(unsafe { sys::llama_sampler_init_min_p(p, min_keep) }, "min-p"),
+            Err(b) => b,
+        }
+    }
+
+    /// Locally typical sampling. Wraps `llama_sampler_init_typical`.
+    pub fn typical(self, p: f32, min_keep: usize) -> Self {
+        match self.finite("typical_p", p) {
+            // SAFETY: plain constructor.
+            Ok(b) => b.push(unsafe { sys::llama_sampler_init_typical(p, min_keep) }, "typical"),
+            Err(b) => b,
+        }
+    }
+
+    /// Repetition, frequency and presence penalties over the last `last_n` tokens.
+    /// Wraps `llama_sampler_init_penalties`.
+    pub fn penalties(self, last_n: i32, repeat: f32, frequency: f32, presence: f32) -> Self {
+        if !(repeat.is_finite() && repeat > 0.0) {
+            return self.fail(Error::InvalidConfig(format!("repeat penalty must be > 0, got {repeat}")));
+        }
+        if !(frequency.is_finite() && presence.is_finite()) || last_n < -1 {
+            return self.fail(Error::InvalidConfig("penalties must be finite and last_n >= -1".into()));
+        }
+        let n_vocab = self.model.vocab().n_tokens();
+        // SAFETY: validated values.
+        let s = unsafe { sys::llama_sampler_init_penalties(n_vocab, last_n, repeat, frequency, presence) };
+        self.push(s, "penalties")
+    }
+
+    /// DRY ("don't repeat yourself") penalty. Wraps `llama_sampler_init_dry`.
+    pub fn dry(self, multiplier: f32, base: f32, allowed_length: i32, last_n: i32, breakers: &[&str]) -> Self {
+        if !(multiplier.is_finite() && base.is_finite()) || allowed_length < 0 || last_n < -1 {
+            return self.fail(Error::InvalidConfig("DRY settings out of range".into()));
+        }
+        let owned: Result<Vec<CString>> = breakers.iter().map(|b| c_string("DRY sequence breaker", b)).collect();
+        let owned = match owned {
+            Ok(v) => v,
+            Err(e) => return self.fail(e),
+        };
+        let mut ptrs: Vec<*const std::ffi::c_char> = owned.iter().map(|c| c.as_ptr()).collect();
+        let vocab = self.model.vocab().raw();
+        // SAFETY: the vocab lives for 'm (the sampler borrows the model); the breaker strings
+        // are copied by llama.cpp during the call.
+        let s = unsafe { sys::llama_sampler_init_dry(vocab, multiplier, base, allowed_length, last_n, ptrs.as_mut_ptr(), ptrs.len()) };
+        self.push(s, "DRY")
+    }
+
+    /// Constrains output to a GBNF grammar starting at rule `root`. A grammar llama.cpp cannot
+    /// parse is [`Error::Grammar`]. Wraps `llama_sampler_init_grammar`.
+    pub fn grammar(self, gbnf: &str, root: &str) -> Self {
+        let (g, r) = match (c_string("grammar", gbnf), c_string("grammar root", root)) {
+            (Ok(g), Ok(r)) => (g, r),
+            (Err(e), _) | (_, Err(e)) => return self.fail(e),
+        };
+        if !gbnf.lines().any(|l| l.trim_start().starts_with(root) && l.contains("::=")) {
+            return self.fail(Error::Grammar(format!("no rule named {root:?}")));
+        }
+        let vocab = self.model.vocab().raw();
+        // SAFETY: the vocab lives for 'm; the strings are valid C strings for the call.
+        let s = unsafe { sys::llama_sampler_init_grammar(vocab, g.as_ptr(), r.as_ptr()) };
+        if s.is_null() {
+            return self.fail(Error::Grammar("llama.cpp could not parse the grammar (see the llama_cpp log target)".into()));
+        }
+        self.push(s, "grammar")
+    }
+
+    /// Finishes the chain, or returns the first error any stage hit.
+    pub fn build(self) -> Result<Sampler<'m>> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        self.chain.ok_or_else(|| Error::InvalidConfig("llama.cpp could not create a sampler chain".into()))
+    }
+}
+
+/// Sampling settings as plain data (serializable, cheap to clone, one per request).
+/// [`build`](SamplingParams::build) turns them into a [`Sampler`].
+///
+/// Order of the chain: grammar, penalties, DRY, top-k, typical, top-p, min-p, temperature,
+/// then dist (or greedy when `temperature <= 0`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct SamplingParams {
+    /// Temperature; `<= 0` means greedy.
+    pub temperature: f32,
+    /// Top-k (`0` disables).
+    pub top_k: i32,
+    /// Top-p (`1.0` disables).
+    pub top_p: f32,
+    /// Min-p (`0.0` disables).
+    pub min_p: f32,
+    /// Typical-p (`1.0` disables).
+    pub typical_p: f32,
+    /// Repetition penalty (`1.0` disables).
+    pub repeat_penalty: f32,
+    /// Frequency penalty (`0.0` disables).
+    pub frequency_penalty: f32,
+    /// Presence penalty (`0.0` disables).
+    pub presence_penalty: f32,
+    /// Tokens the penalties look back over.
+    pub penalty_last_n: i32,
+    /// DRY multiplier (`0.0` disables).
+    pub dry_multiplier: f32,
+    /// DRY base.
+    pub dry_base: f32,
+    /// DRY allowed length.
+    pub dry_allowed_length: i32,
+    /// DRY look-back (-1: whole context).
+    pub dry_penalty_last_n: i32,
+    /// RNG seed for `dist`.
+    pub seed: u32,
+    /// A GBNF grammar whose root rule is `root`.
+    pub grammar: Option<String>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            typical_p: 1.0,
+            repeat_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            penalty_last_n: 64,
+            dry_multiplier: 0.0,
+            dry_base: 1.75,
+            dry_allowed_length: 2,
+            dry_penalty_last_n: -1,
+            seed: 0xFFFF_FFFF,
+            grammar: None,
+        }
+    }
+}
+
+impl SamplingParams {
+    /// Greedy decoding (temperature 0), deterministic.
+    pub fn greedy() -> Self {
+        SamplingParams { temperature: 0.0, ..Default::default() }
+    }
+
+    /// Whether this picks the most likely token every time.
+    pub fn is_greedy(&self) -> bool {
+        self.temperature <= 0.0
+    }
+
+    /// Builds the sampler chain for `model`.
+    pub fn build<'m>(&self, model: &'m Model) -> Result<Sampler<'m>> {
+        let mut b = Sampler::builder(model);
+        if let Some(g) = &self.grammar {
+            b = b.grammar(g, "root");
+        }
+        if self.repeat_penalty != 1.0 || self.frequency_penalty != 0.0 || self.presence_penalty != 0.0 {
+            b = b.penalties(self.penalty_last_n, self.repeat_penalty, self.frequency_penalty, self.presence_penalty);
+        }
+        if self.dry_multiplier != 0.0 {
+            b = b.dry(self.dry_multiplier, self.dry_base, self.dry_allowed_length, self.dry_penalty_last_n, &["\n", ":", "\"", "*"]);
+        }
+        if self.is_greedy() {
+            return b.greedy().build();
+        }
+        if self.top_k > 0 {
+            b = b.top_k(self.top_k);
+        }
+        if self.typical_p < 1.0 {
+            b = b.typical(self.typical_p, 1);
+        }
+        if self.top_p < 1.0 {
+            b = b.top_p(self.top_p, 1);
+        }
+        if self.min_p > 0.0 {
+            b = b.min_p(self.min_p, 1);
+        }
+        b.temperature(self.temperature).dist(self.seed).build()
+    }
+}

@@ -62,8 +62,5 @@ fn main() {
     println!("cargo:rustc-env=ROCM_LLAMA_HIP_VERSION={hip_version}");
     println!("cargo:rustc-env=ROCM_LLAMA_LINKAGE={linkage}");
     println!("cargo:rustc-env=ROCM_LLAMA_TARGET={}", env::var("TARGET").unwrap_or_default());
-    println!(
-        "cargo:rustc-env=ROCM_LLAMA_TARGET_FEATURES={}",
-        env::var("CARGO_CFG_TARGET_FEATURE").unwrap_or_default()
-    );
+    println!("cargo:rustc-env=ROCM_LLAMA_TARGET_FEATURES={}", env::var("CARGO_CFG_TARGET_FEATURE").unwrap_or_default());
 }

@@ -56,7 +56,7 @@ pub fn read_hip_version(root: &Path) -> Option<HipVersion> {
     }
     let info = root.join(".info/version");
     let text = std::fs::read_to_string(&info).ok()?;
-    let mut parts = text.trim().split(|c: char| c == '.' || c == '-');
+    let mut parts = text.trim().split(['.', '-']);
     let major = parts.next()?.parse().ok()?;
     let minor = parts.next()?.parse().ok()?;
     Some(HipVersion { major, minor, source: info })

@@ -31,7 +31,9 @@ pub fn init() {
     });
 }
 
-/// The log levels of ggml, as plain integers so they match any bindgen enum repr.
+/// The log levels of ggml, as plain integers so they match any bindgen enum repr
+/// (unsigned on Linux, signed on Windows).
+#[allow(clippy::unnecessary_cast)]
 fn level_of(level: u32) -> tracing::Level {
     match level {
         x if x == sys::GGML_LOG_LEVEL_ERROR as u32 => tracing::Level::ERROR,
@@ -53,7 +55,9 @@ unsafe extern "C" fn log_callback(level: sys::ggml_log_level, text: *const c_cha
         if msg.is_empty() {
             return;
         }
-        match level_of(level as u32) {
+        #[allow(clippy::unnecessary_cast)]
+        let level = level as u32;
+        match level_of(level) {
             tracing::Level::ERROR => tracing::error!(target: "llama_cpp", "{msg}"),
             tracing::Level::WARN => tracing::warn!(target: "llama_cpp", "{msg}"),
             tracing::Level::DEBUG => tracing::debug!(target: "llama_cpp", "{msg}"),
@@ -73,6 +77,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::unnecessary_cast)]
     fn log_levels_map() {
         assert_eq!(level_of(sys::GGML_LOG_LEVEL_ERROR as u32), tracing::Level::ERROR);
         assert_eq!(level_of(sys::GGML_LOG_LEVEL_WARN as u32), tracing::Level::WARN);

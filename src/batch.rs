@@ -34,11 +34,18 @@ impl Batch {
         if capacity == 0 || n_seq_max == 0 {
             return Err(Error::InvalidConfig("batch capacity and n_seq_max must be at least 1".into()));
         }
-        let cap = i32::try_from(capacity).map_err(|_| Error::InvalidConfig(format!("batch capacity {capacity} too large")))?;
-        let seqs = i32::try_from(n_seq_max).map_err(|_| Error::InvalidConfig(format!("n_seq_max {n_seq_max} too large")))?;
+        let cap = i32::try_from(capacity)
+            .map_err(|_| Error::InvalidConfig(format!("batch capacity {capacity} too large")))?;
+        let seqs =
+            i32::try_from(n_seq_max).map_err(|_| Error::InvalidConfig(format!("n_seq_max {n_seq_max} too large")))?;
         // SAFETY: positive sizes; `embd == 0` allocates token ids.
         let raw = unsafe { sys::llama_batch_init(cap, 0, seqs) };
-        if raw.token.is_null() || raw.pos.is_null() || raw.n_seq_id.is_null() || raw.seq_id.is_null() || raw.logits.is_null() {
+        if raw.token.is_null()
+            || raw.pos.is_null()
+            || raw.n_seq_id.is_null()
+            || raw.seq_id.is_null()
+            || raw.logits.is_null()
+        {
             // SAFETY: `llama_batch_free` accepts partially allocated batches (it checks each array).
             unsafe { sys::llama_batch_free(raw) };
             return Err(Error::InvalidConfig("llama_batch_init failed to allocate".into()));
@@ -113,9 +120,7 @@ impl Batch {
         }
         let last = tokens.len().saturating_sub(1);
         for (k, &t) in tokens.iter().enumerate() {
-            let pos = start
-                .checked_add(k as i32)
-                .ok_or(Error::InvalidPosition { pos: i32::MAX, n_ctx: 0 })?;
+            let pos = start.checked_add(k as i32).ok_or(Error::InvalidPosition { pos: i32::MAX, n_ctx: 0 })?;
             self.add(t, pos, &[seq_id], logits_last && k == last)?;
         }
         Ok(())

@@ -60,6 +60,7 @@ fn cpu_features(system_info: &str) -> String {
         .split('|')
         .filter_map(|part| {
             let (k, v) = part.split_once('=')?;
+            let k = k.rsplit(':').next().unwrap_or(k);
             (v.trim() == "1").then(|| k.trim().to_string())
         })
         .collect::<Vec<_>>()
@@ -124,7 +125,7 @@ mod tests {
         let err = find_hip(&[PathBuf::from("/nonexistent/rocm")]).unwrap_err();
         assert!(err.contains("no ROCm installation") && err.contains("/nonexistent/rocm"), "{err}");
         let ok = fake_rocm("ok", Some("#define HIP_VERSION_MAJOR 6\n#define HIP_VERSION_MINOR 4\n"), None);
-        assert_eq!(find_hip(&[ok.clone()]).unwrap().0, ok);
+        assert_eq!(find_hip(std::slice::from_ref(&ok)).unwrap().0, ok);
     }
 
     #[test]
@@ -132,7 +133,12 @@ mod tests {
         let roots = candidate_roots(Some("/a/rocm"), Some("/b/rocm/hip"));
         assert_eq!(
             roots,
-            vec![PathBuf::from("/a/rocm"), PathBuf::from("/b/rocm/hip"), PathBuf::from("/b/rocm"), PathBuf::from("/opt/rocm")]
+            vec![
+                PathBuf::from("/a/rocm"),
+                PathBuf::from("/b/rocm/hip"),
+                PathBuf::from("/b/rocm"),
+                PathBuf::from("/opt/rocm")
+            ]
         );
     }
 }

@@ -143,10 +143,7 @@ impl Error {
 
 /// Turns a Rust string into a C string, or `Error::NulByte` naming `what`.
 pub(crate) fn c_string(what: &'static str, s: &str) -> Result<std::ffi::CString> {
-    std::ffi::CString::new(s).map_err(|e| Error::NulByte {
-        what,
-        offset: e.nul_position(),
-    })
+    std::ffi::CString::new(s).map_err(|e| Error::NulByte { what, offset: e.nul_position() })
 }
 
 #[cfg(test)]

@@ -137,11 +137,8 @@ impl StopMatcher {
         if self.stops.is_empty() {
             return (std::mem::take(&mut self.held), None);
         }
-        let hit = self
-            .stops
-            .iter()
-            .filter_map(|s| self.held.find(s.as_str()).map(|at| (at, s)))
-            .min_by_key(|(at, _)| *at);
+        let hit =
+            self.stops.iter().filter_map(|s| self.held.find(s.as_str()).map(|at| (at, s))).min_by_key(|(at, _)| *at);
         if let Some((at, s)) = hit {
             let s = s.clone();
             let out = self.held[..at].to_string();
@@ -209,7 +206,12 @@ impl<'m> Context<'m> {
     }
 
     /// Formats `messages` with a chat template and generates the assistant's reply.
-    pub fn chat(&mut self, messages: &[ChatMessage], template: &ChatTemplate, opts: &GenerateOptions) -> Result<Generation<'_, 'm>> {
+    pub fn chat(
+        &mut self,
+        messages: &[ChatMessage],
+        template: &ChatTemplate,
+        opts: &GenerateOptions,
+    ) -> Result<Generation<'_, 'm>> {
         let tmpl = template.resolve(self.model())?;
         let prompt = apply_template(&tmpl, messages, true)?;
         self.generate(&prompt, opts)
@@ -334,7 +336,9 @@ impl Generation<'_, '_> {
 
     fn step(&mut self) -> Result<Option<Event>> {
         loop {
-            if self.opts.cancel.as_ref().is_some_and(|c| c.is_cancelled()) && !matches!(self.phase, Phase::Done | Phase::Finish(_)) {
+            if self.opts.cancel.as_ref().is_some_and(|c| c.is_cancelled())
+                && !matches!(self.phase, Phase::Done | Phase::Finish(_))
+            {
                 self.phase = Phase::Finish(StopReason::Cancelled);
             }
             match std::mem::replace(&mut self.phase, Phase::Done) {

@@ -57,3 +57,8 @@ pub use vocab::{Detokenizer, Token, Vocab};
 
 /// The raw llama.cpp bindings, for anything this crate does not wrap.
 pub use llama_cpp_sys_2 as sys;
+
+/// The README's examples compile as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -1,1 +1,369 @@
-fn main(){}
+//! `rocm-llama`: in-process llama.cpp inference from the command line.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use rocm_llama::{
+    ChatMessage, ChatTemplate, Context, ContextConfig, Event, FlashAttention, GenerateOptions, GpuLayers, KvType,
+    LoadConfig, Model, SamplingParams, Summary,
+};
+
+#[derive(Parser)]
+#[command(name = "rocm-llama", version, about = "In-process llama.cpp inference on AMD (HIP), NVIDIA (CUDA) and CPU")]
+struct Cli {
+    /// More log output (-v: info, -vv: llama.cpp's own log, -vvv: everything). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Complete a raw prompt (no chat template) and stream the text to stdout.
+    Run {
+        /// The prompt; read from stdin when absent.
+        prompt: Option<String>,
+        #[command(flatten)]
+        opts: GenOpts,
+    },
+    /// Chat with the model's template: one reply to PROMPT, or a conversation (REPL) when absent.
+    Chat {
+        /// A single user message; without it, read messages from stdin one line at a time.
+        prompt: Option<String>,
+        /// A system prompt.
+        #[arg(long)]
+        system: Option<String>,
+        /// A built-in chat template name (gemma, chatml, llama3, ...) instead of the model's.
+        #[arg(long)]
+        template: Option<String>,
+        #[command(flatten)]
+        opts: GenOpts,
+    },
+    /// Show how this binary was built (backends, llama.cpp version, GPU targets, CPU features).
+    Info {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Clone)]
+struct GenOpts {
+    /// GGUF model file.
+    #[arg(short, long, env = "ROCM_LLAMA_MODEL")]
+    model: Option<PathBuf>,
+    /// Context length in tokens (default: the model's trained length, at most 4096).
+    #[arg(short = 'c', long)]
+    ctx: Option<u32>,
+    /// Layers to put on the GPU: a number or `all`.
+    #[arg(long, default_value = "all")]
+    gpu_layers: String,
+    /// CPU threads (default: the cores this process may use).
+    #[arg(short, long)]
+    threads: Option<u32>,
+    /// Flash attention: auto, on or off.
+    #[arg(long, default_value = "auto")]
+    flash_attn: String,
+    /// KV cache type for K and V (f16, q8_0, ...).
+    #[arg(long, default_value = "f16")]
+    kv_type: String,
+    /// Temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.8)]
+    temp: f32,
+    /// Top-k (0 disables).
+    #[arg(long, default_value_t = 40)]
+    top_k: i32,
+    /// Top-p (1.0 disables).
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    /// Min-p (0 disables).
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    /// Repetition penalty (1.0 disables).
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// A GBNF grammar file that constrains the output (root rule `root`).
+    #[arg(long)]
+    grammar_file: Option<PathBuf>,
+    /// RNG seed (default: random).
+    #[arg(long)]
+    seed: Option<u32>,
+    /// Most tokens to generate.
+    #[arg(short = 'n', long, default_value_t = 256)]
+    max_tokens: usize,
+    /// Stop when this text appears (repeatable); it is not printed.
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Print one JSON object (text and summary) to stdout instead of streaming.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar while loading.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+fn default_model() -> Option<PathBuf> {
+    let cache = std::env::var_os("ROCM_LLAMA_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/rocm-llama")))?;
+    Some(cache.join("gemma-3-270m-q4_k_m.gguf"))
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn,llama_cpp=error",
+        1 => "info,llama_cpp=warn",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn load_model(opts: &GenOpts) -> AnyResult<Model> {
+    let path =
+        opts.model.clone().or_else(default_model).ok_or("no model: pass --model PATH or set ROCM_LLAMA_MODEL")?;
+    if opts.model.is_none() && !path.exists() {
+        return Err(format!(
+            "no --model given and the default model is missing at {} (scripts/test-model.sh fetches it)",
+            path.display()
+        )
+        .into());
+    }
+    let gpu_layers = match opts.gpu_layers.as_str() {
+        "all" | "-1" => GpuLayers::All,
+        n => GpuLayers::Count(n.parse().map_err(|_| format!("--gpu-layers must be a number or `all`, not {n:?}"))?),
+    };
+    let mut config = LoadConfig { gpu_layers, ..Default::default() };
+    let bar = (!opts.no_progress).then(|| {
+        let bar = indicatif::ProgressBar::new(100);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("loading {msg} [{bar:30}] {percent:>3}%")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_message(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        bar
+    });
+    if let Some(bar) = bar.clone() {
+        config.progress = Some(Arc::new(move |p: f32| {
+            bar.set_position((p * 100.0) as u64);
+            true
+        }));
+    }
+    let model = Model::load(&path, &config);
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let model = model?;
+    tracing::info!("loaded {} ({})", path.display(), model.description());
+    Ok(model)
+}
+
+fn context_config(model: &Model, opts: &GenOpts) -> AnyResult<ContextConfig> {
+    let n_ctx = opts.ctx.unwrap_or_else(|| model.n_ctx_train().clamp(256, 4096));
+    let kv: KvType = opts.kv_type.parse()?;
+    let mut cfg = ContextConfig::default().n_ctx(n_ctx).flash_attention(opts.flash_attn.parse::<FlashAttention>()?);
+    cfg.type_k = kv;
+    cfg.type_v = kv;
+    if let Some(t) = opts.threads {
+        cfg = cfg.threads(t);
+    }
+    Ok(cfg)
+}
+
+fn generate_options(opts: &GenOpts) -> AnyResult<GenerateOptions> {
+    let grammar = match &opts.grammar_file {
+        Some(p) => Some(std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?),
+        None => None,
+    };
+    let seed = opts.seed.unwrap_or_else(|| {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        (t.as_nanos() as u32) ^ std::process::id()
+    });
+    let sampling = SamplingParams {
+        temperature: opts.temp,
+        top_k: opts.top_k,
+        top_p: opts.top_p,
+        min_p: opts.min_p,
+        repeat_penalty: opts.repeat_penalty,
+        seed,
+        grammar,
+        ..Default::default()
+    };
+    Ok(GenerateOptions { max_tokens: opts.max_tokens, stop: opts.stop.clone(), sampling, cancel: None })
+}
+
+fn summary_line(s: &Summary) -> String {
+    format!(
+        "prompt {} tokens ({} cached), generated {} tokens, first token {:.0} ms, prefill {:.1} tok/s, decode {:.1} tok/s, stop: {:?}",
+        s.prompt_tokens,
+        s.cached_prompt_tokens,
+        s.generated_tokens,
+        s.time_to_first_token.as_secs_f64() * 1000.0,
+        s.prefill_tokens_per_s,
+        s.decode_tokens_per_s,
+        s.stop_reason
+    )
+}
+
+fn summary_json(text: &str, s: &Summary) -> serde_json::Value {
+    serde_json::json!({
+        "text": text,
+        "stop_reason": s.stop_reason,
+        "prompt_tokens": s.prompt_tokens,
+        "cached_prompt_tokens": s.cached_prompt_tokens,
+        "generated_tokens": s.generated_tokens,
+        "time_to_first_token_ms": s.time_to_first_token.as_secs_f64() * 1000.0,
+        "prefill_tokens_per_s": s.prefill_tokens_per_s,
+        "decode_tokens_per_s": s.decode_tokens_per_s,
+        "total_ms": s.total_time.as_secs_f64() * 1000.0,
+    })
+}
+
+/// Streams a generation to stdout (or collects it for --json); returns the text.
+fn stream(gen: rocm_llama::Generation<'_, '_>, json: bool) -> AnyResult<(String, Summary)> {
+    let mut out = std::io::stdout().lock();
+    let mut text = String::new();
+    for ev in gen {
+        match ev? {
+            Event::Token { text: t, .. } | Event::Text(t) => {
+                if !json {
+                    out.write_all(t.as_bytes())?;
+                    out.flush()?;
+                }
+                text.push_str(&t);
+            }
+            Event::Done(s) => return Ok((text, s)),
+        }
+    }
+    Err("generation ended without a summary".into())
+}
+
+fn finish(text: &str, s: &Summary, json: bool) -> AnyResult<()> {
+    if json {
+        println!("{}", summary_json(text, s));
+    } else {
+        println!();
+        eprintln!("{}", summary_line(s));
+    }
+    Ok(())
+}
+
+fn read_stdin() -> AnyResult<String> {
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+    Ok(s)
+}
+
+fn cmd_run(prompt: Option<String>, opts: GenOpts) -> AnyResult<()> {
+    let prompt = match prompt {
+        Some(p) => p,
+        None => read_stdin()?,
+    };
+    let model = load_model(&opts)?;
+    let mut ctx = Context::new(&model, &context_config(&model, &opts)?)?;
+    let gen = ctx.generate(&prompt, &generate_options(&opts)?)?;
+    let (text, s) = stream(gen, opts.json)?;
+    finish(&text, &s, opts.json)
+}
+
+fn cmd_chat(prompt: Option<String>, system: Option<String>, template: Option<String>, opts: GenOpts) -> AnyResult<()> {
+    let model = load_model(&opts)?;
+    let mut ctx = Context::new(&model, &context_config(&model, &opts)?)?;
+    let template = template.map(ChatTemplate::Named).unwrap_or_default();
+    let gen_opts = generate_options(&opts)?;
+    let mut messages: Vec<ChatMessage> = system.into_iter().map(ChatMessage::system).collect();
+
+    if let Some(p) = prompt {
+        messages.push(ChatMessage::user(p));
+        let gen = ctx.chat(&messages, &template, &gen_opts)?;
+        let (text, s) = stream(gen, opts.json)?;
+        return finish(&text, &s, opts.json);
+    }
+
+    // The REPL: one user message per line; the conversation is kept, and each turn reuses
+    // the cached prompt of the one before.
+    let interactive = std::io::IsTerminal::is_terminal(&std::io::stdin());
+    if interactive {
+        eprintln!("chatting with {} — /reset clears the conversation, /exit or Ctrl-D ends", model.description());
+    }
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        if interactive {
+            eprint!("> ");
+            std::io::stderr().flush()?;
+        }
+        let Some(line) = lines.next() else { break };
+        let line = line?;
+        let line = line.trim();
+        match line {
+            "" => continue,
+            "/exit" | "/quit" => break,
+            "/reset" => {
+                messages.retain(|m| m.role == "system");
+                continue;
+            }
+            _ => {}
+        }
+        messages.push(ChatMessage::user(line));
+        let gen = match ctx.chat(&messages, &template, &gen_opts) {
+            Ok(g) => g,
+            Err(e) => {
+                // A turn that cannot run (e.g. the conversation outgrew the context) is
+                // reported and dropped; the session goes on.
+                eprintln!("error: {e}");
+                messages.pop();
+                continue;
+            }
+        };
+        let (text, s) = stream(gen, opts.json)?;
+        finish(&text, &s, opts.json)?;
+        messages.push(ChatMessage::assistant(text));
+    }
+    Ok(())
+}
+
+fn cmd_info(json: bool) -> AnyResult<()> {
+    let info = rocm_llama::build_info();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+        return Ok(());
+    }
+    println!("rocm-llama      {}", info.version);
+    println!("backends        {}", info.backends.join(", "));
+    println!("llama.cpp       {} (llama-cpp-sys-2 {})", info.llama_cpp_version, info.llama_cpp_sys_version);
+    println!("linkage         {}", info.linkage);
+    println!("gpu targets     {}", if info.gpu_targets.is_empty() { "-".into() } else { info.gpu_targets.join(", ") });
+    if let Some(v) = info.hip_version {
+        println!("hip             {v}");
+    }
+    println!("target          {}", info.target);
+    println!("cpu features    {}", info.cpu_features);
+    println!("default threads {}", rocm_llama::default_threads());
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match cli.command {
+        Command::Run { prompt, opts } => cmd_run(prompt, opts),
+        Command::Chat { prompt, system, template, opts } => cmd_chat(prompt, system, template, opts),
+        Command::Info { json } => cmd_info(json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

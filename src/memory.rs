@@ -128,7 +128,9 @@ mod tests {
         assert_eq!(to_c_range(3..).unwrap(), (3, -1));
         assert_eq!(to_c_range(..7).unwrap(), (-1, 7));
         assert_eq!(to_c_range(2..=4).unwrap(), (2, 5));
-        assert!(to_c_range(5..2).is_err());
+        #[allow(clippy::reversed_empty_ranges)]
+        let backwards = 5..2;
+        assert!(to_c_range(backwards).is_err());
         assert!(to_c_range(-5..2).is_err());
     }
 }

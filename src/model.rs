@@ -163,9 +163,8 @@ impl Model {
         let path = path.as_ref();
         crate::backend::init();
         check_gguf_header(path)?;
-        let path_str = path
-            .to_str()
-            .ok_or_else(|| Error::InvalidConfig(format!("model path {} is not UTF-8", path.display())))?;
+        let path_str =
+            path.to_str().ok_or_else(|| Error::InvalidConfig(format!("model path {} is not UTF-8", path.display())))?;
         let c_path = c_string("model path", path_str)?;
 
         // SAFETY: returns a plain struct by value.

@@ -35,7 +35,11 @@ impl<'m> Sampler<'m> {
         params.no_perf = true;
         // SAFETY: valid params; a null return is handled.
         let chain = unsafe { sys::llama_sampler_chain_init(params) };
-        SamplerBuilder { chain: NonNull::new(chain).map(|ptr| Sampler { ptr, _model: PhantomData }), model, error: None }
+        SamplerBuilder {
+            chain: NonNull::new(chain).map(|ptr| Sampler { ptr, _model: PhantomData }),
+            model,
+            error: None,
+        }
     }
 
     /// Greedy decoding: always the most likely token.
@@ -66,13 +70,13 @@ impl<'m> Sampler<'m> {
         if data.is_empty() {
             return Err(Error::InvalidConfig("no logits to sample from".into()));
         }
-        let mut arr = sys::llama_token_data_array { data: data.as_mut_ptr(), size: data.len(), selected: -1, sorted: false };
+        let mut arr =
+            sys::llama_token_data_array { data: data.as_mut_ptr(), size: data.len(), selected: -1, sorted: false };
         // SAFETY: `arr` points at `data`, alive for the call.
         unsafe { sys::llama_sampler_apply(self.ptr.as_ptr(), &mut arr) };
-        let sel = usize::try_from(arr.selected)
-            .ok()
-            .filter(|&s| s < arr.size)
-            .ok_or_else(|| Error::InvalidConfig("the sampler chain selected no token (end it with greedy or dist)".into()))?;
+        let sel = usize::try_from(arr.selected).ok().filter(|&s| s < arr.size).ok_or_else(|| {
+            Error::InvalidConfig("the sampler chain selected no token (end it with greedy or dist)".into())
+        })?;
         // SAFETY: `sel < size`; samplers may reorder `data` in place but keep it within `size`.
         let t = unsafe { (*arr.data.add(sel)).id };
         self.accept(t);
@@ -130,7 +134,9 @@ impl<'m> SamplerBuilder<'m> {
                 // SAFETY: the chain takes ownership of `s`.
                 unsafe { sys::llama_sampler_chain_add(chain.ptr.as_ptr(), s) };
             }
-            (_, true) => self.error = Some(Error::InvalidConfig(format!("llama.cpp could not create the {what} sampler"))),
+            (_, true) => {
+                self.error = Some(Error::InvalidConfig(format!("llama.cpp could not create the {what} sampler")))
+            }
             (None, false) => {
                 // SAFETY: as above.
                 unsafe { sys::llama_sampler_free(s) };
@@ -239,7 +245,9 @@ impl<'m> SamplerBuilder<'m> {
         let vocab = self.model.vocab().raw();
         // SAFETY: the vocab lives for 'm (the sampler borrows the model); the breaker strings
         // are copied by llama.cpp during the call.
-        let s = unsafe { sys::llama_sampler_init_dry(vocab, multiplier, base, allowed_length, last_n, ptrs.as_mut_ptr(), ptrs.len()) };
+        let s = unsafe {
+            sys::llama_sampler_init_dry(vocab, multiplier, base, allowed_length, last_n, ptrs.as_mut_ptr(), ptrs.len())
+        };
         self.push(s, "DRY")
     }
 
@@ -257,7 +265,8 @@ impl<'m> SamplerBuilder<'m> {
         // SAFETY: the vocab lives for 'm; the strings are valid C strings for the call.
         let s = unsafe { sys::llama_sampler_init_grammar(vocab, g.as_ptr(), r.as_ptr()) };
         if s.is_null() {
-            return self.fail(Error::Grammar("llama.cpp could not parse the grammar (see the llama_cpp log target)".into()));
+            return self
+                .fail(Error::Grammar("llama.cpp could not parse the grammar (see the llama_cpp log target)".into()));
         }
         self.push(s, "grammar")
     }
@@ -354,7 +363,13 @@ impl SamplingParams {
             b = b.penalties(self.penalty_last_n, self.repeat_penalty, self.frequency_penalty, self.presence_penalty);
         }
         if self.dry_multiplier != 0.0 {
-            b = b.dry(self.dry_multiplier, self.dry_base, self.dry_allowed_length, self.dry_penalty_last_n, &["\n", ":", "\"", "*"]);
+            b = b.dry(
+                self.dry_multiplier,
+                self.dry_base,
+                self.dry_allowed_length,
+                self.dry_penalty_last_n,
+                &["\n", ":", "\"", "*"],
+            );
         }
         if self.is_greedy() {
             return b.greedy().build();

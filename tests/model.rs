@@ -54,7 +54,8 @@ fn summary_counts_and_prompt_cache() {
     assert!(s1.prompt_tokens > 5);
     assert!(s1.decode_tokens_per_s > 0.0 && s1.prefill_tokens_per_s > 0.0);
     // A longer prompt with the same start reuses the cached prefix.
-    let (t2, s2) = ctx.generate(&format!("{prompt} cherry,"), &GenerateOptions::greedy(8)).unwrap().collect_text().unwrap();
+    let (t2, s2) =
+        ctx.generate(&format!("{prompt} cherry,"), &GenerateOptions::greedy(8)).unwrap().collect_text().unwrap();
     assert!(s2.cached_prompt_tokens >= s1.prompt_tokens - 1, "{s2:?}");
     let mut fresh = common::context(model);
     assert_eq!(greedy_text(&mut fresh, &format!("{prompt} cherry,"), 8), t2);
@@ -162,7 +163,8 @@ fn stop_string_ends_generation_and_is_absent() {
     // Pick a stop string the model really produces: the text from the second character on.
     let stop: String = free.trim_start().chars().skip(1).take(2).collect();
     assert!(!stop.is_empty(), "model produced {free:?}");
-    let (text, summary) = ctx.generate(prompt, &GenerateOptions::greedy(16).stop(stop.clone())).unwrap().collect_text().unwrap();
+    let (text, summary) =
+        ctx.generate(prompt, &GenerateOptions::greedy(16).stop(stop.clone())).unwrap().collect_text().unwrap();
     assert_eq!(summary.stop_reason, StopReason::StopString(stop.clone()));
     assert!(!text.contains(&stop), "{text:?} contains {stop:?}");
     assert!(free.starts_with(&text), "{free:?} vs {text:?}");
@@ -278,7 +280,10 @@ fn caller_errors_never_reach_llama_cpp() {
     assert!(matches!(ctx.seq_pos_max(-3), Err(Error::InvalidSeqId { .. })));
 
     // NUL bytes in strings that go to C.
-    assert!(matches!(Model::load("bad\0path.gguf", &LoadConfig::default()), Err(Error::Io { .. } | Error::NulByte { .. })));
+    assert!(matches!(
+        Model::load("bad\0path.gguf", &LoadConfig::default()),
+        Err(Error::Io { .. } | Error::NulByte { .. })
+    ));
     assert!(matches!(rocm_llama::apply_template("gemma\0", &[], true), Err(Error::NulByte { .. })));
 
     // Bad settings.
@@ -287,7 +292,8 @@ fn caller_errors_never_reach_llama_cpp() {
     assert!(Context::new(model, &common::config().threads(0)).is_err());
 
     // The context still works after all of that.
-    assert!(!greedy_text(&mut ctx, "Hi", 2).is_empty() || true);
+    let (_, summary) = ctx.generate("Hi", &GenerateOptions::greedy(2)).unwrap().collect_text().unwrap();
+    assert_eq!(summary.generated_tokens, 2);
 }
 
 #[test]
@@ -319,7 +325,8 @@ fn grammar_constrains_output_and_bad_grammar_is_an_error() {
     assert!(matches!(Sampler::builder(model).grammar("root ::= (", "root").greedy().build(), Err(Error::Grammar(_))));
     assert!(matches!(Sampler::builder(model).grammar("root ::= \"a\"", "start").build(), Err(Error::Grammar(_))));
     let mut ctx = common::context(model);
-    let sampling = SamplingParams { grammar: Some("root ::= (\"yes\" | \"no\") \".\"".into()), ..SamplingParams::greedy() };
+    let sampling =
+        SamplingParams { grammar: Some("root ::= (\"yes\" | \"no\") \".\"".into()), ..SamplingParams::greedy() };
     let opts = GenerateOptions { sampling, ..GenerateOptions::greedy(8) };
     let (text, _) = ctx.generate("Is the sky blue? Answer:", &opts).unwrap().collect_text().unwrap();
     assert!(text == "yes." || text == "no.", "{text:?}");

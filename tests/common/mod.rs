@@ -23,7 +23,10 @@ pub fn model_path() -> Option<PathBuf> {
     if std::env::var_os("CI").is_some() {
         panic!("test model missing at {} under CI: run scripts/test-model.sh", path.display());
     }
-    eprintln!("SKIPPED: test model not found at {} (run scripts/test-model.sh or set ROCM_LLAMA_TEST_MODEL)", path.display());
+    eprintln!(
+        "SKIPPED: test model not found at {} (run scripts/test-model.sh or set ROCM_LLAMA_TEST_MODEL)",
+        path.display()
+    );
     None
 }
 

@@ -1,0 +1,106 @@
+//! The `rocm-llama` binary end to end.
+
+mod common;
+
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_rocm-llama"))
+}
+
+#[test]
+fn default_build_links_llama_cpp_statically() {
+    if cfg!(feature = "dynamic-link") || !cfg!(target_os = "linux") {
+        return;
+    }
+    let out = Command::new("ldd").arg(env!("CARGO_BIN_EXE_rocm-llama")).output().expect("ldd runs");
+    let libs = String::from_utf8_lossy(&out.stdout);
+    assert!(!libs.contains("libllama") && !libs.contains("libggml"), "{libs}");
+    assert!(libs.contains("libc.so"), "{libs}");
+}
+
+#[test]
+fn info_reports_the_build() {
+    let out = bin().args(["info", "--json"]).output().unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["backends"].as_array().unwrap().iter().any(|b| b == "cpu"));
+    assert_eq!(v["llama_cpp_sys_version"], "0.1.161");
+}
+
+#[test]
+fn run_streams_text_and_prints_a_summary() {
+    let Some(model) = common::model_path() else { return };
+    let out = bin()
+        .args([
+            "run",
+            "The capital of France is",
+            "--temp",
+            "0",
+            "-n",
+            "12",
+            "--threads",
+            "1",
+            "--no-progress",
+            "--model",
+        ])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!text.trim().is_empty());
+    assert!(err.contains("generated 12 tokens") && err.contains("decode"), "{err}");
+
+    // --json gives the same greedy text plus the summary.
+    let out = bin()
+        .args(["run", "The capital of France is", "--temp", "0", "-n", "12", "--threads", "1", "--json", "--model"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["text"].as_str().unwrap(), text.trim_end_matches('\n'));
+    assert_eq!(v["generated_tokens"], 12);
+    assert_eq!(v["stop_reason"], "MaxTokens");
+}
+
+#[test]
+fn chat_repl_keeps_the_conversation() {
+    let Some(model) = common::model_path() else { return };
+    use std::io::Write;
+    let mut child = bin()
+        .args(["chat", "--temp", "0", "-n", "8", "--threads", "1", "--json", "--model"])
+        .arg(&model)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"Hello there\nTell me more\n/exit\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let turns: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(turns.len(), 2);
+    // The second turn's prompt holds the first exchange, served from the cache.
+    assert!(turns[1]["prompt_tokens"].as_u64() > turns[0]["prompt_tokens"].as_u64());
+    assert!(turns[1]["cached_prompt_tokens"].as_u64().unwrap() >= turns[0]["prompt_tokens"].as_u64().unwrap() - 1);
+}
+
+#[test]
+fn errors_are_reported_not_crashes() {
+    let out = bin().args(["run", "hi", "--model", "/nonexistent/model.gguf"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("No such file"));
+    let dir = std::env::temp_dir().join(format!("rocm-llama-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let junk = dir.join("junk.gguf");
+    std::fs::write(&junk, b"not a model").unwrap();
+    let out = bin().args(["run", "hi", "--model"]).arg(&junk).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a GGUF file"));
+    let Some(model) = common::model_path() else { return };
+    let out = bin().args(["run", "hi", "--flash-attn", "sometimes", "--model"]).arg(&model).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}

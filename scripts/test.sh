@@ -11,5 +11,5 @@ echo "test model: $ROCM_LLAMA_TEST_MODEL" >&2
 
 # Tests, benches and the binary share the release profile, so llama.cpp is built once
 # (about 4 minutes on 2 cores) and runs at full speed in the tests.
-cargo test --release --all-targets --locked
-cargo test --release --doc --locked
+cargo test --release --all-targets --features async --locked
+cargo test --release --doc --features async --locked

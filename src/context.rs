@@ -241,13 +241,14 @@ pub struct Context<'m> {
 // is not `Sync` and every mutating call takes `&mut self`.
 unsafe impl Send for Context<'_> {}
 
-/// Lets another thread stop a [`Context::decode`] in progress (CPU backends check it between
-/// graph nodes), which then returns [`Error::Aborted`].
+/// Lets another thread stop a [`Context::decode`]: the one in progress, or else the next one
+/// (CPU backends check the flag between graph nodes). That decode returns [`Error::Aborted`]
+/// and the flag clears.
 #[derive(Debug, Clone)]
 pub struct AbortHandle(Arc<AtomicBool>);
 
 impl AbortHandle {
-    /// Requests the abort. The flag stays set until [`Context::decode`] starts again.
+    /// Requests the abort.
     pub fn abort(&self) {
         self.0.store(true, Ordering::SeqCst);
     }
@@ -417,10 +418,12 @@ impl<'m> Context<'m> {
     pub fn decode(&mut self, batch: &Batch) -> Result<()> {
         self.check_batch(batch)?;
         self.outputs.clear();
-        self.abort.store(false, Ordering::SeqCst);
         // SAFETY: live context; the batch's arrays hold `n_tokens` checked entries and stay
         // alive for the call.
         let code = unsafe { sys::llama_decode(self.raw(), batch.raw()) };
+        if code == 2 {
+            self.abort.store(false, Ordering::SeqCst);
+        }
         Error::check_decode(code)?;
         self.outputs.extend(batch.output_flags().iter().map(|&f| f != 0));
         Ok(())

@@ -120,9 +120,18 @@ pub enum Error {
     /// A chat template is missing or not supported.
     #[error("chat template: {0}")]
     ChatTemplate(String),
-    /// Work was cancelled.
+    /// Work was cancelled (or the engine shut down before finishing it).
     #[error("cancelled")]
     Cancelled,
+    /// The engine's queue is full; try again later.
+    #[error("engine busy: {queue_capacity} requests already queued")]
+    Busy {
+        /// The queue's capacity.
+        queue_capacity: usize,
+    },
+    /// The engine failed this request (e.g. a decode error in its batch); the engine keeps serving.
+    #[error("engine: {0}")]
+    Engine(String),
 }
 
 /// The crate's result type.

@@ -38,6 +38,7 @@ pub mod batch;
 mod build_info;
 pub mod chat;
 pub mod context;
+pub mod engine;
 mod error;
 pub mod generate;
 pub mod memory;
@@ -49,6 +50,9 @@ pub use batch::{Batch, Pos, SeqId};
 pub use build_info::{build_info, BuildInfo};
 pub use chat::{apply_template, builtin_templates, template_for_architecture, ChatMessage, ChatTemplate};
 pub use context::{default_threads, AbortHandle, Context, ContextConfig, FlashAttention, KvType};
+#[cfg(feature = "async")]
+pub use engine::AsyncTokenStream;
+pub use engine::{Engine, EngineConfig, EngineHandle, EngineStats, TokenStream};
 pub use error::{Error, Result};
 pub use generate::{CancelToken, Event, GenerateOptions, Generation, StopReason, Summary};
 pub use model::{GpuLayers, LoadConfig, Model, ModelInfo, SplitMode};

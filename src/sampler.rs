@@ -18,6 +18,8 @@ use crate::vocab::Token;
 /// Build one with [`Sampler::builder`] or [`SamplingParams::build`].
 pub struct Sampler<'m> {
     ptr: NonNull<sys::llama_sampler>,
+    /// Candidate buffer reused by `sample_logits` (one entry per vocabulary token).
+    scratch: Vec<sys::llama_token_data>,
     _model: PhantomData<&'m Model>,
 }
 
@@ -36,7 +38,7 @@ impl<'m> Sampler<'m> {
         // SAFETY: valid params; a null return is handled.
         let chain = unsafe { sys::llama_sampler_chain_init(params) };
         SamplerBuilder {
-            chain: NonNull::new(chain).map(|ptr| Sampler { ptr, _model: PhantomData }),
+            chain: NonNull::new(chain).map(|ptr| Sampler { ptr, scratch: Vec::new(), _model: PhantomData }),
             model,
             error: None,
         }
@@ -59,14 +61,23 @@ impl<'m> Sampler<'m> {
         Ok(t)
     }
 
-    /// Samples from raw logits (e.g. logits copied out of a context). Wraps
-    /// `llama_sampler_apply`; the chosen token is accepted into the chain.
+    /// Samples from raw logits (e.g. a row of [`Context::logits`], possibly on another
+    /// thread). Wraps `llama_sampler_apply`; the chosen token is accepted into the chain, as
+    /// `llama_sampler_sample` does, so both give the same tokens.
     pub fn sample_logits(&mut self, logits: &[f32]) -> Result<Token> {
-        let mut data: Vec<sys::llama_token_data> = logits
-            .iter()
-            .enumerate()
-            .map(|(i, &logit)| sys::llama_token_data { id: i as Token, logit, p: 0.0 })
-            .collect();
+        let mut data = std::mem::take(&mut self.scratch);
+        data.clear();
+        data.extend(logits.iter().enumerate().map(|(i, &logit)| sys::llama_token_data {
+            id: i as Token,
+            logit,
+            p: 0.0,
+        }));
+        let result = self.apply_and_pick(&mut data);
+        self.scratch = data;
+        result
+    }
+
+    fn apply_and_pick(&mut self, data: &mut [sys::llama_token_data]) -> Result<Token> {
         if data.is_empty() {
             return Err(Error::InvalidConfig("no logits to sample from".into()));
         }

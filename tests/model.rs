@@ -336,6 +336,44 @@ fn grammar_constrains_output_and_bad_grammar_is_an_error() {
 }
 
 #[test]
+fn every_sampler_stage_builds_and_samples() {
+    let model = require_model!();
+    let mut ctx = common::context(model);
+    let sampling = SamplingParams {
+        temperature: 0.7,
+        top_k: 20,
+        top_p: 0.9,
+        min_p: 0.05,
+        typical_p: 0.95,
+        repeat_penalty: 1.1,
+        frequency_penalty: 0.1,
+        presence_penalty: 0.1,
+        dry_multiplier: 0.8,
+        seed: 7,
+        ..Default::default()
+    };
+    let opts = GenerateOptions { sampling, ..GenerateOptions::greedy(12) };
+    let (_, s) = ctx.generate("A list of colors: red,", &opts).unwrap().collect_text().unwrap();
+    assert!(s.generated_tokens > 0);
+    // The builder directly, sampling from copied logits.
+    let mut sampler = Sampler::builder(model).top_k(5).temperature(0.5).dist(3).build().unwrap();
+    let mut batch = Batch::new(8, 1).unwrap();
+    // Positions that clash with what sequence 0 already holds are rejected, not asserted on.
+    batch.add_sequence(&model.vocab().tokenize("Hello", true, false).unwrap(), 0, 0, true).unwrap();
+    assert!(matches!(ctx.decode(&batch), Err(Error::InvalidBatch)));
+    batch.clear();
+    ctx.clear_memory();
+    batch.add_sequence(&model.vocab().tokenize("Hello", true, false).unwrap(), 0, 0, true).unwrap();
+    ctx.decode(&batch).unwrap();
+    let logits = ctx.logits(batch.len() as i32 - 1).unwrap().to_vec();
+    let t = sampler.sample_logits(&logits).unwrap();
+    model.vocab().check(t).unwrap();
+    // A chain without a final picker selects nothing: an error, not garbage.
+    let mut no_pick = Sampler::builder(model).top_k(5).build().unwrap();
+    assert!(no_pick.sample_logits(&logits).is_err());
+}
+
+#[test]
 fn seeded_sampling_is_reproducible() {
     let model = require_model!();
     let sampling = SamplingParams { seed: 42, temperature: 1.0, ..Default::default() };

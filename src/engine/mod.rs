@@ -1,0 +1,307 @@
+//! Many concurrent generations on one model: [`Engine`] and its [`EngineHandle`].
+//!
+//! One worker thread owns the [`Context`], the [`Batch`] and every sequence (an actor, like
+//! TGI's router). Handles only send commands. Each step builds one batch holding one decode
+//! token for every running sequence plus prefill chunks of waiting prompts, within `n_batch`
+//! tokens, so a long new prompt never stalls running sequences for more than one chunk.
+//! Requests join between steps and leave as soon as they finish; a finished sequence's KV
+//! cells stay in its slot so a later prompt with the same prefix skips recomputing it.
+
+mod stream;
+mod worker;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::Sender;
+
+#[cfg(feature = "async")]
+pub use stream::AsyncTokenStream;
+pub use stream::TokenStream;
+use worker::{Command, Job, Worker};
+
+use crate::chat::{apply_template, ChatMessage, ChatTemplate};
+use crate::context::{AbortHandle, Context, ContextConfig, FlashAttention};
+use crate::error::{Error, Result};
+use crate::generate::GenerateOptions;
+use crate::model::Model;
+use crate::vocab::Token;
+
+/// Settings for [`Engine::start`].
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Sequences decoded together (slots), default 8.
+    pub n_seq_max: u32,
+    /// Context length of each slot, default 2048.
+    pub n_ctx_per_seq: u32,
+    /// Token budget of one step (decode tokens plus prefill chunks), default 512.
+    pub n_batch: u32,
+    /// Requests that may wait for a slot; beyond it `generate` returns [`Error::Busy`]. Default 64.
+    pub queue_capacity: usize,
+    /// CPU threads (default: the cores this process may use).
+    pub threads: Option<u32>,
+    /// Flash attention.
+    pub flash_attention: FlashAttention,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            n_seq_max: 8,
+            n_ctx_per_seq: 2048,
+            n_batch: 512,
+            queue_capacity: 64,
+            threads: None,
+            flash_attention: FlashAttention::Auto,
+        }
+    }
+}
+
+/// Counters of a running engine, from [`EngineHandle::stats`].
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct EngineStats {
+    /// Sequences generating now.
+    pub running: usize,
+    /// Requests waiting for a slot.
+    pub queued: usize,
+    /// Requests finished (any stop reason).
+    pub completed: u64,
+    /// Tokens generated since start.
+    pub generated_tokens: u64,
+    /// Prompt tokens computed since start.
+    pub prompt_tokens_computed: u64,
+    /// Prompt tokens served from slot caches since start.
+    pub prompt_tokens_cached: u64,
+    /// Requests that reused a cached prefix.
+    pub prompt_cache_hits: u64,
+    /// KV cells held by running sequences.
+    pub kv_cells_used: usize,
+    /// KV cells kept for prefix reuse by idle slots.
+    pub kv_cells_cached: usize,
+    /// Generated tokens per second of busy engine time.
+    pub tokens_per_s: f64,
+}
+
+#[derive(Default)]
+pub(crate) struct SharedStats {
+    pub(crate) running: AtomicUsize,
+    pub(crate) queued: AtomicUsize,
+    pub(crate) completed: AtomicU64,
+    pub(crate) generated: AtomicU64,
+    pub(crate) prompt_computed: AtomicU64,
+    pub(crate) prompt_cached: AtomicU64,
+    pub(crate) cache_hits: AtomicU64,
+    pub(crate) kv_used: AtomicUsize,
+    pub(crate) kv_cached: AtomicUsize,
+    pub(crate) busy_ns: AtomicU64,
+}
+
+struct HandleInner {
+    tx: Sender<Command>,
+    model: Arc<Model>,
+    stats: Arc<SharedStats>,
+    config: EngineConfig,
+    worker: Mutex<Option<JoinHandle<()>>>,
+    stopped: AtomicBool,
+    next_id: AtomicU64,
+    abort: AbortHandle,
+}
+
+impl HandleInner {
+    fn shutdown(&self) {
+        if !self.stopped.swap(true, Ordering::SeqCst) {
+            let _ = self.tx.send(Command::Shutdown);
+        }
+        let worker = self.worker.lock().map(|mut w| w.take()).unwrap_or(None);
+        if let Some(w) = worker {
+            // The worker never panics on request input; if it did, there is nothing to resume.
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for HandleInner {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Starts engines.
+pub struct Engine;
+
+impl Engine {
+    /// Spawns the worker thread, which creates the context. Returns once the context exists,
+    /// or with the error that prevented it.
+    pub fn start(model: Arc<Model>, config: EngineConfig) -> Result<EngineHandle> {
+        if config.n_ctx_per_seq < 16 || config.n_batch == 0 || config.queue_capacity == 0 {
+            return Err(Error::InvalidConfig("n_ctx_per_seq >= 16, n_batch >= 1 and queue_capacity >= 1".into()));
+        }
+        let n_ctx = config
+            .n_ctx_per_seq
+            .checked_mul(config.n_seq_max)
+            .ok_or_else(|| Error::InvalidConfig("n_ctx_per_seq x n_seq_max overflows".into()))?;
+        let mut ctx_config = ContextConfig::default().n_ctx(n_ctx).n_seq_max(config.n_seq_max).n_batch(config.n_batch);
+        ctx_config.flash_attention = config.flash_attention;
+        if let Some(t) = config.threads {
+            ctx_config = ctx_config.threads(t);
+        }
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<AbortHandle>>(1);
+        let stats = Arc::new(SharedStats::default());
+        let worker = {
+            let model = model.clone();
+            let stats = stats.clone();
+            let config = config.clone();
+            std::thread::Builder::new()
+                .name("rocm-llama-engine".into())
+                .spawn(move || {
+                    let ctx = match Context::new(&model, &ctx_config) {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let abort = ctx.abort_handle();
+                    let mut worker = match Worker::new(ctx, &config, stats) {
+                        Ok(w) => w,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(abort));
+                    worker.run(rx);
+                })
+                .map_err(|e| Error::InvalidConfig(format!("cannot spawn the engine thread: {e}")))?
+        };
+        let abort = match ready_rx.recv() {
+            Ok(Ok(abort)) => abort,
+            Ok(Err(e)) => {
+                let _ = worker.join();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = worker.join();
+                return Err(Error::ContextCreate("the engine thread exited during start-up".into()));
+            }
+        };
+        Ok(EngineHandle {
+            inner: Arc::new(HandleInner {
+                tx,
+                model,
+                stats,
+                config,
+                worker: Mutex::new(Some(worker)),
+                stopped: AtomicBool::new(false),
+                next_id: AtomicU64::new(1),
+                abort,
+            }),
+        })
+    }
+}
+
+/// Sends requests to an engine. Clone it freely; it is Send + Sync. When the last clone is
+/// dropped the engine shuts down (as with [`shutdown`](EngineHandle::shutdown)).
+#[derive(Clone)]
+pub struct EngineHandle {
+    inner: Arc<HandleInner>,
+}
+
+impl EngineHandle {
+    /// Queues a text prompt (tokenized on the caller's thread, with BOS and control tokens
+    /// parsed). Errors at once: [`Error::Busy`] when the queue is full,
+    /// [`Error::ContextOverflow`] when the prompt cannot fit a slot, a bad grammar or
+    /// sampling setting, or [`Error::Cancelled`] after shutdown.
+    pub fn generate(&self, prompt: &str, options: &GenerateOptions) -> Result<TokenStream> {
+        let tokens = self.inner.model.vocab().tokenize(prompt, true, true)?;
+        self.generate_tokens(tokens, options)
+    }
+
+    /// Formats `messages` with a chat template and queues the assistant's reply.
+    pub fn chat(
+        &self,
+        messages: &[ChatMessage],
+        template: &ChatTemplate,
+        options: &GenerateOptions,
+    ) -> Result<TokenStream> {
+        let tmpl = template.resolve(&self.inner.model)?;
+        let prompt = apply_template(&tmpl, messages, true)?;
+        self.generate(&prompt, options)
+    }
+
+    /// Queues prompt tokens.
+    pub fn generate_tokens(&self, tokens: Vec<Token>, options: &GenerateOptions) -> Result<TokenStream> {
+        let inner = &self.inner;
+        if inner.stopped.load(Ordering::SeqCst) {
+            return Err(Error::Cancelled);
+        }
+        if tokens.is_empty() {
+            return Err(Error::Tokenize("the prompt is empty".into()));
+        }
+        let vocab = inner.model.vocab();
+        for &t in &tokens {
+            vocab.check(t)?;
+        }
+        if tokens.len() >= inner.config.n_ctx_per_seq as usize {
+            return Err(Error::ContextOverflow { needed: tokens.len() + 1, n_ctx: inner.config.n_ctx_per_seq });
+        }
+        // Bad grammars and sampler settings fail here, on the caller's thread.
+        drop(options.sampling.build(&inner.model)?);
+        // Reserve a queue place; the worker releases it when the request takes a slot.
+        let queued = inner.stats.queued.fetch_add(1, Ordering::SeqCst);
+        if queued >= inner.config.queue_capacity {
+            inner.stats.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(Error::Busy { queue_capacity: inner.config.queue_capacity });
+        }
+        let cancel = options.cancel.clone().unwrap_or_default();
+        let (events, stream) = stream::channel(cancel.clone());
+        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let job = Job { id, tokens, options: options.clone(), events, cancel, submitted: Instant::now() };
+        if inner.tx.send(Command::Submit(job)).is_err() {
+            inner.stats.queued.fetch_sub(1, Ordering::SeqCst);
+            return Err(Error::Cancelled);
+        }
+        Ok(stream)
+    }
+
+    /// A snapshot of the engine's counters.
+    pub fn stats(&self) -> EngineStats {
+        let s = &self.inner.stats;
+        let generated = s.generated.load(Ordering::Relaxed);
+        let busy = s.busy_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        EngineStats {
+            running: s.running.load(Ordering::Relaxed),
+            queued: s.queued.load(Ordering::Relaxed),
+            completed: s.completed.load(Ordering::Relaxed),
+            generated_tokens: generated,
+            prompt_tokens_computed: s.prompt_computed.load(Ordering::Relaxed),
+            prompt_tokens_cached: s.prompt_cached.load(Ordering::Relaxed),
+            prompt_cache_hits: s.cache_hits.load(Ordering::Relaxed),
+            kv_cells_used: s.kv_used.load(Ordering::Relaxed),
+            kv_cells_cached: s.kv_cached.load(Ordering::Relaxed),
+            tokens_per_s: if busy > 0.0 { generated as f64 / busy } else { 0.0 },
+        }
+    }
+
+    /// Aborts the decode step in progress, or the next one (CPU backends check between graph
+    /// nodes). Every sequence in that step's batch fails with [`Error::Engine`] and its KV
+    /// cells are freed; queued and later requests are served as usual. For emergency stops
+    /// and fault-injection tests.
+    pub fn abort_step(&self) {
+        self.inner.abort.abort();
+    }
+
+    /// The model this engine serves.
+    pub fn model(&self) -> &Arc<Model> {
+        &self.inner.model
+    }
+
+    /// Cancels all work, ends every stream in flight with [`Error::Cancelled`] and joins the
+    /// worker thread. Later requests fail with [`Error::Cancelled`].
+    pub fn shutdown(&self) {
+        self.inner.shutdown();
+    }
+}

@@ -1,0 +1,485 @@
+//! The engine's worker thread: slots, the scheduler, batched decode and parallel sampling.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, TryRecvError};
+
+use super::stream::EventSender;
+use super::{EngineConfig, SharedStats};
+use crate::batch::{Batch, SeqId};
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::generate::{CancelToken, Event, GenerateOptions, StopMatcher, StopReason, Summary};
+use crate::sampler::Sampler;
+use crate::vocab::{Detokenizer, Token, Vocab};
+
+/// A request on its way to a slot.
+pub(crate) struct Job {
+    pub(crate) id: u64,
+    pub(crate) tokens: Vec<Token>,
+    pub(crate) options: GenerateOptions,
+    pub(crate) events: EventSender,
+    pub(crate) cancel: CancelToken,
+    pub(crate) submitted: Instant,
+}
+
+/// What handles send to the worker.
+pub(crate) enum Command {
+    Submit(Job),
+    Shutdown,
+}
+
+/// A running request inside a slot.
+struct Active<'m> {
+    job: Job,
+    sampler: Sampler<'m>,
+    detok: Detokenizer<'m>,
+    stops: StopMatcher,
+    /// Prompt tokens already in the KV cache (from the slot cache or computed).
+    prefilled: usize,
+    cached_prompt: usize,
+    /// A sampled token that still has to be decoded.
+    pending: Option<Token>,
+    /// Batch index whose logits belong to this sequence in the current step.
+    output: Option<i32>,
+    /// What sampling decided this step (set on a sampling thread, read by the worker).
+    outcome: Option<Result<Option<StopReason>>>,
+    /// The request's tracing span.
+    span: tracing::Span,
+    generated: usize,
+    started: Instant,
+    prefill_done: Option<Instant>,
+    first_token: Option<Instant>,
+}
+
+struct Slot<'m> {
+    seq: SeqId,
+    /// Tokens in this sequence's KV cells, in order.
+    cached: Vec<Token>,
+    active: Option<Active<'m>>,
+}
+
+pub(crate) struct Worker<'m> {
+    ctx: Context<'m>,
+    batch: Batch,
+    slots: Vec<Slot<'m>>,
+    queue: VecDeque<Job>,
+    stats: Arc<SharedStats>,
+    n_batch: usize,
+    n_ctx_per_seq: usize,
+    sample_threads: usize,
+    shutting_down: bool,
+}
+
+impl<'m> Worker<'m> {
+    pub(crate) fn new(ctx: Context<'m>, config: &EngineConfig, stats: Arc<SharedStats>) -> Result<Self> {
+        let n_batch = ctx.n_batch() as usize;
+        let slots = (0..config.n_seq_max as SeqId).map(|seq| Slot { seq, cached: Vec::new(), active: None }).collect();
+        Ok(Worker {
+            batch: Batch::new(n_batch, 1)?,
+            ctx,
+            slots,
+            queue: VecDeque::new(),
+            stats,
+            n_batch,
+            n_ctx_per_seq: config.n_ctx_per_seq as usize,
+            sample_threads: config
+                .threads
+                .map(|t| t as usize)
+                .unwrap_or_else(|| crate::context::default_threads() as usize),
+            shutting_down: false,
+        })
+    }
+
+    pub(crate) fn run(&mut self, rx: Receiver<Command>) {
+        loop {
+            let idle = self.queue.is_empty() && self.slots.iter().all(|s| s.active.is_none());
+            if idle {
+                match rx.recv() {
+                    Ok(cmd) => self.command(cmd),
+                    Err(_) => self.shutting_down = true,
+                }
+            }
+            loop {
+                match rx.try_recv() {
+                    Ok(cmd) => self.command(cmd),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        self.shutting_down = true;
+                        break;
+                    }
+                }
+            }
+            if self.shutting_down {
+                self.fail_all();
+                return;
+            }
+            let t0 = Instant::now();
+            self.step();
+            self.stats.busy_ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            self.publish();
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Submit(job) => self.queue.push_back(job),
+            Command::Shutdown => self.shutting_down = true,
+        }
+    }
+
+    fn fail_all(&mut self) {
+        for job in self.queue.drain(..) {
+            self.stats.queued.fetch_sub(1, Ordering::SeqCst);
+            let _ = job.events.send(Err(Error::Cancelled));
+        }
+        for slot in &mut self.slots {
+            if let Some(a) = slot.active.take() {
+                let _ = a.job.events.send(Err(Error::Cancelled));
+            }
+        }
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let running = self.slots.iter().filter(|s| s.active.is_some()).count();
+        let used: usize = self.slots.iter().filter(|s| s.active.is_some()).map(|s| s.cached.len()).sum();
+        let cached: usize = self.slots.iter().filter(|s| s.active.is_none()).map(|s| s.cached.len()).sum();
+        self.stats.running.store(running, Ordering::Relaxed);
+        self.stats.kv_used.store(used, Ordering::Relaxed);
+        self.stats.kv_cached.store(cached, Ordering::Relaxed);
+    }
+
+    /// Moves waiting requests into free slots, reusing the slot whose cache shares the
+    /// longest prefix with the prompt.
+    fn admit(&mut self) {
+        while !self.queue.is_empty() {
+            let Some(job) = self.queue.pop_front() else { break };
+            self.stats.queued.fetch_sub(1, Ordering::SeqCst);
+            if job.cancel.is_cancelled() {
+                let _ = job.events.send(Ok(Event::Done(cancelled_summary(&job))));
+                continue;
+            }
+            let free: Vec<usize> = (0..self.slots.len()).filter(|&i| self.slots[i].active.is_none()).collect();
+            if free.is_empty() {
+                self.queue.push_front(job);
+                self.stats.queued.fetch_add(1, Ordering::SeqCst);
+                break;
+            }
+            let common_with =
+                |i: usize| self.slots[i].cached.iter().zip(&job.tokens).take_while(|(a, b)| a == b).count();
+            // Prefer the longest shared prefix; among equals, the slot holding the least.
+            let best = free
+                .iter()
+                .copied()
+                .max_by_key(|&i| (common_with(i), std::cmp::Reverse(self.slots[i].cached.len())))
+                .unwrap_or(free[0]);
+            let model = self.ctx.model();
+            let sampler = match job.options.sampling.build(model) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = job.events.send(Err(e));
+                    continue;
+                }
+            };
+            let mut common = common_with(best).min(job.tokens.len() - 1);
+            let seq = self.slots[best].seq;
+            let mut reused = common > 0 && self.ctx.seq_remove(Some(seq), common as i32..).unwrap_or(false);
+            if reused && self.ctx.seq_pos_min(seq).ok().flatten().is_some_and(|p| p > 0) {
+                reused = false;
+            }
+            if !reused {
+                common = 0;
+                let _ = self.ctx.seq_remove(Some(seq), ..);
+            }
+            let slot = &mut self.slots[best];
+            slot.cached.truncate(common);
+            if common > 0 {
+                self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                self.stats.prompt_cached.fetch_add(common as u64, Ordering::Relaxed);
+            }
+            let span =
+                tracing::debug_span!("request", id = job.id, seq, prompt_tokens = job.tokens.len(), cached = common);
+            tracing::debug!(parent: &span, queued_ms = job.submitted.elapsed().as_secs_f64() * 1e3, "admitted");
+            slot.active = Some(Active {
+                stops: StopMatcher::new(&job.options.stop),
+                detok: model.vocab().detokenizer(false),
+                sampler,
+                prefilled: common,
+                cached_prompt: common,
+                pending: None,
+                output: None,
+                outcome: None,
+                span,
+                generated: 0,
+                started: Instant::now(),
+                prefill_done: None,
+                first_token: None,
+                job,
+            });
+        }
+    }
+
+    fn step(&mut self) {
+        // Cancelled requests leave before the batch is built.
+        for slot in &mut self.slots {
+            if slot.active.as_ref().is_some_and(|a| a.job.cancel.is_cancelled()) {
+                if let Some(a) = slot.active.take() {
+                    finish(a, StopReason::Cancelled, &self.stats);
+                }
+            }
+        }
+        self.admit();
+
+        self.batch.clear();
+        let mut budget = self.n_batch;
+        // One decode token for every running sequence first.
+        for slot in &mut self.slots {
+            let Some(a) = slot.active.as_mut() else { continue };
+            a.output = None;
+            if let Some(t) = a.pending {
+                if budget == 0 {
+                    continue;
+                }
+                let pos = slot.cached.len() as i32;
+                if let Ok(i) = self.batch.add(t, pos, &[slot.seq], true) {
+                    a.output = Some(i);
+                    budget -= 1;
+                }
+            }
+        }
+        // Then prefill chunks of waiting prompts with what is left.
+        for slot in &mut self.slots {
+            let Some(a) = slot.active.as_mut() else { continue };
+            if a.pending.is_some() || a.prefilled >= a.job.tokens.len() || budget == 0 {
+                continue;
+            }
+            let take = budget.min(a.job.tokens.len() - a.prefilled);
+            let chunk = &a.job.tokens[a.prefilled..a.prefilled + take];
+            let last = a.prefilled + take == a.job.tokens.len();
+            if self.batch.add_sequence(chunk, a.prefilled as i32, slot.seq, last).is_ok() {
+                if last {
+                    a.output = Some(self.batch.len() as i32 - 1);
+                }
+                budget -= take;
+            }
+        }
+        if self.batch.is_empty() {
+            return;
+        }
+
+        if let Err(e) = self.ctx.decode(&self.batch) {
+            self.fail_batch(&e);
+            return;
+        }
+
+        // Record what went into the cache.
+        let tokens = self.batch.tokens().to_vec();
+        let mut k = 0;
+        let n = tokens.len();
+        let seq_of: Vec<SeqId> = (0..n).map(|i| self.batch.seq_ids(i).map(|s| s[0]).unwrap_or(-1)).collect();
+        while k < n {
+            let seq = seq_of[k];
+            let slot = &mut self.slots[seq as usize];
+            let mut j = k;
+            while j < n && seq_of[j] == seq {
+                j += 1;
+            }
+            slot.cached.extend_from_slice(&tokens[k..j]);
+            if let Some(a) = slot.active.as_mut() {
+                if a.pending.take().is_none() {
+                    a.prefilled += j - k;
+                    self.stats.prompt_computed.fetch_add((j - k) as u64, Ordering::Relaxed);
+                }
+            }
+            k = j;
+        }
+
+        // Sample every sequence that produced logits, in parallel across cores: with many
+        // sequences and a large vocabulary this host work would otherwise serialize between
+        // decode steps.
+        let Worker { ctx, slots, stats, n_ctx_per_seq, sample_threads, .. } = self;
+        let vocab = ctx.model().vocab();
+        let mut work: Vec<(&mut Slot<'m>, &[f32])> = Vec::new();
+        for slot in slots.iter_mut() {
+            let Some(index) = slot.active.as_mut().and_then(|a| a.output.take()) else { continue };
+            match ctx.logits(index) {
+                Ok(row) => work.push((slot, row)),
+                Err(e) => {
+                    if let Some(a) = slot.active.take() {
+                        let _ = a.job.events.send(Err(e));
+                    }
+                }
+            }
+        }
+        let n_ctx = *n_ctx_per_seq;
+        let sample = |slot: &mut Slot<'m>, row: &[f32]| {
+            let n_cached = slot.cached.len();
+            let Some(a) = slot.active.as_mut() else { return };
+            if a.prefill_done.is_none() {
+                a.prefill_done = Some(Instant::now());
+            }
+            let outcome = sample_one(a, row, vocab, n_cached, n_ctx);
+            a.outcome = Some(outcome);
+        };
+        let threads = (*sample_threads).min(work.len()).max(1);
+        if threads == 1 {
+            for (slot, row) in work {
+                sample(slot, row);
+            }
+        } else {
+            let per = work.len().div_ceil(threads);
+            std::thread::scope(|s| {
+                let mut rest = work;
+                while !rest.is_empty() {
+                    let tail = rest.split_off(per.min(rest.len()));
+                    let chunk = std::mem::replace(&mut rest, tail);
+                    s.spawn(|| {
+                        for (slot, row) in chunk {
+                            sample(slot, row);
+                        }
+                    });
+                }
+            });
+        }
+        for slot in slots.iter_mut() {
+            let Some(outcome) = slot.active.as_mut().and_then(|a| a.outcome.take()) else { continue };
+            match outcome {
+                Ok(None) => {
+                    stats.generated.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Some(reason)) => {
+                    if !matches!(reason, StopReason::Eos) {
+                        stats.generated.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let Some(a) = slot.active.take() {
+                        finish(a, reason, stats);
+                    }
+                }
+                Err(e) => {
+                    if let Some(a) = slot.active.take() {
+                        let _ = a.job.events.send(Err(e));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A decode failed: fail only the sequences in this batch, free their cells, keep serving.
+    /// "No KV slot" (llama.cpp restored the cache) fails only the newest of them; the others
+    /// retry in the next step.
+    fn fail_batch(&mut self, e: &Error) {
+        let mut seqs: Vec<SeqId> = (0..self.batch.len()).filter_map(|i| self.batch.seq_ids(i).map(|s| s[0])).collect();
+        seqs.dedup();
+        if matches!(e, Error::NoKvSlot) && seqs.len() > 1 {
+            let newest =
+                seqs.iter().copied().max_by_key(|&s| self.slots[s as usize].active.as_ref().map_or(0, |a| a.job.id));
+            tracing::warn!(
+                "no KV slot for a batch of {} sequences: failing the newest, deferring the rest",
+                seqs.len()
+            );
+            seqs = newest.into_iter().collect();
+        } else {
+            tracing::warn!("decode failed, failing the {} sequences in this batch: {e}", seqs.len());
+        }
+        for seq in seqs {
+            let slot = &mut self.slots[seq as usize];
+            let _ = self.ctx.seq_remove(Some(seq), ..);
+            slot.cached.clear();
+            if let Some(a) = slot.active.take() {
+                let _ = a.job.events.send(Err(Error::Engine(format!("decode failed: {e}"))));
+            }
+        }
+    }
+}
+
+/// Samples one token for `a`; returns a stop reason when the request is finished.
+fn sample_one(
+    a: &mut Active<'_>,
+    logits: &[f32],
+    vocab: Vocab<'_>,
+    n_cached: usize,
+    n_ctx: usize,
+) -> Result<Option<StopReason>> {
+    let t = a.sampler.sample_logits(logits)?;
+    if a.first_token.is_none() {
+        a.first_token = Some(Instant::now());
+    }
+    if vocab.is_eog(t) {
+        return Ok(Some(StopReason::Eos));
+    }
+    a.generated += 1;
+    let piece = a.detok.push(t)?;
+    let (text, hit) = a.stops.push(&piece);
+    if a.job.events.send(Ok(Event::Token { id: t, text })).is_err() {
+        // The stream was dropped: treat as a cancel.
+        return Ok(Some(StopReason::Cancelled));
+    }
+    if let Some(s) = hit {
+        return Ok(Some(StopReason::StopString(s)));
+    }
+    if a.generated >= a.job.options.max_tokens {
+        return Ok(Some(StopReason::MaxTokens));
+    }
+    if n_cached + 1 >= n_ctx {
+        return Ok(Some(StopReason::ContextFull));
+    }
+    a.pending = Some(t);
+    Ok(None)
+}
+
+fn finish(mut a: Active<'_>, reason: StopReason, stats: &SharedStats) {
+    if !matches!(reason, StopReason::StopString(_)) {
+        let tail = a.detok.finish();
+        let (mut text, _) = a.stops.push(&tail);
+        text.push_str(&a.stops.flush());
+        if !text.is_empty() {
+            let _ = a.job.events.send(Ok(Event::Text(text)));
+        }
+    }
+    let now = Instant::now();
+    let prefill_done = a.prefill_done.unwrap_or(now);
+    let first = a.first_token.unwrap_or(now);
+    let computed = a.job.tokens.len().saturating_sub(a.cached_prompt);
+    let prefill_secs = (prefill_done - a.started).as_secs_f64();
+    let decode_secs = (now - first).as_secs_f64();
+    let summary = Summary {
+        stop_reason: reason,
+        prompt_tokens: a.job.tokens.len(),
+        cached_prompt_tokens: a.cached_prompt,
+        generated_tokens: a.generated,
+        time_to_first_token: first - a.job.submitted,
+        prefill_tokens_per_s: if prefill_secs > 0.0 { computed as f64 / prefill_secs } else { 0.0 },
+        decode_tokens_per_s: if decode_secs > 0.0 && a.generated > 1 {
+            (a.generated - 1) as f64 / decode_secs
+        } else {
+            0.0
+        },
+        total_time: now - a.job.submitted,
+    };
+    tracing::debug!(
+        parent: &a.span,
+        generated = summary.generated_tokens,
+        reason = ?summary.stop_reason,
+        decode_tokens_per_s = summary.decode_tokens_per_s,
+        "finished"
+    );
+    stats.completed.fetch_add(1, Ordering::Relaxed);
+    let _ = a.job.events.send(Ok(Event::Done(summary)));
+}
+
+fn cancelled_summary(job: &Job) -> Summary {
+    Summary {
+        stop_reason: StopReason::Cancelled,
+        prompt_tokens: job.tokens.len(),
+        cached_prompt_tokens: 0,
+        generated_tokens: 0,
+        time_to_first_token: Duration::ZERO,
+        prefill_tokens_per_s: 0.0,
+        decode_tokens_per_s: 0.0,
+        total_time: job.submitted.elapsed(),
+    }
+}

@@ -1,0 +1,271 @@
+//! The engine: many concurrent requests on one model, with the real test model.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rocm_llama::{Engine, EngineConfig, EngineHandle, Error, Event, GenerateOptions, Model, StopReason};
+
+fn shared_model() -> Option<Arc<Model>> {
+    let path = common::model_path()?;
+    Some(Arc::new(Model::load(path, &Default::default()).unwrap()))
+}
+
+/// One thread per engine by default: tests run in parallel on a 2-core machine, and
+/// llama.cpp's spinning thread pools slow down badly when oversubscribed.
+fn engine(model: &Arc<Model>, n_seq_max: u32, queue: usize) -> EngineHandle {
+    engine_with(model, n_seq_max, queue, 1)
+}
+
+fn engine_with(model: &Arc<Model>, n_seq_max: u32, queue: usize, threads: u32) -> EngineHandle {
+    let config = EngineConfig {
+        n_seq_max,
+        n_ctx_per_seq: 256,
+        n_batch: 256,
+        queue_capacity: queue,
+        threads: Some(threads),
+        ..Default::default()
+    };
+    Engine::start(model.clone(), config).unwrap()
+}
+
+const PROMPTS: [&str; 8] = [
+    "The capital of France is",
+    "One, two, three, four,",
+    "The quick brown fox",
+    "Water boils at a temperature of",
+    "Monday, Tuesday, Wednesday,",
+    "The largest planet in the solar system is",
+    "A, B, C, D,",
+    "In the beginning",
+];
+
+fn wait_for(cond: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < Duration::from_secs(60), "condition not reached in 60 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn tokens_of(stream: rocm_llama::TokenStream) -> (Vec<i32>, rocm_llama::Summary) {
+    let mut ids = Vec::new();
+    for ev in stream {
+        match ev.unwrap() {
+            Event::Token { id, .. } => ids.push(id),
+            Event::Text(_) => {}
+            Event::Done(s) => return (ids, s),
+        }
+    }
+    panic!("stream ended without a summary");
+}
+
+/// 32 requests from 8 threads all complete, and each greedy output equals the same request
+/// decoded alone (up to near ties, see `common::assert_greedy_matches`).
+#[test]
+fn concurrent_requests_match_requests_run_alone() {
+    let Some(model) = shared_model() else { return };
+    let n_tokens = 12;
+    let reference: Vec<Vec<(i32, f32)>> =
+        PROMPTS.iter().map(|p| common::greedy_reference(&model, p, n_tokens)).collect();
+
+    // 32 requests from 8 threads on an 8-slot engine; two threads, so sampling runs in parallel.
+    let handle = engine_with(&model, 8, 64, 2);
+    let results: Vec<(usize, Vec<i32>)> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let handle = handle.clone();
+                s.spawn(move || {
+                    (0..4)
+                        .map(|k| {
+                            let i = (t + k) % PROMPTS.len();
+                            let (ids, summary) =
+                                tokens_of(handle.generate(PROMPTS[i], &GenerateOptions::greedy(n_tokens)).unwrap());
+                            assert!(matches!(summary.stop_reason, StopReason::MaxTokens | StopReason::Eos));
+                            (i, ids)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        threads.into_iter().flat_map(|t| t.join().unwrap()).collect()
+    });
+    assert_eq!(results.len(), 32);
+    for (i, ids) in results {
+        common::assert_greedy_matches(&reference[i], &ids, PROMPTS[i]);
+    }
+    let stats = handle.stats();
+    assert_eq!(stats.completed, 32);
+    assert_eq!(stats.running, 0);
+    assert_eq!(stats.kv_cells_used, 0);
+    assert!(stats.generated_tokens >= 32);
+}
+
+#[test]
+fn a_cancelled_request_frees_its_slot_for_the_next() {
+    let Some(model) = shared_model() else { return };
+    let handle = engine(&model, 1, 8);
+    let mut long = handle.generate("Once upon a time", &GenerateOptions::greedy(200)).unwrap();
+    let queued = handle.generate("The capital of France is", &GenerateOptions::greedy(4)).unwrap();
+    for _ in 0..3 {
+        assert!(matches!(long.next(), Some(Ok(Event::Token { .. }))));
+    }
+    assert_eq!(handle.stats().queued, 1);
+    long.cancel();
+    let rest: Vec<_> = long.collect();
+    match rest.last() {
+        Some(Ok(Event::Done(s))) => assert_eq!(s.stop_reason, StopReason::Cancelled),
+        other => panic!("expected a cancelled summary, got {other:?}"),
+    }
+    let (_, s) = queued.collect_text().unwrap();
+    assert_eq!(s.generated_tokens, 4);
+
+    // Dropping a stream cancels it too.
+    let dropped = handle.generate("Once upon a time", &GenerateOptions::greedy(200)).unwrap();
+    drop(dropped);
+    let (_, s) = handle.generate("One, two,", &GenerateOptions::greedy(3)).unwrap().collect_text().unwrap();
+    assert_eq!(s.generated_tokens, 3);
+    wait_for(|| handle.stats().running == 0);
+}
+
+fn rss_kib() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+    pages * 4
+}
+
+#[test]
+fn a_thousand_short_requests_leave_no_cells_and_no_growth() {
+    let Some(model) = shared_model() else { return };
+    let handle = engine(&model, 8, 1000);
+    let run = |n: usize| {
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let handle = handle.clone();
+                s.spawn(move || {
+                    for k in 0..n / 8 {
+                        let prompt = format!("Item {} of {}:", t * 1000 + k, n);
+                        let (_, s) =
+                            handle.generate(&prompt, &GenerateOptions::greedy(1)).unwrap().collect_text().unwrap();
+                        assert!(s.generated_tokens <= 1);
+                    }
+                });
+            }
+        })
+    };
+    run(200);
+    wait_for(|| handle.stats().running == 0);
+    let before = rss_kib();
+    run(800);
+    wait_for(|| handle.stats().running == 0);
+    let after = rss_kib();
+    let stats = handle.stats();
+    assert_eq!(stats.completed, 1000);
+    assert_eq!(stats.kv_cells_used, 0);
+    assert_eq!(stats.queued, 0);
+    assert!(after < before + 32 * 1024, "RSS grew from {before} KiB to {after} KiB over 800 requests");
+}
+
+#[test]
+fn busy_when_the_queue_is_full_and_shutdown_ends_streams() {
+    let Some(model) = shared_model() else { return };
+    let handle = engine(&model, 1, 2);
+    let mut running = handle.generate("Once upon a time", &GenerateOptions::greedy(200)).unwrap();
+    assert!(matches!(running.next(), Some(Ok(Event::Token { .. }))));
+    let q1 = handle.generate("One", &GenerateOptions::greedy(50)).unwrap();
+    let q2 = handle.generate("Two", &GenerateOptions::greedy(50)).unwrap();
+    assert!(matches!(handle.generate("Three", &GenerateOptions::greedy(5)), Err(Error::Busy { queue_capacity: 2 })));
+
+    let started = Instant::now();
+    handle.shutdown();
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let last = running.last();
+    assert!(matches!(last, Some(Err(Error::Cancelled))), "{last:?}");
+    for q in [q1, q2] {
+        assert!(matches!(q.collect_text(), Err(Error::Cancelled)));
+    }
+    assert!(matches!(handle.generate("Four", &GenerateOptions::greedy(5)), Err(Error::Cancelled)));
+}
+
+#[test]
+fn a_shared_prefix_is_served_from_the_cache() {
+    let Some(model) = shared_model() else { return };
+    let handle = engine(&model, 2, 8);
+    let prefix = "Here is a long shared system prompt about rivers, lakes and the sea. ".repeat(3);
+    let (_, first) = handle
+        .generate(&format!("{prefix}Question: name a river."), &GenerateOptions::greedy(4))
+        .unwrap()
+        .collect_text()
+        .unwrap();
+    assert_eq!(first.cached_prompt_tokens, 0);
+    let second_prompt = format!("{prefix}Question: name a lake.");
+    let (ids, second) = tokens_of(handle.generate(&second_prompt, &GenerateOptions::greedy(6)).unwrap());
+    assert!(second.cached_prompt_tokens > 20, "{second:?}");
+    assert!(second.prompt_tokens - second.cached_prompt_tokens < 12, "{second:?}");
+    assert!(handle.stats().prompt_cache_hits >= 1);
+    // Same output as computing the whole prompt afresh.
+    let reference = common::greedy_reference(&model, &second_prompt, 6);
+    common::assert_greedy_matches(&reference, &ids, "cached prefix");
+}
+
+#[test]
+fn bad_requests_fail_at_once() {
+    let Some(model) = shared_model() else { return };
+    let handle = engine(&model, 1, 4);
+    let long = "word ".repeat(1000);
+    assert!(matches!(handle.generate(&long, &GenerateOptions::greedy(4)), Err(Error::ContextOverflow { .. })));
+    let mut bad = GenerateOptions::greedy(4);
+    bad.sampling.grammar = Some("root ::= (".into());
+    assert!(matches!(handle.generate("hi", &bad), Err(Error::Grammar(_))));
+    assert!(handle.generate_tokens(vec![-5], &GenerateOptions::greedy(1)).is_err());
+    // The engine still serves.
+    assert!(handle.generate("hi", &GenerateOptions::greedy(2)).unwrap().collect_text().is_ok());
+}
+
+#[cfg(feature = "async")]
+#[test]
+fn token_stream_is_a_futures_stream() {
+    use futures_util::StreamExt;
+    let Some(model) = shared_model() else { return };
+    let handle = engine(&model, 2, 4);
+    let reference = common::greedy_reference(&model, "The capital of France is", 6);
+    let ids = futures_executor::block_on(async {
+        let mut stream = handle.generate("The capital of France is", &GenerateOptions::greedy(6)).unwrap().into_async();
+        let mut ids = Vec::new();
+        while let Some(ev) = stream.next().await {
+            match ev.unwrap() {
+                Event::Token { id, .. } => ids.push(id),
+                Event::Text(_) => {}
+                Event::Done(s) => {
+                    assert_eq!(s.generated_tokens, ids.len());
+                    break;
+                }
+            }
+        }
+        ids
+    });
+    common::assert_greedy_matches(&reference, &ids, "async stream");
+}
+
+/// A failing decode fails only the sequences in that batch, with the cause, frees their
+/// cells, and the engine keeps serving.
+#[test]
+fn a_decode_fault_fails_only_its_batch() {
+    let Some(model) = shared_model() else { return };
+    let handle = engine(&model, 2, 4);
+    let mut victim = handle.generate("Once upon a time", &GenerateOptions::greedy(200)).unwrap();
+    assert!(matches!(victim.next(), Some(Ok(Event::Token { .. }))));
+    handle.abort_step();
+    let last = victim.by_ref().last();
+    match last {
+        Some(Err(Error::Engine(msg))) => assert!(msg.contains("abort"), "{msg}"),
+        other => panic!("expected the decode fault, got {other:?}"),
+    }
+    wait_for(|| handle.stats().running == 0);
+    assert_eq!(handle.stats().kv_cells_used, 0);
+    let reference = common::greedy_reference(&model, "The capital of France is", 5);
+    let (ids, s) = tokens_of(handle.generate("The capital of France is", &GenerateOptions::greedy(5)).unwrap());
+    assert_eq!(s.generated_tokens, 5);
+    common::assert_greedy_matches(&reference, &ids, "after a fault");
+}

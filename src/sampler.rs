@@ -20,6 +20,8 @@ pub struct Sampler<'m> {
     ptr: NonNull<sys::llama_sampler>,
     /// Candidate buffer reused by `sample_logits` (one entry per vocabulary token).
     scratch: Vec<sys::llama_token_data>,
+    /// The chain is a lone greedy stage: `sample_logits` can take the arg-max directly.
+    greedy_only: bool,
     _model: PhantomData<&'m Model>,
 }
 
@@ -38,9 +40,15 @@ impl<'m> Sampler<'m> {
         // SAFETY: valid params; a null return is handled.
         let chain = unsafe { sys::llama_sampler_chain_init(params) };
         SamplerBuilder {
-            chain: NonNull::new(chain).map(|ptr| Sampler { ptr, scratch: Vec::new(), _model: PhantomData }),
+            chain: NonNull::new(chain).map(|ptr| Sampler {
+                ptr,
+                scratch: Vec::new(),
+                greedy_only: false,
+                _model: PhantomData,
+            }),
             model,
             error: None,
+            stages: Vec::new(),
         }
     }
 
@@ -65,6 +73,19 @@ impl<'m> Sampler<'m> {
     /// thread). Wraps `llama_sampler_apply`; the chosen token is accepted into the chain, as
     /// `llama_sampler_sample` does, so both give the same tokens.
     pub fn sample_logits(&mut self, logits: &[f32]) -> Result<Token> {
+        if self.greedy_only {
+            // Greedy alone needs no candidate array: the first maximum, as llama.cpp's greedy
+            // sampler picks it.
+            let mut best: Option<(usize, f32)> = None;
+            for (i, &l) in logits.iter().enumerate() {
+                if best.is_none_or(|(_, b)| l > b) {
+                    best = Some((i, l));
+                }
+            }
+            let (t, _) = best.ok_or_else(|| Error::InvalidConfig("no logits to sample from".into()))?;
+            self.accept(t as Token);
+            return Ok(t as Token);
+        }
         let mut data = std::mem::take(&mut self.scratch);
         data.clear();
         data.extend(logits.iter().enumerate().map(|(i, &logit)| sys::llama_token_data {
@@ -129,10 +150,13 @@ pub struct SamplerBuilder<'m> {
     chain: Option<Sampler<'m>>,
     model: &'m Model,
     error: Option<Error>,
+    /// Names of the stages added so far.
+    stages: Vec<&'static str>,
 }
 
 impl<'m> SamplerBuilder<'m> {
-    fn push(mut self, s: *mut sys::llama_sampler, what: &str) -> Self {
+    fn push(mut self, s: *mut sys::llama_sampler, what: &'static str) -> Self {
+        self.stages.push(what);
         if self.error.is_some() {
             if !s.is_null() {
                 // SAFETY: a fresh sampler nobody else owns.
@@ -287,7 +311,10 @@ impl<'m> SamplerBuilder<'m> {
         if let Some(e) = self.error {
             return Err(e);
         }
-        self.chain.ok_or_else(|| Error::InvalidConfig("llama.cpp could not create a sampler chain".into()))
+        let mut chain =
+            self.chain.ok_or_else(|| Error::InvalidConfig("llama.cpp could not create a sampler chain".into()))?;
+        chain.greedy_only = self.stages == ["greedy"];
+        Ok(chain)
     }
 }
 

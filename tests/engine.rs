@@ -269,3 +269,20 @@ fn a_decode_fault_fails_only_its_batch() {
     assert_eq!(s.generated_tokens, 5);
     common::assert_greedy_matches(&reference, &ids, "after a fault");
 }
+
+/// Dropping the last handle shuts the engine down: streams in flight end with Cancelled.
+#[test]
+fn dropping_the_last_handle_stops_the_engine() {
+    let Some(model) = shared_model() else { return };
+    let handle = engine(&model, 1, 4);
+    let second = handle.clone();
+    let mut stream = handle.generate("Once upon a time", &GenerateOptions::greedy(500)).unwrap();
+    assert!(matches!(stream.next(), Some(Ok(Event::Token { .. }))));
+    drop(handle);
+    // Another clone is alive: still serving.
+    assert!(matches!(stream.next(), Some(Ok(Event::Token { .. }))));
+    let started = Instant::now();
+    drop(second);
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(matches!(stream.by_ref().last(), Some(Err(Error::Cancelled))));
+}

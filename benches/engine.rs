@@ -1,0 +1,159 @@
+//! Aggregate generation throughput through the engine at 1..32 concurrent sequences, beside
+//! a raw batched-decode baseline in the same run: the same sequences decoded together with
+//! plain `llama_decode` calls and greedy picks, no engine.
+//!
+//!   cargo bench --bench engine
+//!   ROCM_LLAMA_BENCH_MODEL=/models/llama3-8b-q4_k_m.gguf cargo bench --bench engine
+//!
+//! Each iteration: N prompts of PROMPT_TOKENS tokens, GEN_TOKENS generated per sequence,
+//! prefill included on both sides; throughput counts generated tokens.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
+use rocm_llama::{sys, Engine, EngineConfig, GenerateOptions, LoadConfig, Model};
+
+const PROMPT_TOKENS: usize = 16;
+const GEN_TOKENS: usize = 16;
+const N_CTX_PER_SEQ: u32 = 64;
+const N_BATCH: u32 = 512;
+const LEVELS: [usize; 6] = [1, 2, 4, 8, 16, 32];
+
+fn model_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("ROCM_LLAMA_BENCH_MODEL").or_else(|| std::env::var_os("ROCM_LLAMA_TEST_MODEL")) {
+        return Some(PathBuf::from(p));
+    }
+    let p = PathBuf::from(std::env::var_os("HOME")?).join(".cache/rocm-llama/gemma-3-270m-q4_k_m.gguf");
+    p.is_file().then_some(p)
+}
+
+/// N distinct prompts of exactly PROMPT_TOKENS tokens (BOS + ids from the vocabulary's middle).
+fn prompts(model: &Model, n: usize) -> Vec<Vec<i32>> {
+    let bos = model.vocab().bos().unwrap_or(1);
+    (0..n)
+        .map(|s| {
+            let mut t = vec![bos];
+            t.extend((1..PROMPT_TOKENS).map(|j| 1000 + ((s * 7919 + j * 104_729) % 30_000) as i32));
+            t
+        })
+        .collect()
+}
+
+/// The baseline: raw llama.cpp calls only.
+fn raw_batched(model: &Model, prompts: &[Vec<i32>]) -> Duration {
+    let n = prompts.len();
+    // SAFETY: plain FFI on a live model; every pointer below is checked or sized by us.
+    unsafe {
+        let mut p = sys::llama_context_default_params();
+        p.n_ctx = N_CTX_PER_SEQ * n as u32;
+        p.n_batch = N_BATCH;
+        p.n_ubatch = N_BATCH;
+        p.n_seq_max = n as u32;
+        let threads = rocm_llama::default_threads() as i32;
+        p.n_threads = threads;
+        p.n_threads_batch = threads;
+        let ctx = sys::llama_init_from_model(model.as_ptr(), p);
+        assert!(!ctx.is_null());
+        let n_vocab = model.vocab().n_tokens() as usize;
+        let batch = sys::llama_batch_init(N_BATCH as i32, 0, 1);
+        let start = Instant::now();
+        // Prefill in chunks of n_batch, logits on each prompt's last token.
+        let mut flat: Vec<(i32, i32, i32, bool)> = Vec::new();
+        for (s, t) in prompts.iter().enumerate() {
+            for (j, &tok) in t.iter().enumerate() {
+                flat.push((tok, j as i32, s as i32, j + 1 == t.len()));
+            }
+        }
+        let mut last_index = vec![0i32; n];
+        for chunk in flat.chunks(N_BATCH as usize) {
+            let mut b = batch;
+            b.n_tokens = 0;
+            for &(tok, pos, seq, logits) in chunk {
+                let i = b.n_tokens as usize;
+                *b.token.add(i) = tok;
+                *b.pos.add(i) = pos;
+                *b.n_seq_id.add(i) = 1;
+                **b.seq_id.add(i) = seq;
+                *b.logits.add(i) = logits as i8;
+                if logits {
+                    last_index[seq as usize] = i as i32;
+                }
+                b.n_tokens += 1;
+            }
+            assert_eq!(sys::llama_decode(ctx, b), 0);
+        }
+        let mut next = vec![0i32; n];
+        for step in 0..GEN_TOKENS {
+            for s in 0..n {
+                let row = std::slice::from_raw_parts(sys::llama_get_logits_ith(ctx, last_index[s]), n_vocab);
+                next[s] = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i as i32).unwrap();
+            }
+            if step + 1 == GEN_TOKENS {
+                break;
+            }
+            let mut b = batch;
+            b.n_tokens = 0;
+            for s in 0..n {
+                let i = s;
+                *b.token.add(i) = next[s];
+                *b.pos.add(i) = (PROMPT_TOKENS + step) as i32;
+                *b.n_seq_id.add(i) = 1;
+                **b.seq_id.add(i) = s as i32;
+                *b.logits.add(i) = 1;
+                last_index[s] = i as i32;
+                b.n_tokens += 1;
+            }
+            assert_eq!(sys::llama_decode(ctx, b), 0);
+        }
+        let elapsed = start.elapsed();
+        sys::llama_batch_free(batch);
+        sys::llama_free(ctx);
+        elapsed
+    }
+}
+
+fn through_engine(model: &Arc<Model>, prompts: &[Vec<i32>]) -> Duration {
+    let n = prompts.len();
+    let config = EngineConfig {
+        n_seq_max: n as u32,
+        n_ctx_per_seq: N_CTX_PER_SEQ,
+        n_batch: N_BATCH,
+        queue_capacity: n.max(1),
+        ..Default::default()
+    };
+    let handle = Engine::start(model.clone(), config).unwrap();
+    // Greedy, so the work matches the baseline token for token.
+    let opts = GenerateOptions::greedy(GEN_TOKENS);
+    let start = Instant::now();
+    let streams: Vec<_> = prompts.iter().map(|p| handle.generate_tokens(p.clone(), &opts).unwrap()).collect();
+    for s in streams {
+        s.collect_text().unwrap();
+    }
+    start.elapsed()
+}
+
+fn benches(c: &mut Criterion) {
+    let Some(path) = model_path() else {
+        eprintln!("SKIPPED: no model (set ROCM_LLAMA_BENCH_MODEL or run scripts/test-model.sh)");
+        return;
+    };
+    let model = Arc::new(Model::load(&path, &LoadConfig::default()).expect("model loads"));
+    let mut group = c.benchmark_group("aggregate");
+    group.sampling_mode(SamplingMode::Flat).sample_size(10).warm_up_time(Duration::from_secs(1));
+    for n in LEVELS {
+        let prompts = prompts(&model, n);
+        group.throughput(Throughput::Elements((n * GEN_TOKENS) as u64));
+        group.bench_with_input(BenchmarkId::new("raw_batched", n), &n, |b, _| {
+            b.iter_custom(|iters| (0..iters).map(|_| raw_batched(&model, &prompts)).sum())
+        });
+        group.bench_with_input(BenchmarkId::new("engine", n), &n, |b, _| {
+            b.iter_custom(|iters| (0..iters).map(|_| through_engine(&model, &prompts)).sum())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(engine, benches);
+criterion_main!(engine);

@@ -10,12 +10,29 @@
 //! `debug` and debug output as `trace`. Nothing is printed unless the program installs a
 //! subscriber and enables that target.
 
+use std::cell::RefCell;
 use std::ffi::{c_char, c_void, CStr};
 use std::sync::Once;
 
 use llama_cpp_sys_2 as sys;
 
 static INIT: Once = Once::new();
+
+thread_local! {
+    /// Log lines captured on this thread by [`capture_log`].
+    static CAPTURE: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` and returns the llama.cpp log lines it produced on this thread, whatever the
+/// tracing level. llama.cpp logs synchronously on the calling thread while it loads models
+/// and creates contexts; this is how its own memory accounting ("model buffer size",
+/// "KV buffer size", "compute buffer size") is read.
+pub(crate) fn capture_log<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
+    let outer = CAPTURE.with(|c| c.borrow_mut().replace(Vec::new()));
+    let out = f();
+    let lines = CAPTURE.with(|c| std::mem::replace(&mut *c.borrow_mut(), outer)).unwrap_or_default();
+    (out, lines)
+}
 
 /// Initialises llama.cpp's backends (idempotent, thread-safe).
 ///
@@ -55,6 +72,13 @@ unsafe extern "C" fn log_callback(level: sys::ggml_log_level, text: *const c_cha
         if msg.is_empty() {
             return;
         }
+        CAPTURE.with(|c| {
+            if let Ok(mut c) = c.try_borrow_mut() {
+                if let Some(lines) = c.as_mut() {
+                    lines.push(msg.to_string());
+                }
+            }
+        });
         #[allow(clippy::unnecessary_cast)]
         let level = level as u32;
         match level_of(level) {

@@ -11,6 +11,7 @@ use crate::batch::Batch;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::vocab::Token;
+use crate::vram::MemoryBreakdown;
 
 /// When to use flash attention (`llama_flash_attn_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -234,6 +235,7 @@ pub struct Context<'m> {
     /// prompt prefix). Cleared by any memory operation the caller makes directly.
     pub(crate) seq0_tokens: Vec<Token>,
     embeddings: bool,
+    memory: MemoryBreakdown,
 }
 
 // SAFETY: a `llama_context` may be used from any thread as long as only one uses it at a
@@ -290,9 +292,11 @@ impl<'m> Context<'m> {
         p.abort_callback = Some(abort_trampoline);
         p.abort_callback_data = Arc::as_ptr(&abort) as *mut c_void;
 
-        // SAFETY: the model pointer is valid for `'m`; params are initialised; the abort flag
-        // outlives the context because the context holds the `Arc`.
-        let raw = unsafe { sys::llama_init_from_model(model.as_ptr(), p) };
+        let (raw, log) = crate::backend::capture_log(|| {
+            // SAFETY: the model pointer is valid for `'m`; params are initialised; the abort
+            // flag outlives the context because the context holds the `Arc`.
+            unsafe { sys::llama_init_from_model(model.as_ptr(), p) }
+        });
         let ptr = NonNull::new(raw).ok_or_else(|| {
             Error::ContextCreate(format!(
                 "n_ctx {:?}, n_seq_max {}, flash attention {:?} (out of memory or unsupported; enable tracing for details)",
@@ -308,9 +312,13 @@ impl<'m> Context<'m> {
                 sys::llama_n_seq_max(ptr.as_ptr()),
             )
         };
+        let mut memory = MemoryBreakdown::from_log(&log);
+        memory.weights.clear();
+        crate::vram::account(&memory, true);
         Ok(Context {
             ptr,
             model,
+            memory,
             n_vocab: model.vocab().n_tokens(),
             n_ctx,
             n_ctx_seq,
@@ -334,6 +342,11 @@ impl<'m> Context<'m> {
 
     pub(crate) fn raw(&self) -> *mut sys::llama_context {
         self.ptr.as_ptr()
+    }
+
+    /// The KV cache and compute buffers this context holds, per llama.cpp buffer.
+    pub fn memory_usage(&self) -> &MemoryBreakdown {
+        &self.memory
     }
 
     /// The model this context decodes with.
@@ -482,6 +495,7 @@ impl Drop for Context<'_> {
     fn drop(&mut self) {
         // SAFETY: created by `llama_init_from_model`, freed once, before the model (it borrows it).
         unsafe { sys::llama_free(self.ptr.as_ptr()) };
+        crate::vram::account(&self.memory, false);
     }
 }
 

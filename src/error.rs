@@ -129,6 +129,22 @@ pub enum Error {
         /// The queue's capacity.
         queue_capacity: usize,
     },
+    /// No HIP runtime library could be opened.
+    #[error("HIP runtime unavailable: {0}")]
+    HipUnavailable(String),
+    /// A HIP runtime call failed (no GPU, no permission on /dev/kfd, ...).
+    #[error("{call} failed with HIP error {code}: {message}")]
+    Hip {
+        /// The HIP function.
+        call: &'static str,
+        /// Its `hipError_t`.
+        code: i32,
+        /// `hipGetErrorString`.
+        message: String,
+    },
+    /// Nothing fits the memory available.
+    #[error("does not fit: {0}")]
+    DoesNotFit(String),
     /// The engine failed this request (e.g. a decode error in its batch); the engine keeps serving.
     #[error("engine: {0}")]
     Engine(String),

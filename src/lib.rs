@@ -38,26 +38,33 @@ pub mod batch;
 mod build_info;
 pub mod chat;
 pub mod context;
+pub mod devices;
 pub mod engine;
 mod error;
+pub mod fit;
 pub mod generate;
+pub mod gguf;
 pub mod memory;
 pub mod model;
 pub mod sampler;
 pub mod vocab;
+pub mod vram;
 
 pub use batch::{Batch, Pos, SeqId};
 pub use build_info::{build_info, BuildInfo};
 pub use chat::{apply_template, builtin_templates, template_for_architecture, ChatMessage, ChatTemplate};
 pub use context::{default_threads, AbortHandle, Context, ContextConfig, FlashAttention, KvType};
+pub use devices::{available, devices, DeviceReport};
 #[cfg(feature = "async")]
 pub use engine::AsyncTokenStream;
 pub use engine::{Engine, EngineConfig, EngineHandle, EngineStats, TokenStream};
 pub use error::{Error, Result};
+pub use fit::{FitOptions, FitPlan};
 pub use generate::{CancelToken, Event, GenerateOptions, Generation, StopReason, Summary};
 pub use model::{GpuLayers, LoadConfig, Model, ModelInfo, SplitMode};
 pub use sampler::{Sampler, SamplerBuilder, SamplingParams};
 pub use vocab::{Detokenizer, Token, Vocab};
+pub use vram::{process_memory, MemoryBreakdown, ProcessMemory};
 
 /// The raw llama.cpp bindings, for anything this crate does not wrap.
 pub use llama_cpp_sys_2 as sys;

@@ -43,6 +43,12 @@ enum Command {
         #[command(flatten)]
         opts: GenOpts,
     },
+    /// List GPUs (AMD through sysfs and HIP, and every device llama.cpp can use) with free VRAM.
+    Devices {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show how this binary was built (backends, llama.cpp version, GPU targets, CPU features).
     Info {
         /// Print JSON.
@@ -56,12 +62,18 @@ struct GenOpts {
     /// GGUF model file.
     #[arg(short, long, env = "ROCM_LLAMA_MODEL")]
     model: Option<PathBuf>,
-    /// Context length in tokens (default: the model's trained length, at most 4096).
+    /// Context length in tokens (default: what fits, up to --max-ctx and the trained length).
     #[arg(short = 'c', long)]
     ctx: Option<u32>,
-    /// Layers to put on the GPU: a number or `all`.
-    #[arg(long, default_value = "all")]
-    gpu_layers: String,
+    /// The largest context the automatic fit picks.
+    #[arg(long, default_value_t = 8192)]
+    max_ctx: u32,
+    /// Layers to put on the GPU: a number or `all` (default: what fits in free VRAM).
+    #[arg(long)]
+    gpu_layers: Option<String>,
+    /// Do not fit layers and context to free memory; use --gpu-layers/--ctx or llama.cpp's defaults.
+    #[arg(long)]
+    no_fit: bool,
     /// CPU threads (default: the cores this process may use).
     #[arg(short, long)]
     threads: Option<u32>,
@@ -131,7 +143,8 @@ fn init_logging(verbose: u8) {
 
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
 
-fn load_model(opts: &GenOpts) -> AnyResult<Model> {
+/// Loads the model; returns it with the context length the fit chose, if it ran.
+fn load_model(opts: &GenOpts) -> AnyResult<(Model, Option<u32>)> {
     let path =
         opts.model.clone().or_else(default_model).ok_or("no model: pass --model PATH or set ROCM_LLAMA_MODEL")?;
     if opts.model.is_none() && !path.exists() {
@@ -141,10 +154,38 @@ fn load_model(opts: &GenOpts) -> AnyResult<Model> {
         )
         .into());
     }
-    let gpu_layers = match opts.gpu_layers.as_str() {
-        "all" | "-1" => GpuLayers::All,
-        n => GpuLayers::Count(n.parse().map_err(|_| format!("--gpu-layers must be a number or `all`, not {n:?}"))?),
+    let explicit_layers = match opts.gpu_layers.as_deref() {
+        None => None,
+        Some("all" | "-1") => Some(GpuLayers::All),
+        Some(n) => {
+            Some(GpuLayers::Count(n.parse().map_err(|_| format!("--gpu-layers must be a number or `all`, not {n:?}"))?))
+        }
     };
+    // Fit layers and context to free memory unless the user fixed both or opted out.
+    let mut fitted_ctx = None;
+    let mut gpu_layers = explicit_layers.unwrap_or_default();
+    if !opts.no_fit && explicit_layers.is_none() {
+        let fit_opts = rocm_llama::FitOptions {
+            n_ctx: opts.ctx,
+            max_ctx: opts.max_ctx,
+            flash_attention: opts.flash_attn == "on",
+            ..Default::default()
+        };
+        let (cfg, plan) = LoadConfig::fit(&path, &fit_opts)?;
+        let placement = if plan.device == "CPU" {
+            "host memory".to_string()
+        } else {
+            format!("{} of {} layers on {}", plan.gpu_layers, plan.n_layer, plan.device)
+        };
+        tracing::info!(
+            "fit: {placement}, context {} ({} predicted, {} free)",
+            plan.n_ctx,
+            rocm_llama::vram::gib(plan.estimate.total()),
+            rocm_llama::vram::gib(plan.free_bytes)
+        );
+        gpu_layers = cfg.gpu_layers;
+        fitted_ctx = Some(plan.n_ctx);
+    }
     let mut config = LoadConfig { gpu_layers, ..Default::default() };
     let bar = (!opts.no_progress).then(|| {
         let bar = indicatif::ProgressBar::new(100);
@@ -168,11 +209,11 @@ fn load_model(opts: &GenOpts) -> AnyResult<Model> {
     }
     let model = model?;
     tracing::info!("loaded {} ({})", path.display(), model.description());
-    Ok(model)
+    Ok((model, fitted_ctx))
 }
 
-fn context_config(model: &Model, opts: &GenOpts) -> AnyResult<ContextConfig> {
-    let n_ctx = opts.ctx.unwrap_or_else(|| model.n_ctx_train().clamp(256, 4096));
+fn context_config(model: &Model, fitted_ctx: Option<u32>, opts: &GenOpts) -> AnyResult<ContextConfig> {
+    let n_ctx = opts.ctx.or(fitted_ctx).unwrap_or_else(|| model.n_ctx_train().clamp(256, opts.max_ctx.max(256)));
     let kv: KvType = opts.kv_type.parse()?;
     let mut cfg = ContextConfig::default().n_ctx(n_ctx).flash_attention(opts.flash_attn.parse::<FlashAttention>()?);
     cfg.type_k = kv;
@@ -272,16 +313,22 @@ fn cmd_run(prompt: Option<String>, opts: GenOpts) -> AnyResult<()> {
         Some(p) => p,
         None => read_stdin()?,
     };
-    let model = load_model(&opts)?;
-    let mut ctx = Context::new(&model, &context_config(&model, &opts)?)?;
+    let (model, fitted_ctx) = load_model(&opts)?;
+    let mut ctx = Context::new(&model, &context_config(&model, fitted_ctx, &opts)?)?;
+    if !opts.json {
+        eprintln!("{}", memory_line(&model, &ctx));
+    }
     let gen = ctx.generate(&prompt, &generate_options(&opts)?)?;
     let (text, s) = stream(gen, opts.json)?;
     finish(&text, &s, opts.json)
 }
 
 fn cmd_chat(prompt: Option<String>, system: Option<String>, template: Option<String>, opts: GenOpts) -> AnyResult<()> {
-    let model = load_model(&opts)?;
-    let mut ctx = Context::new(&model, &context_config(&model, &opts)?)?;
+    let (model, fitted_ctx) = load_model(&opts)?;
+    let mut ctx = Context::new(&model, &context_config(&model, fitted_ctx, &opts)?)?;
+    if !opts.json {
+        eprintln!("{}", memory_line(&model, &ctx));
+    }
     let template = template.map(ChatTemplate::Named).unwrap_or_default();
     let gen_opts = generate_options(&opts)?;
     let mut messages: Vec<ChatMessage> = system.into_iter().map(ChatMessage::system).collect();
@@ -336,6 +383,32 @@ fn cmd_chat(prompt: Option<String>, system: Option<String>, template: Option<Str
     Ok(())
 }
 
+fn cmd_devices(json: bool) -> AnyResult<()> {
+    let report = rocm_llama::devices();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(())
+}
+
+/// One line about memory after a load: what the model and context hold, and what is free.
+fn memory_line(model: &Model, ctx: &Context<'_>) -> String {
+    let mut m = model.memory().clone();
+    m.merge(ctx.memory_usage());
+    let free = match rocm_llama::devices().primary_memory() {
+        Some((free, total, name)) if name != "CPU" => {
+            format!("; VRAM free {} of {} on {name}", rocm_llama::vram::gib(free), rocm_llama::vram::gib(total))
+        }
+        Some((free, total, _)) => {
+            format!("; host memory free {} of {}", rocm_llama::vram::gib(free), rocm_llama::vram::gib(total))
+        }
+        None => String::new(),
+    };
+    format!("{}{free}", m.summary())
+}
+
 fn cmd_info(json: bool) -> AnyResult<()> {
     let info = rocm_llama::build_info();
     if json {
@@ -363,6 +436,7 @@ fn main() -> ExitCode {
         Command::Run { prompt, opts } => cmd_run(prompt, opts),
         Command::Chat { prompt, system, template, opts } => cmd_chat(prompt, system, template, opts),
         Command::Info { json } => cmd_info(json),
+        Command::Devices { json } => cmd_devices(json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,6 +11,7 @@ use llama_cpp_sys_2 as sys;
 
 use crate::error::{c_string, Error, Result};
 use crate::vocab::Vocab;
+use crate::vram::MemoryBreakdown;
 
 /// How many of the model's layers to place on the GPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -91,6 +92,7 @@ impl LoadConfig {
 pub struct Model {
     ptr: NonNull<sys::llama_model>,
     path: PathBuf,
+    memory: MemoryBreakdown,
 }
 
 // SAFETY: llama.cpp never mutates a `llama_model` after `llama_model_load_from_file` returns;
@@ -192,11 +194,19 @@ impl Model {
             params.progress_callback_user_data = state as *mut ProgressState as *mut c_void;
         }
 
-        // SAFETY: `c_path` is a valid C string; `params` is fully initialised; the progress
-        // state outlives the call.
-        let raw = unsafe { sys::llama_model_load_from_file(c_path.as_ptr(), params) };
+        let (raw, log) = crate::backend::capture_log(|| {
+            // SAFETY: `c_path` is a valid C string; `params` is fully initialised; the progress
+            // state outlives the call.
+            unsafe { sys::llama_model_load_from_file(c_path.as_ptr(), params) }
+        });
         match NonNull::new(raw) {
-            Some(ptr) => Ok(Model { ptr, path: path.to_path_buf() }),
+            Some(ptr) => {
+                let mut memory = MemoryBreakdown::from_log(&log);
+                memory.kv.clear();
+                memory.compute.clear();
+                crate::vram::account(&memory, true);
+                Ok(Model { ptr, path: path.to_path_buf(), memory })
+            }
             None if state.is_some_and(|s| s.cancelled) => Err(Error::LoadCancelled),
             None => Err(Error::ModelLoad { path: path.to_path_buf() }),
         }
@@ -213,6 +223,11 @@ impl Model {
 
     pub(crate) fn raw(&self) -> *const sys::llama_model {
         self.ptr.as_ptr()
+    }
+
+    /// Where the weights are, per llama.cpp buffer (`ROCm0`, `CPU_Mapped`, ...).
+    pub fn memory(&self) -> &MemoryBreakdown {
+        &self.memory
     }
 
     /// The file this model was loaded from.
@@ -353,6 +368,7 @@ impl Drop for Model {
         // SAFETY: the pointer came from `llama_model_load_from_file` and is freed once; every
         // borrower (`Context<'m>`, `Vocab<'m>`, `Sampler<'m>`) has ended by now.
         unsafe { sys::llama_model_free(self.ptr.as_ptr()) };
+        crate::vram::account(&self.memory, false);
     }
 }
 

@@ -186,6 +186,7 @@ impl<'m> SamplerBuilder<'m> {
         self
     }
 
+    #[allow(clippy::result_large_err)]
     fn finite(self, name: &str, v: f32) -> std::result::Result<Self, Self> {
         if v.is_finite() {
             Ok(self)

@@ -1,0 +1,439 @@
+//! What GPUs this machine has and what they hold: [`devices`] and [`available`].
+//!
+//! Two views are matched: AMD GPUs found through the kernel (KFD topology and DRM sysfs,
+//! [`sysfs`]), which needs no ROCm tool, and the devices this build of llama.cpp can use
+//! (ggml's backend registry). Free VRAM on AMD cards is the lower of the HIP runtime's
+//! `hipMemGetInfo` and the driver's `mem_info_vram_total - mem_info_vram_used`:
+//! `hipMemGetInfo` over-reports free memory on discrete cards under desktop or other
+//! graphics load (llama.cpp issue 24906), and the report says which source was lower.
+
+pub mod hip;
+pub mod sysfs;
+
+use std::ffi::CStr;
+use std::path::Path;
+
+use llama_cpp_sys_2 as sys;
+
+pub use hip::HipRuntime;
+pub use sysfs::{AmdGpu, SysfsScan};
+
+use crate::vram::gib;
+
+/// The kind of a ggml backend device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum DeviceKind {
+    /// The CPU.
+    Cpu,
+    /// A discrete GPU.
+    Gpu,
+    /// An integrated GPU sharing host memory.
+    IntegratedGpu,
+    /// An accelerator (e.g. BLAS).
+    Accelerator,
+}
+
+/// A device llama.cpp can use in this build (`ggml_backend_dev_*`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BackendDevice {
+    /// Index in ggml's device registry.
+    pub index: usize,
+    /// Name such as `ROCm0`, `CUDA0`, `CPU`.
+    pub name: String,
+    /// Description (the GPU's product name, the CPU model).
+    pub description: String,
+    /// The backend that provides it (`ROCm`, `CUDA`, `CPU`, ...).
+    pub backend: String,
+    /// Its kind.
+    pub kind: DeviceKind,
+    /// Free bytes (`hipMemGetInfo` on ROCm, `cudaMemGetInfo` on CUDA, host memory on the CPU).
+    pub free: u64,
+    /// Total bytes.
+    pub total: u64,
+}
+
+/// The devices of ggml's backend registry. Wraps `ggml_backend_dev_count`/`_get`/`_memory`.
+pub fn backend_devices() -> Vec<BackendDevice> {
+    crate::backend::init();
+    let text = |p: *const std::ffi::c_char| {
+        if p.is_null() {
+            String::new()
+        } else {
+            // SAFETY: ggml returns NUL-terminated strings owned by the registry.
+            unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+        }
+    };
+    // SAFETY: plain registry queries after backend init.
+    let n = unsafe { sys::ggml_backend_dev_count() };
+    (0..n)
+        .filter_map(|i| {
+            // SAFETY: `i < count`.
+            let dev = unsafe { sys::ggml_backend_dev_get(i) };
+            if dev.is_null() {
+                return None;
+            }
+            let (mut free, mut total) = (0usize, 0usize);
+            // SAFETY: `dev` is a registered device; the out pointers are valid.
+            let (name, desc, kind, reg) = unsafe {
+                sys::ggml_backend_dev_memory(dev, &mut free, &mut total);
+                (
+                    sys::ggml_backend_dev_name(dev),
+                    sys::ggml_backend_dev_description(dev),
+                    sys::ggml_backend_dev_type(dev),
+                    sys::ggml_backend_dev_backend_reg(dev),
+                )
+            };
+            let backend = if reg.is_null() {
+                String::new()
+            } else {
+                // SAFETY: a registered backend.
+                text(unsafe { sys::ggml_backend_reg_name(reg) })
+            };
+            #[allow(clippy::unnecessary_cast)]
+            let kind = match kind as u32 {
+                k if k == sys::GGML_BACKEND_DEVICE_TYPE_CPU as u32 => DeviceKind::Cpu,
+                k if k == sys::GGML_BACKEND_DEVICE_TYPE_GPU as u32 => DeviceKind::Gpu,
+                k if k == sys::GGML_BACKEND_DEVICE_TYPE_IGPU as u32 => DeviceKind::IntegratedGpu,
+                _ => DeviceKind::Accelerator,
+            };
+            Some(BackendDevice {
+                index: i,
+                name: text(name),
+                description: text(desc),
+                backend,
+                kind,
+                free: free as u64,
+                total: total as u64,
+            })
+        })
+        .collect()
+}
+
+/// Whether this build can run on a GPU here (any GPU among the backend devices).
+pub fn available() -> bool {
+    backend_devices().iter().any(|d| matches!(d.kind, DeviceKind::Gpu | DeviceKind::IntegratedGpu))
+}
+
+/// The GPU-related environment variables that change what is visible or how it runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct GpuEnv {
+    /// `HIP_VISIBLE_DEVICES`.
+    pub hip_visible_devices: Option<String>,
+    /// `ROCR_VISIBLE_DEVICES`.
+    pub rocr_visible_devices: Option<String>,
+    /// `HSA_OVERRIDE_GFX_VERSION`.
+    pub hsa_override_gfx_version: Option<String>,
+    /// `GGML_CUDA_ENABLE_UNIFIED_MEMORY` (any value, even empty, turns it on).
+    pub ggml_cuda_enable_unified_memory: Option<String>,
+}
+
+impl GpuEnv {
+    /// Reads them from this process's environment.
+    pub fn from_process() -> GpuEnv {
+        let var = |k: &str| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned());
+        GpuEnv {
+            hip_visible_devices: var("HIP_VISIBLE_DEVICES"),
+            rocr_visible_devices: var("ROCR_VISIBLE_DEVICES"),
+            hsa_override_gfx_version: var("HSA_OVERRIDE_GFX_VERSION"),
+            ggml_cuda_enable_unified_memory: var("GGML_CUDA_ENABLE_UNIFIED_MEMORY"),
+        }
+    }
+}
+
+/// Which source gave the free-VRAM figure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum VramSource {
+    /// `hipMemGetInfo` (the lower, or the only one).
+    HipMemGetInfo,
+    /// `mem_info_vram_total - mem_info_vram_used` from sysfs.
+    Sysfs,
+}
+
+/// Free and total VRAM of one GPU.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Vram {
+    /// Free bytes: the lower of the sources.
+    pub free: u64,
+    /// Total bytes.
+    pub total: u64,
+    /// Which source was lower.
+    pub source: VramSource,
+    /// What `hipMemGetInfo` said.
+    pub hip_free: Option<u64>,
+    /// What sysfs said.
+    pub sysfs_free: Option<u64>,
+}
+
+/// Combines the two free-VRAM readings: the lower wins.
+pub fn combine_vram(hip: Option<(u64, u64)>, sysfs_total: Option<u64>, sysfs_used: Option<u64>) -> Option<Vram> {
+    let sysfs_free = match (sysfs_total, sysfs_used) {
+        (Some(t), Some(u)) => Some(t.saturating_sub(u)),
+        _ => None,
+    };
+    let total = hip.map(|h| h.1).or(sysfs_total)?;
+    let hip_free = hip.map(|h| h.0);
+    let (free, source) = match (hip_free, sysfs_free) {
+        (Some(h), Some(s)) if s < h => (s, VramSource::Sysfs),
+        (Some(h), _) => (h, VramSource::HipMemGetInfo),
+        (None, Some(s)) => (s, VramSource::Sysfs),
+        (None, None) => return None,
+    };
+    Some(Vram { free, total, source, hip_free, sysfs_free })
+}
+
+/// One AMD GPU as the kernel sees it, matched with what HIP and llama.cpp see.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Gpu {
+    /// Kernel facts.
+    pub amd: AmdGpu,
+    /// Its HIP device index after ROCR_/HIP_VISIBLE_DEVICES, or `None` when hidden.
+    pub hip_index: Option<u32>,
+    /// The gfx target ROCm will run: `HSA_OVERRIDE_GFX_VERSION`'s when set, else the native one.
+    pub effective_gfx: String,
+    /// The matching llama.cpp device (`ROCm0`, ...), in HIP builds.
+    pub backend_device: Option<String>,
+    /// Free and total VRAM.
+    pub vram: Option<Vram>,
+}
+
+/// Everything [`devices`] found.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceReport {
+    /// `/dev/kfd` exists.
+    pub kfd: bool,
+    /// AMD GPUs found through sysfs.
+    pub gpus: Vec<Gpu>,
+    /// Devices this build of llama.cpp can use.
+    pub backend_devices: Vec<BackendDevice>,
+    /// The environment that shaped the above.
+    pub env: GpuEnv,
+    /// Things the user should know (overrides, unified memory, hidden devices).
+    pub warnings: Vec<String>,
+    /// Missing or malformed files, runtime errors.
+    pub problems: Vec<String>,
+}
+
+/// Parses a `*_VISIBLE_DEVICES` list of indices; entries that are not indices are reported.
+fn visible_list(value: &str, what: &str, warnings: &mut Vec<String>) -> Vec<usize> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| match s.parse::<usize>() {
+            Ok(i) => Some(i),
+            Err(_) => {
+                warnings.push(format!("{what}: entry {s:?} is not a device index (UUIDs are not matched here)"));
+                None
+            }
+        })
+        .collect()
+}
+
+/// Builds the report from its inputs (a sysfs root, the environment, llama.cpp's devices and
+/// an optional HIP runtime). [`devices`] calls it with the real ones; tests pass fakes.
+pub fn report(
+    root: &Path,
+    env: &GpuEnv,
+    backend_devices: Vec<BackendDevice>,
+    hip: Option<&HipRuntime>,
+) -> DeviceReport {
+    let scan = sysfs::scan(root);
+    let mut warnings = Vec::new();
+    let mut problems = scan.problems.clone();
+    if !scan.kfd && !scan.gpus.is_empty() {
+        problems.push("AMD GPU nodes exist but /dev/kfd does not: is the amdgpu driver loaded?".into());
+    }
+
+    // ROCR_VISIBLE_DEVICES picks among all GPU nodes; HIP_VISIBLE_DEVICES then indexes what is left.
+    let mut order: Vec<usize> = (0..scan.gpus.len()).collect();
+    for (value, what) in
+        [(&env.rocr_visible_devices, "ROCR_VISIBLE_DEVICES"), (&env.hip_visible_devices, "HIP_VISIBLE_DEVICES")]
+    {
+        if let Some(v) = value {
+            let picks = visible_list(v, what, &mut warnings);
+            let mut next = Vec::new();
+            for p in picks {
+                match order.get(p) {
+                    Some(&g) if !next.contains(&g) => next.push(g),
+                    Some(_) => {}
+                    None => warnings.push(format!("{what}={v}: there is no GPU {p} (only {} visible)", order.len())),
+                }
+            }
+            order = next;
+        }
+    }
+
+    let override_gfx = env.hsa_override_gfx_version.as_deref().map(|v| (v, sysfs::override_gfx_name(v)));
+    if let Some((v, None)) = &override_gfx {
+        warnings.push(format!(
+            "HSA_OVERRIDE_GFX_VERSION={v:?} is not of the form 11.0.0 and will be ignored or rejected by ROCm"
+        ));
+    }
+    let forced = override_gfx.as_ref().and_then(|(_, g)| g.clone());
+
+    let rocm_devices: Vec<&BackendDevice> = backend_devices
+        .iter()
+        .filter(|d| d.backend.eq_ignore_ascii_case("rocm") || d.name.starts_with("ROCm"))
+        .collect();
+    let mut gpus = Vec::new();
+    for (i, amd) in scan.gpus.iter().enumerate() {
+        let hip_index = order.iter().position(|&g| g == i).map(|p| p as u32);
+        let backend = hip_index.and_then(|h| rocm_devices.get(h as usize).copied());
+        let hip_mem = match (backend, hip_index, hip) {
+            (Some(d), _, _) if d.total > 0 => Some((d.free, d.total)),
+            (_, Some(h), Some(rt)) => match rt.mem_info(h) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    problems.push(format!("GPU {h} ({}): {e}", amd.gfx));
+                    None
+                }
+            },
+            _ => None,
+        };
+        gpus.push(Gpu {
+            effective_gfx: forced.clone().unwrap_or_else(|| amd.gfx.clone()),
+            backend_device: backend.map(|d| d.name.clone()),
+            vram: combine_vram(hip_mem, amd.vram_total, amd.vram_used),
+            hip_index,
+            amd: amd.clone(),
+        });
+    }
+
+    if let Some(target) = &forced {
+        let visible: Vec<&Gpu> = gpus.iter().filter(|g| g.hip_index.is_some()).collect();
+        let mut natives: Vec<&str> = visible.iter().map(|g| g.amd.gfx.as_str()).collect();
+        natives.sort();
+        natives.dedup();
+        if natives.len() > 1 {
+            for g in visible.iter().filter(|g| &g.amd.gfx != target) {
+                warnings.push(format!(
+                    "HSA_OVERRIDE_GFX_VERSION={} forces {} onto every GPU, also GPU {} ({}{}), which is a different \
+                     target; hide it with HIP_VISIBLE_DEVICES if it is not meant to run this code",
+                    env.hsa_override_gfx_version.as_deref().unwrap_or_default(),
+                    target,
+                    g.hip_index.unwrap_or_default(),
+                    g.amd.gfx,
+                    if g.amd.integrated { ", integrated" } else { "" }
+                ));
+            }
+        }
+    }
+    if let Some(v) = &env.ggml_cuda_enable_unified_memory {
+        warnings.push(format!(
+            "GGML_CUDA_ENABLE_UNIFIED_MEMORY is set (to {v:?}): llama.cpp turns unified memory on when the variable \
+             exists at all, whatever its value; RDNA discrete cards lack XNACK, so unset it unless you mean it"
+        ));
+    }
+    DeviceReport { kfd: scan.kfd, gpus, backend_devices, env: env.clone(), warnings, problems }
+}
+
+/// Detects GPUs on this machine: sysfs below `/`, this process's environment, llama.cpp's
+/// devices, and the HIP runtime when one can be opened.
+pub fn devices() -> DeviceReport {
+    let env = GpuEnv::from_process();
+    let root = Path::new("/");
+    // Opening the HIP runtime is only worth it where the kernel shows AMD GPUs.
+    let hip = if sysfs::scan(root).gpus.is_empty() { None } else { HipRuntime::load().ok() };
+    report(root, &env, backend_devices(), hip.as_ref())
+}
+
+impl DeviceReport {
+    /// Free and total memory of the device llama.cpp would use first for offloading, or of
+    /// the host when there is no GPU: `(free, total, device name)`.
+    pub fn primary_memory(&self) -> Option<(u64, u64, String)> {
+        if let Some(g) = self.gpus.iter().find(|g| g.backend_device.is_some()) {
+            let v = g.vram.as_ref()?;
+            return Some((v.free, v.total, g.backend_device.clone().unwrap_or_default()));
+        }
+        if let Some(d) =
+            self.backend_devices.iter().find(|d| matches!(d.kind, DeviceKind::Gpu | DeviceKind::IntegratedGpu))
+        {
+            return Some((d.free, d.total, d.name.clone()));
+        }
+        self.backend_devices.iter().find(|d| d.kind == DeviceKind::Cpu).map(|d| (d.free, d.total, d.name.clone()))
+    }
+
+    /// A human-readable table.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        if self.gpus.is_empty() {
+            out.push_str(&format!("AMD GPUs: none found (/dev/kfd {})\n", if self.kfd { "present" } else { "absent" }));
+        } else {
+            out.push_str(&format!(
+                "{:<4} {:<5} {:<18} {:<10} {:<28} {:>22} {:<14} {}\n",
+                "HIP", "NODE", "GFX", "KIND", "PRODUCT", "VRAM FREE / TOTAL", "FREE FROM", "LLAMA.CPP"
+            ));
+            for g in &self.gpus {
+                let gfx = if g.effective_gfx != g.amd.gfx {
+                    format!("{} (as {})", g.amd.gfx, g.effective_gfx)
+                } else {
+                    g.amd.gfx.clone()
+                };
+                let (mem, src) = match &g.vram {
+                    Some(v) => (
+                        format!("{} / {}", gib(v.free), gib(v.total)),
+                        match v.source {
+                            VramSource::HipMemGetInfo => "hipMemGetInfo",
+                            VramSource::Sysfs => "sysfs",
+                        },
+                    ),
+                    None => ("-".into(), "-"),
+                };
+                out.push_str(&format!(
+                    "{:<4} {:<5} {:<18} {:<10} {:<28} {:>22} {:<14} {}\n",
+                    g.hip_index.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+                    g.amd.node,
+                    gfx,
+                    if g.amd.integrated { "integrated" } else { "discrete" },
+                    g.amd.product_name.as_deref().unwrap_or("-").chars().take(28).collect::<String>(),
+                    mem,
+                    src,
+                    g.backend_device.as_deref().unwrap_or("-")
+                ));
+            }
+        }
+        out.push_str("\nllama.cpp devices in this build:\n");
+        for d in &self.backend_devices {
+            out.push_str(&format!(
+                "  {:<8} {:<6} {:<15} {:>22}  {}\n",
+                d.name,
+                d.backend,
+                format!("{:?}", d.kind),
+                format!("{} / {}", gib(d.free), gib(d.total)),
+                d.description
+            ));
+        }
+        for w in &self.warnings {
+            out.push_str(&format!("warning: {w}\n"));
+        }
+        for p in &self.problems {
+            out.push_str(&format!("note: {p}\n"));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lower_free_figure_wins() {
+        let gib = 1u64 << 30;
+        let v = combine_vram(Some((15 * gib, 16 * gib)), Some(16 * gib), Some(4 * gib)).unwrap();
+        assert_eq!((v.free, v.source), (12 * gib, VramSource::Sysfs));
+        let v = combine_vram(Some((10 * gib, 16 * gib)), Some(16 * gib), Some(gib)).unwrap();
+        assert_eq!((v.free, v.source), (10 * gib, VramSource::HipMemGetInfo));
+        let v = combine_vram(None, Some(16 * gib), Some(gib)).unwrap();
+        assert_eq!((v.free, v.total, v.source), (15 * gib, 16 * gib, VramSource::Sysfs));
+        assert_eq!(combine_vram(None, None, None), None);
+        assert_eq!(combine_vram(None, Some(gib), None), None);
+    }
+
+    #[test]
+    fn the_cpu_is_always_a_backend_device() {
+        let devs = backend_devices();
+        let cpu = devs.iter().find(|d| d.kind == DeviceKind::Cpu).expect("a CPU device");
+        assert!(cpu.total > 0 && cpu.free <= cpu.total, "{cpu:?}");
+    }
+}

@@ -1,0 +1,440 @@
+//! Choosing GPU layers and context length so that a model fits: [`LoadConfig::fit`].
+//!
+//! The estimate comes from the GGUF file alone (read by [`crate::gguf`], before anything is
+//! loaded):
+//!
+//! - weights: the bytes of each `blk.N.*` tensor, per layer; `token_embd` stays on the host;
+//!   the output matrix (or the tied embedding llama.cpp duplicates for it) goes to the GPU
+//!   with full offload. llama.cpp offloads the *last* `gpu_layers` layers.
+//! - KV cache per token: n_layer × (head_dim_k + head_dim_v) × n_head_kv × bytes per
+//!   element of the cache type (2 for F16), on the GPU for offloaded layers.
+//! - compute buffers: 4 bytes × n_ubatch × (n_vocab + 4·n_embd + 2·n_ff), plus without flash
+//!   attention the attention scores, 4 × n_ubatch × n_head × n_ctx; plus the output logits,
+//!   4 × n_vocab per sequence. Measured on gemma-3-270m (n_ubatch 512, n_ctx 1024) this
+//!   predicts 526 MiB against llama.cpp's 522.5 MiB.
+//!
+//! When the caller does not fix the context, full offload with a smaller context is
+//! preferred over partial offload.
+
+use std::path::Path;
+
+use crate::context::KvType;
+use crate::error::{Error, Result};
+use crate::gguf::{ggml_type_block, GgufFile, Value};
+use crate::model::{GpuLayers, LoadConfig};
+use crate::vram::gib;
+
+/// The parts of a model's shape the estimate needs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ModelShape {
+    /// `general.architecture`.
+    pub architecture: String,
+    /// Repeating layers.
+    pub n_layer: u32,
+    /// Embedding size.
+    pub n_embd: u64,
+    /// Attention heads.
+    pub n_head: u64,
+    /// KV heads of each layer.
+    pub n_head_kv: Vec<u64>,
+    /// Key head size.
+    pub head_dim_k: u64,
+    /// Value head size.
+    pub head_dim_v: u64,
+    /// Feed-forward size.
+    pub n_ff: u64,
+    /// Vocabulary size.
+    pub n_vocab: u64,
+    /// Trained context length (4096 when the file does not say).
+    pub n_ctx_train: u32,
+    /// Weight bytes of each layer.
+    pub layer_bytes: Vec<u64>,
+    /// `token_embd` bytes (kept on the host).
+    pub token_embd_bytes: u64,
+    /// The output matrix's bytes (the embedding's when tied).
+    pub output_bytes: u64,
+    /// Every other non-layer tensor (norms).
+    pub other_bytes: u64,
+}
+
+impl ModelShape {
+    /// Reads the shape from a GGUF header.
+    pub fn from_gguf(f: &GgufFile) -> Result<ModelShape> {
+        let arch = f
+            .architecture()
+            .ok_or_else(|| Error::InvalidConfig("GGUF has no general.architecture".into()))?
+            .to_string();
+        let need = |k: &str| f.arch_u64(k).ok_or_else(|| Error::InvalidConfig(format!("GGUF has no {arch}.{k}")));
+        let n_layer = need("block_count")? as u32;
+        let n_embd = need("embedding_length")?;
+        let n_head = match f.get(&format!("{arch}.attention.head_count")) {
+            Some(Value::Array { values: Some(v), .. }) => v.iter().filter_map(Value::as_u64).max().unwrap_or(1),
+            Some(v) => v.as_u64().unwrap_or(1),
+            None => return Err(Error::InvalidConfig(format!("GGUF has no {arch}.attention.head_count"))),
+        }
+        .max(1);
+        let n_head_kv = match f.get(&format!("{arch}.attention.head_count_kv")) {
+            Some(Value::Array { values: Some(v), .. }) => v.iter().map(|x| x.as_u64().unwrap_or(0)).collect(),
+            Some(v) => vec![v.as_u64().unwrap_or(n_head); n_layer as usize],
+            None => vec![n_head; n_layer as usize],
+        };
+        let head_dim_k = f.arch_u64("attention.key_length").unwrap_or(n_embd / n_head);
+        let head_dim_v = f.arch_u64("attention.value_length").unwrap_or(n_embd / n_head);
+        let n_ff = match f.get(&format!("{arch}.feed_forward_length")) {
+            Some(Value::Array { values: Some(v), .. }) => v.iter().filter_map(Value::as_u64).max().unwrap_or(0),
+            Some(v) => v.as_u64().unwrap_or(0),
+            None => 4 * n_embd,
+        };
+        let n_vocab = match f.get("tokenizer.ggml.tokens") {
+            Some(Value::Array { len, .. }) => *len,
+            _ => f.arch_u64("vocab_size").unwrap_or(32_000),
+        };
+        let n_ctx_train = f.arch_u64("context_length").unwrap_or(4096).min(u32::MAX as u64) as u32;
+        let mut layer_bytes = vec![0u64; n_layer as usize];
+        let (mut token_embd_bytes, mut output_bytes, mut other_bytes) = (0, 0, 0);
+        for t in &f.tensors {
+            let bytes = t.n_bytes().unwrap_or(0);
+            match t.layer() {
+                Some(l) if (l as usize) < layer_bytes.len() => layer_bytes[l as usize] += bytes,
+                Some(_) => other_bytes += bytes,
+                None if t.name == "token_embd.weight" => token_embd_bytes += bytes,
+                None if t.name == "output.weight" => output_bytes += bytes,
+                None => other_bytes += bytes,
+            }
+        }
+        if output_bytes == 0 {
+            // Tied embeddings: llama.cpp duplicates token_embd for the output layer.
+            output_bytes = token_embd_bytes;
+        }
+        Ok(ModelShape {
+            architecture: arch,
+            n_layer,
+            n_embd,
+            n_head,
+            n_head_kv,
+            head_dim_k,
+            head_dim_v,
+            n_ff,
+            n_vocab,
+            n_ctx_train,
+            layer_bytes,
+            token_embd_bytes,
+            output_bytes,
+            other_bytes,
+        })
+    }
+
+    /// KV cache bytes per token of one sequence, for all layers.
+    pub fn kv_bytes_per_token(&self, type_k: KvType, type_v: KvType) -> u64 {
+        let per = |t: KvType, dim: u64| {
+            let (block, size) = ggml_type_block(kv_ggml_id(t)).unwrap_or((1, 2));
+            dim * size / block
+        };
+        self.n_head_kv.iter().map(|h| h * (per(type_k, self.head_dim_k) + per(type_v, self.head_dim_v))).sum()
+    }
+}
+
+fn kv_ggml_id(t: KvType) -> u32 {
+    match t {
+        KvType::F32 => 0,
+        KvType::F16 => 1,
+        KvType::BF16 => 30,
+        KvType::Q8_0 => 8,
+        KvType::Q4_0 => 2,
+        KvType::Q4_1 => 3,
+        KvType::Q5_0 => 6,
+        KvType::Q5_1 => 7,
+        KvType::Iq4Nl => 20,
+    }
+}
+
+/// Settings for [`LoadConfig::fit`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FitOptions {
+    /// Memory to leave free (default 512 MiB).
+    pub margin_bytes: u64,
+    /// A context length the caller insists on; `None` lets fit choose.
+    pub n_ctx: Option<u32>,
+    /// The largest context fit will choose (default 32768; also capped by the trained length).
+    pub max_ctx: u32,
+    /// The smallest context worth running (default 512).
+    pub min_ctx: u32,
+    /// Sequences decoded together (default 1).
+    pub n_seq: u32,
+    /// Physical batch size (default 512).
+    pub n_ubatch: u32,
+    /// K cache type.
+    pub type_k: KvType,
+    /// V cache type.
+    pub type_v: KvType,
+    /// Whether flash attention will be on (no attention-score buffer).
+    pub flash_attention: bool,
+}
+
+impl Default for FitOptions {
+    fn default() -> Self {
+        FitOptions {
+            margin_bytes: 512 << 20,
+            n_ctx: None,
+            max_ctx: 32_768,
+            min_ctx: 512,
+            n_seq: 1,
+            n_ubatch: 512,
+            type_k: KvType::F16,
+            type_v: KvType::F16,
+            flash_attention: false,
+        }
+    }
+}
+
+/// Predicted memory for one setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Estimate {
+    /// Weights on the GPU.
+    pub weights_device: u64,
+    /// Weights in host memory.
+    pub weights_host: u64,
+    /// KV cache on the GPU.
+    pub kv_device: u64,
+    /// KV cache in host memory.
+    pub kv_host: u64,
+    /// Compute and output buffers.
+    pub compute: u64,
+}
+
+impl Estimate {
+    /// Bytes on the GPU (compute buffers count there when anything is offloaded).
+    pub fn device(&self) -> u64 {
+        self.weights_device + self.kv_device + if self.weights_device > 0 { self.compute } else { 0 }
+    }
+    /// Everything.
+    pub fn total(&self) -> u64 {
+        self.weights_device + self.weights_host + self.kv_device + self.kv_host + self.compute
+    }
+}
+
+/// Predicts memory use for `gpu_layers` offloaded layers and a context of `n_ctx`.
+pub fn estimate(shape: &ModelShape, gpu_layers: u32, n_ctx: u32, opts: &FitOptions) -> Estimate {
+    let l = gpu_layers.min(shape.n_layer) as usize;
+    let n = shape.n_layer as usize;
+    let offloaded: u64 = shape.layer_bytes[n - l..].iter().sum();
+    let full = l == n && n > 0;
+    let all_weights: u64 = shape.layer_bytes.iter().sum::<u64>() + shape.token_embd_bytes + shape.other_bytes;
+    let weights_device = offloaded + if full { shape.output_bytes } else { 0 };
+    let weights_host = all_weights - offloaded;
+    let kv_per_tok_layer = |range: &[u64]| -> u64 {
+        let per = |t: KvType, dim: u64| {
+            let (block, size) = ggml_type_block(kv_ggml_id(t)).unwrap_or((1, 2));
+            dim * size / block
+        };
+        range.iter().map(|h| h * (per(opts.type_k, shape.head_dim_k) + per(opts.type_v, shape.head_dim_v))).sum()
+    };
+    let ctx = n_ctx as u64;
+    let kv_device = kv_per_tok_layer(&shape.n_head_kv[n - l..]) * ctx;
+    let kv_host = kv_per_tok_layer(&shape.n_head_kv[..n - l]) * ctx;
+    Estimate { weights_device, weights_host, kv_device, kv_host, compute: compute_bytes(shape, n_ctx, opts) }
+}
+
+fn compute_bytes(shape: &ModelShape, n_ctx: u32, opts: &FitOptions) -> u64 {
+    let ub = opts.n_ubatch as u64;
+    let graph = 4 * ub * (shape.n_vocab + 4 * shape.n_embd + 2 * shape.n_ff);
+    let scores = if opts.flash_attention { 0 } else { 4 * ub * shape.n_head * n_ctx as u64 };
+    let output = 4 * shape.n_vocab * opts.n_seq.max(1) as u64;
+    graph + scores + output
+}
+
+/// What [`LoadConfig::fit`] chose.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FitPlan {
+    /// Layers to offload (`n_layer` = all).
+    pub gpu_layers: u32,
+    /// Layers in the model.
+    pub n_layer: u32,
+    /// Context length.
+    pub n_ctx: u32,
+    /// The predicted memory.
+    pub estimate: Estimate,
+    /// Free memory the plan was made against (before the margin).
+    pub free_bytes: u64,
+    /// The device it was made for (`CPU` for host memory).
+    pub device: String,
+}
+
+/// The largest context (a multiple of 256 unless it is `lo`) in `lo..=hi` for which
+/// `cost(ctx) <= budget`, by bisection (cost grows with the context).
+fn largest_ctx(lo: u32, hi: u32, budget: u64, cost: impl Fn(u32) -> u64) -> Option<u32> {
+    if lo > hi || cost(lo) > budget {
+        return None;
+    }
+    if cost(hi) <= budget {
+        return Some(hi);
+    }
+    let (mut ok, mut bad) = (lo, hi);
+    while bad - ok > 1 {
+        let mid = ok + (bad - ok) / 2;
+        if cost(mid) <= budget {
+            ok = mid;
+        } else {
+            bad = mid;
+        }
+    }
+    Some(if ok >= lo + 256 { ok / 256 * 256 } else { ok }.max(lo))
+}
+
+/// Chooses layers and context for `free` bytes on a GPU (`on_gpu`) or in host memory.
+pub fn plan(shape: &ModelShape, free: u64, on_gpu: bool, device: &str, opts: &FitOptions) -> Result<FitPlan> {
+    let budget = free.saturating_sub(opts.margin_bytes);
+    let n_layer = shape.n_layer;
+    let max_ctx = opts.max_ctx.min(shape.n_ctx_train).max(opts.min_ctx);
+    let done = |gpu_layers: u32, n_ctx: u32| FitPlan {
+        gpu_layers,
+        n_layer,
+        n_ctx,
+        estimate: estimate(shape, gpu_layers, n_ctx, opts),
+        free_bytes: free,
+        device: device.to_string(),
+    };
+    let fail = |what: String| {
+        Err(Error::DoesNotFit(format!(
+            "{what}: {} free on {device}, {} kept as margin (weights alone are {})",
+            gib(free),
+            gib(opts.margin_bytes),
+            gib(estimate(shape, n_layer, opts.min_ctx, opts).weights_device
+                + estimate(shape, 0, opts.min_ctx, opts).weights_host)
+        )))
+    };
+    if !on_gpu {
+        let cost = |c: u32| estimate(shape, 0, c, opts).total();
+        return match opts.n_ctx {
+            Some(c) if cost(c) <= budget => Ok(done(0, c)),
+            Some(c) => fail(format!("a context of {c} tokens ({} needed) does not fit host memory", gib(cost(c)))),
+            None => match largest_ctx(opts.min_ctx, max_ctx, budget, cost) {
+                Some(c) => Ok(done(0, c)),
+                None => fail(format!("not even {} tokens of context fit host memory", opts.min_ctx)),
+            },
+        };
+    }
+    let device_cost = |l: u32, c: u32| estimate(shape, l, c, opts).device();
+    let most_layers = |c: u32| (1..=n_layer).rev().find(|&l| device_cost(l, c) <= budget);
+    match opts.n_ctx {
+        Some(c) => match most_layers(c) {
+            Some(l) => Ok(done(l, c)),
+            None => fail(format!("not one layer with a context of {c} tokens fits")),
+        },
+        None => {
+            // Full offload with a smaller context beats partial offload.
+            if let Some(c) = largest_ctx(opts.min_ctx, max_ctx, budget, |c| device_cost(n_layer, c)) {
+                return Ok(done(n_layer, c));
+            }
+            match most_layers(opts.min_ctx) {
+                Some(l) => Ok(done(l, opts.min_ctx)),
+                None => fail(format!("not one layer with the minimal context of {} tokens fits", opts.min_ctx)),
+            }
+        }
+    }
+}
+
+impl LoadConfig {
+    /// Picks `gpu_layers` (and, in the returned plan, the context length) so that weights,
+    /// KV cache and compute buffers fit the free memory of the first GPU llama.cpp would use,
+    /// or host memory in a CPU build, minus the margin. Errors with [`Error::DoesNotFit`]
+    /// when not even one layer with the minimal context fits.
+    pub fn fit(path: impl AsRef<Path>, opts: &FitOptions) -> Result<(LoadConfig, FitPlan)> {
+        let file = GgufFile::open(path)?;
+        let shape = ModelShape::from_gguf(&file)?;
+        let report = crate::devices::devices();
+        let (free, _total, device) =
+            report.primary_memory().ok_or_else(|| Error::DoesNotFit("no device memory could be read".into()))?;
+        let on_gpu = device != "CPU";
+        let plan = plan(&shape, free, on_gpu, &device, opts)?;
+        let gpu_layers = if !on_gpu || plan.gpu_layers >= shape.n_layer {
+            GpuLayers::All
+        } else {
+            GpuLayers::Count(plan.gpu_layers)
+        };
+        Ok((LoadConfig { gpu_layers, ..Default::default() }, plan))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A llama-3-8B-like shape: 32 layers of ~130 MiB, 4096 embedding, 8 KV heads of 128.
+    fn llama8b() -> ModelShape {
+        ModelShape {
+            architecture: "llama".into(),
+            n_layer: 32,
+            n_embd: 4096,
+            n_head: 32,
+            n_head_kv: vec![8; 32],
+            head_dim_k: 128,
+            head_dim_v: 128,
+            n_ff: 14336,
+            n_vocab: 128_256,
+            n_ctx_train: 131_072,
+            layer_bytes: vec![130 << 20; 32],
+            token_embd_bytes: 280 << 20,
+            output_bytes: 400 << 20,
+            other_bytes: 1 << 20,
+        }
+    }
+
+    const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn kv_bytes_per_token_formula() {
+        let s = llama8b();
+        // 32 layers × (128 + 128) × 8 heads × 2 bytes = 128 KiB per token.
+        assert_eq!(s.kv_bytes_per_token(KvType::F16, KvType::F16), 131_072);
+        assert_eq!(s.kv_bytes_per_token(KvType::Q8_0, KvType::Q8_0), 32 * 2 * 8 * 128 * 34 / 32);
+    }
+
+    #[test]
+    fn full_offload_with_a_smaller_context_beats_partial_offload() {
+        let s = llama8b();
+        let opts = FitOptions::default();
+        // 16 GiB card: everything fits with the largest context allowed.
+        let p = plan(&s, 16 * GIB, true, "ROCm0", &opts).unwrap();
+        assert_eq!((p.gpu_layers, p.n_ctx), (32, 32_768));
+        // 8 GiB: still all layers, with a smaller context.
+        let p = plan(&s, 8 * GIB, true, "ROCm0", &opts).unwrap();
+        assert_eq!(p.gpu_layers, 32);
+        assert!(p.n_ctx < 32_768 && p.n_ctx >= 512 && p.n_ctx % 256 == 0, "{p:?}");
+        assert!(p.estimate.device() <= 8 * GIB - opts.margin_bytes);
+        // 3 GiB: not all layers even at the minimal context, so partial offload at 512.
+        let p = plan(&s, 3 * GIB, true, "ROCm0", &opts).unwrap();
+        assert!(p.gpu_layers > 0 && p.gpu_layers < 32, "{p:?}");
+        assert_eq!(p.n_ctx, 512);
+        assert!(p.estimate.device() <= 3 * GIB - opts.margin_bytes);
+        // A fixed context is respected: fewer layers instead.
+        let fixed = FitOptions { n_ctx: Some(32_768), ..FitOptions::default() };
+        let p = plan(&s, 8 * GIB, true, "ROCm0", &fixed).unwrap();
+        assert!(p.gpu_layers < 32 && p.n_ctx == 32_768, "{p:?}");
+    }
+
+    #[test]
+    fn nothing_fits_is_a_clear_error() {
+        let s = llama8b();
+        let err = plan(&s, 600 << 20, true, "ROCm0", &FitOptions::default()).unwrap_err();
+        assert!(matches!(&err, Error::DoesNotFit(m) if m.contains("not one layer") && m.contains("ROCm0")), "{err}");
+        let err = plan(&s, GIB, false, "CPU", &FitOptions::default()).unwrap_err();
+        assert!(matches!(err, Error::DoesNotFit(_)));
+    }
+
+    #[test]
+    fn host_memory_plans_context_only() {
+        let s = llama8b();
+        let p = plan(&s, 24 * GIB, false, "CPU", &FitOptions::default()).unwrap();
+        assert_eq!((p.gpu_layers, p.n_ctx), (0, 32_768));
+        assert_eq!(p.estimate.weights_device, 0);
+    }
+
+    #[test]
+    fn largest_ctx_bisects() {
+        assert_eq!(largest_ctx(512, 32768, 10_000, |c| c as u64), Some(9984));
+        assert_eq!(largest_ctx(512, 32768, 100, |c| c as u64), None);
+        assert_eq!(largest_ctx(512, 4096, u64::MAX, |c| c as u64), Some(4096));
+        assert_eq!(largest_ctx(512, 4096, 600, |c| c as u64), Some(600));
+    }
+}

@@ -1,0 +1,239 @@
+//! GPU detection against fake sysfs trees, and the HIP runtime library without a GPU.
+
+use std::path::{Path, PathBuf};
+
+use rocm_llama::devices::{self, GpuEnv, HipRuntime, VramSource};
+use rocm_llama::Error;
+
+const GIB: u64 = 1 << 30;
+
+struct Node<'a> {
+    gfx_target_version: u32,
+    minor: Option<u32>,
+    vram: Option<(u64, u64)>,
+    gtt: Option<u64>,
+    vendor_info: bool,
+    product: &'a str,
+}
+
+fn tree(name: &str, kfd: bool, nodes: &[Node]) -> PathBuf {
+    let root = std::env::temp_dir().join(format!("rocm-llama-sysfs-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(root.join("dev")).unwrap();
+    if kfd {
+        std::fs::write(root.join("dev/kfd"), "").unwrap();
+    }
+    let topo = root.join("sys/class/kfd/kfd/topology/nodes");
+    // Node 0 is always the CPU.
+    std::fs::create_dir_all(topo.join("0")).unwrap();
+    std::fs::write(topo.join("0/properties"), "cpu_cores_count 16\nsimd_count 0\ngfx_target_version 0\nvendor_id 0\n")
+        .unwrap();
+    for (i, n) in nodes.iter().enumerate() {
+        let dir = topo.join((i + 1).to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut props = format!(
+            "cpu_cores_count 0\nsimd_count 120\ngfx_target_version {}\nvendor_id 4098\ndevice_id 29822\n",
+            n.gfx_target_version
+        );
+        if let Some(m) = n.minor {
+            props.push_str(&format!("drm_render_minor {m}\n"));
+            let dev = root.join(format!("sys/class/drm/renderD{m}/device"));
+            std::fs::create_dir_all(&dev).unwrap();
+            if let Some((total, used)) = n.vram {
+                std::fs::write(dev.join("mem_info_vram_total"), format!("{total}\n")).unwrap();
+                std::fs::write(dev.join("mem_info_vram_used"), format!("{used}\n")).unwrap();
+            }
+            if let Some(g) = n.gtt {
+                std::fs::write(dev.join("mem_info_gtt_total"), format!("{g}\n")).unwrap();
+            }
+            if n.vendor_info {
+                std::fs::write(dev.join("mem_info_vram_vendor"), "samsung\n").unwrap();
+                std::fs::write(dev.join("board_info"), "type : oam\n").unwrap();
+            }
+            std::fs::write(dev.join("product_name"), format!("{}\n", n.product)).unwrap();
+        }
+        std::fs::write(dir.join("properties"), props).unwrap();
+    }
+    root
+}
+
+fn rx7800xt() -> Node<'static> {
+    Node {
+        gfx_target_version: 110001,
+        minor: Some(128),
+        vram: Some((16 * GIB, GIB)),
+        gtt: Some(32 * GIB),
+        vendor_info: true,
+        product: "AMD Radeon RX 7800 XT",
+    }
+}
+
+fn igpu780m() -> Node<'static> {
+    Node {
+        gfx_target_version: 110003,
+        minor: Some(129),
+        vram: Some((GIB / 2, GIB / 8)),
+        gtt: Some(16 * GIB),
+        vendor_info: false,
+        product: "AMD Radeon 780M",
+    }
+}
+
+fn report(root: &Path, env: &GpuEnv) -> devices::DeviceReport {
+    devices::report(root, env, Vec::new(), None)
+}
+
+#[test]
+fn desktop_with_a_7800xt_and_a_780m_igpu() {
+    let root = tree("desktop", true, &[rx7800xt(), igpu780m()]);
+    let r = report(&root, &GpuEnv::default());
+    assert!(r.kfd);
+    assert_eq!(r.gpus.len(), 2, "{r:#?}");
+    let (d, i) = (&r.gpus[0], &r.gpus[1]);
+    assert_eq!((d.amd.gfx.as_str(), d.amd.integrated, d.hip_index), ("gfx1101", false, Some(0)));
+    assert_eq!((i.amd.gfx.as_str(), i.amd.integrated, i.hip_index), ("gfx1103", true, Some(1)));
+    assert_eq!(d.amd.vendor_id, 0x1002);
+    assert_eq!(d.amd.product_name.as_deref(), Some("AMD Radeon RX 7800 XT"));
+    let v = d.vram.as_ref().unwrap();
+    assert_eq!((v.free, v.total, v.source), (15 * GIB, 16 * GIB, VramSource::Sysfs));
+    assert!(r.warnings.is_empty() && r.problems.is_empty(), "{r:#?}");
+    let table = r.table();
+    assert!(
+        table.contains("gfx1101") && table.contains("integrated") && table.contains("15.0 GiB / 16.0 GiB"),
+        "{table}"
+    );
+}
+
+#[test]
+fn hsa_override_is_shown_and_warns_when_it_forces_the_igpu() {
+    let root = tree("override", true, &[rx7800xt(), igpu780m()]);
+    let env = GpuEnv { hsa_override_gfx_version: Some("11.0.1".into()), ..Default::default() };
+    let r = report(&root, &env);
+    assert_eq!(r.gpus[0].effective_gfx, "gfx1101");
+    assert_eq!(r.gpus[1].effective_gfx, "gfx1101");
+    assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+    assert!(r.warnings[0].contains("gfx1103") && r.warnings[0].contains("integrated"), "{:?}", r.warnings);
+    assert!(r.table().contains("gfx1103 (as gfx1101)"));
+
+    // Hiding the iGPU removes the conflict.
+    let env = GpuEnv { hip_visible_devices: Some("0".into()), ..env };
+    let r = report(&root, &env);
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    assert_eq!(r.gpus[1].hip_index, None);
+
+    // A lone card that needs the override is what the variable is for: no warning.
+    let root = tree("override-lone", true, &[igpu780m()]);
+    let r = report(&root, &GpuEnv { hsa_override_gfx_version: Some("11.0.0".into()), ..Default::default() });
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    assert_eq!(r.gpus[0].effective_gfx, "gfx1100");
+}
+
+#[test]
+fn visible_devices_and_unified_memory() {
+    let root = tree("visible", true, &[rx7800xt(), igpu780m()]);
+    let env = GpuEnv { rocr_visible_devices: Some("1".into()), ..Default::default() };
+    let r = report(&root, &env);
+    assert_eq!((r.gpus[0].hip_index, r.gpus[1].hip_index), (None, Some(0)));
+    let env = GpuEnv { hip_visible_devices: Some("1,0,7,GPU-abc".into()), ..Default::default() };
+    let r = report(&root, &env);
+    assert_eq!((r.gpus[0].hip_index, r.gpus[1].hip_index), (Some(1), Some(0)));
+    assert!(r.warnings.iter().any(|w| w.contains("no GPU 7")), "{:?}", r.warnings);
+    assert!(r.warnings.iter().any(|w| w.contains("GPU-abc")), "{:?}", r.warnings);
+    let env = GpuEnv { ggml_cuda_enable_unified_memory: Some("0".into()), ..Default::default() };
+    let r = report(&root, &env);
+    assert!(r.warnings.iter().any(|w| w.contains("GGML_CUDA_ENABLE_UNIFIED_MEMORY") && w.contains("XNACK")));
+}
+
+#[test]
+fn a_lone_7900xtx() {
+    let xtx = Node {
+        gfx_target_version: 110000,
+        minor: Some(128),
+        vram: Some((24 * GIB, 2 * GIB)),
+        gtt: Some(64 * GIB),
+        vendor_info: true,
+        product: "AMD Radeon RX 7900 XTX",
+    };
+    let root = tree("xtx", true, &[xtx]);
+    let r = report(&root, &GpuEnv::default());
+    assert_eq!(r.gpus.len(), 1);
+    assert_eq!(r.gpus[0].amd.gfx, "gfx1100");
+    assert!(!r.gpus[0].amd.integrated);
+    assert_eq!(r.gpus[0].vram.as_ref().unwrap().free, 22 * GIB);
+}
+
+#[test]
+fn a_cpu_only_machine() {
+    let root = tree("cpu", false, &[]);
+    let r = report(&root, &GpuEnv::default());
+    assert!(!r.kfd && r.gpus.is_empty() && r.problems.is_empty(), "{r:#?}");
+    assert!(r.table().contains("none found"));
+    // No sysfs at all (containers): empty, not an error.
+    let empty = std::env::temp_dir().join(format!("rocm-llama-sysfs-{}-nothing", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    assert!(report(&empty, &GpuEnv::default()).gpus.is_empty());
+}
+
+#[test]
+fn missing_and_malformed_files_are_reported_not_fatal() {
+    let no_drm = Node { minor: None, ..rx7800xt() };
+    let no_vram = Node { vram: None, minor: Some(130), ..rx7800xt() };
+    let root = tree("broken", true, &[no_drm, no_vram, rx7800xt()]);
+    let topo = root.join("sys/class/kfd/kfd/topology/nodes");
+    // A node whose properties are garbage, one without properties, one with a bad gfx version.
+    std::fs::create_dir_all(topo.join("7")).unwrap();
+    std::fs::write(topo.join("7/properties"), "\u{0}\u{1}garbage without numbers\n").unwrap();
+    std::fs::create_dir_all(topo.join("8")).unwrap();
+    std::fs::create_dir_all(topo.join("9")).unwrap();
+    std::fs::write(topo.join("9/properties"), "gfx_target_version 119999\ndrm_render_minor 200\n").unwrap();
+    std::fs::create_dir_all(topo.join("not-a-number")).unwrap();
+    // A VRAM file that is not a number.
+    std::fs::write(root.join("sys/class/drm/renderD128/device/mem_info_vram_used"), "lots\n").unwrap();
+    let r = report(&root, &GpuEnv::default());
+    assert_eq!(r.gpus.len(), 3, "{r:#?}");
+    assert!(r.gpus[0].vram.is_none());
+    assert!(r.gpus[1].vram.is_none());
+    // Total known, used unreadable: no free figure rather than a wrong one.
+    assert!(r.gpus[2].vram.is_none() && r.gpus[2].amd.vram_total == Some(16 * GIB));
+    let p = r.problems.join("\n");
+    for needle in ["no drm_render_minor", "nodes/7/properties", "nodes/8/properties", "119999", "not a number"] {
+        assert!(p.contains(needle), "{needle} missing from:\n{p}");
+    }
+}
+
+/// The HIP runtime from Debian's `libamdhip64-5`: its symbols load, and with no GPU its
+/// calls return a typed error rather than crashing.
+#[test]
+fn hip_runtime_without_a_gpu_is_a_typed_error() {
+    let rt = match HipRuntime::load() {
+        Ok(rt) => rt,
+        Err(e) => {
+            if std::env::var_os("CI").is_some() {
+                panic!("CI installs libamdhip64-5, but it could not be opened: {e}");
+            }
+            eprintln!("SKIPPED: {e} (apt-get install libamdhip64-5)");
+            return;
+        }
+    };
+    assert!(rt.library().starts_with("libamdhip64"));
+    let count = rt.device_count();
+    eprintln!("{}: runtime version {:?}, device count {count:?}", rt.library(), rt.runtime_version());
+    match count {
+        Ok(0) | Err(Error::Hip { .. }) => {}
+        Ok(n) => eprintln!("this machine has {n} HIP devices"),
+        Err(e) => panic!("unexpected error type: {e:?}"),
+    }
+    if !std::path::Path::new("/dev/kfd").exists() {
+        assert!(matches!(rt.mem_info(0), Err(Error::Hip { .. })));
+    }
+    assert!(matches!(HipRuntime::load_from("libdefinitely-not-hip.so"), Err(Error::HipUnavailable(_))));
+}
+
+#[test]
+fn this_machine_reports_without_panicking() {
+    let r = rocm_llama::devices();
+    assert!(!r.backend_devices.is_empty());
+    assert!(r.primary_memory().is_some());
+    let _ = r.table();
+    let _ = rocm_llama::available();
+}

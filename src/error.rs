@@ -142,6 +142,24 @@ pub enum Error {
         /// `hipGetErrorString`.
         message: String,
     },
+    /// A download failed.
+    #[error("download of {url} failed: {reason}")]
+    Download {
+        /// What was fetched.
+        url: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// A downloaded file's sha256 is not the expected one (the file was removed).
+    #[error("sha256 mismatch for {url}: expected {expected}, got {actual}")]
+    ChecksumMismatch {
+        /// What was fetched.
+        url: String,
+        /// The expected digest.
+        expected: String,
+        /// The digest of what arrived.
+        actual: String,
+    },
     /// Nothing fits the memory available.
     #[error("does not fit: {0}")]
     DoesNotFit(String),

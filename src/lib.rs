@@ -46,6 +46,8 @@ pub mod generate;
 pub mod gguf;
 pub mod memory;
 pub mod model;
+pub mod models;
+pub mod pull;
 pub mod sampler;
 pub mod vocab;
 pub mod vram;

@@ -43,6 +43,37 @@ enum Command {
         #[command(flatten)]
         opts: GenOpts,
     },
+    /// List the models in the model folder (like `ollama list`).
+    Models {
+        /// The model folder (default: ROCM_MODEL_DIR, else ~/.cache/rocm-llama).
+        #[arg(long, env = "ROCM_MODEL_DIR")]
+        dir: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show all metadata of a model (a path or a name from `models`).
+    Show {
+        /// A GGUF path or a model name.
+        model: String,
+        /// The model folder for names.
+        #[arg(long, env = "ROCM_MODEL_DIR")]
+        dir: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download a model: an http(s) URL or hf:ORG/REPO/FILE.gguf (resumes, verifies sha256).
+    Pull {
+        /// The source.
+        source: String,
+        /// The model folder to write into.
+        #[arg(long, env = "ROCM_MODEL_DIR")]
+        dir: Option<PathBuf>,
+        /// The expected sha256 of the file.
+        #[arg(long)]
+        sha256: Option<String>,
+    },
     /// List GPUs (AMD through sysfs and HIP, and every device llama.cpp can use) with free VRAM.
     Devices {
         /// Print JSON.
@@ -59,9 +90,9 @@ enum Command {
 
 #[derive(Args, Clone)]
 struct GenOpts {
-    /// GGUF model file.
+    /// A GGUF file, or a model name from `rocm-llama models`.
     #[arg(short, long, env = "ROCM_LLAMA_MODEL")]
-    model: Option<PathBuf>,
+    model: Option<String>,
     /// Context length in tokens (default: what fits, up to --max-ctx and the trained length).
     #[arg(short = 'c', long)]
     ctx: Option<u32>,
@@ -145,8 +176,10 @@ type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 /// Loads the model; returns it with the context length the fit chose, if it ran.
 fn load_model(opts: &GenOpts) -> AnyResult<(Model, Option<u32>)> {
-    let path =
-        opts.model.clone().or_else(default_model).ok_or("no model: pass --model PATH or set ROCM_LLAMA_MODEL")?;
+    let path = match &opts.model {
+        Some(m) => rocm_llama::models::resolve(m, &rocm_llama::models::default_dir())?,
+        None => default_model().ok_or("no model: pass --model PATH or set ROCM_LLAMA_MODEL")?,
+    };
     if opts.model.is_none() && !path.exists() {
         return Err(format!(
             "no --model given and the default model is missing at {} (scripts/test-model.sh fetches it)",
@@ -383,6 +416,134 @@ fn cmd_chat(prompt: Option<String>, system: Option<String>, template: Option<Str
     Ok(())
 }
 
+fn human_count(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.1}B", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.0}M", n as f64 / 1e6),
+        n => n.to_string(),
+    }
+}
+
+fn age(t: Option<std::time::SystemTime>) -> String {
+    let Some(d) = t.and_then(|t| t.elapsed().ok()) else { return "-".into() };
+    let s = d.as_secs();
+    match s {
+        s if s < 120 => "just now".into(),
+        s if s < 7200 => format!("{} minutes ago", s / 60),
+        s if s < 172_800 => format!("{} hours ago", s / 3600),
+        s => format!("{} days ago", s / 86_400),
+    }
+}
+
+fn cmd_models(dir: Option<PathBuf>, json: bool) -> AnyResult<()> {
+    let dir = dir.unwrap_or_else(rocm_llama::models::default_dir);
+    let entries = rocm_llama::models::scan(&dir);
+    if json {
+        let v: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|e| {
+                let mut v = serde_json::to_value(e).unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    match &e.info {
+                        Ok(info) => {
+                            o.insert("info".into(), serde_json::to_value(info).unwrap_or_default());
+                        }
+                        Err(err) => {
+                            o.remove("info");
+                            o.insert("error".into(), err.clone().into());
+                        }
+                    }
+                }
+                v
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    if entries.is_empty() {
+        eprintln!("no models in {} (rocm-llama pull SOURCE fetches one)", dir.display());
+        return Ok(());
+    }
+    println!("{:<40} {:<10} {:>7} {:<8} {:>9} {:>7}  MODIFIED", "NAME", "ARCH", "PARAMS", "QUANT", "SIZE", "CTX");
+    for e in &entries {
+        match &e.info {
+            Ok(i) => println!(
+                "{:<40} {:<10} {:>7} {:<8} {:>9} {:>7}  {}",
+                e.name,
+                i.architecture,
+                human_count(i.n_params),
+                i.quantization(),
+                rocm_llama::vram::gib(e.size_bytes),
+                i.context_length.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                age(e.modified)
+            ),
+            Err(err) => println!("{:<40} unreadable: {err}", e.name),
+        }
+    }
+    Ok(())
+}
+
+fn cmd_show(model: &str, dir: Option<PathBuf>, json: bool) -> AnyResult<()> {
+    let dir = dir.unwrap_or_else(rocm_llama::models::default_dir);
+    let path = rocm_llama::models::resolve(model, &dir)?;
+    let file = rocm_llama::gguf::GgufFile::open(&path)?;
+    let summary = rocm_llama::models::ModelSummary::from_gguf(&file, &[]);
+    if json {
+        let meta: serde_json::Map<String, serde_json::Value> =
+            file.metadata.iter().map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap_or_default())).collect();
+        let v = serde_json::json!({
+            "path": path,
+            "summary": summary,
+            "gguf_version": file.version,
+            "tensor_count": file.tensors.len(),
+            "tensor_bytes": file.tensor_bytes(),
+            "metadata": meta,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("  path            {}", path.display());
+    println!("  architecture    {}", summary.architecture);
+    println!("  parameters      {}", human_count(summary.n_params));
+    println!("  quantization    {}", summary.quantization());
+    println!("  context length  {}", summary.context_length.map(|c| c.to_string()).unwrap_or_else(|| "-".into()));
+    println!(
+        "  chat template   {}",
+        summary.chat_template_family.as_deref().unwrap_or(if summary.has_chat_template { "custom" } else { "none" })
+    );
+    println!("  tensors         {} ({})", file.tensors.len(), rocm_llama::vram::gib(file.tensor_bytes()));
+    println!("\n  metadata (GGUF v{}):", file.version);
+    for (k, v) in &file.metadata {
+        println!("    {k:<44} {}", v.display(100));
+    }
+    Ok(())
+}
+
+fn cmd_pull(source: &str, dir: Option<PathBuf>, sha256: Option<String>) -> AnyResult<()> {
+    let mut opts = rocm_llama::pull::PullOptions::new(dir.unwrap_or_else(rocm_llama::models::default_dir));
+    opts.sha256 = sha256;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let b = bar.clone();
+    opts.progress = Some(Arc::new(move |p: &rocm_llama::pull::Progress| {
+        if let Some(t) = p.total {
+            b.set_length(t);
+        }
+        b.set_message(p.file.clone());
+        b.set_position(p.done);
+    }));
+    let files = rocm_llama::pull::pull(source, &opts);
+    bar.finish_and_clear();
+    for f in files? {
+        println!("{}", f.display());
+    }
+    Ok(())
+}
+
 fn cmd_devices(json: bool) -> AnyResult<()> {
     let report = rocm_llama::devices();
     if json {
@@ -437,6 +598,9 @@ fn main() -> ExitCode {
         Command::Chat { prompt, system, template, opts } => cmd_chat(prompt, system, template, opts),
         Command::Info { json } => cmd_info(json),
         Command::Devices { json } => cmd_devices(json),
+        Command::Models { dir, json } => cmd_models(dir, json),
+        Command::Show { model, dir, json } => cmd_show(&model, dir, json),
+        Command::Pull { source, dir, sha256 } => cmd_pull(&source, dir, sha256),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -92,7 +92,7 @@ fn chat_repl_keeps_the_conversation() {
 fn errors_are_reported_not_crashes() {
     let out = bin().args(["run", "hi", "--model", "/nonexistent/model.gguf"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("No such file"));
+    assert!(String::from_utf8_lossy(&out.stderr).to_lowercase().contains("no such file"));
     let dir = std::env::temp_dir().join(format!("rocm-llama-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let junk = dir.join("junk.gguf");
@@ -103,4 +103,51 @@ fn errors_are_reported_not_crashes() {
     let Some(model) = common::model_path() else { return };
     let out = bin().args(["run", "hi", "--flash-attn", "sometimes", "--model"]).arg(&model).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn models_and_show_list_the_model_folder() {
+    let Some(model) = common::model_path() else { return };
+    let dir = std::env::temp_dir().join(format!("rocm-llama-cli-models-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::symlink(&model, dir.join("gemma-3-270m-q4_k_m.gguf")).unwrap();
+    std::fs::write(dir.join("broken.gguf"), "nope").unwrap();
+
+    let out = bin().args(["models", "--dir"]).arg(&dir).output().unwrap();
+    assert!(out.status.success());
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.starts_with("NAME") && table.contains("gemma3") && table.contains("Q4_K_M"), "{table}");
+    assert!(table.contains("broken") && table.contains("unreadable"), "{table}");
+
+    let out = bin().args(["models", "--json", "--dir"]).arg(&dir).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    assert!(v[0]["error"].as_str().unwrap().contains("not a GGUF"));
+    assert_eq!(v[1]["info"]["architecture"], "gemma3");
+
+    let out = bin().args(["show", "gemma-3", "--json", "--dir"]).arg(&dir).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["metadata"]["general.architecture"], "gemma3");
+    assert_eq!(v["metadata"]["gemma3.block_count"], 18);
+    assert_eq!(v["tensor_count"], 236);
+
+    // --model takes an inventory name.
+    let out = bin()
+        .env("ROCM_MODEL_DIR", &dir)
+        .args(["run", "Hello", "--model", "gemma-3-270m", "-n", "2", "--temp", "0", "--threads", "1", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn devices_lists_the_cpu() {
+    let out = bin().args(["devices", "--json"]).output().unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["backend_devices"].as_array().unwrap().iter().any(|d| d["kind"] == "Cpu"));
+    let out = bin().arg("devices").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("llama.cpp devices"));
 }

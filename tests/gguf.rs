@@ -89,3 +89,18 @@ fn fit_plans_for_this_machine() {
     let model = rocm_llama::Model::load(&path, &config).unwrap();
     assert_eq!(model.n_layer(), 18);
 }
+
+#[test]
+fn process_memory_counts_models_and_contexts() {
+    let model = require_model!();
+    let before = rocm_llama::process_memory();
+    assert!(before.host_bytes >= model.memory().host_bytes());
+    let ctx = Context::new(model, &ContextConfig::default().n_ctx(2048).threads(1)).unwrap();
+    let during = rocm_llama::process_memory();
+    assert!(during.host_bytes >= ctx.memory_usage().host_bytes());
+    assert!(during.peak_device_bytes >= during.device_bytes);
+    if !rocm_llama::available() {
+        assert_eq!(ctx.memory_usage().device_bytes(), 0);
+    }
+    assert!(ctx.memory_usage().kv_bytes() > 0 && ctx.memory_usage().compute_bytes() > 0);
+}

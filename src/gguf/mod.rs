@@ -24,11 +24,21 @@ pub const DEFAULT_MAX_ARRAY_LEN: u64 = 4096;
 pub struct ReadOptions {
     /// Arrays with more elements are kept as [`Value::Array`] with `values: None`.
     pub max_array_len: u64,
+    /// Check that every tensor's data lies inside the file (catches truncated downloads;
+    /// default true). Off, a header alone parses.
+    pub check_tensor_bounds: bool,
 }
 
 impl Default for ReadOptions {
     fn default() -> Self {
-        ReadOptions { max_array_len: DEFAULT_MAX_ARRAY_LEN }
+        ReadOptions { max_array_len: DEFAULT_MAX_ARRAY_LEN, check_tensor_bounds: true }
+    }
+}
+
+impl ReadOptions {
+    /// Parse the header only: no check of tensor data against the file size.
+    pub fn header_only() -> Self {
+        ReadOptions { check_tensor_bounds: false, ..Default::default() }
     }
 }
 
@@ -479,7 +489,11 @@ impl<R: Read> Reader<R> {
                         }
                         ValueType::Array => {
                             for _ in 0..len {
-                                self.value(ValueType::Array, ReadOptions { max_array_len: 0 }, depth + 1)?;
+                                self.value(
+                                    ValueType::Array,
+                                    ReadOptions { max_array_len: 0, check_tensor_bounds: false },
+                                    depth + 1,
+                                )?;
                             }
                         }
                         fixed => self.skip(len * fixed.min_size(), "array")?,
@@ -543,6 +557,24 @@ fn parse<R: Read>(r: &mut Reader<R>, opts: ReadOptions) -> std::result::Result<G
     let alignment =
         metadata.iter().find(|(k, _)| k == "general.alignment").and_then(|(_, v)| v.as_u64()).unwrap_or(32).max(1);
     let data_offset = r.pos.div_ceil(alignment).saturating_mul(alignment);
+    if opts.check_tensor_bounds {
+        for t in &tensors {
+            let end = t.n_bytes().and_then(|n| data_offset.checked_add(t.offset)?.checked_add(n));
+            match end {
+                Some(end) if end <= r.len => {}
+                Some(end) => {
+                    return bad(format!(
+                        "tensor {:?} ends at byte {end}, past the end of the {}-byte file (truncated?)",
+                        t.name, r.len
+                    ))
+                }
+                None if ggml_type_block(t.ggml_type).is_none() => {
+                    return bad(format!("tensor {:?} has unknown type {}", t.name, t.ggml_type))
+                }
+                None => return bad(format!("tensor {:?} has an impossible size", t.name)),
+            }
+        }
+    }
     Ok(GgufFile { version, metadata, tensors, data_offset, file_size: r.len })
 }
 
@@ -609,7 +641,7 @@ mod tests {
 
     #[test]
     fn long_arrays_are_summarised() {
-        let f = GgufFile::from_bytes(&sample(), ReadOptions { max_array_len: 2 }).unwrap();
+        let f = GgufFile::from_bytes(&sample(), ReadOptions { max_array_len: 2, ..Default::default() }).unwrap();
         assert!(matches!(f.get("tokenizer.ggml.tokens"), Some(Value::Array { len: 3, values: None, .. })));
         assert!(matches!(f.get("tokenizer.ggml.scores"), Some(Value::Array { len: 2, values: Some(_), .. })));
         // Tensor infos after the skipped array are still read correctly.
@@ -619,11 +651,17 @@ mod tests {
     #[test]
     fn truncation_at_every_header_offset_is_an_error() {
         let bytes = sample();
-        let ok_from =
-            (0..=bytes.len()).find(|&cut| GgufFile::from_bytes(&bytes[..cut], ReadOptions::default()).is_ok()).unwrap();
+        let ok_from = (0..=bytes.len())
+            .find(|&cut| GgufFile::from_bytes(&bytes[..cut], ReadOptions::header_only()).is_ok())
+            .unwrap();
         // Every cut inside the header fails; the header ends within the padding before the data.
         for cut in 0..ok_from {
-            assert!(GgufFile::from_bytes(&bytes[..cut], ReadOptions::default()).is_err(), "cut {cut}");
+            assert!(GgufFile::from_bytes(&bytes[..cut], ReadOptions::header_only()).is_err(), "cut {cut}");
+        }
+        // With the default bounds check, any cut into the tensor data is an error too.
+        for cut in [ok_from, bytes.len() - 1] {
+            let e = GgufFile::from_bytes(&bytes[..cut], ReadOptions::default()).unwrap_err();
+            assert!(e.contains("past the end"), "{e}");
         }
         let full = GgufFile::from_bytes(&bytes, ReadOptions::default()).unwrap();
         assert!(ok_from as u64 <= full.data_offset && full.data_offset - (ok_from as u64) < 32);

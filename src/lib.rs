@@ -35,6 +35,7 @@
 
 pub mod backend;
 pub mod batch;
+pub mod bench;
 mod build_info;
 pub mod chat;
 pub mod context;
@@ -49,6 +50,7 @@ pub mod model;
 pub mod models;
 pub mod pull;
 pub mod sampler;
+pub mod synth;
 pub mod vocab;
 pub mod vram;
 

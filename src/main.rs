@@ -74,6 +74,66 @@ enum Command {
         #[arg(long)]
         sha256: Option<String>,
     },
+    /// Measure prefill, decode, time to first token and engine concurrency (llama-bench style).
+    Bench {
+        /// A GGUF file or a model name.
+        #[arg(short, long, env = "ROCM_LLAMA_MODEL")]
+        model: Option<String>,
+        /// Prompt lengths (pp and ttft).
+        #[arg(short = 'p', long, value_delimiter = ',', default_value = "512,2048")]
+        prompt: Vec<usize>,
+        /// Generated tokens (tg).
+        #[arg(short = 'n', long, default_value_t = 128)]
+        gen: usize,
+        /// KV depths for the first prompt length.
+        #[arg(long, value_delimiter = ',', default_value = "0,4096")]
+        depths: Vec<usize>,
+        /// Repetitions per test.
+        #[arg(short = 'r', long, default_value_t = 3)]
+        repetitions: usize,
+        /// Flash attention settings to compare (off, on, auto).
+        #[arg(long, value_delimiter = ',', default_value = "off,on")]
+        fa: Vec<String>,
+        /// Concurrency levels through the engine (empty to skip).
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32,64")]
+        concurrency: Vec<usize>,
+        /// Prompt and generated tokens per sequence in the concurrency test.
+        #[arg(long, default_value_t = 128)]
+        concurrent_tokens: usize,
+        /// KV cache type.
+        #[arg(long, default_value = "f16")]
+        kv_type: String,
+        /// GPU layers (a number or all).
+        #[arg(long, default_value = "all")]
+        gpu_layers: String,
+        /// CPU threads.
+        #[arg(short, long)]
+        threads: Option<u32>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Write an SVG plot here.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
+    /// Write a synthetic model: a real architecture's shapes, random weights, quantized.
+    Synth {
+        /// llama3-8b, qwen3-8b, gemma3-4b, llama2-7b, tiny, tiny-qwen3, tiny-gemma3.
+        #[arg(long)]
+        shape: String,
+        /// q4_k_m, q4_0, q8_0 or f16.
+        #[arg(long = "type", default_value = "q4_k_m")]
+        ty: String,
+        /// Output file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Threads for quantization (default: the cores this process may use).
+        #[arg(short, long)]
+        threads: Option<u32>,
+        /// Seed of the random weights.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// List GPUs (AMD through sysfs and HIP, and every device llama.cpp can use) with free VRAM.
     Devices {
         /// Print JSON.
@@ -544,6 +604,73 @@ fn cmd_pull(source: &str, dir: Option<PathBuf>, sha256: Option<String>) -> AnyRe
     Ok(())
 }
 
+fn cmd_bench(
+    model: Option<String>,
+    gpu_layers: &str,
+    cfg: rocm_llama::bench::BenchConfig,
+    json: bool,
+    plot: Option<PathBuf>,
+) -> AnyResult<()> {
+    let path = match model {
+        Some(m) => rocm_llama::models::resolve(&m, &rocm_llama::models::default_dir())?,
+        None => default_model().ok_or("no model: pass --model")?,
+    };
+    let gpu_layers = match gpu_layers {
+        "all" | "-1" => GpuLayers::All,
+        n => GpuLayers::Count(n.parse().map_err(|_| format!("--gpu-layers must be a number or `all`, not {n:?}"))?),
+    };
+    let model = Model::load(&path, &LoadConfig { gpu_layers, ..Default::default() })?;
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed}] {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+    let sp = spinner.clone();
+    let report = rocm_llama::bench::run(&model, &cfg, &move |m| sp.set_message(m.to_string()));
+    spinner.finish_and_clear();
+    let report = report?;
+    if let Some(p) = plot {
+        std::fs::write(&p, report.svg()).map_err(|e| format!("{}: {e}", p.display()))?;
+        eprintln!("plot written to {}", p.display());
+    }
+    if json {
+        let devices = rocm_llama::devices();
+        let v = serde_json::json!({
+            "report": report,
+            "build": rocm_llama::build_info(),
+            "devices": devices.backend_devices,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(())
+}
+
+fn cmd_synth(shape: &str, ty: &str, output: &std::path::Path, threads: Option<u32>, seed: u64) -> AnyResult<()> {
+    let shape = rocm_llama::synth::find_shape(shape)?;
+    let ty: rocm_llama::synth::SynthType = ty.parse()?;
+    let threads = threads.unwrap_or_else(rocm_llama::default_threads);
+    let started = std::time::Instant::now();
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+    let sp = spinner.clone();
+    let path = rocm_llama::synth::synth(shape, ty, output, threads, seed, &move |msg| sp.set_message(msg.to_string()));
+    spinner.finish_and_clear();
+    let path = path?;
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "wrote {} ({}, {} as {ty:?}) in {:.1} s",
+        path.display(),
+        rocm_llama::vram::gib(size),
+        shape.name,
+        started.elapsed().as_secs_f64()
+    );
+    println!("{}", path.display());
+    Ok(())
+}
+
 fn cmd_devices(json: bool) -> AnyResult<()> {
     let report = rocm_llama::devices();
     if json {
@@ -598,6 +725,37 @@ fn main() -> ExitCode {
         Command::Chat { prompt, system, template, opts } => cmd_chat(prompt, system, template, opts),
         Command::Info { json } => cmd_info(json),
         Command::Devices { json } => cmd_devices(json),
+        Command::Bench {
+            model,
+            prompt,
+            gen,
+            depths,
+            repetitions,
+            fa,
+            concurrency,
+            concurrent_tokens,
+            kv_type,
+            gpu_layers,
+            threads,
+            json,
+            plot,
+        } => (|| -> AnyResult<()> {
+            let cfg = rocm_llama::bench::BenchConfig {
+                n_prompt: prompt,
+                n_gen: gen,
+                depths,
+                repetitions,
+                flash_attention: fa.iter().map(|f| f.parse()).collect::<Result<_, _>>()?,
+                kv_type: kv_type.parse()?,
+                concurrency: concurrency.into_iter().filter(|&c| c > 0).collect(),
+                concurrent_prompt: concurrent_tokens,
+                concurrent_gen: concurrent_tokens,
+                threads,
+                ..Default::default()
+            };
+            cmd_bench(model, &gpu_layers, cfg, json, plot)
+        })(),
+        Command::Synth { shape, ty, output, threads, seed } => cmd_synth(&shape, &ty, &output, threads, seed),
         Command::Models { dir, json } => cmd_models(dir, json),
         Command::Show { model, dir, json } => cmd_show(&model, dir, json),
         Command::Pull { source, dir, sha256 } => cmd_pull(&source, dir, sha256),

@@ -137,6 +137,23 @@ pub(crate) fn check_gguf_header(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Rejects files llama.cpp would load and then abort on while computing: truncated tensor
+/// data, and 1-D norm weights that are not F32 (its CPU kernels assert on them).
+fn check_tensors(path: &Path) -> Result<()> {
+    let file = crate::gguf::GgufFile::open(path)?;
+    if let Some(t) = file.tensors.iter().find(|t| t.dims.len() == 1 && t.name.contains("norm") && t.ggml_type != 0) {
+        return Err(Error::NotGguf {
+            path: path.to_path_buf(),
+            reason: format!(
+                "1-D tensor {} is {}, but llama.cpp needs norm weights in F32 (it would abort while computing)",
+                t.name,
+                crate::gguf::ggml_type_name(t.ggml_type)
+            ),
+        });
+    }
+    Ok(())
+}
+
 struct ProgressState {
     f: Arc<ProgressFn>,
     cancelled: bool,
@@ -165,6 +182,7 @@ impl Model {
         let path = path.as_ref();
         crate::backend::init();
         check_gguf_header(path)?;
+        check_tensors(path)?;
         let path_str =
             path.to_str().ok_or_else(|| Error::InvalidConfig(format!("model path {} is not UTF-8", path.display())))?;
         let c_path = c_string("model path", path_str)?;

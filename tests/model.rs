@@ -212,8 +212,16 @@ fn bad_files_are_errors_and_the_process_survives() {
         let truncated = dir.join(format!("truncated-{cut}.gguf"));
         std::fs::write(&truncated, &bytes[..cut]).unwrap();
         let r = Model::load(&truncated, &cfg);
-        assert!(matches!(r, Err(Error::ModelLoad { .. })), "cut at {cut}: {r:?}");
+        assert!(matches!(r, Err(Error::NotGguf { .. } | Error::ModelLoad { .. })), "cut at {cut}: {r:?}");
     }
+    // A file llama.cpp would load and then abort on (F16 norm weights) is refused up front.
+    let shape = rocm_llama::synth::find_shape("tiny").unwrap();
+    let mut w = rocm_llama::synth::f16_writer(shape, 1);
+    w = w.tensor("blk.0.extra_norm.weight", &[256], 1, vec![0; 512]);
+    let f16_norm = dir.join("f16-norm.gguf");
+    w.write_to(&f16_norm).unwrap();
+    let r = Model::load(&f16_norm, &cfg);
+    assert!(matches!(&r, Err(Error::NotGguf { reason, .. }) if reason.contains("F32")), "{r:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -228,7 +228,7 @@ impl<'m> Worker<'m> {
         for slot in &mut self.slots {
             if slot.active.as_ref().is_some_and(|a| a.job.cancel.is_cancelled()) {
                 if let Some(a) = slot.active.take() {
-                    finish(a, StopReason::Cancelled, &self.stats);
+                    finish(a, StopReason::Cancelled, &self.stats, slot.cached.len());
                 }
             }
         }
@@ -356,11 +356,12 @@ impl<'m> Worker<'m> {
                         stats.generated.fetch_add(1, Ordering::Relaxed);
                     }
                     if let Some(a) = slot.active.take() {
-                        finish(a, reason, stats);
+                        finish(a, reason, stats, slot.cached.len());
                     }
                 }
                 Err(e) => {
                     if let Some(a) = slot.active.take() {
+                        release(stats, slot.cached.len(), true);
                         let _ = a.job.events.send(Err(e));
                     }
                 }
@@ -388,8 +389,9 @@ impl<'m> Worker<'m> {
         for seq in seqs {
             let slot = &mut self.slots[seq as usize];
             let _ = self.ctx.seq_remove(Some(seq), ..);
-            slot.cached.clear();
+            let cells = std::mem::take(&mut slot.cached).len();
             if let Some(a) = slot.active.take() {
+                release(&self.stats, cells, false);
                 let _ = a.job.events.send(Err(Error::Engine(format!("decode failed: {e}"))));
             }
         }
@@ -431,7 +433,9 @@ fn sample_one(
     Ok(None)
 }
 
-fn finish(mut a: Active<'_>, reason: StopReason, stats: &SharedStats) {
+/// Ends a request: releases held text, then the summary. The counters move first, so a
+/// caller that sees the summary also sees the slot free in `stats()`.
+fn finish(mut a: Active<'_>, reason: StopReason, stats: &SharedStats, kv_cells: usize) {
     if !matches!(reason, StopReason::StopString(_)) {
         let tail = a.detok.finish();
         let (mut text, _) = a.stops.push(&tail);
@@ -467,8 +471,19 @@ fn finish(mut a: Active<'_>, reason: StopReason, stats: &SharedStats) {
         decode_tokens_per_s = summary.decode_tokens_per_s,
         "finished"
     );
-    stats.completed.fetch_add(1, Ordering::Relaxed);
+    stats.completed.fetch_add(1, Ordering::SeqCst);
+    release(stats, kv_cells, true);
     let _ = a.job.events.send(Ok(Event::Done(summary)));
+}
+
+/// Counts a request out of `running` (its cells kept for reuse, or freed) before its stream
+/// hears the end; `publish` later sets the exact figures.
+fn release(stats: &SharedStats, kv_cells: usize, keep_cells: bool) {
+    let _ = stats.running.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| Some(v.saturating_sub(1)));
+    let _ = stats.kv_used.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| Some(v.saturating_sub(kv_cells)));
+    if keep_cells {
+        stats.kv_cached.fetch_add(kv_cells, Ordering::SeqCst);
+    }
 }
 
 fn cancelled_summary(job: &Job) -> Summary {

@@ -12,7 +12,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 
 mod writer;
-pub use writer::Writer;
+pub use writer::{Generator, Writer};
 
 /// Arrays longer than this are summarised (type and length) instead of kept, unless
 /// [`ReadOptions::max_array_len`] says otherwise: a vocabulary of 262k strings is not needed

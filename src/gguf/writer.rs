@@ -5,12 +5,37 @@ use std::io::Write;
 
 use super::{Value, ValueType};
 
-/// Builds a GGUF file in memory: metadata first, then tensors with their data.
-#[derive(Debug, Default)]
+/// Writes tensor data of a known size into a stream (for data generated on the fly).
+pub type Generator = Box<dyn Fn(&mut dyn Write) -> std::io::Result<()> + Send + Sync>;
+
+/// A tensor's data: bytes in memory, or a generator that writes exactly `n_bytes`.
+enum Data {
+    Bytes(Vec<u8>),
+    Generated { n_bytes: u64, generate: Generator },
+}
+
+impl Data {
+    fn len(&self) -> u64 {
+        match self {
+            Data::Bytes(b) => b.len() as u64,
+            Data::Generated { n_bytes, .. } => *n_bytes,
+        }
+    }
+}
+
+/// Builds a GGUF file: metadata first, then tensors with their data. Data can be generated
+/// while the file is written, so files larger than memory can be made.
+#[derive(Default)]
 pub struct Writer {
     metadata: Vec<(String, Value)>,
-    tensors: Vec<(String, Vec<u64>, u32, Vec<u8>)>,
+    tensors: Vec<(String, Vec<u64>, u32, Data)>,
     alignment: u64,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").field("metadata", &self.metadata.len()).field("tensors", &self.tensors.len()).finish()
+    }
 }
 
 impl Writer {
@@ -42,7 +67,20 @@ impl Writer {
 
     /// Adds a tensor: name, dimensions (innermost first), ggml type id and its raw data.
     pub fn tensor(mut self, name: &str, dims: &[u64], ggml_type: u32, data: Vec<u8>) -> Self {
-        self.tensors.push((name.to_string(), dims.to_vec(), ggml_type, data));
+        self.tensors.push((name.to_string(), dims.to_vec(), ggml_type, Data::Bytes(data)));
+        self
+    }
+
+    /// Adds a tensor whose `n_bytes` of data `generate` writes when the file is written.
+    pub fn tensor_generated(
+        mut self,
+        name: &str,
+        dims: &[u64],
+        ggml_type: u32,
+        n_bytes: u64,
+        generate: Generator,
+    ) -> Self {
+        self.tensors.push((name.to_string(), dims.to_vec(), ggml_type, Data::Generated { n_bytes, generate }));
         self
     }
 
@@ -52,8 +90,9 @@ impl Writer {
         self.tensor(name, dims, 0, data)
     }
 
-    /// The encoded file.
-    pub fn to_bytes(&self) -> Vec<u8> {
+    /// The header (metadata and tensor infos, padded to the alignment) and each tensor's
+    /// offset in the data section.
+    fn header(&self) -> (Vec<u8>, Vec<u64>) {
         let mut out = Vec::new();
         out.extend_from_slice(b"GGUF");
         out.extend_from_slice(&3u32.to_le_bytes());
@@ -69,7 +108,7 @@ impl Writer {
         let mut offsets = Vec::new();
         for (_, _, _, data) in &self.tensors {
             offsets.push(offset);
-            offset = align(offset + data.len() as u64, self.alignment);
+            offset = align(offset + data.len(), self.alignment);
         }
         for ((name, dims, t, _), off) in self.tensors.iter().zip(&offsets) {
             put_str(&mut out, name);
@@ -82,18 +121,64 @@ impl Writer {
         }
         let start = align(out.len() as u64, self.alignment);
         out.resize(start as usize, 0);
-        for ((_, _, _, data), off) in self.tensors.iter().zip(&offsets) {
-            out.resize((start + off) as usize, 0);
-            out.extend_from_slice(data);
+        (out, offsets)
+    }
+
+    /// Writes the whole file to `out`.
+    pub fn write(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        let (header, offsets) = self.header();
+        out.write_all(&header)?;
+        let mut pos = 0u64;
+        for ((name, _, _, data), off) in self.tensors.iter().zip(&offsets) {
+            out.write_all(&vec![0u8; (off - pos) as usize])?;
+            let mut counting = Counting { inner: &mut *out, n: 0 };
+            match data {
+                Data::Bytes(b) => counting.write_all(b)?,
+                Data::Generated { generate, .. } => generate(&mut counting)?,
+            }
+            if counting.n != data.len() {
+                return Err(std::io::Error::other(format!(
+                    "tensor {name}: generator wrote {} bytes, {} declared",
+                    counting.n,
+                    data.len()
+                )));
+            }
+            pos = off + data.len();
         }
+        Ok(())
+    }
+
+    /// The encoded file in memory.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Writing to a Vec cannot fail except through a generator's own error.
+        let _ = self.write(&mut out);
         out
     }
 
-    /// Writes the file.
+    /// Writes the file (streaming; generated tensors never sit in memory whole).
     pub fn write_to(&self, path: impl AsRef<std::path::Path>) -> std::io::Result<()> {
-        let mut f = std::fs::File::create(path)?;
-        f.write_all(&self.to_bytes())?;
-        f.sync_all()
+        let f = std::fs::File::create(path)?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 22, f);
+        self.write(&mut w)?;
+        w.flush()?;
+        w.into_inner().map_err(|e| e.into_error())?.sync_all()
+    }
+}
+
+struct Counting<'a> {
+    inner: &'a mut dyn Write,
+    n: u64,
+}
+
+impl Write for Counting<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 

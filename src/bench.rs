@@ -1,0 +1,595 @@
+//! `rocm-llama bench`: llama-bench-style measurements through this library, each beside a
+//! raw-FFI baseline run in the same process on the same model and settings.
+//!
+//! - `pp<N>`: prefill of N tokens (mean ± stddev over repetitions), at several KV depths.
+//! - `tg<N>`: N single-token decode steps with a greedy pick.
+//! - `ttft`: time to first token for an N-token prompt.
+//! - overhead: the same pp/tg through plain `llama_decode` calls, and the host time per
+//!   decode step that the library adds.
+//! - concurrency: aggregate decode tokens/s of N sequences through the engine (default
+//!   sampling) against N sequences decoded together with plain `llama_decode` and arg-max.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use llama_cpp_sys_2 as sys;
+
+use crate::batch::Batch;
+use crate::context::{Context, ContextConfig, FlashAttention, KvType};
+use crate::engine::{Engine, EngineConfig};
+use crate::error::{Error, Result};
+use crate::generate::{Event, GenerateOptions};
+use crate::model::Model;
+use crate::sampler::SamplingParams;
+
+/// What to measure.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchConfig {
+    /// Prompt lengths for `pp` and `ttft`.
+    pub n_prompt: Vec<usize>,
+    /// Tokens for `tg`.
+    pub n_gen: usize,
+    /// KV depths at which `pp` of the first prompt length is repeated.
+    pub depths: Vec<usize>,
+    /// Repetitions of each test (after one warm-up).
+    pub repetitions: usize,
+    /// Flash attention settings to compare.
+    pub flash_attention: Vec<FlashAttention>,
+    /// KV cache type.
+    pub kv_type: KvType,
+    /// Concurrency levels for the engine test (empty: skip it).
+    pub concurrency: Vec<usize>,
+    /// Prompt tokens per sequence in the concurrency test.
+    pub concurrent_prompt: usize,
+    /// Generated tokens per sequence in the concurrency test.
+    pub concurrent_gen: usize,
+    /// Threads (default: the cores this process may use).
+    pub threads: Option<u32>,
+    /// Logical batch size.
+    pub n_batch: u32,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        BenchConfig {
+            n_prompt: vec![512, 2048],
+            n_gen: 128,
+            depths: vec![0, 4096],
+            repetitions: 3,
+            flash_attention: vec![FlashAttention::Off, FlashAttention::On],
+            kv_type: KvType::F16,
+            concurrency: vec![1, 2, 4, 8, 16, 32, 64],
+            concurrent_prompt: 128,
+            concurrent_gen: 128,
+            threads: None,
+            n_batch: 2048,
+        }
+    }
+}
+
+/// One measured test.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Measurement {
+    /// `pp512`, `tg128`, `ttft512`, `raw pp512`, ...
+    pub test: String,
+    /// Flash attention setting.
+    pub flash_attention: FlashAttention,
+    /// KV depth before the test.
+    pub depth: usize,
+    /// Mean (tokens/s, or ms for ttft).
+    pub mean: f64,
+    /// Sample standard deviation.
+    pub stddev: f64,
+    /// `tok/s` or `ms`.
+    pub unit: &'static str,
+    /// Every repetition.
+    pub runs: Vec<f64>,
+}
+
+/// One concurrency level.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConcurrencyRow {
+    /// Sequences.
+    pub sequences: usize,
+    /// Raw batched decode, generated tokens/s (decode phase).
+    pub raw_tokens_per_s: f64,
+    /// Through the engine with default sampling, generated tokens/s (decode phase).
+    pub engine_tokens_per_s: f64,
+    /// engine / raw.
+    pub ratio: f64,
+    /// Mean time to first token through the engine, ms.
+    pub engine_ttft_ms: f64,
+}
+
+/// Everything one bench run measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchReport {
+    /// Model description.
+    pub model: String,
+    /// The settings.
+    pub config: BenchConfig,
+    /// Library measurements and their raw baselines.
+    pub measurements: Vec<Measurement>,
+    /// Host time the library adds per decode step, microseconds (library tg step − raw tg step).
+    pub host_overhead_us: Vec<(FlashAttention, f64)>,
+    /// The engine against raw batched decode.
+    pub concurrency: Vec<ConcurrencyRow>,
+    /// Peak GPU memory of this process (llama.cpp buffers), bytes.
+    pub peak_device_bytes: u64,
+    /// What the model and one bench context held.
+    pub memory: crate::vram::MemoryBreakdown,
+}
+
+fn stats(runs: &[f64]) -> (f64, f64) {
+    let n = runs.len() as f64;
+    let mean = runs.iter().sum::<f64>() / n;
+    let var = if runs.len() > 1 { runs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (mean, var.sqrt())
+}
+
+/// Deterministic prompt tokens (ids from the vocabulary's middle, BOS first).
+fn tokens(model: &Model, n: usize, salt: usize) -> Vec<i32> {
+    let v = model.vocab();
+    let span = (v.n_tokens() as usize).saturating_sub(2000).max(1);
+    let mut t = vec![v.bos().unwrap_or(1)];
+    t.extend((1..n).map(|i| 1000 + ((i * 7919 + salt * 104_729) % span) as i32));
+    t.truncate(n.max(1));
+    t
+}
+
+fn argmax(row: &[f32]) -> i32 {
+    let mut best = 0;
+    for (i, &x) in row.iter().enumerate() {
+        if x > row[best] {
+            best = i;
+        }
+    }
+    best as i32
+}
+
+/// Prefill of `prompt` at positions `depth..` through the library; returns seconds.
+fn lib_prefill(ctx: &mut Context<'_>, batch: &mut Batch, prompt: &[i32], depth: usize) -> Result<f64> {
+    let n_batch = ctx.n_batch() as usize;
+    let t = Instant::now();
+    for (k, chunk) in prompt.chunks(n_batch).enumerate() {
+        batch.clear();
+        batch.add_sequence(chunk, (depth + k * n_batch) as i32, 0, (k + 1) * n_batch >= prompt.len())?;
+        ctx.decode(batch)?;
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// The same through plain llama.cpp calls on the context's raw pointer.
+fn raw_prefill(
+    ctx: &mut Context<'_>,
+    raw_batch: sys::llama_batch,
+    prompt: &[i32],
+    depth: usize,
+    n_batch: usize,
+) -> f64 {
+    // SAFETY: `ctx` is live and exclusively borrowed; the batch was allocated with room for
+    // `n_batch` tokens of one sequence; every id comes from `tokens` (in the vocabulary).
+    unsafe {
+        let c = ctx.as_ptr();
+        let t = Instant::now();
+        for (k, chunk) in prompt.chunks(n_batch).enumerate() {
+            let mut b = raw_batch;
+            b.n_tokens = chunk.len() as i32;
+            for (i, &tok) in chunk.iter().enumerate() {
+                *b.token.add(i) = tok;
+                *b.pos.add(i) = (depth + k * n_batch + i) as i32;
+                *b.n_seq_id.add(i) = 1;
+                **b.seq_id.add(i) = 0;
+                *b.logits.add(i) = (i + 1 == chunk.len()) as i8;
+            }
+            let rc = sys::llama_decode(c, b);
+            debug_assert_eq!(rc, 0);
+        }
+        t.elapsed().as_secs_f64()
+    }
+}
+
+/// Runs the whole bench on `model`; `progress` hears each step.
+pub fn run(model: &Model, cfg: &BenchConfig, progress: &dyn Fn(&str)) -> Result<BenchReport> {
+    if cfg.n_prompt.is_empty() || cfg.repetitions == 0 {
+        return Err(Error::InvalidConfig("bench needs at least one prompt length and one repetition".into()));
+    }
+    let max_prompt = *cfg.n_prompt.iter().max().unwrap_or(&512);
+    let max_depth = *cfg.depths.iter().max().unwrap_or(&0);
+    let n_ctx = (max_prompt.max(cfg.n_prompt[0] + max_depth) + cfg.n_gen + 16).next_multiple_of(256) as u32;
+    let mut measurements = Vec::new();
+    let mut host_overhead_us = Vec::new();
+    let mut memory = model.memory().clone();
+    let push = |m: &mut Vec<Measurement>, test: String, fa, depth, unit, runs: Vec<f64>| {
+        let (mean, stddev) = stats(&runs);
+        m.push(Measurement { test, flash_attention: fa, depth, mean, stddev, unit, runs });
+    };
+    for &fa in &cfg.flash_attention {
+        let mut cc = ContextConfig::default().n_ctx(n_ctx).n_batch(cfg.n_batch).flash_attention(fa);
+        cc.n_ubatch = 512.min(cfg.n_batch);
+        cc.type_k = cfg.kv_type;
+        cc.type_v = cfg.kv_type;
+        if let Some(t) = cfg.threads {
+            cc = cc.threads(t);
+        }
+        let mut ctx = Context::new(model, &cc)?;
+        if memory.kv.is_empty() {
+            memory.merge(ctx.memory_usage());
+        }
+        let n_batch = ctx.n_batch() as usize;
+        let mut batch = Batch::new(n_batch, 1)?;
+        // SAFETY: allocation of a plain batch; freed below.
+        let raw_batch = unsafe { sys::llama_batch_init(n_batch as i32, 0, 1) };
+
+        for &np in &cfg.n_prompt {
+            let prompt = tokens(model, np, np);
+            {
+                let label = "pp";
+                let depths = if np == cfg.n_prompt[0] { cfg.depths.clone() } else { vec![0] };
+                for depth in depths {
+                    progress(&format!("{label}{np} depth {depth}, flash attention {fa:?}"));
+                    let fill = tokens(model, depth, 7);
+                    let (mut lib, mut raw) = (Vec::new(), Vec::new());
+                    for rep in 0..=cfg.repetitions {
+                        ctx.clear_memory();
+                        if depth > 0 {
+                            lib_prefill(&mut ctx, &mut batch, &fill, 0)?;
+                        }
+                        let s = lib_prefill(&mut ctx, &mut batch, &prompt, depth)?;
+                        ctx.clear_memory();
+                        if depth > 0 {
+                            lib_prefill(&mut ctx, &mut batch, &fill, 0)?;
+                        }
+                        let r = raw_prefill(&mut ctx, raw_batch, &prompt, depth, n_batch);
+                        if rep > 0 {
+                            lib.push(np as f64 / s);
+                            raw.push(np as f64 / r);
+                        }
+                    }
+                    push(&mut measurements, format!("pp{np}"), fa, depth, "tok/s", lib);
+                    push(&mut measurements, format!("raw pp{np}"), fa, depth, "tok/s", raw);
+                }
+            }
+            // Time to first token: prefill plus one greedy pick.
+            progress(&format!("ttft{np}, flash attention {fa:?}"));
+            let mut ttft = Vec::new();
+            for rep in 0..=cfg.repetitions {
+                ctx.clear_memory();
+                let t = Instant::now();
+                lib_prefill(&mut ctx, &mut batch, &prompt, 0)?;
+                let _first = argmax(ctx.logits(batch.len() as i32 - 1)?);
+                if rep > 0 {
+                    ttft.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            push(&mut measurements, format!("ttft{np}"), fa, 0, "ms", ttft);
+        }
+
+        // Token generation after a short prompt, library vs raw.
+        progress(&format!("tg{}, flash attention {fa:?}", cfg.n_gen));
+        let prompt = tokens(model, 16, 3);
+        let (mut lib, mut raw, mut lib_step, mut raw_step) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for rep in 0..=cfg.repetitions {
+            ctx.clear_memory();
+            lib_prefill(&mut ctx, &mut batch, &prompt, 0)?;
+            let mut tok = argmax(ctx.logits(batch.len() as i32 - 1)?);
+            let t = Instant::now();
+            for i in 0..cfg.n_gen {
+                batch.clear();
+                batch.add(tok, (prompt.len() + i) as i32, &[0], true)?;
+                ctx.decode(&batch)?;
+                tok = argmax(ctx.logits(0)?);
+            }
+            let s = t.elapsed().as_secs_f64();
+            ctx.clear_memory();
+            lib_prefill(&mut ctx, &mut batch, &prompt, 0)?;
+            let mut tok = argmax(ctx.logits(batch.len() as i32 - 1)?);
+            // SAFETY: as in `raw_prefill`; logits of index 0 exist after each decode.
+            let r = unsafe {
+                let c = ctx.as_ptr();
+                let n_vocab = model.vocab().n_tokens() as usize;
+                let t = Instant::now();
+                for i in 0..cfg.n_gen {
+                    let mut b = raw_batch;
+                    b.n_tokens = 1;
+                    *b.token = tok;
+                    *b.pos = (prompt.len() + i) as i32;
+                    *b.n_seq_id = 1;
+                    **b.seq_id = 0;
+                    *b.logits = 1;
+                    sys::llama_decode(c, b);
+                    tok = argmax(std::slice::from_raw_parts(sys::llama_get_logits_ith(c, 0), n_vocab));
+                }
+                t.elapsed().as_secs_f64()
+            };
+            if rep > 0 {
+                lib.push(cfg.n_gen as f64 / s);
+                raw.push(cfg.n_gen as f64 / r);
+                lib_step.push(s / cfg.n_gen as f64);
+                raw_step.push(r / cfg.n_gen as f64);
+            }
+        }
+        push(&mut measurements, format!("tg{}", cfg.n_gen), fa, 0, "tok/s", lib);
+        push(&mut measurements, format!("raw tg{}", cfg.n_gen), fa, 0, "tok/s", raw);
+        let (ls, _) = stats(&lib_step);
+        let (rs, _) = stats(&raw_step);
+        host_overhead_us.push((fa, (ls - rs) * 1e6));
+        // SAFETY: allocated above, freed once.
+        unsafe { sys::llama_batch_free(raw_batch) };
+    }
+
+    let mut concurrency = Vec::new();
+    for &n in &cfg.concurrency {
+        progress(&format!("{n} concurrent sequences"));
+        let fa = *cfg.flash_attention.last().unwrap_or(&FlashAttention::Auto);
+        let raw = raw_batched(model, cfg, n, fa)?;
+        let (engine, ttft) = through_engine(model, cfg, n, fa)?;
+        concurrency.push(ConcurrencyRow {
+            sequences: n,
+            raw_tokens_per_s: raw,
+            engine_tokens_per_s: engine,
+            ratio: if raw > 0.0 { engine / raw } else { 0.0 },
+            engine_ttft_ms: ttft,
+        });
+    }
+    Ok(BenchReport {
+        model: model.description(),
+        config: cfg.clone(),
+        measurements,
+        host_overhead_us,
+        concurrency,
+        peak_device_bytes: crate::vram::process_memory().peak_device_bytes,
+        memory,
+    })
+}
+
+fn per_seq_ctx(cfg: &BenchConfig) -> u32 {
+    ((cfg.concurrent_prompt + cfg.concurrent_gen + 8) as u32).next_multiple_of(256)
+}
+
+/// N sequences decoded together with plain llama.cpp calls and arg-max; decode-phase tokens/s.
+fn raw_batched(model: &Model, cfg: &BenchConfig, n: usize, fa: FlashAttention) -> Result<f64> {
+    let mut cc = ContextConfig::default()
+        .n_ctx(per_seq_ctx(cfg) * n as u32)
+        .n_seq_max(n as u32)
+        .n_batch(cfg.n_batch)
+        .flash_attention(fa);
+    cc.n_ubatch = 512.min(cfg.n_batch);
+    if let Some(t) = cfg.threads {
+        cc = cc.threads(t);
+    }
+    let mut ctx = Context::new(model, &cc)?;
+    let mut batch = Batch::new(ctx.n_batch() as usize, 1)?;
+    let prompts: Vec<Vec<i32>> = (0..n).map(|s| tokens(model, cfg.concurrent_prompt, s + 11)).collect();
+    // Prefill (not timed), all prompts packed into batches.
+    let mut last = vec![0i32; n];
+    let flat: Vec<(usize, usize, i32)> =
+        prompts.iter().enumerate().flat_map(|(s, p)| p.iter().enumerate().map(move |(j, &t)| (s, j, t))).collect();
+    for chunk in flat.chunks(ctx.n_batch() as usize) {
+        batch.clear();
+        for &(s, j, t) in chunk {
+            let i = batch.add(t, j as i32, &[s as i32], j + 1 == prompts[s].len())?;
+            if j + 1 == prompts[s].len() {
+                last[s] = i;
+            }
+        }
+        ctx.decode(&batch)?;
+    }
+    let n_vocab = model.vocab().n_tokens() as usize;
+    // SAFETY: a plain batch for `n` tokens of one sequence each; freed below.
+    let raw = unsafe { sys::llama_batch_init(n as i32, 0, 1) };
+    let mut next: Vec<i32> = (0..n).map(|s| ctx.logits(last[s]).map(argmax)).collect::<Result<_>>()?;
+    let t = Instant::now();
+    // SAFETY: the context is live; ids come from arg-max over the vocabulary.
+    unsafe {
+        let c = ctx.as_ptr();
+        for step in 0..cfg.concurrent_gen.saturating_sub(1) {
+            let mut b = raw;
+            b.n_tokens = n as i32;
+            for (s, &tok) in next.iter().enumerate() {
+                *b.token.add(s) = tok;
+                *b.pos.add(s) = (cfg.concurrent_prompt + step) as i32;
+                *b.n_seq_id.add(s) = 1;
+                **b.seq_id.add(s) = s as i32;
+                *b.logits.add(s) = 1;
+            }
+            if sys::llama_decode(c, b) != 0 {
+                sys::llama_batch_free(raw);
+                return Err(Error::InvalidBatch);
+            }
+            for (s, tok) in next.iter_mut().enumerate() {
+                *tok = argmax(std::slice::from_raw_parts(sys::llama_get_logits_ith(c, s as i32), n_vocab));
+            }
+        }
+        sys::llama_batch_free(raw);
+    }
+    Ok((n * cfg.concurrent_gen.saturating_sub(1)) as f64 / t.elapsed().as_secs_f64())
+}
+
+/// N requests through the engine with default sampling; decode-phase tokens/s (from the
+/// moment every sequence has its first token) and mean time to first token.
+fn through_engine(model: &Model, cfg: &BenchConfig, n: usize, fa: FlashAttention) -> Result<(f64, f64)> {
+    // The engine needs an `Arc<Model>`; load a second handle of the same file (weights are
+    // memory-mapped, so this costs little).
+    let shared = Arc::new(Model::load(model.path(), &crate::model::LoadConfig::default())?);
+    let config = EngineConfig {
+        n_seq_max: n as u32,
+        n_ctx_per_seq: per_seq_ctx(cfg),
+        n_batch: cfg.n_batch,
+        queue_capacity: n,
+        threads: cfg.threads,
+        flash_attention: fa,
+    };
+    let handle = Engine::start(shared.clone(), config)?;
+    let opts = GenerateOptions {
+        max_tokens: cfg.concurrent_gen,
+        sampling: SamplingParams { seed: 7, ..SamplingParams::default() },
+        ..Default::default()
+    };
+    let start = Instant::now();
+    let streams: Vec<_> = (0..n)
+        .map(|s| handle.generate_tokens(tokens(&shared, cfg.concurrent_prompt, s + 11), &opts))
+        .collect::<Result<_>>()?;
+    let per_stream: Vec<Vec<Instant>> = std::thread::scope(|sc| {
+        let joins: Vec<_> = streams
+            .into_iter()
+            .map(|st| {
+                sc.spawn(move || {
+                    let mut times = Vec::new();
+                    for ev in st {
+                        match ev {
+                            Ok(Event::Token { .. }) => times.push(Instant::now()),
+                            Ok(_) => {}
+                            Err(_) => break,
+                        }
+                    }
+                    times
+                })
+            })
+            .collect();
+        joins.into_iter().map(|j| j.join().unwrap_or_default()).collect()
+    });
+    let t0 = per_stream.iter().filter_map(|t| t.first().copied()).max().unwrap_or(start);
+    let t1 = per_stream.iter().filter_map(|t| t.last().copied()).max().unwrap_or(t0);
+    let after: usize = per_stream.iter().map(|t| t.iter().filter(|&&x| x > t0).count()).sum();
+    let ttft =
+        per_stream.iter().filter_map(|t| t.first()).map(|f| (*f - start).as_secs_f64() * 1e3).sum::<f64>() / n as f64;
+    let secs = (t1 - t0).as_secs_f64();
+    Ok((if secs > 0.0 { after as f64 / secs } else { 0.0 }, ttft))
+}
+
+impl BenchReport {
+    /// A terminal table.
+    pub fn table(&self) -> String {
+        let mut s = format!("model: {}\n\n{:<12} {:<6} {:>6} {:>22}\n", self.model, "test", "fa", "depth", "result");
+        for m in &self.measurements {
+            s.push_str(&format!(
+                "{:<12} {:<6} {:>6} {:>14.2} ± {:<6.2} {}\n",
+                m.test,
+                format!("{:?}", m.flash_attention).to_lowercase(),
+                m.depth,
+                m.mean,
+                m.stddev,
+                m.unit
+            ));
+        }
+        for (fa, us) in &self.host_overhead_us {
+            s.push_str(&format!("host time added per decode step (fa {fa:?}): {us:.1} µs\n"));
+        }
+        if !self.concurrency.is_empty() {
+            s.push_str(&format!(
+                "\n{:>5} {:>14} {:>16} {:>8} {:>12}\n",
+                "seqs", "raw tok/s", "engine tok/s", "ratio", "ttft ms"
+            ));
+            for r in &self.concurrency {
+                s.push_str(&format!(
+                    "{:>5} {:>14.1} {:>16.1} {:>7.0}% {:>12.1}\n",
+                    r.sequences,
+                    r.raw_tokens_per_s,
+                    r.engine_tokens_per_s,
+                    r.ratio * 100.0,
+                    r.engine_ttft_ms
+                ));
+            }
+        }
+        s.push_str(&format!(
+            "\nmemory: {}; peak GPU {}\n",
+            self.memory.summary(),
+            crate::vram::gib(self.peak_device_bytes)
+        ));
+        s
+    }
+
+    /// An SVG with two panels: throughput against concurrency (engine and raw), and prefill
+    /// tokens/s against KV depth with flash attention off and on.
+    pub fn svg(&self) -> String {
+        let mut svg = String::from(
+            "<svg xmlns='http://www.w3.org/2000/svg' width='900' height='360' font-family='sans-serif' font-size='12'>\n<rect width='900' height='360' fill='white'/>\n",
+        );
+        // (legend, colour, points)
+        type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+        let panel = |svg: &mut String, x0: f64, title: &str, xlabel: &str, series: &[Series<'_>]| {
+            let (w, h, top) = (380.0, 260.0, 40.0);
+            let xs: Vec<f64> = series.iter().flat_map(|s| s.2.iter().map(|p| p.0)).collect();
+            let ys: Vec<f64> = series.iter().flat_map(|s| s.2.iter().map(|p| p.1)).collect();
+            let (xmin, xmax) =
+                (xs.iter().cloned().fold(f64::MAX, f64::min), xs.iter().cloned().fold(f64::MIN, f64::max));
+            let ymax = ys.iter().cloned().fold(0.0, f64::max).max(1.0) * 1.1;
+            let fx = |x: f64| x0 + 50.0 + if xmax > xmin { (x - xmin) / (xmax - xmin) * w } else { w / 2.0 };
+            let fy = |y: f64| top + h - y / ymax * h;
+            svg.push_str(&format!("<text x='{}' y='20' font-weight='bold'>{title}</text>\n", x0 + 50.0));
+            svg.push_str(&format!(
+                "<line x1='{a}' y1='{t}' x2='{a}' y2='{b}' stroke='black'/><line x1='{a}' y1='{b}' x2='{c}' y2='{b}' stroke='black'/>\n",
+                a = x0 + 50.0,
+                t = top,
+                b = top + h,
+                c = x0 + 50.0 + w
+            ));
+            svg.push_str(&format!("<text x='{}' y='{}'>{xlabel}</text>\n", x0 + 50.0 + w / 2.0 - 40.0, top + h + 35.0));
+            for k in 0..=4 {
+                let y = ymax * k as f64 / 4.0;
+                svg.push_str(&format!(
+                    "<text x='{}' y='{}' text-anchor='end'>{:.0}</text>\n",
+                    x0 + 45.0,
+                    fy(y) + 4.0,
+                    y
+                ));
+            }
+            for (i, (name, color, pts)) in series.iter().enumerate() {
+                let path: Vec<String> = pts.iter().map(|(x, y)| format!("{:.1},{:.1}", fx(*x), fy(*y))).collect();
+                svg.push_str(&format!(
+                    "<polyline fill='none' stroke='{color}' stroke-width='2' points='{}'/>\n",
+                    path.join(" ")
+                ));
+                for (x, y) in pts {
+                    svg.push_str(&format!("<circle cx='{:.1}' cy='{:.1}' r='3' fill='{color}'/>\n", fx(*x), fy(*y)));
+                    if i == 0 {
+                        svg.push_str(&format!(
+                            "<text x='{:.1}' y='{}' text-anchor='middle'>{x}</text>\n",
+                            fx(*x),
+                            top + h + 15.0
+                        ));
+                    }
+                }
+                svg.push_str(&format!(
+                    "<text x='{}' y='{}' fill='{color}'>{name}</text>\n",
+                    x0 + 60.0,
+                    top + 15.0 + 15.0 * i as f64
+                ));
+            }
+        };
+        let conc = |f: fn(&ConcurrencyRow) -> f64| {
+            self.concurrency.iter().map(|r| (r.sequences as f64, f(r))).collect::<Vec<_>>()
+        };
+        panel(
+            &mut svg,
+            0.0,
+            "generated tokens/s vs concurrent sequences",
+            "sequences",
+            &[
+                ("engine", "#d62728", conc(|r| r.engine_tokens_per_s)),
+                ("raw batched decode", "#1f77b4", conc(|r| r.raw_tokens_per_s)),
+            ],
+        );
+        let first = self.config.n_prompt.first().copied().unwrap_or(512);
+        let pp = |fa: FlashAttention| {
+            self.measurements
+                .iter()
+                .filter(|m| m.test == format!("pp{first}") && m.flash_attention == fa)
+                .map(|m| (m.depth as f64, m.mean))
+                .collect::<Vec<_>>()
+        };
+        panel(
+            &mut svg,
+            450.0,
+            &format!("pp{first} tokens/s vs KV depth"),
+            "context depth",
+            &[
+                ("flash attention on", "#2ca02c", pp(FlashAttention::On)),
+                ("flash attention off", "#9467bd", pp(FlashAttention::Off)),
+            ],
+        );
+        svg.push_str("</svg>\n");
+        svg
+    }
+}

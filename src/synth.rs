@@ -1,0 +1,319 @@
+//! Synthetic models: GGUF files with a real architecture's hyper-parameters and tensor
+//! shapes, random weights and a vocabulary of the real size, quantized by llama.cpp.
+//!
+//! Speed depends on shapes and types, not on the weights' values, so a synthetic
+//! `llama3-8b` Q4_K_M measures what a user of the real model would see, without a 5 GB
+//! download. The `tiny` shapes (a few MB) are test models that are always available.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use llama_cpp_sys_2 as sys;
+
+use crate::error::{c_string, Error, Result};
+use crate::gguf::{Value, ValueType, Writer};
+
+/// An architecture's hyper-parameters.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Shape {
+    /// Name used on the command line.
+    pub name: &'static str,
+    /// `general.architecture`.
+    pub arch: &'static str,
+    /// Embedding size.
+    pub n_embd: u64,
+    /// Layers.
+    pub n_layer: u64,
+    /// Attention heads.
+    pub n_head: u64,
+    /// KV heads.
+    pub n_head_kv: u64,
+    /// Head size.
+    pub head_dim: u64,
+    /// Feed-forward size.
+    pub n_ff: u64,
+    /// Vocabulary size.
+    pub n_vocab: u64,
+    /// Trained context length written to the metadata.
+    pub n_ctx: u64,
+    /// RoPE base frequency.
+    pub rope_base: f64,
+    /// Output matrix shared with the token embedding.
+    pub tied_embeddings: bool,
+}
+
+const fn shape(name: &'static str, arch: &'static str, dims: [u64; 8], rope_base: f64, tied_embeddings: bool) -> Shape {
+    let [n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff, n_vocab, n_ctx] = dims;
+    Shape { name, arch, n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff, n_vocab, n_ctx, rope_base, tied_embeddings }
+}
+
+/// The shapes `synth` knows: published hyper-parameters of each model family.
+pub const SHAPES: &[Shape] = &[
+    // n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff, n_vocab, n_ctx
+    shape("llama3-8b", "llama", [4096, 32, 32, 8, 128, 14336, 128_256, 131_072], 500_000.0, false),
+    shape("qwen3-8b", "qwen3", [4096, 36, 32, 8, 128, 12288, 151_936, 40_960], 1_000_000.0, false),
+    shape("gemma3-4b", "gemma3", [2560, 34, 8, 4, 256, 10240, 262_208, 131_072], 1_000_000.0, true),
+    shape("llama2-7b", "llama", [4096, 32, 32, 32, 128, 11008, 32_000, 4096], 10_000.0, false),
+    // Small test models of each family (a few MB).
+    shape("tiny", "llama", [256, 4, 4, 2, 64, 768, 4096, 4096], 10_000.0, false),
+    shape("tiny-qwen3", "qwen3", [256, 4, 4, 2, 64, 768, 4096, 4096], 1_000_000.0, false),
+    shape("tiny-gemma3", "gemma3", [256, 4, 4, 2, 64, 768, 4096, 4096], 1_000_000.0, true),
+];
+
+/// Looks a shape up by name.
+pub fn find_shape(name: &str) -> Result<&'static Shape> {
+    SHAPES.iter().find(|s| s.name == name).ok_or_else(|| {
+        let names: Vec<&str> = SHAPES.iter().map(|s| s.name).collect();
+        Error::InvalidConfig(format!("unknown shape {name:?}; known: {}", names.join(", ")))
+    })
+}
+
+/// Output weight types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum SynthType {
+    /// Q4_K_M (llama.cpp's usual 4-bit mix).
+    Q4KM,
+    /// Q4_0.
+    Q4_0,
+    /// Q8_0.
+    Q8_0,
+    /// F16 (no quantization).
+    F16,
+}
+
+impl std::str::FromStr for SynthType {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "q4_k_m" => SynthType::Q4KM,
+            "q4_0" => SynthType::Q4_0,
+            "q8_0" => SynthType::Q8_0,
+            "f16" => SynthType::F16,
+            o => return Err(Error::InvalidConfig(format!("unknown type {o:?}: q4_k_m, q4_0, q8_0 or f16"))),
+        })
+    }
+}
+
+impl SynthType {
+    fn ftype(self) -> sys::llama_ftype {
+        match self {
+            SynthType::Q4KM => sys::LLAMA_FTYPE_MOSTLY_Q4_K_M,
+            SynthType::Q4_0 => sys::LLAMA_FTYPE_MOSTLY_Q4_0,
+            SynthType::Q8_0 => sys::LLAMA_FTYPE_MOSTLY_Q8_0,
+            SynthType::F16 => sys::LLAMA_FTYPE_MOSTLY_F16,
+        }
+    }
+}
+
+/// f32 to IEEE half bits (round to nearest; tiny values flush to zero).
+fn f16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    let sign = ((b >> 16) & 0x8000) as u16;
+    let exp = ((b >> 23) & 0xff) as i32 - 127 + 15;
+    if exp <= 0 {
+        return sign;
+    }
+    if exp >= 31 {
+        return sign | 0x7c00;
+    }
+    let mant = b & 0x7f_ffff;
+    let half = sign | ((exp as u16) << 10) | ((mant >> 13) as u16);
+    // Round to nearest on the dropped bits.
+    if mant & 0x1000 != 0 {
+        half + 1
+    } else {
+        half
+    }
+}
+
+/// A generator of `n` F32 ones (norm weights: llama.cpp keeps 1-D tensors in F32).
+fn f32_ones(n: u64) -> crate::gguf::Generator {
+    Box::new(move |out: &mut dyn Write| {
+        let one = 1.0f32.to_le_bytes();
+        let row: Vec<u8> = (0..n).flat_map(|_| one).collect();
+        out.write_all(&row)
+    })
+}
+
+/// A generator of `n` F16 values: uniform noise of about ±0.035 (std 0.02) or all ones.
+fn f16_data(n: u64, seed: u64, ones: bool) -> crate::gguf::Generator {
+    Box::new(move |out: &mut dyn Write| {
+        let one = f16_bits(1.0).to_le_bytes();
+        let mut state = seed | 1;
+        let mut buf = Vec::with_capacity(1 << 16);
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(1 << 15);
+            buf.clear();
+            for _ in 0..k {
+                let v = if ones {
+                    one
+                } else {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    let u = (state >> 40) as f32 / (1u64 << 24) as f32; // [0, 1)
+                    f16_bits((u - 0.5) * 0.07).to_le_bytes()
+                };
+                buf.extend_from_slice(&v);
+            }
+            out.write_all(&buf)?;
+            left -= k;
+        }
+        Ok(())
+    })
+}
+
+fn seed_of(name: &str, seed: u64) -> u64 {
+    name.bytes().fold(seed ^ 0x9e37_79b9_7f4a_7c15, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
+/// The F16 GGUF of a shape (before quantization).
+pub fn f16_writer(s: &Shape, seed: u64) -> Writer {
+    let a = s.arch;
+    let n_vocab = s.n_vocab;
+    // An SPM ("llama") vocabulary: unk, bos, eos, the 256 byte tokens, then fillers.
+    let mut tokens = vec![Value::String("<unk>".into()), Value::String("<s>".into()), Value::String("</s>".into())];
+    let mut types = vec![Value::Int(2), Value::Int(3), Value::Int(3)];
+    for b in 0..256 {
+        tokens.push(Value::String(format!("<0x{b:02X}>")));
+        types.push(Value::Int(6));
+    }
+    let mut i = 0u64;
+    while (tokens.len() as u64) < n_vocab {
+        tokens.push(Value::String(format!("\u{2581}t{i}")));
+        types.push(Value::Int(1));
+        i += 1;
+    }
+    let scores: Vec<Value> = (0..n_vocab).map(|i| Value::Float(-(i as f64))).collect();
+    let arr = |elem, values: Vec<Value>| Value::Array { elem, len: values.len() as u64, values: Some(values) };
+    let mut w = Writer::new()
+        .meta_str("general.architecture", a)
+        .meta_str("general.name", &format!("synthetic {}", s.name))
+        .meta_u32("general.file_type", 1)
+        .meta_u32(&format!("{a}.context_length"), s.n_ctx as u32)
+        .meta_u32(&format!("{a}.embedding_length"), s.n_embd as u32)
+        .meta_u32(&format!("{a}.block_count"), s.n_layer as u32)
+        .meta_u32(&format!("{a}.feed_forward_length"), s.n_ff as u32)
+        .meta_u32(&format!("{a}.attention.head_count"), s.n_head as u32)
+        .meta_u32(&format!("{a}.attention.head_count_kv"), s.n_head_kv as u32)
+        .meta_u32(&format!("{a}.attention.key_length"), s.head_dim as u32)
+        .meta_u32(&format!("{a}.attention.value_length"), s.head_dim as u32)
+        .meta_u32(&format!("{a}.rope.dimension_count"), s.head_dim as u32)
+        .meta(&format!("{a}.rope.freq_base"), Value::Float(s.rope_base))
+        .meta(&format!("{a}.attention.layer_norm_rms_epsilon"), Value::Float(1e-6))
+        .meta_str("tokenizer.ggml.model", "llama")
+        .meta("tokenizer.ggml.tokens", arr(ValueType::String, tokens))
+        .meta("tokenizer.ggml.scores", arr(ValueType::F32, scores))
+        .meta("tokenizer.ggml.token_type", arr(ValueType::I32, types))
+        .meta_u32("tokenizer.ggml.unknown_token_id", 0)
+        .meta_u32("tokenizer.ggml.bos_token_id", 1)
+        .meta_u32("tokenizer.ggml.eos_token_id", 2)
+        .meta("tokenizer.ggml.add_bos_token", Value::Bool(true));
+    if a == "gemma3" {
+        w = w.meta_u32("gemma3.attention.sliding_window", 1024);
+    }
+    let (e, q, kv, ff) = (s.n_embd, s.n_head * s.head_dim, s.n_head_kv * s.head_dim, s.n_ff);
+    let t = |w: Writer, name: String, dims: &[u64], ones: bool| {
+        let n: u64 = dims.iter().product();
+        if ones {
+            return w.tensor_generated(&name, dims, 0, n * 4, f32_ones(n));
+        }
+        let seed = seed_of(&name, seed);
+        w.tensor_generated(&name, dims, 1, n * 2, f16_data(n, seed, false))
+    };
+    w = t(w, "token_embd.weight".into(), &[e, n_vocab], false);
+    w = t(w, "output_norm.weight".into(), &[e], true);
+    if !s.tied_embeddings {
+        w = t(w, "output.weight".into(), &[e, n_vocab], false);
+    }
+    for l in 0..s.n_layer {
+        let p = |n: &str| format!("blk.{l}.{n}.weight");
+        w = t(w, p("attn_norm"), &[e], true);
+        w = t(w, p("attn_q"), &[e, q], false);
+        w = t(w, p("attn_k"), &[e, kv], false);
+        w = t(w, p("attn_v"), &[e, kv], false);
+        w = t(w, p("attn_output"), &[q, e], false);
+        w = t(w, p("ffn_norm"), &[e], true);
+        w = t(w, p("ffn_gate"), &[e, ff], false);
+        w = t(w, p("ffn_up"), &[e, ff], false);
+        w = t(w, p("ffn_down"), &[ff, e], false);
+        if a == "qwen3" || a == "gemma3" {
+            w = t(w, p("attn_q_norm"), &[s.head_dim], true);
+            w = t(w, p("attn_k_norm"), &[s.head_dim], true);
+        }
+        if a == "gemma3" {
+            w = t(w, p("post_attention_norm"), &[e], true);
+            w = t(w, p("post_ffw_norm"), &[e], true);
+        }
+    }
+    w
+}
+
+/// Writes a synthetic model of `shape` as `ty` to `out`. Quantized types are written as F16
+/// next to `out` first and quantized by llama.cpp (`llama_model_quantize`) with `threads`.
+/// `progress` hears each phase.
+pub fn synth(
+    shape: &Shape,
+    ty: SynthType,
+    out: &Path,
+    threads: u32,
+    seed: u64,
+    progress: &dyn Fn(&str),
+) -> Result<PathBuf> {
+    crate::backend::init();
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e: std::io::Error| Error::Io { path: p.clone(), source: e }
+    };
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+    }
+    let writer = f16_writer(shape, seed);
+    let f16_path = if ty == SynthType::F16 { out.to_path_buf() } else { out.with_extension("f16.tmp.gguf") };
+    progress(&format!("writing {} (F16, random weights) to {}", shape.name, f16_path.display()));
+    writer.write_to(&f16_path).map_err(io(&f16_path))?;
+    if ty == SynthType::F16 {
+        return Ok(out.to_path_buf());
+    }
+    progress(&format!("quantizing to {ty:?} with {threads} threads"));
+    let (src, dst) = (c_string("path", &f16_path.to_string_lossy())?, c_string("path", &out.to_string_lossy())?);
+    // SAFETY: returns a plain struct by value.
+    let mut params = unsafe { sys::llama_model_quantize_default_params() };
+    params.ftype = ty.ftype();
+    params.nthread = threads.max(1) as i32;
+    // SAFETY: valid C strings and params for the duration of the call.
+    let rc = unsafe { sys::llama_model_quantize(src.as_ptr(), dst.as_ptr(), &params) };
+    let _ = std::fs::remove_file(&f16_path);
+    if rc != 0 {
+        let _ = std::fs::remove_file(out);
+        return Err(Error::InvalidConfig(format!("llama_model_quantize failed with code {rc}")));
+    }
+    Ok(out.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_precision() {
+        assert_eq!(f16_bits(1.0), 0x3c00);
+        assert_eq!(f16_bits(-2.0), 0xc000);
+        assert_eq!(f16_bits(0.0), 0);
+        assert_eq!(f16_bits(1e-9), 0);
+        assert_eq!(f16_bits(65536.0 * 2.0), 0x7c00);
+        assert_eq!(f16_bits(0.5), 0x3800);
+    }
+
+    #[test]
+    fn shapes_are_consistent() {
+        for s in SHAPES {
+            assert_eq!(s.n_head % s.n_head_kv, 0, "{}", s.name);
+            assert_eq!(s.n_embd % 256, 0, "{}: K-quants need rows of 256", s.name);
+            assert_eq!(s.n_ff % 256, 0, "{}", s.name);
+        }
+        assert!(find_shape("llama3-8b").is_ok());
+        assert!(find_shape("gpt5").is_err());
+    }
+}

@@ -1,62 +1,92 @@
-//! Decode and prefill speed through the library, on the test model or the GGUF named by
-//! `ROCM_LLAMA_BENCH_MODEL`.
+//! Decode and prefill through the library beside the same calls made on raw llama.cpp, with
+//! flash attention off and on at several KV depths.
 //!
-//!   cargo bench --bench decode
-//!   ROCM_LLAMA_BENCH_MODEL=/models/llama3-8b-q4_k_m.gguf cargo bench --bench decode -- --quick
+//!   cargo bench --bench decode                       # the tiny synthetic model
+//!   ROCM_LLAMA_BENCH_MODEL=/models/llama3-8b-q4_k_m.gguf cargo bench --bench decode
 //!
-//! `decode_step`: one token through `Context::decode` plus a greedy pick (what generation
-//! does per token). `prefill/N`: an N-token prompt chunk. Both for flash attention off and on.
+//! `decode_step/D`: one token at KV depth D through `Context::decode` plus a greedy pick
+//! (what generation does per token); `raw_decode_step/D`: the same with plain `llama_decode`
+//! and an arg-max over the logits. `prefill/N`: an N-token prompt chunk.
 
-use std::path::PathBuf;
+#[path = "common/mod.rs"]
+mod common;
+
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use rocm_llama::{Batch, Context, ContextConfig, FlashAttention, LoadConfig, Model, Sampler};
+use rocm_llama::{sys, Batch, Context, ContextConfig, FlashAttention, LoadConfig, Model, Sampler};
 
-fn model_path() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("ROCM_LLAMA_BENCH_MODEL").or_else(|| std::env::var_os("ROCM_LLAMA_TEST_MODEL")) {
-        return Some(PathBuf::from(p));
+fn argmax(row: &[f32]) -> i32 {
+    let mut best = 0;
+    for (i, &x) in row.iter().enumerate() {
+        if x > row[best] {
+            best = i;
+        }
     }
-    let p = PathBuf::from(std::env::var_os("HOME")?).join(".cache/rocm-llama/gemma-3-270m-q4_k_m.gguf");
-    p.is_file().then_some(p)
+    best as i32
 }
 
 fn benches(c: &mut Criterion) {
-    let Some(path) = model_path() else {
-        eprintln!("SKIPPED: no model (set ROCM_LLAMA_BENCH_MODEL or run scripts/test-model.sh)");
-        return;
-    };
+    let path = common::model_path();
     let model = Model::load(&path, &LoadConfig::default()).expect("model loads");
-    let vocab = model.vocab();
-    let prompt: Vec<i32> = vocab.tokenize(&"The history of the river is long. ".repeat(40), true, false).unwrap();
+    let n_vocab = model.vocab().n_tokens() as usize;
+    let bos = model.vocab().bos().unwrap_or(1);
+    let prompt: Vec<i32> = std::iter::once(bos).chain((1..4096).map(|i| 300 + (i * 7919 % 3000) as i32)).collect();
 
     for fa in [FlashAttention::Off, FlashAttention::On] {
-        let cfg = ContextConfig::default().n_ctx(2048).flash_attention(fa);
+        let cfg = ContextConfig::default().n_ctx(8192).flash_attention(fa);
         let mut ctx = Context::new(&model, &cfg).expect("context");
         let mut sampler = Sampler::greedy(&model).unwrap();
         let mut batch = Batch::new(512, 1).unwrap();
-
         let mut group = c.benchmark_group(format!("fa_{fa:?}").to_lowercase());
-        group.measurement_time(Duration::from_secs(5)).sample_size(20);
+        group.measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1)).sample_size(20);
 
-        // Decode: a 64-token prompt, then single tokens; the cache is trimmed back so every
-        // step runs at the same depth.
-        batch.add_sequence(&prompt[..64], 0, 0, true).unwrap();
-        ctx.decode(&batch).unwrap();
-        let mut token = sampler.sample(&ctx, 63).unwrap();
-        group.throughput(Throughput::Elements(1));
-        group.bench_function("decode_step", |b| {
-            b.iter(|| {
-                ctx.seq_remove(Some(0), 64..).unwrap();
+        for depth in [64usize, 1024, 4096] {
+            // Fill the cache to `depth`, then time single steps at that depth (the cache is
+            // trimmed back after each so every step runs at the same depth).
+            ctx.clear_memory();
+            for (k, chunk) in prompt[..depth].chunks(512).enumerate() {
                 batch.clear();
-                batch.add(token, 64, &[0], true).unwrap();
+                batch.add_sequence(chunk, (k * 512) as i32, 0, true).unwrap();
                 ctx.decode(&batch).unwrap();
-                token = sampler.sample(&ctx, 0).unwrap();
-            })
-        });
+            }
+            let mut token = sampler.sample(&ctx, batch.len() as i32 - 1).unwrap();
+            group.throughput(Throughput::Elements(1));
+            group.bench_with_input(BenchmarkId::new("decode_step", depth), &depth, |b, &depth| {
+                b.iter(|| {
+                    ctx.seq_remove(Some(0), depth as i32..).unwrap();
+                    batch.clear();
+                    batch.add(token, depth as i32, &[0], true).unwrap();
+                    ctx.decode(&batch).unwrap();
+                    token = sampler.sample(&ctx, 0).unwrap();
+                })
+            });
+            // SAFETY: a plain one-token batch, freed below; the context is live and only
+            // this closure uses it while it runs; ids come from the vocabulary.
+            let raw = unsafe { sys::llama_batch_init(1, 0, 1) };
+            group.bench_with_input(BenchmarkId::new("raw_decode_step", depth), &depth, |b, &depth| {
+                b.iter(|| {
+                    ctx.seq_remove(Some(0), depth as i32..).unwrap();
+                    // SAFETY: see above.
+                    unsafe {
+                        let c = ctx.as_ptr();
+                        let mut rb = raw;
+                        rb.n_tokens = 1;
+                        *rb.token = token;
+                        *rb.pos = depth as i32;
+                        *rb.n_seq_id = 1;
+                        **rb.seq_id = 0;
+                        *rb.logits = 1;
+                        sys::llama_decode(c, rb);
+                        token = argmax(std::slice::from_raw_parts(sys::llama_get_logits_ith(c, 0), n_vocab));
+                    }
+                })
+            });
+            // SAFETY: allocated above, freed once.
+            unsafe { sys::llama_batch_free(raw) };
+        }
 
         for n in [128usize, 512] {
-            let n = n.min(prompt.len());
             group.throughput(Throughput::Elements(n as u64));
             group.bench_with_input(BenchmarkId::new("prefill", n), &n, |b, &n| {
                 b.iter(|| {

@@ -2,13 +2,15 @@
 //! a raw batched-decode baseline in the same run: the same sequences decoded together with
 //! plain `llama_decode` calls and greedy picks, no engine.
 //!
-//!   cargo bench --bench engine
-//!   ROCM_LLAMA_BENCH_MODEL=/models/llama3-8b-q4_k_m.gguf cargo bench --bench engine
+//!   cargo bench --bench engine                       # the tiny synthetic model
+//!   ROCM_LLAMA_BENCH_MODEL=~/.cache/rocm-llama/gemma-3-270m-q4_k_m.gguf cargo bench --bench engine
 //!
 //! Each iteration: N prompts of PROMPT_TOKENS tokens, GEN_TOKENS generated per sequence,
 //! prefill included on both sides; throughput counts generated tokens.
 
-use std::path::PathBuf;
+#[path = "common/mod.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,14 +22,6 @@ const GEN_TOKENS: usize = 16;
 const N_CTX_PER_SEQ: u32 = 64;
 const N_BATCH: u32 = 512;
 const LEVELS: [usize; 6] = [1, 2, 4, 8, 16, 32];
-
-fn model_path() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("ROCM_LLAMA_BENCH_MODEL").or_else(|| std::env::var_os("ROCM_LLAMA_TEST_MODEL")) {
-        return Some(PathBuf::from(p));
-    }
-    let p = PathBuf::from(std::env::var_os("HOME")?).join(".cache/rocm-llama/gemma-3-270m-q4_k_m.gguf");
-    p.is_file().then_some(p)
-}
 
 /// N distinct prompts of exactly PROMPT_TOKENS tokens (BOS + ids from the vocabulary's middle).
 fn prompts(model: &Model, n: usize) -> Vec<Vec<i32>> {
@@ -135,10 +129,7 @@ fn through_engine(model: &Arc<Model>, prompts: &[Vec<i32>]) -> Duration {
 }
 
 fn benches(c: &mut Criterion) {
-    let Some(path) = model_path() else {
-        eprintln!("SKIPPED: no model (set ROCM_LLAMA_BENCH_MODEL or run scripts/test-model.sh)");
-        return;
-    };
+    let path = common::model_path();
     let model = Arc::new(Model::load(&path, &LoadConfig::default()).expect("model loads"));
     let mut group = c.benchmark_group("aggregate");
     group.sampling_mode(SamplingMode::Flat).sample_size(10).warm_up_time(Duration::from_secs(1));

@@ -91,8 +91,10 @@ pub struct Measurement {
 pub struct ConcurrencyRow {
     /// Sequences.
     pub sequences: usize,
-    /// Raw batched decode, generated tokens/s (decode phase).
+    /// Raw batched decode, no sampling (what llama.cpp's batched-bench measures), tokens/s.
     pub raw_tokens_per_s: f64,
+    /// Raw batched decode with a serial arg-max per sequence on the host, tokens/s.
+    pub raw_greedy_tokens_per_s: f64,
     /// Through the engine with default sampling, generated tokens/s (decode phase).
     pub engine_tokens_per_s: f64,
     /// engine / raw.
@@ -190,7 +192,8 @@ fn raw_prefill(
 }
 
 /// Runs the whole bench on `model`; `progress` hears each step.
-pub fn run(model: &Model, cfg: &BenchConfig, progress: &dyn Fn(&str)) -> Result<BenchReport> {
+pub fn run(shared: &Arc<Model>, cfg: &BenchConfig, progress: &dyn Fn(&str)) -> Result<BenchReport> {
+    let model: &Model = shared;
     if cfg.n_prompt.is_empty() || cfg.repetitions == 0 {
         return Err(Error::InvalidConfig("bench needs at least one prompt length and one repetition".into()));
     }
@@ -322,11 +325,13 @@ pub fn run(model: &Model, cfg: &BenchConfig, progress: &dyn Fn(&str)) -> Result<
     for &n in &cfg.concurrency {
         progress(&format!("{n} concurrent sequences"));
         let fa = *cfg.flash_attention.last().unwrap_or(&FlashAttention::Auto);
-        let raw = raw_batched(model, cfg, n, fa)?;
-        let (engine, ttft) = through_engine(model, cfg, n, fa)?;
+        let raw = raw_batched(model, cfg, n, fa, false)?;
+        let raw_greedy = raw_batched(model, cfg, n, fa, true)?;
+        let (engine, ttft) = through_engine(shared, cfg, n, fa)?;
         concurrency.push(ConcurrencyRow {
             sequences: n,
             raw_tokens_per_s: raw,
+            raw_greedy_tokens_per_s: raw_greedy,
             engine_tokens_per_s: engine,
             ratio: if raw > 0.0 { engine / raw } else { 0.0 },
             engine_ttft_ms: ttft,
@@ -347,8 +352,10 @@ fn per_seq_ctx(cfg: &BenchConfig) -> u32 {
     ((cfg.concurrent_prompt + cfg.concurrent_gen + 8) as u32).next_multiple_of(256)
 }
 
-/// N sequences decoded together with plain llama.cpp calls and arg-max; decode-phase tokens/s.
-fn raw_batched(model: &Model, cfg: &BenchConfig, n: usize, fa: FlashAttention) -> Result<f64> {
+/// N sequences decoded together with plain llama.cpp calls; decode-phase tokens/s. With
+/// `pick`, each next token is the arg-max of its logits (a serial host loop, as a simple
+/// server would do); without, the same token is fed again (no sampling at all).
+fn raw_batched(model: &Model, cfg: &BenchConfig, n: usize, fa: FlashAttention, pick: bool) -> Result<f64> {
     let mut cc = ContextConfig::default()
         .n_ctx(per_seq_ctx(cfg) * n as u32)
         .n_seq_max(n as u32)
@@ -397,8 +404,13 @@ fn raw_batched(model: &Model, cfg: &BenchConfig, n: usize, fa: FlashAttention) -
                 sys::llama_batch_free(raw);
                 return Err(Error::InvalidBatch);
             }
-            for (s, tok) in next.iter_mut().enumerate() {
-                *tok = argmax(std::slice::from_raw_parts(sys::llama_get_logits_ith(c, s as i32), n_vocab));
+            if pick {
+                for (s, tok) in next.iter_mut().enumerate() {
+                    *tok = argmax(std::slice::from_raw_parts(sys::llama_get_logits_ith(c, s as i32), n_vocab));
+                }
+            } else {
+                // Wait for the step to finish as a reader of the logits would.
+                sys::llama_synchronize(c);
             }
         }
         sys::llama_batch_free(raw);
@@ -408,10 +420,7 @@ fn raw_batched(model: &Model, cfg: &BenchConfig, n: usize, fa: FlashAttention) -
 
 /// N requests through the engine with default sampling; decode-phase tokens/s (from the
 /// moment every sequence has its first token) and mean time to first token.
-fn through_engine(model: &Model, cfg: &BenchConfig, n: usize, fa: FlashAttention) -> Result<(f64, f64)> {
-    // The engine needs an `Arc<Model>`; load a second handle of the same file (weights are
-    // memory-mapped, so this costs little).
-    let shared = Arc::new(Model::load(model.path(), &crate::model::LoadConfig::default())?);
+fn through_engine(shared: &Arc<Model>, cfg: &BenchConfig, n: usize, fa: FlashAttention) -> Result<(f64, f64)> {
     let config = EngineConfig {
         n_seq_max: n as u32,
         n_ctx_per_seq: per_seq_ctx(cfg),
@@ -428,7 +437,7 @@ fn through_engine(model: &Model, cfg: &BenchConfig, n: usize, fa: FlashAttention
     };
     let start = Instant::now();
     let streams: Vec<_> = (0..n)
-        .map(|s| handle.generate_tokens(tokens(&shared, cfg.concurrent_prompt, s + 11), &opts))
+        .map(|s| handle.generate_tokens(tokens(shared, cfg.concurrent_prompt, s + 11), &opts))
         .collect::<Result<_>>()?;
     let per_stream: Vec<Vec<Instant>> = std::thread::scope(|sc| {
         let joins: Vec<_> = streams
@@ -478,14 +487,15 @@ impl BenchReport {
         }
         if !self.concurrency.is_empty() {
             s.push_str(&format!(
-                "\n{:>5} {:>14} {:>16} {:>8} {:>12}\n",
-                "seqs", "raw tok/s", "engine tok/s", "ratio", "ttft ms"
+                "\n{:>5} {:>14} {:>16} {:>16} {:>8} {:>12}\n",
+                "seqs", "raw tok/s", "raw+argmax tok/s", "engine tok/s", "ratio", "ttft ms"
             ));
             for r in &self.concurrency {
                 s.push_str(&format!(
-                    "{:>5} {:>14.1} {:>16.1} {:>7.0}% {:>12.1}\n",
+                    "{:>5} {:>14.1} {:>16.1} {:>16.1} {:>7.0}% {:>12.1}\n",
                     r.sequences,
                     r.raw_tokens_per_s,
+                    r.raw_greedy_tokens_per_s,
                     r.engine_tokens_per_s,
                     r.ratio * 100.0,
                     r.engine_ttft_ms

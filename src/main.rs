@@ -115,6 +115,9 @@ enum Command {
         /// Write an SVG plot here.
         #[arg(long)]
         plot: Option<PathBuf>,
+        /// Also save the JSON report to this file.
+        #[arg(long)]
+        save: Option<PathBuf>,
     },
     /// Write a synthetic model: a real architecture's shapes, random weights, quantized.
     Synth {
@@ -610,6 +613,7 @@ fn cmd_bench(
     cfg: rocm_llama::bench::BenchConfig,
     json: bool,
     plot: Option<PathBuf>,
+    save: Option<PathBuf>,
 ) -> AnyResult<()> {
     let path = match model {
         Some(m) => rocm_llama::models::resolve(&m, &rocm_llama::models::default_dir())?,
@@ -619,7 +623,7 @@ fn cmd_bench(
         "all" | "-1" => GpuLayers::All,
         n => GpuLayers::Count(n.parse().map_err(|_| format!("--gpu-layers must be a number or `all`, not {n:?}"))?),
     };
-    let model = Model::load(&path, &LoadConfig { gpu_layers, ..Default::default() })?;
+    let model = Arc::new(Model::load(&path, &LoadConfig { gpu_layers, ..Default::default() })?);
     let spinner = indicatif::ProgressBar::new_spinner();
     spinner.set_style(
         indicatif::ProgressStyle::with_template("{spinner} [{elapsed}] {msg}")
@@ -634,13 +638,15 @@ fn cmd_bench(
         std::fs::write(&p, report.svg()).map_err(|e| format!("{}: {e}", p.display()))?;
         eprintln!("plot written to {}", p.display());
     }
+    let v = serde_json::json!({
+        "report": report,
+        "build": rocm_llama::build_info(),
+        "devices": rocm_llama::devices().backend_devices,
+    });
+    if let Some(p) = save {
+        std::fs::write(&p, serde_json::to_string_pretty(&v)?).map_err(|e| format!("{}: {e}", p.display()))?;
+    }
     if json {
-        let devices = rocm_llama::devices();
-        let v = serde_json::json!({
-            "report": report,
-            "build": rocm_llama::build_info(),
-            "devices": devices.backend_devices,
-        });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", report.table());
@@ -739,6 +745,7 @@ fn main() -> ExitCode {
             threads,
             json,
             plot,
+            save,
         } => (|| -> AnyResult<()> {
             let cfg = rocm_llama::bench::BenchConfig {
                 n_prompt: prompt,
@@ -753,7 +760,7 @@ fn main() -> ExitCode {
                 threads,
                 ..Default::default()
             };
-            cmd_bench(model, &gpu_layers, cfg, json, plot)
+            cmd_bench(model, &gpu_layers, cfg, json, plot, save)
         })(),
         Command::Synth { shape, ty, output, threads, seed } => cmd_synth(&shape, &ty, &output, threads, seed),
         Command::Models { dir, json } => cmd_models(dir, json),

@@ -31,7 +31,7 @@ fn benches(c: &mut Criterion) {
     let model = Model::load(&path, &LoadConfig::default()).expect("model loads");
     let n_vocab = model.vocab().n_tokens() as usize;
     let bos = model.vocab().bos().unwrap_or(1);
-    let prompt: Vec<i32> = std::iter::once(bos).chain((1..4096).map(|i| 300 + (i * 7919 % 3000) as i32)).collect();
+    let prompt: Vec<i32> = std::iter::once(bos).chain((1..4096i32).map(|i| 300 + (i * 7919 % 3000))).collect();
 
     for fa in [FlashAttention::Off, FlashAttention::On] {
         let cfg = ContextConfig::default().n_ctx(8192).flash_attention(fa);

@@ -26,10 +26,12 @@ const LEVELS: [usize; 6] = [1, 2, 4, 8, 16, 32];
 /// N distinct prompts of exactly PROMPT_TOKENS tokens (BOS + ids from the vocabulary's middle).
 fn prompts(model: &Model, n: usize) -> Vec<Vec<i32>> {
     let bos = model.vocab().bos().unwrap_or(1);
+    // Ids from the vocabulary's middle, whatever its size (the tiny model has 4096).
+    let span = (model.vocab().n_tokens() as usize).saturating_sub(400).max(1);
     (0..n)
         .map(|s| {
             let mut t = vec![bos];
-            t.extend((1..PROMPT_TOKENS).map(|j| 1000 + ((s * 7919 + j * 104_729) % 30_000) as i32));
+            t.extend((1..PROMPT_TOKENS).map(|j| 300 + ((s * 7919 + j * 104_729) % span) as i32));
             t
         })
         .collect()

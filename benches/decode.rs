@@ -14,17 +14,8 @@ mod common;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use rocm_llama::bench::argmax;
 use rocm_llama::{sys, Batch, Context, ContextConfig, FlashAttention, LoadConfig, Model, Sampler};
-
-fn argmax(row: &[f32]) -> i32 {
-    let mut best = 0;
-    for (i, &x) in row.iter().enumerate() {
-        if x > row[best] {
-            best = i;
-        }
-    }
-    best as i32
-}
 
 fn benches(c: &mut Criterion) {
     let path = common::model_path();

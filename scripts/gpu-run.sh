@@ -14,21 +14,7 @@ log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$OUT/run.log"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 nproc | tee -a "$OUT/gpu.txt"
 
-if ! ls "$W"/build/bin/libllama.so* >/dev/null 2>&1; then
-    log "building llama.cpp (CUDA, shared) from the pinned source"
-    rm -rf "$W/llama.cpp" "$W/build"
-    tar xzf .dev/llama.cpp.tar.gz -C "$W"
-    cmake -S "$W/llama.cpp" -B "$W/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-        -DBUILD_SHARED_LIBS=ON -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}" \
-        -DGGML_NATIVE=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_COMMON=OFF -DLLAMA_BUILD_TESTS=OFF \
-        -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF \
-        > "$W/cmake.log" 2>&1 || { log "cmake configure failed"; tail -30 "$W/cmake.log"; exit 1; }
-    cmake --build "$W/build" -j "$(nproc)" --target llama >> "$W/cmake.log" 2>&1 \
-        || { log "cmake build failed"; tail -40 "$W/cmake.log"; exit 1; }
-    log "llama.cpp built"
-fi
-libdir="$(dirname "$(find "$W/build" -name 'libllama.so*' | head -1)")"
-export LD_LIBRARY_PATH="$libdir:${LD_LIBRARY_PATH:-}"
+source scripts/gpu-build-llama.sh
 B="$PWD/.dev/rocm-llama"
 chmod +x "$B"
 

@@ -7,18 +7,7 @@ set -uo pipefail
 OUT="${OUT:-$PWD/gpu-out}"
 W="${WORK:-/root/work}"
 mkdir -p "$OUT" "$W"
-if ! ls "$W"/build/bin/libllama.so* >/dev/null 2>&1; then
-    rm -rf "$W/llama.cpp" "$W/build"
-    tar xzf .dev/llama.cpp.tar.gz -C "$W"
-    cmake -S "$W/llama.cpp" -B "$W/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-        -DBUILD_SHARED_LIBS=ON -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}" \
-        -DGGML_NATIVE=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_COMMON=OFF -DLLAMA_BUILD_TESTS=OFF \
-        -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF \
-        > "$W/cmake.log" 2>&1 && cmake --build "$W/build" -j "$(nproc)" --target llama >> "$W/cmake.log" 2>&1 \
-        || { tail -40 "$W/cmake.log"; exit 1; }
-fi
-libdir="$(dirname "$(find "$W/build" -name 'libllama.so*' | head -1)")"
-export LD_LIBRARY_PATH="$libdir:${LD_LIBRARY_PATH:-}"
+source scripts/gpu-build-llama.sh
 chmod +x .dev/rocm-llama .dev/tests/*
 # The CLI tests run the binary from the path it was built at.
 bin_path="${BIN_PATH:-/work/target-dyn/release/rocm-llama}"

@@ -139,7 +139,9 @@ fn tokens(model: &Model, n: usize, salt: usize) -> Vec<i32> {
     t
 }
 
-fn argmax(row: &[f32]) -> i32 {
+/// The index of the first largest value: a greedy pick straight from a logits row, as the
+/// raw baselines do it.
+pub fn argmax(row: &[f32]) -> i32 {
     let mut best = 0;
     for (i, &x) in row.iter().enumerate() {
         if x > row[best] {

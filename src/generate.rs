@@ -252,17 +252,23 @@ impl<'m> Context<'m> {
     }
 }
 
+/// Joins the text of a stream of events and returns it with the final summary; a stream
+/// that ends without one is [`Error::Cancelled`].
+pub fn collect_events(events: impl IntoIterator<Item = Result<Event>>) -> Result<(String, Summary)> {
+    let mut text = String::new();
+    for ev in events {
+        match ev? {
+            Event::Token { text: t, .. } | Event::Text(t) => text.push_str(&t),
+            Event::Done(s) => return Ok((text, s)),
+        }
+    }
+    Err(Error::Cancelled)
+}
+
 impl Generation<'_, '_> {
     /// Runs to the end; returns the whole text and the summary.
     pub fn collect_text(self) -> Result<(String, Summary)> {
-        let mut text = String::new();
-        for ev in self {
-            match ev? {
-                Event::Token { text: t, .. } | Event::Text(t) => text.push_str(&t),
-                Event::Done(s) => return Ok((text, s)),
-            }
-        }
-        Err(Error::Cancelled)
+        collect_events(self)
     }
 
     /// Computes the prompt, reusing the cached prefix of sequence 0.

@@ -90,14 +90,7 @@ impl TokenStream {
 
     /// Blocks until the request finishes; returns its whole text and summary.
     pub fn collect_text(self) -> Result<(String, Summary)> {
-        let mut text = String::new();
-        for ev in self {
-            match ev? {
-                Event::Token { text: t, .. } | Event::Text(t) => text.push_str(&t),
-                Event::Done(s) => return Ok((text, s)),
-            }
-        }
-        Err(Error::Cancelled)
+        crate::generate::collect_events(self)
     }
 }
 

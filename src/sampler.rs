@@ -22,6 +22,9 @@ pub struct Sampler<'m> {
     scratch: Vec<sys::llama_token_data>,
     /// The chain is a lone greedy stage: `sample_logits` can take the arg-max directly.
     greedy_only: bool,
+    /// The chain starts with top-k (nothing before it looks at other tokens): `sample_logits`
+    /// hands llama.cpp only the k best candidates instead of the whole vocabulary.
+    prefilter_k: Option<usize>,
     _model: PhantomData<&'m Model>,
 }
 
@@ -44,11 +47,13 @@ impl<'m> Sampler<'m> {
                 ptr,
                 scratch: Vec::new(),
                 greedy_only: false,
+                prefilter_k: None,
                 _model: PhantomData,
             }),
             model,
             error: None,
             stages: Vec::new(),
+            first_top_k: None,
         }
     }
 
@@ -88,11 +93,16 @@ impl<'m> Sampler<'m> {
         }
         let mut data = std::mem::take(&mut self.scratch);
         data.clear();
-        data.extend(logits.iter().enumerate().map(|(i, &logit)| sys::llama_token_data {
-            id: i as Token,
-            logit,
-            p: 0.0,
-        }));
+        match self.prefilter_k.filter(|&k| k < logits.len()) {
+            // The first stage keeps only the k best logits anyway: find them in one pass and
+            // let the chain work on k candidates instead of the whole vocabulary.
+            Some(k) => top_k_into(logits, k, &mut data),
+            None => data.extend(logits.iter().enumerate().map(|(i, &logit)| sys::llama_token_data {
+                id: i as Token,
+                logit,
+                p: 0.0,
+            })),
+        }
         let result = self.apply_and_pick(&mut data);
         self.scratch = data;
         result
@@ -144,6 +154,24 @@ impl Drop for Sampler<'_> {
     }
 }
 
+/// Puts the `k` largest logits (first occurrences win ties) into `out`, largest first.
+fn top_k_into(logits: &[f32], k: usize, out: &mut Vec<sys::llama_token_data>) {
+    // `best` is kept sorted descending; a logit enters only if it beats the current k-th.
+    let mut best: Vec<(f32, i32)> = Vec::with_capacity(k + 1);
+    for (i, &l) in logits.iter().enumerate() {
+        if best.len() == k && l <= best[k - 1].0 {
+            continue;
+        }
+        if l.is_nan() {
+            continue;
+        }
+        let at = best.partition_point(|&(b, _)| b >= l);
+        best.insert(at, (l, i as i32));
+        best.truncate(k);
+    }
+    out.extend(best.into_iter().map(|(logit, id)| sys::llama_token_data { id, logit, p: 0.0 }));
+}
+
 /// Builds a [`Sampler`] chain stage by stage. Stages run in the order they are added; end
 /// with [`greedy`](SamplerBuilder::greedy) or [`dist`](SamplerBuilder::dist).
 pub struct SamplerBuilder<'m> {
@@ -152,6 +180,8 @@ pub struct SamplerBuilder<'m> {
     error: Option<Error>,
     /// Names of the stages added so far.
     stages: Vec<&'static str>,
+    /// The k of a top-k stage added first.
+    first_top_k: Option<usize>,
 }
 
 impl<'m> SamplerBuilder<'m> {
@@ -219,7 +249,10 @@ impl<'m> SamplerBuilder<'m> {
     }
 
     /// Keeps the `k` most likely tokens (`k <= 0` disables). Wraps `llama_sampler_init_top_k`.
-    pub fn top_k(self, k: i32) -> Self {
+    pub fn top_k(mut self, k: i32) -> Self {
+        if self.stages.is_empty() && k > 0 {
+            self.first_top_k = Some(k as usize);
+        }
         // SAFETY: plain constructor.
         let s = unsafe { sys::llama_sampler_init_top_k(k) };
         self.push(s, "top-k")
@@ -315,6 +348,7 @@ impl<'m> SamplerBuilder<'m> {
         let mut chain =
             self.chain.ok_or_else(|| Error::InvalidConfig("llama.cpp could not create a sampler chain".into()))?;
         chain.greedy_only = self.stages == ["greedy"];
+        chain.prefilter_k = self.first_top_k;
         Ok(chain)
     }
 }
@@ -426,5 +460,22 @@ impl SamplingParams {
             b = b.min_p(self.min_p, 1);
         }
         b.temperature(self.temperature).dist(self.seed).build()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_prefilter_keeps_the_k_best_first_on_ties() {
+        let logits = [0.5, 3.0, -1.0, 3.0, 2.0, f32::NAN, 7.0, 2.0];
+        let mut out = Vec::new();
+        top_k_into(&logits, 3, &mut out);
+        let got: Vec<(i32, f32)> = out.iter().map(|d| (d.id, d.logit)).collect();
+        assert_eq!(got, vec![(6, 7.0), (1, 3.0), (3, 3.0)]);
+        out.clear();
+        top_k_into(&logits, 1, &mut out);
+        assert_eq!(out[0].id, 6);
     }
 }

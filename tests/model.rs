@@ -392,3 +392,30 @@ fn seeded_sampling_is_reproducible() {
     let tb = b.generate("Tell me a story:", &opts).unwrap().collect_text().unwrap().0;
     assert_eq!(ta, tb);
 }
+
+/// Sampling a row of copied logits (what the engine does on its sampling threads, with the
+/// top-k prefilter) picks the same tokens as llama.cpp's own `llama_sampler_sample`.
+#[test]
+fn sampling_copied_logits_matches_llama_cpp() {
+    let model = require_model!();
+    let mut ctx = common::context(model);
+    for seed in [1u32, 5, 99] {
+        let params = SamplingParams { seed, ..SamplingParams::default() };
+        let (mut via_ctx, mut via_row) = (params.build(model).unwrap(), params.build(model).unwrap());
+        ctx.clear_memory();
+        let prompt = model.vocab().tokenize("Once upon a time, in a land far away,", true, false).unwrap();
+        let mut batch = Batch::new(64, 1).unwrap();
+        batch.add_sequence(&prompt, 0, 0, true).unwrap();
+        ctx.decode(&batch).unwrap();
+        let mut index = batch.len() as i32 - 1;
+        for step in 0..16 {
+            let a = via_ctx.sample(&ctx, index).unwrap();
+            let b = via_row.sample_logits(ctx.logits(index).unwrap()).unwrap();
+            assert_eq!(a, b, "seed {seed}, step {step}");
+            batch.clear();
+            batch.add(a, (prompt.len() + step) as i32, &[0], true).unwrap();
+            ctx.decode(&batch).unwrap();
+            index = 0;
+        }
+    }
+}

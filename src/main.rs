@@ -121,9 +121,10 @@ enum Command {
     },
     /// Write a synthetic model: a real architecture's shapes, random weights, quantized.
     Synth {
-        /// llama3-8b, qwen3-8b, gemma3-4b, llama2-7b, tiny, tiny-qwen3, tiny-gemma3.
-        #[arg(long)]
-        shape: String,
+        /// llama3-8b, qwen3-8b, gemma3-4b, llama2-7b, gemma3-270m, tiny, tiny-qwen3,
+        /// tiny-gemma3.
+        #[arg(long, required_unless_present = "tokenizer_only")]
+        shape: Option<String>,
         /// q4_k_m, q4_0, q8_0 or f16.
         #[arg(long = "type", default_value = "q4_k_m")]
         ty: String,
@@ -136,6 +137,13 @@ enum Command {
         /// Seed of the random weights.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Take the vocabulary, special tokens and chat template from this GGUF (a model, or
+        /// a file written with --tokenizer-only) instead of making one up.
+        #[arg(long)]
+        tokenizer_from: Option<PathBuf>,
+        /// Write only the tokenizer of --tokenizer-from (a few MB, no weights) to --output.
+        #[arg(long, requires = "tokenizer_from")]
+        tokenizer_only: bool,
     },
     /// List GPUs (AMD through sysfs and HIP, and every device llama.cpp can use) with free VRAM.
     Devices {
@@ -654,15 +662,43 @@ fn cmd_bench(
     Ok(())
 }
 
-fn cmd_synth(shape: &str, ty: &str, output: &std::path::Path, threads: Option<u32>, seed: u64) -> AnyResult<()> {
-    let shape = rocm_llama::synth::find_shape(shape)?;
+struct SynthArgs {
+    shape: Option<String>,
+    ty: String,
+    output: PathBuf,
+    threads: Option<u32>,
+    seed: u64,
+    tokenizer_from: Option<PathBuf>,
+    tokenizer_only: bool,
+}
+
+fn cmd_synth(args: SynthArgs) -> AnyResult<()> {
+    let SynthArgs { shape, ty, output, threads, seed, tokenizer_from, tokenizer_only } = args;
+    let output = output.as_path();
+    let tokenizer = tokenizer_from.as_deref().map(rocm_llama::synth::Tokenizer::from_gguf).transpose()?;
+    if tokenizer_only {
+        let tokenizer = tokenizer.ok_or("--tokenizer-only needs --tokenizer-from")?;
+        tokenizer.write_to(output)?;
+        let size = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
+        eprintln!(
+            "wrote the tokenizer ({} tokens) to {} ({})",
+            tokenizer.n_tokens(),
+            output.display(),
+            rocm_llama::vram::gib(size)
+        );
+        println!("{}", output.display());
+        return Ok(());
+    }
+    let shape = rocm_llama::synth::find_shape(shape.as_deref().ok_or("--shape is required")?)?;
     let ty: rocm_llama::synth::SynthType = ty.parse()?;
     let threads = threads.unwrap_or_else(rocm_llama::default_threads);
     let started = std::time::Instant::now();
     let spinner = indicatif::ProgressBar::new_spinner();
     spinner.enable_steady_tick(std::time::Duration::from_millis(200));
     let sp = spinner.clone();
-    let path = rocm_llama::synth::synth(shape, ty, output, threads, seed, &move |msg| sp.set_message(msg.to_string()));
+    let path = rocm_llama::synth::synth(shape, ty, output, threads, seed, tokenizer.as_ref(), &move |msg| {
+        sp.set_message(msg.to_string())
+    });
     spinner.finish_and_clear();
     let path = path?;
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
@@ -762,7 +798,9 @@ fn main() -> ExitCode {
             };
             cmd_bench(model, &gpu_layers, cfg, json, plot, save)
         })(),
-        Command::Synth { shape, ty, output, threads, seed } => cmd_synth(&shape, &ty, &output, threads, seed),
+        Command::Synth { shape, ty, output, threads, seed, tokenizer_from, tokenizer_only } => {
+            cmd_synth(SynthArgs { shape, ty, output, threads, seed, tokenizer_from, tokenizer_only })
+        }
         Command::Models { dir, json } => cmd_models(dir, json),
         Command::Show { model, dir, json } => cmd_show(&model, dir, json),
         Command::Pull { source, dir, sha256 } => cmd_pull(&source, dir, sha256),

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use llama_cpp_sys_2 as sys;
 
 use crate::error::{c_string, Error, Result};
-use crate::gguf::{Value, ValueType, Writer};
+use crate::gguf::{GgufFile, ReadOptions, Value, ValueType, Writer};
 
 /// An architecture's hyper-parameters.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -40,24 +40,53 @@ pub struct Shape {
     pub rope_base: f64,
     /// Output matrix shared with the token embedding.
     pub tied_embeddings: bool,
+    /// Sliding-window attention span of the local layers (Gemma 3); 0 for none.
+    pub sliding_window: u64,
 }
 
-const fn shape(name: &'static str, arch: &'static str, dims: [u64; 8], rope_base: f64, tied_embeddings: bool) -> Shape {
+const fn shape(
+    name: &'static str,
+    arch: &'static str,
+    dims: [u64; 8],
+    rope_base: f64,
+    tied_embeddings: bool,
+    sliding_window: u64,
+) -> Shape {
     let [n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff, n_vocab, n_ctx] = dims;
-    Shape { name, arch, n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff, n_vocab, n_ctx, rope_base, tied_embeddings }
+    Shape {
+        name,
+        arch,
+        n_embd,
+        n_layer,
+        n_head,
+        n_head_kv,
+        head_dim,
+        n_ff,
+        n_vocab,
+        n_ctx,
+        rope_base,
+        tied_embeddings,
+        sliding_window,
+    }
 }
 
 /// The shapes `synth` knows: published hyper-parameters of each model family.
 pub const SHAPES: &[Shape] = &[
-    // n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff, n_vocab, n_ctx
-    shape("llama3-8b", "llama", [4096, 32, 32, 8, 128, 14336, 128_256, 131_072], 500_000.0, false),
-    shape("qwen3-8b", "qwen3", [4096, 36, 32, 8, 128, 12288, 151_936, 40_960], 1_000_000.0, false),
-    shape("gemma3-4b", "gemma3", [2560, 34, 8, 4, 256, 10240, 262_208, 131_072], 1_000_000.0, true),
-    shape("llama2-7b", "llama", [4096, 32, 32, 32, 128, 11008, 32_000, 4096], 10_000.0, false),
+    // [n_embd, n_layer, n_head, n_head_kv, head_dim, n_ff, n_vocab, n_ctx], rope base, tied
+    // output, sliding window
+    shape("llama3-8b", "llama", [4096, 32, 32, 8, 128, 14336, 128_256, 131_072], 500_000.0, false, 0),
+    shape("qwen3-8b", "qwen3", [4096, 36, 32, 8, 128, 12288, 151_936, 40_960], 1_000_000.0, false, 0),
+    shape("gemma3-4b", "gemma3", [2560, 34, 8, 4, 256, 10240, 262_208, 131_072], 1_000_000.0, true, 1024),
+    shape("llama2-7b", "llama", [4096, 32, 32, 32, 128, 11008, 32_000, 4096], 10_000.0, false, 0),
+    // The shape of the test model (gemma-3-270m): with `--tokenizer-from` that model, a
+    // stand-in for it where the real one cannot go (rows of 640 are not a multiple of 256,
+    // so llama.cpp's quantizer uses its fallback types for those tensors, as it did for the
+    // real file).
+    shape("gemma3-270m", "gemma3", [640, 18, 4, 1, 256, 2048, 262_144, 32_768], 1_000_000.0, true, 512),
     // Small test models of each family (a few MB).
-    shape("tiny", "llama", [256, 4, 4, 2, 64, 768, 4096, 4096], 10_000.0, false),
-    shape("tiny-qwen3", "qwen3", [256, 4, 4, 2, 64, 768, 4096, 4096], 1_000_000.0, false),
-    shape("tiny-gemma3", "gemma3", [256, 4, 4, 2, 64, 768, 4096, 4096], 1_000_000.0, true),
+    shape("tiny", "llama", [256, 4, 4, 2, 64, 768, 4096, 4096], 10_000.0, false, 0),
+    shape("tiny-qwen3", "qwen3", [256, 4, 4, 2, 64, 768, 4096, 4096], 1_000_000.0, false, 0),
+    shape("tiny-gemma3", "gemma3", [256, 4, 4, 2, 64, 768, 4096, 4096], 1_000_000.0, true, 1024),
 ];
 
 /// Looks a shape up by name.
@@ -66,6 +95,54 @@ pub fn find_shape(name: &str) -> Result<&'static Shape> {
         let names: Vec<&str> = SHAPES.iter().map(|s| s.name).collect();
         Error::InvalidConfig(format!("unknown shape {name:?}; known: {}", names.join(", ")))
     })
+}
+
+/// A tokenizer taken from a GGUF file: all of its `tokenizer.*` entries (vocabulary, scores,
+/// token types, merges, special tokens, chat template). A synthetic model written with it
+/// tokenizes and formats chats exactly like the model it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tokenizer {
+    entries: Vec<(String, Value)>,
+    n_tokens: u64,
+}
+
+impl Tokenizer {
+    /// Reads the tokenizer of a model, or of a file that [`Tokenizer::write_to`] made.
+    pub fn from_gguf(path: impl AsRef<Path>) -> Result<Tokenizer> {
+        let path = path.as_ref();
+        let opts = ReadOptions { max_array_len: u64::MAX, check_tensor_bounds: false };
+        let file = GgufFile::open_with(path, opts)?;
+        let entries: Vec<(String, Value)> =
+            file.metadata.into_iter().filter(|(k, _)| k.starts_with("tokenizer.")).collect();
+        let not = |reason: &str| Error::NotGguf { path: path.to_path_buf(), reason: reason.to_string() };
+        let n_tokens = match entries.iter().find(|(k, _)| k == "tokenizer.ggml.tokens") {
+            Some((_, Value::Array { elem: ValueType::String, len, values: Some(_) })) if *len > 0 => *len,
+            Some(_) => return Err(not("tokenizer.ggml.tokens is not a list of strings")),
+            None => return Err(not("no tokenizer (tokenizer.ggml.tokens) in this file")),
+        };
+        Ok(Tokenizer { entries, n_tokens })
+    }
+
+    /// Number of tokens in the vocabulary.
+    pub fn n_tokens(&self) -> u64 {
+        self.n_tokens
+    }
+
+    /// The `tokenizer.*` entries, in file order.
+    pub fn entries(&self) -> &[(String, Value)] {
+        &self.entries
+    }
+
+    /// Writes the tokenizer alone (no weights; a few MB) to `path`, for
+    /// [`Tokenizer::from_gguf`] on another machine.
+    pub fn write_to(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let mut w = Writer::new().meta_str("general.type", "tokenizer");
+        for (k, v) in &self.entries {
+            w = w.meta(k, v.clone());
+        }
+        w.write_to(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })
+    }
 }
 
 /// Output weight types.
@@ -168,11 +245,9 @@ fn seed_of(name: &str, seed: u64) -> u64 {
     name.bytes().fold(seed ^ 0x9e37_79b9_7f4a_7c15, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
 }
 
-/// The F16 GGUF of a shape (before quantization).
-pub fn f16_writer(s: &Shape, seed: u64) -> Writer {
-    let a = s.arch;
-    let n_vocab = s.n_vocab;
-    // An SPM ("llama") vocabulary: unk, bos, eos, the 256 byte tokens, then fillers.
+/// An SPM ("llama") vocabulary of `n_vocab` tokens: unk, bos, eos, the 256 byte tokens, then
+/// fillers.
+fn made_up_vocabulary(w: Writer, n_vocab: u64) -> Writer {
     let mut tokens = vec![Value::String("<unk>".into()), Value::String("<s>".into()), Value::String("</s>".into())];
     let mut types = vec![Value::Int(2), Value::Int(3), Value::Int(3)];
     for b in 0..256 {
@@ -187,6 +262,21 @@ pub fn f16_writer(s: &Shape, seed: u64) -> Writer {
     }
     let scores: Vec<Value> = (0..n_vocab).map(|i| Value::Float(-(i as f64))).collect();
     let arr = |elem, values: Vec<Value>| Value::Array { elem, len: values.len() as u64, values: Some(values) };
+    w.meta_str("tokenizer.ggml.model", "llama")
+        .meta("tokenizer.ggml.tokens", arr(ValueType::String, tokens))
+        .meta("tokenizer.ggml.scores", arr(ValueType::F32, scores))
+        .meta("tokenizer.ggml.token_type", arr(ValueType::I32, types))
+        .meta_u32("tokenizer.ggml.unknown_token_id", 0)
+        .meta_u32("tokenizer.ggml.bos_token_id", 1)
+        .meta_u32("tokenizer.ggml.eos_token_id", 2)
+        .meta("tokenizer.ggml.add_bos_token", Value::Bool(true))
+}
+
+/// The F16 GGUF of a shape (before quantization), with a made-up vocabulary of the shape's
+/// size or, given one, a real tokenizer (whose size then sets the vocabulary's).
+pub fn f16_writer(s: &Shape, seed: u64, tokenizer: Option<&Tokenizer>) -> Writer {
+    let a = s.arch;
+    let n_vocab = tokenizer.map_or(s.n_vocab, Tokenizer::n_tokens);
     let mut w = Writer::new()
         .meta_str("general.architecture", a)
         .meta_str("general.name", &format!("synthetic {}", s.name))
@@ -201,17 +291,13 @@ pub fn f16_writer(s: &Shape, seed: u64) -> Writer {
         .meta_u32(&format!("{a}.attention.value_length"), s.head_dim as u32)
         .meta_u32(&format!("{a}.rope.dimension_count"), s.head_dim as u32)
         .meta(&format!("{a}.rope.freq_base"), Value::Float(s.rope_base))
-        .meta(&format!("{a}.attention.layer_norm_rms_epsilon"), Value::Float(1e-6))
-        .meta_str("tokenizer.ggml.model", "llama")
-        .meta("tokenizer.ggml.tokens", arr(ValueType::String, tokens))
-        .meta("tokenizer.ggml.scores", arr(ValueType::F32, scores))
-        .meta("tokenizer.ggml.token_type", arr(ValueType::I32, types))
-        .meta_u32("tokenizer.ggml.unknown_token_id", 0)
-        .meta_u32("tokenizer.ggml.bos_token_id", 1)
-        .meta_u32("tokenizer.ggml.eos_token_id", 2)
-        .meta("tokenizer.ggml.add_bos_token", Value::Bool(true));
-    if a == "gemma3" {
-        w = w.meta_u32("gemma3.attention.sliding_window", 1024);
+        .meta(&format!("{a}.attention.layer_norm_rms_epsilon"), Value::Float(1e-6));
+    w = match tokenizer {
+        Some(t) => t.entries().iter().fold(w, |w, (k, v)| w.meta(k, v.clone())),
+        None => made_up_vocabulary(w, n_vocab),
+    };
+    if s.sliding_window > 0 {
+        w = w.meta_u32(&format!("{a}.attention.sliding_window"), s.sliding_window as u32);
     }
     let (e, q, kv, ff) = (s.n_embd, s.n_head * s.head_dim, s.n_head_kv * s.head_dim, s.n_ff);
     let t = |w: Writer, name: String, dims: &[u64], ones: bool| {
@@ -252,13 +338,15 @@ pub fn f16_writer(s: &Shape, seed: u64) -> Writer {
 
 /// Writes a synthetic model of `shape` as `ty` to `out`. Quantized types are written as F16
 /// next to `out` first and quantized by llama.cpp (`llama_model_quantize`) with `threads`.
-/// `progress` hears each phase.
+/// With a `tokenizer` (see [`Tokenizer::from_gguf`]) the model gets that vocabulary instead
+/// of a made-up one. `progress` hears each phase.
 pub fn synth(
     shape: &Shape,
     ty: SynthType,
     out: &Path,
     threads: u32,
     seed: u64,
+    tokenizer: Option<&Tokenizer>,
     progress: &dyn Fn(&str),
 ) -> Result<PathBuf> {
     crate::backend::init();
@@ -269,7 +357,7 @@ pub fn synth(
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
     }
-    let writer = f16_writer(shape, seed);
+    let writer = f16_writer(shape, seed, tokenizer);
     let f16_path = if ty == SynthType::F16 { out.to_path_buf() } else { out.with_extension("f16.tmp.gguf") };
     progress(&format!("writing {} (F16, random weights) to {}", shape.name, f16_path.display()));
     writer.write_to(&f16_path).map_err(io(&f16_path))?;
@@ -310,8 +398,10 @@ mod tests {
     fn shapes_are_consistent() {
         for s in SHAPES {
             assert_eq!(s.n_head % s.n_head_kv, 0, "{}", s.name);
-            assert_eq!(s.n_embd % 256, 0, "{}: K-quants need rows of 256", s.name);
+            // Every type quantizes blocks of 32; K-quants want 256 and fall back otherwise.
+            assert_eq!(s.n_embd % 32, 0, "{}", s.name);
             assert_eq!(s.n_ff % 256, 0, "{}", s.name);
+            assert_eq!(s.sliding_window > 0, s.arch == "gemma3", "{}", s.name);
         }
         assert!(find_shape("llama3-8b").is_ok());
         assert!(find_shape("gpt5").is_err());

@@ -100,6 +100,14 @@ fn errors_are_reported_not_crashes() {
     let out = bin().args(["run", "hi", "--model"]).arg(&junk).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a GGUF file"));
+    let out = bin().args(["synth", "--tokenizer-only", "-o"]).arg(dir.join("t.gguf")).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "clap: --tokenizer-only needs --tokenizer-from");
+    let mut synth = bin();
+    synth.args(["synth", "--shape", "tiny", "--tokenizer-from"]).arg(&junk).arg("-o").arg(dir.join("t.gguf"));
+    let out = synth.output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a GGUF file"));
+    assert!(!dir.join("t.gguf").exists());
     let Some(model) = common::model_path() else { return };
     let out = bin().args(["run", "hi", "--flash-attn", "sometimes", "--model"]).arg(&model).output().unwrap();
     assert_eq!(out.status.code(), Some(1));

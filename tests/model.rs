@@ -216,7 +216,7 @@ fn bad_files_are_errors_and_the_process_survives() {
     }
     // A file llama.cpp would load and then abort on (F16 norm weights) is refused up front.
     let shape = rocm_llama::synth::find_shape("tiny").unwrap();
-    let mut w = rocm_llama::synth::f16_writer(shape, 1);
+    let mut w = rocm_llama::synth::f16_writer(shape, 1, None);
     w = w.tensor("blk.0.extra_norm.weight", &[256], 1, vec![0; 512]);
     let f16_norm = dir.join("f16-norm.gguf");
     w.write_to(&f16_norm).unwrap();

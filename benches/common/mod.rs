@@ -17,6 +17,7 @@ pub fn model_path() -> PathBuf {
             &path,
             rocm_llama::default_threads(),
             1,
+            None,
             &|_| {},
         )
         .expect("synthesize the tiny bench model");

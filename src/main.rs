@@ -760,6 +760,13 @@ fn cmd_info(json: bool) -> AnyResult<()> {
 }
 
 fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, so printing into a closed pipe (`rocm-llama show m | head`) would
+    // panic; end quietly instead, as other command-line tools do.
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to its default at start-up, before any thread.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let result = match cli.command {

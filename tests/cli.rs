@@ -89,6 +89,17 @@ fn chat_repl_keeps_the_conversation() {
 }
 
 #[test]
+fn a_closed_pipe_ends_the_output_quietly() {
+    // The reader is gone before the first write (`rocm-llama info | true`): no panic message.
+    let mut child =
+        bin().arg("info").stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
 fn errors_are_reported_not_crashes() {
     let out = bin().args(["run", "hi", "--model", "/nonexistent/model.gguf"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));

@@ -53,6 +53,10 @@ pub struct ModelShape {
     pub token_embd_bytes: u64,
     /// The output matrix's bytes (the embedding's when tied).
     pub output_bytes: u64,
+    /// The output matrix is the token embedding (no `output.weight`): llama.cpp then reads
+    /// the embedding on the host and, when the output layer is offloaded, puts a second copy
+    /// on the GPU.
+    pub tied_output: bool,
     /// Every other non-layer tensor (norms).
     pub other_bytes: u64,
 }
@@ -102,8 +106,8 @@ impl ModelShape {
                 None => other_bytes += bytes,
             }
         }
-        if output_bytes == 0 {
-            // Tied embeddings: llama.cpp duplicates token_embd for the output layer.
+        let tied_output = output_bytes == 0;
+        if tied_output {
             output_bytes = token_embd_bytes;
         }
         Ok(ModelShape {
@@ -120,6 +124,7 @@ impl ModelShape {
             layer_bytes,
             token_embd_bytes,
             output_bytes,
+            tied_output,
             other_bytes,
         })
     }
@@ -219,9 +224,11 @@ pub fn estimate(shape: &ModelShape, gpu_layers: u32, n_ctx: u32, opts: &FitOptio
     let n = shape.n_layer as usize;
     let offloaded: u64 = shape.layer_bytes[n - l..].iter().sum();
     let full = l == n && n > 0;
-    let all_weights: u64 = shape.layer_bytes.iter().sum::<u64>() + shape.token_embd_bytes + shape.other_bytes;
+    let on_host: u64 = shape.layer_bytes[..n - l].iter().sum::<u64>() + shape.token_embd_bytes + shape.other_bytes;
+    // The output matrix goes to the GPU with the last layer. Left on the host, a separate one
+    // is host memory, and a tied one is the embedding already counted there.
     let weights_device = offloaded + if full { shape.output_bytes } else { 0 };
-    let weights_host = all_weights - offloaded;
+    let weights_host = on_host + if !full && !shape.tied_output { shape.output_bytes } else { 0 };
     let kv_per_tok_layer = |range: &[u64]| -> u64 {
         let per = |t: KvType, dim: u64| {
             let (block, size) = ggml_type_block(kv_ggml_id(t)).unwrap_or((1, 2));
@@ -376,6 +383,7 @@ mod tests {
             layer_bytes: vec![130 << 20; 32],
             token_embd_bytes: 280 << 20,
             output_bytes: 400 << 20,
+            tied_output: false,
             other_bytes: 1 << 20,
         }
     }
@@ -411,6 +419,26 @@ mod tests {
         let fixed = FitOptions { n_ctx: Some(32_768), ..FitOptions::default() };
         let p = plan(&s, 8 * GIB, true, "ROCm0", &fixed).unwrap();
         assert!(p.gpu_layers < 32 && p.n_ctx == 32_768, "{p:?}");
+    }
+
+    #[test]
+    fn the_output_matrix_is_counted_where_it_lives() {
+        let opts = FitOptions::default();
+        let (layer, embd, out, other) = (130u64 << 20, 280u64 << 20, 400u64 << 20, 1u64 << 20);
+        let w = |s: &ModelShape, gpu_layers| {
+            let e = estimate(s, gpu_layers, 512, &opts);
+            (e.weights_host, e.weights_device)
+        };
+        // A separate output matrix: on the host until the last layer goes to the GPU with it.
+        let s = llama8b();
+        assert_eq!(w(&s, 0), (32 * layer + embd + out + other, 0));
+        assert_eq!(w(&s, 16), (16 * layer + embd + out + other, 16 * layer));
+        assert_eq!(w(&s, 32), (embd + other, 32 * layer + out));
+        // Tied: the host copy is the embedding; full offload adds a GPU copy.
+        let t = ModelShape { output_bytes: embd, tied_output: true, ..llama8b() };
+        assert_eq!(w(&t, 0), (32 * layer + embd + other, 0));
+        assert_eq!(w(&t, 16), (16 * layer + embd + other, 16 * layer));
+        assert_eq!(w(&t, 32), (embd + other, 32 * layer + embd));
     }
 
     #[test]

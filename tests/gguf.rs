@@ -63,7 +63,9 @@ fn fit_estimate_matches_the_measured_breakdown() {
     for (n_ctx, fa) in [(1024u32, FlashAttention::Off), (4096, FlashAttention::Off), (4096, FlashAttention::On)] {
         let ctx = Context::new(model, &ContextConfig::default().n_ctx(n_ctx).threads(1).flash_attention(fa)).unwrap();
         let opts = FitOptions { flash_attention: fa == FlashAttention::On, ..Default::default() };
-        let e = estimate(&shape, 0, n_ctx, &opts);
+        // The test model is loaded with every layer on the GPU when there is one.
+        let gpu_layers = if rocm_llama::available() { shape.n_layer } else { 0 };
+        let e = estimate(&shape, gpu_layers, n_ctx, &opts);
         let weights = model.memory().weight_bytes();
         let used = ctx.memory_usage();
         within(e.weights_host + e.weights_device, weights, "weights");

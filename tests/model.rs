@@ -87,7 +87,8 @@ fn argmax(v: &[f32]) -> usize {
 
 /// Sequences decoded together do not affect each other: a sequence's logits in a batch equal
 /// (within 1e-3) its logits when the batch's other slots hold different sequences, and its
-/// logits decoded alone pick the same token.
+/// logits decoded alone pick the same token (or, at a near tie, one within the kernel noise
+/// of it: on CUDA the synthetic stand-in model's random weights give such ties).
 ///
 /// Why "alone" is compared by top token and not by 1e-3: ggml's CPU matrix kernels choose
 /// their code path by the number of rows in the batch, so the *same* sequence decoded twice
@@ -117,7 +118,10 @@ fn batched_sequences_do_not_affect_each_other() {
         assert!(d < 1e-3, "sequence {s}: neighbours changed its logits by {d}");
 
         let alone = decode_last_logits(model, &tokens[s..=s]);
-        assert_eq!(argmax(&together[s]), argmax(&alone[0]), "sequence {s}: batched and alone pick different tokens");
+        // The same token, or (a near tie) one within the kernels' noise of the top one alone.
+        let (pick, top) = (argmax(&together[s]), argmax(&alone[0]));
+        let gap = alone[0][top] - alone[0][pick];
+        assert!(gap < common::KERNEL_NOISE, "sequence {s}: batched picks {pick}, alone {top} wins by {gap}");
         let d = max_diff(&together[s], &alone[0]);
         assert!(d < 2.0, "sequence {s}: batched vs alone differ by {d}");
     }

@@ -16,6 +16,7 @@ MODEL="$W/gemma3-270m-synthetic.gguf"
 [ -f "$MODEL" ] || .dev/rocm-llama synth --shape gemma3-270m --tokenizer-from .dev/gemma3-tokenizer.gguf \
     --type q4_k_m -o "$MODEL" >/dev/null
 export ROCM_LLAMA_TEST_MODEL="$MODEL"
+.dev/rocm-llama devices > "$OUT/devices.txt" 2>&1
 summary=""
 for t in .dev/tests/*; do
     name=$(basename "$t")

@@ -101,7 +101,11 @@ fn process_memory_counts_models_and_contexts() {
     let during = rocm_llama::process_memory();
     assert!(during.host_bytes >= ctx.memory_usage().host_bytes());
     assert!(during.peak_device_bytes >= during.device_bytes);
-    if !rocm_llama::available() {
+    if rocm_llama::available() {
+        // With a GPU the test model and its KV cache live there (every layer by default).
+        assert!(model.memory().device_bytes() > 0 && ctx.memory_usage().device_bytes() > 0);
+        assert!(during.device_bytes > 0);
+    } else {
         assert_eq!(ctx.memory_usage().device_bytes(), 0);
     }
     assert!(ctx.memory_usage().kv_bytes() > 0 && ctx.memory_usage().compute_bytes() > 0);

@@ -37,16 +37,36 @@ export CUDA_PATH=$cuda CUDA_LIBRARY_PATH=$cuda CUDACXX=$cuda/bin/nvcc PATH=$cuda
 export CMAKE_CUDA_ARCHITECTURES=$arch
 export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER=$root/scripts/record-link.sh
 export ROCM_LLAMA_LINK_BUNDLE=$target/link
-rm -rf "$target/link" && mkdir -p "$target"
+# Links recorded by earlier runs stay: cargo relinks only what changed. The pack below takes
+# those of this build's artifacts.
+mkdir -p "$target/link"
 cargo test --release --locked --features cuda,async --target-dir "$target" --no-run \
     --message-format json-render-diagnostics >"$target/artifacts.json"
 
-# Pack: each recorded link plus every library file it names (rlibs from the target folder and
-# the Rust toolchain), under files/<absolute path>.
+# Pack: the recorded link of each artifact of this build plus every library file it names
+# (rlibs from the target folder and the Rust toolchain), under files/<absolute path>.
 pack=$target/pack
-rm -rf "$pack" && mkdir -p "$pack/files"
-cp -r "$target/link" "$pack/link"
-cat "$target"/link/*/args | sort -u | while IFS= read -r a; do
+rm -rf "$pack" && mkdir -p "$pack/files" "$pack/link"
+python3 - "$target/artifacts.json" "$target/link" >"$pack/artifacts" <<'PY'
+# One line per linked artifact: kind (test/bin), target name, recorded link.
+import json, os, sys
+links = {}
+for d in os.listdir(sys.argv[2]):
+    out = open(os.path.join(sys.argv[2], d, "output")).read().strip()
+    if os.path.exists(out):
+        links[d] = out
+for line in open(sys.argv[1]):
+    m = json.loads(line)
+    if m.get("reason") != "compiler-artifact" or not m.get("executable"):
+        continue
+    for d, out in links.items():
+        if os.path.samefile(out, m["executable"]):
+            print("test" if m["profile"]["test"] else "bin", m["target"]["name"], d)
+PY
+for d in $(awk '{ print $3 }' "$pack/artifacts"); do
+    cp -r "$target/link/$d" "$pack/link/$d"
+done
+cat "$pack"/link/*/args | sort -u | while IFS= read -r a; do
     if [[ $a == /* && -f $a && ( $a == *.rlib || $a == *.a ) ]]; then
         mkdir -p "$pack/files$(dirname "$a")"
         cp "$a" "$pack/files$a"
@@ -56,18 +76,6 @@ cat "$target"/link/*/args | sort -u | while IFS= read -r a; do
         objcopy --remove-section=.llvmbc --remove-section=.llvmcmd --strip-debug "$pack/files$a" 2>/dev/null || true
     fi
 done
-python3 - "$target/artifacts.json" "$target/link" >"$pack/artifacts" <<'PY'
-# One line per linked artifact: kind (test/bin), target name, recorded link.
-import json, os, sys
-links = {d: open(os.path.join(sys.argv[2], d, "output")).read().strip() for d in os.listdir(sys.argv[2])}
-for line in open(sys.argv[1]):
-    m = json.loads(line)
-    if m.get("reason") != "compiler-artifact" or not m.get("executable"):
-        continue
-    for d, out in links.items():
-        if os.path.exists(out) and os.path.samefile(out, m["executable"]):
-            print("test" if m["profile"]["test"] else "bin", m["target"]["name"], d)
-PY
 mkdir -p .dev
 tar cf - -C "$pack" . | xz -T0 -6 >.dev/static-link.tar.xz
 ls -la .dev/static-link.tar.xz

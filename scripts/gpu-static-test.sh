@@ -14,7 +14,7 @@ W="${WORK:-/root/work}"
 mkdir -p "$OUT" "$W"
 log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$OUT/run.log"; }
 
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/info.txt"
 S="$W/static"
 if [ ! -s "$S/linked" ]; then
     log "linking the static build"
@@ -29,8 +29,7 @@ built_at="$(cat "$S/link/$(link_of bin rocm-llama)/output")"
 built_at="$(dirname "$(dirname "$built_at")")/rocm-llama"
 mkdir -p "$(dirname "$built_at")" && cp "$B" "$built_at"
 
-{ "$B" info; ldd "$B"; ls -la "$B"; } > "$OUT/info.txt" 2>&1
-"$B" devices > "$OUT/devices.txt" 2>&1
+{ "$B" info; ldd "$B"; ls -la "$B"; "$B" devices; } >> "$OUT/info.txt" 2>&1
 
 MODEL="$W/gemma3-270m-synthetic.gguf"
 log "synthesizing gemma3-270m with the real tokenizer"

@@ -154,17 +154,27 @@ fn a_thousand_short_requests_leave_no_cells_and_no_growth() {
             }
         })
     };
+    // Warm-up: allocator pools and, on a GPU, kernels loaded on first use (CUDA loads modules
+    // lazily) grow the process once.
     run(200);
     wait_for(|| handle.stats().running == 0);
-    let before = rss_kib();
-    run(800);
-    wait_for(|| handle.stats().running == 0);
-    let after = rss_kib();
+    let mut rss = vec![rss_kib()];
+    for _ in 0..4 {
+        run(200);
+        wait_for(|| handle.stats().running == 0);
+        rss.push(rss_kib());
+    }
+    eprintln!("RSS after the warm-up and each 200 requests: {rss:?} KiB");
     let stats = handle.stats();
     assert_eq!(stats.completed, 1000);
     assert_eq!(stats.kv_cells_used, 0);
     assert_eq!(stats.queued, 0);
-    assert!(after < before + 32 * 1024, "RSS grew from {before} KiB to {after} KiB over 800 requests");
+    // A leak grows the process in every round; one-time growth (a kernel module loaded the
+    // first time a batch shape needs it: measured on an H200, steps of 5-7 MiB in some rounds
+    // with CUDA's default lazy loading, none with CUDA_MODULE_LOADING=EAGER) does not.
+    let quietest = rss.windows(2).map(|w| w[1].saturating_sub(w[0])).min().unwrap();
+    assert!(quietest < 2 * 1024, "RSS grew in every round of 200 requests, at least {quietest} KiB ({rss:?})");
+    assert!(rss[4] < rss[0] + 64 * 1024, "RSS grew by more than 64 MiB over 800 requests ({rss:?})");
 }
 
 #[test]

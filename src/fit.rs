@@ -21,7 +21,7 @@ use std::path::Path;
 use crate::context::KvType;
 use crate::error::{Error, Result};
 use crate::gguf::{ggml_type_block, GgufFile, Value};
-use crate::model::{GpuLayers, LoadConfig};
+use crate::model::{GpuLayers, LoadConfig, SplitMode};
 use crate::vram::gib;
 
 /// The parts of a model's shape the estimate needs.
@@ -174,6 +174,9 @@ pub struct FitOptions {
     pub type_v: KvType,
     /// Whether flash attention will be on (no attention-score buffer).
     pub flash_attention: bool,
+    /// Spread the layers over every GPU, as llama.cpp's default layer split does, in shares
+    /// of their free memory (default true). Off, the model goes on the first GPU alone.
+    pub all_gpus: bool,
 }
 
 impl Default for FitOptions {
@@ -188,6 +191,7 @@ impl Default for FitOptions {
             type_k: KvType::F16,
             type_v: KvType::F16,
             flash_attention: false,
+            all_gpus: true,
         }
     }
 }
@@ -244,10 +248,15 @@ pub fn estimate(shape: &ModelShape, gpu_layers: u32, n_ctx: u32, opts: &FitOptio
 
 fn compute_bytes(shape: &ModelShape, n_ctx: u32, opts: &FitOptions) -> u64 {
     let ub = opts.n_ubatch as u64;
-    let graph = 4 * ub * (shape.n_vocab + 4 * shape.n_embd + 2 * shape.n_ff);
+    let graph = 4 * ub * (4 * shape.n_embd + 2 * shape.n_ff);
     let scores = if opts.flash_attention { 0 } else { 4 * ub * shape.n_head * n_ctx as u64 };
-    let output = 4 * shape.n_vocab * opts.n_seq.max(1) as u64;
-    graph + scores + output
+    graph + scores + vocab_compute_bytes(shape, opts)
+}
+
+/// The part of the compute buffers that scales with the vocabulary (the logits of a batch
+/// and the output buffer): only the GPU with the output layer holds it.
+fn vocab_compute_bytes(shape: &ModelShape, opts: &FitOptions) -> u64 {
+    4 * shape.n_vocab * (opts.n_ubatch as u64 + opts.n_seq.max(1) as u64)
 }
 
 /// What [`LoadConfig::fit`] chose.
@@ -270,16 +279,21 @@ pub struct FitPlan {
 /// The largest context (a multiple of 256 unless it is `lo`) in `lo..=hi` for which
 /// `cost(ctx) <= budget`, by bisection (cost grows with the context).
 fn largest_ctx(lo: u32, hi: u32, budget: u64, cost: impl Fn(u32) -> u64) -> Option<u32> {
-    if lo > hi || cost(lo) > budget {
+    largest_ctx_where(lo, hi, |c| cost(c) <= budget)
+}
+
+/// The same for any condition that holds up to some context and not beyond.
+fn largest_ctx_where(lo: u32, hi: u32, fits: impl Fn(u32) -> bool) -> Option<u32> {
+    if lo > hi || !fits(lo) {
         return None;
     }
-    if cost(hi) <= budget {
+    if fits(hi) {
         return Some(hi);
     }
     let (mut ok, mut bad) = (lo, hi);
     while bad - ok > 1 {
         let mid = ok + (bad - ok) / 2;
-        if cost(mid) <= budget {
+        if fits(mid) {
             ok = mid;
         } else {
             bad = mid;
@@ -288,41 +302,84 @@ fn largest_ctx(lo: u32, hi: u32, budget: u64, cost: impl Fn(u32) -> u64) -> Opti
     Some(if ok >= lo + 256 { ok / 256 * 256 } else { ok }.max(lo))
 }
 
-/// Chooses layers and context for `free` bytes on a GPU (`on_gpu`) or in host memory.
+/// Chooses layers and context for `free` bytes on one GPU (`on_gpu`) or in host memory.
 pub fn plan(shape: &ModelShape, free: u64, on_gpu: bool, device: &str, opts: &FitOptions) -> Result<FitPlan> {
+    if on_gpu {
+        return plan_gpus(shape, &[(device.to_string(), free)], opts);
+    }
     let budget = free.saturating_sub(opts.margin_bytes);
-    let n_layer = shape.n_layer;
     let max_ctx = opts.max_ctx.min(shape.n_ctx_train).max(opts.min_ctx);
-    let done = |gpu_layers: u32, n_ctx: u32| FitPlan {
-        gpu_layers,
-        n_layer,
+    let done = |n_ctx: u32| FitPlan {
+        gpu_layers: 0,
+        n_layer: shape.n_layer,
         n_ctx,
-        estimate: estimate(shape, gpu_layers, n_ctx, opts),
+        estimate: estimate(shape, 0, n_ctx, opts),
         free_bytes: free,
         device: device.to_string(),
     };
-    let fail = |what: String| {
-        Err(Error::DoesNotFit(format!(
-            "{what}: {} free on {device}, {} kept as margin (weights alone are {})",
-            gib(free),
-            gib(opts.margin_bytes),
-            gib(estimate(shape, n_layer, opts.min_ctx, opts).weights_device
-                + estimate(shape, 0, opts.min_ctx, opts).weights_host)
-        )))
-    };
-    if !on_gpu {
-        let cost = |c: u32| estimate(shape, 0, c, opts).total();
-        return match opts.n_ctx {
-            Some(c) if cost(c) <= budget => Ok(done(0, c)),
-            Some(c) => fail(format!("a context of {c} tokens ({} needed) does not fit host memory", gib(cost(c)))),
-            None => match largest_ctx(opts.min_ctx, max_ctx, budget, cost) {
-                Some(c) => Ok(done(0, c)),
-                None => fail(format!("not even {} tokens of context fit host memory", opts.min_ctx)),
-            },
-        };
+    let fail = |what: String| Err(does_not_fit(shape, &what, free, device, false, opts));
+    let cost = |c: u32| estimate(shape, 0, c, opts).total();
+    match opts.n_ctx {
+        Some(c) if cost(c) <= budget => Ok(done(c)),
+        Some(c) => fail(format!("a context of {c} tokens ({} needed) does not fit host memory", gib(cost(c)))),
+        None => match largest_ctx(opts.min_ctx, max_ctx, budget, cost) {
+            Some(c) => Ok(done(c)),
+            None => fail(format!("not even {} tokens of context fit host memory", opts.min_ctx)),
+        },
     }
-    let device_cost = |l: u32, c: u32| estimate(shape, l, c, opts).device();
-    let most_layers = |c: u32| (1..=n_layer).rev().find(|&l| device_cost(l, c) <= budget);
+}
+
+fn does_not_fit(shape: &ModelShape, what: &str, free: u64, device: &str, per_gpu: bool, opts: &FitOptions) -> Error {
+    let n = shape.n_layer;
+    let weights =
+        estimate(shape, n, opts.min_ctx, opts).weights_device + estimate(shape, 0, opts.min_ctx, opts).weights_host;
+    Error::DoesNotFit(format!(
+        "{what}: {} free on {device}, {} kept as margin{} (weights alone are {})",
+        gib(free),
+        gib(opts.margin_bytes),
+        if per_gpu { " on each" } else { "" },
+        gib(weights)
+    ))
+}
+
+/// Whether `gpu_layers` and an `n_ctx` context fit `gpus` (name, free bytes) under a layer
+/// split: each GPU holds a share of the offloaded layers and their KV cache in proportion to
+/// its free memory (llama.cpp's default split) and its own compute buffers; the last one also
+/// the output matrix and the vocabulary-sized buffers. Each keeps the margin free.
+fn split_fits(shape: &ModelShape, gpus: &[(String, u64)], gpu_layers: u32, n_ctx: u32, opts: &FitOptions) -> bool {
+    let e = estimate(shape, gpu_layers, n_ctx, opts);
+    let output = if gpu_layers >= shape.n_layer { shape.output_bytes } else { 0 };
+    let layered = (e.weights_device - output + e.kv_device) as u128;
+    let all_free: u128 = gpus.iter().map(|(_, f)| *f as u128).sum::<u128>().max(1);
+    let vocab = vocab_compute_bytes(shape, opts);
+    gpus.iter().enumerate().all(|(i, (_, free))| {
+        let share = (layered * *free as u128).div_ceil(all_free) as u64;
+        let own = if i + 1 == gpus.len() { output + e.compute } else { e.compute - vocab };
+        share + own <= free.saturating_sub(opts.margin_bytes)
+    })
+}
+
+/// Chooses layers and context for a model split over `gpus` (name, free bytes; one or more):
+/// all layers with the largest context that fits, else as many layers as fit with the
+/// smallest context. The plan's device is the GPUs' names joined by `+`, its free bytes their
+/// sum, and its estimate counts the compute buffers of every GPU.
+pub fn plan_gpus(shape: &ModelShape, gpus: &[(String, u64)], opts: &FitOptions) -> Result<FitPlan> {
+    let n_layer = shape.n_layer;
+    let device = gpus.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join("+");
+    let free: u64 = gpus.iter().map(|(_, f)| *f).sum();
+    if gpus.is_empty() {
+        return Err(Error::DoesNotFit("no GPU to plan for".into()));
+    }
+    let max_ctx = opts.max_ctx.min(shape.n_ctx_train).max(opts.min_ctx);
+    let done = |gpu_layers: u32, n_ctx: u32| {
+        let mut estimate = estimate(shape, gpu_layers, n_ctx, opts);
+        let others = gpus.len() as u64 - 1;
+        estimate.compute += others * (estimate.compute - vocab_compute_bytes(shape, opts));
+        FitPlan { gpu_layers, n_layer, n_ctx, estimate, free_bytes: free, device: device.clone() }
+    };
+    let fail = |what: String| Err(does_not_fit(shape, &what, free, &device, gpus.len() > 1, opts));
+    let fits = |l: u32, c: u32| split_fits(shape, gpus, l, c, opts);
+    let most_layers = |c: u32| (1..=n_layer).rev().find(|&l| fits(l, c));
     match opts.n_ctx {
         Some(c) => match most_layers(c) {
             Some(l) => Ok(done(l, c)),
@@ -330,7 +387,7 @@ pub fn plan(shape: &ModelShape, free: u64, on_gpu: bool, device: &str, opts: &Fi
         },
         None => {
             // Full offload with a smaller context beats partial offload.
-            if let Some(c) = largest_ctx(opts.min_ctx, max_ctx, budget, |c| device_cost(n_layer, c)) {
+            if let Some(c) = largest_ctx_where(opts.min_ctx, max_ctx, |c| fits(n_layer, c)) {
                 return Ok(done(n_layer, c));
             }
             match most_layers(opts.min_ctx) {
@@ -343,23 +400,35 @@ pub fn plan(shape: &ModelShape, free: u64, on_gpu: bool, device: &str, opts: &Fi
 
 impl LoadConfig {
     /// Picks `gpu_layers` (and, in the returned plan, the context length) so that weights,
-    /// KV cache and compute buffers fit the free memory of the first GPU llama.cpp would use,
-    /// or host memory in a CPU build, minus the margin. Errors with [`Error::DoesNotFit`]
-    /// when not even one layer with the minimal context fits.
+    /// KV cache and compute buffers fit the free memory of the GPUs llama.cpp would use (all
+    /// of them under its default layer split, or the first with
+    /// [`FitOptions::all_gpus`] off), or host memory in a CPU build, minus the margin (on each
+    /// GPU). Errors with [`Error::DoesNotFit`] when not even one layer with the minimal context
+    /// fits.
     pub fn fit(path: impl AsRef<Path>, opts: &FitOptions) -> Result<(LoadConfig, FitPlan)> {
         let file = GgufFile::open(path)?;
         let shape = ModelShape::from_gguf(&file)?;
         let report = crate::devices::devices();
-        let (free, _total, device) =
-            report.primary_memory().ok_or_else(|| Error::DoesNotFit("no device memory could be read".into()))?;
-        let on_gpu = device != "CPU";
-        let plan = plan(&shape, free, on_gpu, &device, opts)?;
-        let gpu_layers = if !on_gpu || plan.gpu_layers >= shape.n_layer {
+        let mut gpus = report.split_gpus();
+        let several = gpus.len() > 1;
+        if !opts.all_gpus {
+            gpus.truncate(1);
+        }
+        let plan = if gpus.is_empty() {
+            let (free, _total, device) =
+                report.primary_memory().ok_or_else(|| Error::DoesNotFit("no device memory could be read".into()))?;
+            plan(&shape, free, false, &device, opts)?
+        } else {
+            plan_gpus(&shape, &gpus, opts)?
+        };
+        let gpu_layers = if gpus.is_empty() || plan.gpu_layers >= shape.n_layer {
             GpuLayers::All
         } else {
             GpuLayers::Count(plan.gpu_layers)
         };
-        Ok((LoadConfig { gpu_layers, ..Default::default() }, plan))
+        // One GPU out of several: keep llama.cpp from spreading the layers anyway.
+        let split_mode = if several && !opts.all_gpus { SplitMode::None } else { SplitMode::default() };
+        Ok((LoadConfig { gpu_layers, split_mode, ..Default::default() }, plan))
     }
 }
 
@@ -419,6 +488,51 @@ mod tests {
         let fixed = FitOptions { n_ctx: Some(32_768), ..FitOptions::default() };
         let p = plan(&s, 8 * GIB, true, "ROCm0", &fixed).unwrap();
         assert!(p.gpu_layers < 32 && p.n_ctx == 32_768, "{p:?}");
+    }
+
+    fn gpus(frees: &[u64]) -> Vec<(String, u64)> {
+        frees.iter().enumerate().map(|(i, f)| (format!("ROCm{i}"), *f)).collect()
+    }
+
+    #[test]
+    fn a_layer_split_pools_the_gpus() {
+        let s = llama8b();
+        let opts = FitOptions::default();
+        // One 4 GiB card holds part of the model; two hold all of it.
+        let one = plan_gpus(&s, &gpus(&[4 * GIB]), &opts).unwrap();
+        assert!(one.gpu_layers < 32, "{one:?}");
+        let two = plan_gpus(&s, &gpus(&[4 * GIB, 4 * GIB]), &opts).unwrap();
+        assert_eq!(two.gpu_layers, 32, "{two:?}");
+        assert_eq!((two.device.as_str(), two.free_bytes), ("ROCm0+ROCm1", 8 * GIB));
+        // Every card keeps its margin: the pooled plan uses at most the sum less two margins.
+        assert!(two.estimate.device() <= 8 * GIB - 2 * opts.margin_bytes, "{two:?}");
+        // Two 24 GiB cards take a longer context than one.
+        let big =
+            |n: &[u64]| plan_gpus(&s, &gpus(n), &FitOptions { max_ctx: 131_072, ..FitOptions::default() }).unwrap();
+        assert!(big(&[24 * GIB, 24 * GIB]).n_ctx > big(&[24 * GIB]).n_ctx);
+        // One GPU through plan_gpus is exactly plan.
+        for f in [3 * GIB, 8 * GIB, 16 * GIB] {
+            assert_eq!(plan_gpus(&s, &gpus(&[f]), &opts).unwrap(), plan(&s, f, true, "ROCm0", &opts).unwrap());
+        }
+    }
+
+    #[test]
+    fn the_last_gpu_of_a_split_carries_the_output_layer() {
+        let s = llama8b();
+        let opts = FitOptions::default();
+        let layers: u64 = 32 * (130 << 20);
+        let kv = s.kv_bytes_per_token(KvType::F16, KvType::F16) * 512;
+        let non_vocab = compute_bytes(&s, 512, &opts) - vocab_compute_bytes(&s, &opts);
+        // Two cards with room for half the layers and their own buffers each, one of them
+        // with room for the output matrix and the logits too: everything offloads only when
+        // that one is last, where llama.cpp puts the output layer.
+        let small = (layers + kv) / 2 + non_vocab + opts.margin_bytes + (64 << 20);
+        let big = small + 2 * (s.output_bytes + vocab_compute_bytes(&s, &opts));
+        let at_512 = FitOptions { n_ctx: Some(512), ..opts };
+        let big_last = plan_gpus(&s, &gpus(&[small, big]), &at_512).unwrap();
+        let big_first = plan_gpus(&s, &gpus(&[big, small]), &at_512).unwrap();
+        assert_eq!(big_last.gpu_layers, 32, "{big_last:?}");
+        assert!(big_first.gpu_layers < 32, "{big_first:?}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rocm_llama::devices::{self, GpuEnv, HipRuntime, VramSource};
+use rocm_llama::devices::{self, BackendDevice, DeviceKind, GpuEnv, HipRuntime, VramSource};
 use rocm_llama::Error;
 
 const GIB: u64 = 1 << 30;
@@ -236,4 +236,51 @@ fn this_machine_reports_without_panicking() {
     assert!(r.primary_memory().is_some());
     let _ = r.table();
     let _ = rocm_llama::available();
+}
+
+fn backend(index: usize, name: &str, kind: DeviceKind, free: u64) -> BackendDevice {
+    let backend = if name == "CPU" { "CPU" } else { "ROCm" };
+    BackendDevice {
+        index,
+        name: name.into(),
+        description: String::new(),
+        backend: backend.into(),
+        kind,
+        free,
+        total: 16 * GIB,
+    }
+}
+
+#[test]
+fn the_layer_split_uses_every_discrete_gpu_or_else_the_integrated_one() {
+    let env = GpuEnv::default();
+    let cpu = backend(9, "CPU", DeviceKind::Cpu, 64 * GIB);
+    // Two discrete cards: both, in llama.cpp's order, each with the lower of HIP's and the
+    // driver's free memory (sysfs says 15 GiB free on each).
+    let second = Node { minor: Some(130), ..rx7800xt() };
+    let root = tree("two-cards", true, &[rx7800xt(), second]);
+    let devs = vec![
+        backend(0, "ROCm0", DeviceKind::Gpu, 14 * GIB),
+        backend(1, "ROCm1", DeviceKind::Gpu, 16 * GIB),
+        cpu.clone(),
+    ];
+    let r = devices::report(&root, &env, devs, None);
+    assert_eq!(r.split_gpus(), vec![("ROCm0".to_string(), 14 * GIB), ("ROCm1".to_string(), 15 * GIB)]);
+    // A card and an iGPU: the card alone.
+    let root = tree("card-and-igpu", true, &[rx7800xt(), igpu780m()]);
+    let devs = vec![
+        backend(0, "ROCm0", DeviceKind::Gpu, 15 * GIB),
+        backend(1, "ROCm1", DeviceKind::IntegratedGpu, GIB / 4),
+        cpu.clone(),
+    ];
+    let r = devices::report(&root, &env, devs, None);
+    assert_eq!(r.split_gpus(), vec![("ROCm0".to_string(), 15 * GIB)]);
+    // Only an iGPU: it is used.
+    let root = tree("igpu-only", true, &[igpu780m()]);
+    let r =
+        devices::report(&root, &env, vec![backend(0, "ROCm0", DeviceKind::IntegratedGpu, GIB / 4), cpu.clone()], None);
+    assert_eq!(r.split_gpus().len(), 1);
+    // No GPU: nothing to split over.
+    let root = tree("cpu-only-split", false, &[]);
+    assert!(devices::report(&root, &env, vec![cpu], None).split_gpus().is_empty());
 }

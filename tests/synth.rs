@@ -7,10 +7,16 @@ use rocm_llama::gguf::GgufFile;
 use rocm_llama::synth::{find_shape, synth, SynthType, Tokenizer};
 use rocm_llama::{ChatMessage, ChatTemplate, Context, ContextConfig, GenerateOptions, LoadConfig, Model};
 
-fn out(name: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("rocm-llama-synth-{}", std::process::id()));
+/// A file in this process's folder for `test` (each test its own: one checks its folder for
+/// leftovers while others write).
+fn out_in(test: &str, name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("rocm-llama-synth-{}-{test}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
     d.join(name)
+}
+
+fn out(name: &str) -> std::path::PathBuf {
+    out_in("models", name)
 }
 
 #[test]
@@ -48,7 +54,7 @@ fn tiny_models_of_each_family_load_and_generate() {
 #[test]
 fn quantized_tiny_is_smaller_than_f16() {
     let s = find_shape("tiny").unwrap();
-    let (a, b) = (out("size-f16.gguf"), out("size-q4.gguf"));
+    let (a, b) = (out_in("sizes", "size-f16.gguf"), out_in("sizes", "size-q4.gguf"));
     synth(s, SynthType::F16, &a, 2, 1, None, &|_| {}).unwrap();
     synth(s, SynthType::Q4_0, &b, 2, 1, None, &|_| {}).unwrap();
     let (fa, fb) = (std::fs::metadata(&a).unwrap().len(), std::fs::metadata(&b).unwrap().len());
@@ -62,19 +68,19 @@ fn a_real_tokenizer_carries_over() {
     assert_eq!(tokenizer.n_tokens(), real.vocab().n_tokens() as u64);
 
     // Alone it is a few MB and reads back the same.
-    let alone = out("gemma3-tokenizer.gguf");
+    let alone = out_in("tokenizer", "gemma3-tokenizer.gguf");
     tokenizer.write_to(&alone).unwrap();
     let size = std::fs::metadata(&alone).unwrap().len();
     assert!(size < 16 << 20, "{size} bytes");
     assert_eq!(Tokenizer::from_gguf(&alone).unwrap(), tokenizer);
     // A weights-only file has none to give.
-    let weights = out("no-tokenizer.gguf");
+    let weights = out_in("tokenizer", "no-tokenizer.gguf");
     rocm_llama::gguf::Writer::new().meta_str("general.architecture", "llama").write_to(&weights).unwrap();
     assert!(matches!(Tokenizer::from_gguf(&weights), Err(rocm_llama::Error::NotGguf { .. })));
 
     // A small gemma3 model written with it tokenizes, detokenizes and formats chats like the
     // real model.
-    let path = out("tiny-gemma3-real-tokenizer.gguf");
+    let path = out_in("tokenizer", "tiny-gemma3-real-tokenizer.gguf");
     let from_file = Tokenizer::from_gguf(&alone).unwrap();
     synth(find_shape("tiny-gemma3").unwrap(), SynthType::Q4_0, &path, 2, 7, Some(&from_file), &|_| {}).unwrap();
     let synthetic = Model::load(&path, &LoadConfig::default()).unwrap();

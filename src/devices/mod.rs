@@ -353,6 +353,28 @@ impl DeviceReport {
         self.backend_devices.iter().find(|d| d.kind == DeviceKind::Cpu).map(|d| (d.free, d.total, d.name.clone()))
     }
 
+    /// The GPUs llama.cpp spreads a model's layers over by default, in its order, with their
+    /// free memory: `(device name, free bytes)`. Every discrete GPU; integrated GPUs only
+    /// when there is no discrete one (llama.cpp's own choice). For an AMD GPU the free memory is the report's (the
+    /// lower of HIP's and the driver's figures). Empty in a CPU-only build.
+    pub fn split_gpus(&self) -> Vec<(String, u64)> {
+        let free = |d: &BackendDevice| {
+            self.gpus
+                .iter()
+                .find(|g| g.backend_device.as_deref() == Some(d.name.as_str()))
+                .and_then(|g| g.vram.as_ref())
+                .map_or(d.free, |v| v.free)
+        };
+        let of_kind = |kind: DeviceKind| -> Vec<(String, u64)> {
+            self.backend_devices.iter().filter(|d| d.kind == kind).map(|d| (d.name.clone(), free(d))).collect()
+        };
+        let discrete = of_kind(DeviceKind::Gpu);
+        if !discrete.is_empty() {
+            return discrete;
+        }
+        of_kind(DeviceKind::IntegratedGpu)
+    }
+
     /// A human-readable table.
     pub fn table(&self) -> String {
         let mut out = String::new();

@@ -174,9 +174,10 @@ pub struct FitOptions {
     pub type_v: KvType,
     /// Whether flash attention will be on (no attention-score buffer).
     pub flash_attention: bool,
-    /// Spread the layers over every GPU, as llama.cpp's default layer split does, in shares
-    /// of their free memory (default true). Off, the model goes on the first GPU alone.
-    pub all_gpus: bool,
+    /// `Some(i)`: the model goes on GPU `i` alone (of the GPUs llama.cpp uses, in its order);
+    /// `None` (default): its layers are spread over every GPU, as llama.cpp's default layer
+    /// split does, in shares of their free memory.
+    pub single_gpu: Option<u32>,
 }
 
 impl Default for FitOptions {
@@ -191,7 +192,7 @@ impl Default for FitOptions {
             type_k: KvType::F16,
             type_v: KvType::F16,
             flash_attention: false,
-            all_gpus: true,
+            single_gpu: None,
         }
     }
 }
@@ -401,8 +402,8 @@ pub fn plan_gpus(shape: &ModelShape, gpus: &[(String, u64)], opts: &FitOptions) 
 impl LoadConfig {
     /// Picks `gpu_layers` (and, in the returned plan, the context length) so that weights,
     /// KV cache and compute buffers fit the free memory of the GPUs llama.cpp would use (all
-    /// of them under its default layer split, or the first with
-    /// [`FitOptions::all_gpus`] off), or host memory in a CPU build, minus the margin (on each
+    /// of them under its default layer split, or the one named by [`FitOptions::single_gpu`]),
+    /// or host memory in a CPU build, minus the margin (on each
     /// GPU). Errors with [`Error::DoesNotFit`] when not even one layer with the minimal context
     /// fits.
     pub fn fit(path: impl AsRef<Path>, opts: &FitOptions) -> Result<(LoadConfig, FitPlan)> {
@@ -410,9 +411,13 @@ impl LoadConfig {
         let shape = ModelShape::from_gguf(&file)?;
         let report = crate::devices::devices();
         let mut gpus = report.split_gpus();
-        let several = gpus.len() > 1;
-        if !opts.all_gpus {
-            gpus.truncate(1);
+        if let Some(i) = opts.single_gpu.filter(|_| !gpus.is_empty()) {
+            let n = gpus.len();
+            let one = gpus.get(i as usize).cloned().ok_or_else(|| {
+                let plural = if n == 1 { "" } else { "s" };
+                Error::InvalidConfig(format!("main_gpu {i} does not exist: this process has {n} GPU{plural}"))
+            })?;
+            gpus = vec![one];
         }
         let plan = if gpus.is_empty() {
             let (free, _total, device) =
@@ -426,9 +431,12 @@ impl LoadConfig {
         } else {
             GpuLayers::Count(plan.gpu_layers)
         };
-        // One GPU out of several: keep llama.cpp from spreading the layers anyway.
-        let split_mode = if several && !opts.all_gpus { SplitMode::None } else { SplitMode::default() };
-        Ok((LoadConfig { gpu_layers, split_mode, ..Default::default() }, plan))
+        // One GPU: keep llama.cpp from spreading the layers anyway.
+        let (split_mode, main_gpu) = match opts.single_gpu {
+            Some(i) => (SplitMode::None, i),
+            None => (SplitMode::default(), 0),
+        };
+        Ok((LoadConfig { gpu_layers, split_mode, main_gpu, ..Default::default() }, plan))
     }
 }
 

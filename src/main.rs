@@ -8,7 +8,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use rocm_llama::{
     ChatMessage, ChatTemplate, Context, ContextConfig, Event, FlashAttention, GenerateOptions, GpuLayers, KvType,
-    LoadConfig, Model, SamplingParams, Summary,
+    LoadConfig, Model, SamplingParams, SplitMode, Summary,
 };
 
 #[derive(Parser)]
@@ -176,6 +176,13 @@ struct GenOpts {
     /// Do not fit layers and context to free memory; use --gpu-layers/--ctx or llama.cpp's defaults.
     #[arg(long)]
     no_fit: bool,
+    /// Several GPUs: `layer` spreads whole layers over all of them (default), `row` splits
+    /// each weight's rows, `none` puts the model on --main-gpu alone.
+    #[arg(long, default_value = "layer")]
+    split_mode: String,
+    /// The GPU for --split-mode none (an index among the GPUs llama.cpp uses).
+    #[arg(long, default_value_t = 0)]
+    main_gpu: u32,
     /// CPU threads (default: the cores this process may use).
     #[arg(short, long)]
     threads: Option<u32>,
@@ -265,6 +272,12 @@ fn load_model(opts: &GenOpts) -> AnyResult<(Model, Option<u32>)> {
             Some(GpuLayers::Count(n.parse().map_err(|_| format!("--gpu-layers must be a number or `all`, not {n:?}"))?))
         }
     };
+    let split_mode = match opts.split_mode.as_str() {
+        "layer" => SplitMode::Layer,
+        "row" => SplitMode::Row,
+        "none" => SplitMode::None,
+        o => return Err(format!("--split-mode must be layer, row or none, not {o:?}").into()),
+    };
     // Fit layers and context to free memory unless the user fixed both or opted out.
     let mut fitted_ctx = None;
     let mut gpu_layers = explicit_layers.unwrap_or_default();
@@ -273,6 +286,7 @@ fn load_model(opts: &GenOpts) -> AnyResult<(Model, Option<u32>)> {
             n_ctx: opts.ctx,
             max_ctx: opts.max_ctx,
             flash_attention: opts.flash_attn == "on",
+            single_gpu: (split_mode == SplitMode::None).then_some(opts.main_gpu),
             ..Default::default()
         };
         let (cfg, plan) = LoadConfig::fit(&path, &fit_opts)?;
@@ -290,7 +304,7 @@ fn load_model(opts: &GenOpts) -> AnyResult<(Model, Option<u32>)> {
         gpu_layers = cfg.gpu_layers;
         fitted_ctx = Some(plan.n_ctx);
     }
-    let mut config = LoadConfig { gpu_layers, ..Default::default() };
+    let mut config = LoadConfig { gpu_layers, split_mode, main_gpu: opts.main_gpu, ..Default::default() };
     let bar = (!opts.no_progress).then(|| {
         let bar = indicatif::ProgressBar::new(100);
         bar.set_style(

@@ -193,6 +193,16 @@ impl Model {
             GpuLayers::All => -1,
             GpuLayers::Count(n) => i32::try_from(n).unwrap_or(i32::MAX),
         };
+        if config.split_mode == SplitMode::None {
+            let n = crate::devices::offload_devices(&crate::devices::backend_devices()).len();
+            if n > 0 && config.main_gpu as usize >= n {
+                return Err(Error::InvalidConfig(format!(
+                    "main_gpu {} does not exist: this process has {n} GPU{}",
+                    config.main_gpu,
+                    if n == 1 { "" } else { "s" }
+                )));
+            }
+        }
         params.main_gpu = i32::try_from(config.main_gpu)
             .map_err(|_| Error::InvalidConfig(format!("main_gpu {} is too large", config.main_gpu)))?;
         params.split_mode = match config.split_mode {

@@ -122,6 +122,15 @@ fn errors_are_reported_not_crashes() {
     let Some(model) = common::model_path() else { return };
     let out = bin().args(["run", "hi", "--flash-attn", "sometimes", "--model"]).arg(&model).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
+    let out = bin().args(["run", "hi", "--split-mode", "sideways", "--model"]).arg(&model).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--split-mode"));
+    if rocm_llama::devices::offload_devices(&rocm_llama::devices::backend_devices()).len() == 1 {
+        let out = bin().args(["run", "hi", "--split-mode", "none", "--main-gpu", "7", "--model"]).arg(&model).output();
+        let out = out.unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("main_gpu 7 does not exist"), "{out:?}");
+    }
 }
 
 #[test]

@@ -52,6 +52,18 @@ pub struct BackendDevice {
     pub total: u64,
 }
 
+/// The devices llama.cpp offloads to by default, in its order: every discrete GPU, or the
+/// integrated ones when there is none.
+pub fn offload_devices(devices: &[BackendDevice]) -> Vec<&BackendDevice> {
+    let of_kind = |kind| devices.iter().filter(|d| d.kind == kind).collect::<Vec<_>>();
+    let discrete = of_kind(DeviceKind::Gpu);
+    if discrete.is_empty() {
+        of_kind(DeviceKind::IntegratedGpu)
+    } else {
+        discrete
+    }
+}
+
 /// The devices of ggml's backend registry. Wraps `ggml_backend_dev_count`/`_get`/`_memory`.
 pub fn backend_devices() -> Vec<BackendDevice> {
     crate::backend::init();
@@ -365,14 +377,7 @@ impl DeviceReport {
                 .and_then(|g| g.vram.as_ref())
                 .map_or(d.free, |v| v.free)
         };
-        let of_kind = |kind: DeviceKind| -> Vec<(String, u64)> {
-            self.backend_devices.iter().filter(|d| d.kind == kind).map(|d| (d.name.clone(), free(d))).collect()
-        };
-        let discrete = of_kind(DeviceKind::Gpu);
-        if !discrete.is_empty() {
-            return discrete;
-        }
-        of_kind(DeviceKind::IntegratedGpu)
+        offload_devices(&self.backend_devices).into_iter().map(|d| (d.name.clone(), free(d))).collect()
     }
 
     /// A human-readable table.

@@ -25,10 +25,12 @@ pub enum Error {
     },
     /// llama.cpp could not load the model (truncated or unsupported file, out of memory).
     /// The details are in the `llama_cpp` tracing target.
-    #[error("llama.cpp failed to load model {path} (truncated, unsupported architecture or out of memory; enable tracing for details)")]
+    #[error("llama.cpp failed to load model {path}: {reason}")]
     ModelLoad {
         /// The file.
         path: PathBuf,
+        /// llama.cpp's own reason when it logged one, else a summary of the usual ones.
+        reason: String,
     },
     /// The progress callback asked to stop the load.
     #[error("model load cancelled by the progress callback")]

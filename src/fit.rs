@@ -249,15 +249,10 @@ pub fn estimate(shape: &ModelShape, gpu_layers: u32, n_ctx: u32, opts: &FitOptio
 
 fn compute_bytes(shape: &ModelShape, n_ctx: u32, opts: &FitOptions) -> u64 {
     let ub = opts.n_ubatch as u64;
-    let graph = 4 * ub * (4 * shape.n_embd + 2 * shape.n_ff);
+    let graph = 4 * ub * (shape.n_vocab + 4 * shape.n_embd + 2 * shape.n_ff);
     let scores = if opts.flash_attention { 0 } else { 4 * ub * shape.n_head * n_ctx as u64 };
-    graph + scores + vocab_compute_bytes(shape, opts)
-}
-
-/// The part of the compute buffers that scales with the vocabulary (the logits of a batch
-/// and the output buffer): only the GPU with the output layer holds it.
-fn vocab_compute_bytes(shape: &ModelShape, opts: &FitOptions) -> u64 {
-    4 * shape.n_vocab * (opts.n_ubatch as u64 + opts.n_seq.max(1) as u64)
+    let output = 4 * shape.n_vocab * opts.n_seq.max(1) as u64;
+    graph + scores + output
 }
 
 /// What [`LoadConfig::fit`] chose.
@@ -345,18 +340,18 @@ fn does_not_fit(shape: &ModelShape, what: &str, free: u64, device: &str, per_gpu
 
 /// Whether `gpu_layers` and an `n_ctx` context fit `gpus` (name, free bytes) under a layer
 /// split: each GPU holds a share of the offloaded layers and their KV cache in proportion to
-/// its free memory (llama.cpp's default split) and its own compute buffers; the last one also
-/// the output matrix and the vocabulary-sized buffers. Each keeps the margin free.
+/// its free memory (llama.cpp's default split) and compute buffers as large as one GPU alone
+/// would need (an upper bound: measured on two H200s, the second GPU's buffers were 20% to
+/// 100% of the first's), and the last one the output matrix. Each keeps the margin free.
 fn split_fits(shape: &ModelShape, gpus: &[(String, u64)], gpu_layers: u32, n_ctx: u32, opts: &FitOptions) -> bool {
     let e = estimate(shape, gpu_layers, n_ctx, opts);
     let output = if gpu_layers >= shape.n_layer { shape.output_bytes } else { 0 };
     let layered = (e.weights_device - output + e.kv_device) as u128;
     let all_free: u128 = gpus.iter().map(|(_, f)| *f as u128).sum::<u128>().max(1);
-    let vocab = vocab_compute_bytes(shape, opts);
     gpus.iter().enumerate().all(|(i, (_, free))| {
         let share = (layered * *free as u128).div_ceil(all_free) as u64;
-        let own = if i + 1 == gpus.len() { output + e.compute } else { e.compute - vocab };
-        share + own <= free.saturating_sub(opts.margin_bytes)
+        let last = if i + 1 == gpus.len() { output } else { 0 };
+        share + e.compute + last <= free.saturating_sub(opts.margin_bytes)
     })
 }
 
@@ -374,8 +369,7 @@ pub fn plan_gpus(shape: &ModelShape, gpus: &[(String, u64)], opts: &FitOptions) 
     let max_ctx = opts.max_ctx.min(shape.n_ctx_train).max(opts.min_ctx);
     let done = |gpu_layers: u32, n_ctx: u32| {
         let mut estimate = estimate(shape, gpu_layers, n_ctx, opts);
-        let others = gpus.len() as u64 - 1;
-        estimate.compute += others * (estimate.compute - vocab_compute_bytes(shape, opts));
+        estimate.compute *= gpus.len() as u64;
         FitPlan { gpu_layers, n_layer, n_ctx, estimate, free_bytes: free, device: device.clone() }
     };
     let fail = |what: String| Err(does_not_fit(shape, &what, free, &device, gpus.len() > 1, opts));
@@ -530,17 +524,18 @@ mod tests {
         let opts = FitOptions::default();
         let layers: u64 = 32 * (130 << 20);
         let kv = s.kv_bytes_per_token(KvType::F16, KvType::F16) * 512;
-        let non_vocab = compute_bytes(&s, 512, &opts) - vocab_compute_bytes(&s, &opts);
-        // Two cards with room for half the layers and their own buffers each, one of them
-        // with room for the output matrix and the logits too: everything offloads only when
-        // that one is last, where llama.cpp puts the output layer.
-        let small = (layers + kv) / 2 + non_vocab + opts.margin_bytes + (64 << 20);
-        let big = small + 2 * (s.output_bytes + vocab_compute_bytes(&s, &opts));
+        let compute = compute_bytes(&s, 512, &opts);
+        // Two cards with room for half the layers and their buffers each, and a little more.
+        let card = (layers + kv) / 2 + compute + opts.margin_bytes + (64 << 20);
         let at_512 = FitOptions { n_ctx: Some(512), ..opts };
-        let big_last = plan_gpus(&s, &gpus(&[small, big]), &at_512).unwrap();
-        let big_first = plan_gpus(&s, &gpus(&[big, small]), &at_512).unwrap();
-        assert_eq!(big_last.gpu_layers, 32, "{big_last:?}");
-        assert!(big_first.gpu_layers < 32, "{big_first:?}");
+        let full = |s: &ModelShape, cards: &[u64]| plan_gpus(s, &gpus(cards), &at_512).unwrap().gpu_layers == 32;
+        // Without an output matrix everything offloads; with one, not: it does not fit the
+        // last card, and it is not spread (room for half of it on each card is not enough).
+        assert!(full(&ModelShape { output_bytes: 0, ..llama8b() }, &[card, card]));
+        assert!(!full(&s, &[card, card]));
+        let half_more = card + s.output_bytes / 2;
+        assert!(!full(&s, &[half_more, half_more]));
+        assert!(full(&s, &[card, card + 2 * s.output_bytes]));
     }
 
     #[test]

@@ -741,14 +741,27 @@ fn cmd_devices(json: bool) -> AnyResult<()> {
 fn memory_line(model: &Model, ctx: &Context<'_>) -> String {
     let mut m = model.memory().clone();
     m.merge(ctx.memory_usage());
-    let free = match rocm_llama::devices().primary_memory() {
-        Some((free, total, name)) if name != "CPU" => {
-            format!("; VRAM free {} of {} on {name}", rocm_llama::vram::gib(free), rocm_llama::vram::gib(total))
+    let report = rocm_llama::devices();
+    // Free memory of each GPU the model and context hold buffers on, else of the host.
+    let used = |name: &str| m.weights.iter().chain(&m.kv).chain(&m.compute).any(|b| b.name == name);
+    let gpus: Vec<String> = report
+        .backend_devices
+        .iter()
+        .filter(|d| d.kind != rocm_llama::devices::DeviceKind::Cpu && used(&d.name))
+        .map(|d| {
+            let free = report.split_gpus().into_iter().find(|(n, _)| *n == d.name).map_or(d.free, |(_, f)| f);
+            format!("{} of {} on {}", rocm_llama::vram::gib(free), rocm_llama::vram::gib(d.total), d.name)
+        })
+        .collect();
+    let free = if !gpus.is_empty() {
+        format!("; VRAM free {}", gpus.join(", "))
+    } else {
+        match report.primary_memory() {
+            Some((free, total, name)) if name == "CPU" => {
+                format!("; host memory free {} of {}", rocm_llama::vram::gib(free), rocm_llama::vram::gib(total))
+            }
+            _ => String::new(),
         }
-        Some((free, total, _)) => {
-            format!("; host memory free {} of {}", rocm_llama::vram::gib(free), rocm_llama::vram::gib(total))
-        }
-        None => String::new(),
     };
     format!("{}{free}", m.summary())
 }

@@ -35,6 +35,19 @@ pub enum SplitMode {
     Row,
 }
 
+/// llama.cpp's reason for a failed load from its log ("error loading model: ..."), or the
+/// usual suspects when it gave none.
+fn load_failure_reason(log: &[String]) -> String {
+    const MARK: &str = "error loading model:";
+    log.iter()
+        .rev()
+        .find_map(|l| l.find(MARK).map(|i| l[i + MARK.len()..].trim().to_string()))
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| {
+            "truncated, unsupported architecture or out of memory (the llama_cpp tracing target has details)".into()
+        })
+}
+
 /// A load-progress callback: called with 0.0..=1.0; return `false` to cancel the load.
 pub type ProgressFn = dyn Fn(f32) -> bool + Send + Sync;
 
@@ -236,7 +249,7 @@ impl Model {
                 Ok(Model { ptr, path: path.to_path_buf(), memory })
             }
             None if state.is_some_and(|s| s.cancelled) => Err(Error::LoadCancelled),
-            None => Err(Error::ModelLoad { path: path.to_path_buf() }),
+            None => Err(Error::ModelLoad { path: path.to_path_buf(), reason: load_failure_reason(&log) }),
         }
     }
 
@@ -456,6 +469,17 @@ pub(crate) fn read_c_string(mut f: impl FnMut(*mut c_char, usize) -> i32) -> Opt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_load_names_llama_cpp_s_reason() {
+        let log = vec![
+            "llama_model_loader: loaded meta data".to_string(),
+            "llama_model_load: error loading model: device CUDA0 does not support split buffers\n".to_string(),
+            "llama_model_load_from_file_impl: failed to load model".to_string(),
+        ];
+        assert_eq!(load_failure_reason(&log), "device CUDA0 does not support split buffers");
+        assert!(load_failure_reason(&[]).contains("out of memory"));
+    }
 
     fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("rocm-llama-model-{}", std::process::id()));

@@ -53,7 +53,8 @@ fn within(estimate: u64, measured: u64, what: &str) {
     assert!((0.9..=1.1).contains(&ratio), "{what}: estimate {estimate} vs measured {measured} ({ratio:.3})");
 }
 
-/// The fit estimate agrees with llama.cpp's own accounting within 10%.
+/// The fit estimate agrees with llama.cpp's own accounting within 10% (on several GPUs its
+/// compute buffers are an upper bound).
 #[test]
 fn fit_estimate_matches_the_measured_breakdown() {
     let model = require_model!();
@@ -70,8 +71,16 @@ fn fit_estimate_matches_the_measured_breakdown() {
         let used = ctx.memory_usage();
         within(e.weights_host + e.weights_device, weights, "weights");
         within(e.kv_host + e.kv_device, used.kv_bytes(), "KV cache");
-        within(e.compute, used.compute_bytes(), "compute");
-        within(e.total(), weights + used.kv_bytes() + used.compute_bytes(), "total");
+        let gpus = rocm_llama::devices::devices().split_gpus().len();
+        if gpus <= 1 {
+            within(e.compute, used.compute_bytes(), "compute");
+            within(e.total(), weights + used.kv_bytes() + used.compute_bytes(), "total");
+        } else {
+            // Split over several GPUs, fit counts one GPU's compute buffers on each: an upper
+            // bound (each GPU's own buffers are at most that large).
+            let (planned, measured) = (gpus as u64 * e.compute, used.compute_bytes());
+            assert!(planned >= measured && planned <= gpus as u64 * measured, "compute: {planned} vs {measured}");
+        }
     }
 }
 

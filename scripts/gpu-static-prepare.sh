@@ -6,13 +6,25 @@
 #
 # CUDA_DIR: a CUDA 13.0 compiler from the pip packages nvidia-cuda-nvcc, nvidia-cuda-crt,
 # nvidia-nvvm, nvidia-cuda-runtime, nvidia-cuda-cccl and nvidia-cublas (their nvidia/cu13
-# folder). Compiling ggml-cuda for one architecture takes about 40 minutes on 2 cores.
+# folder); without it they are installed into $TARGET_DIR/cuda-pip. Compiling ggml-cuda for
+# one architecture takes about 40 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-cuda=${CUDA_DIR:?set CUDA_DIR to the nvidia/cu13 folder of the pip CUDA packages}
 target=${TARGET_DIR:-$root/target-cuda}
 arch=${CMAKE_CUDA_ARCHITECTURES:-90}
+if [[ -z ${CUDA_DIR:-} ]]; then
+    site=$target/cuda-pip
+    if [[ ! -e $site/nvidia/cu13/bin/nvcc ]]; then
+        echo "installing the CUDA 13.0 compiler packages into $site" >&2
+        python3 -m pip install --quiet --no-deps --target "$site" "nvidia-cuda-nvcc==13.0.*" \
+            "nvidia-cuda-crt==13.0.*" "nvidia-nvvm==13.0.*" "nvidia-cuda-runtime==13.0.*" \
+            "nvidia-cuda-cccl==13.0.*" "nvidia-cublas>=13,<14"
+    fi
+    CUDA_DIR=$site/nvidia/cu13
+fi
+cuda=$CUDA_DIR
+chmod +x "$cuda"/bin/* "$cuda"/nvvm/bin/* 2>/dev/null || true
 
 # The layout CMake and llama-cpp-sys-2 look for.
 [[ -e $cuda/lib64 ]] || ln -s lib "$cuda/lib64"

@@ -106,6 +106,12 @@ enum Command {
         /// GPU layers (a number or all).
         #[arg(long, default_value = "all")]
         gpu_layers: String,
+        /// Several GPUs: layer (default), row or none (the model on --main-gpu alone).
+        #[arg(long, default_value = "layer")]
+        split_mode: String,
+        /// The GPU for --split-mode none.
+        #[arg(long, default_value_t = 0)]
+        main_gpu: u32,
         /// CPU threads.
         #[arg(short, long)]
         threads: Option<u32>,
@@ -253,6 +259,22 @@ fn init_logging(verbose: u8) {
 type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
 
 /// Loads the model; returns it with the context length the fit chose, if it ran.
+fn parse_gpu_layers(s: &str) -> AnyResult<GpuLayers> {
+    match s {
+        "all" | "-1" => Ok(GpuLayers::All),
+        n => Ok(GpuLayers::Count(n.parse().map_err(|_| format!("--gpu-layers must be a number or `all`, not {n:?}"))?)),
+    }
+}
+
+fn parse_split_mode(s: &str) -> AnyResult<SplitMode> {
+    match s {
+        "layer" => Ok(SplitMode::Layer),
+        "row" => Ok(SplitMode::Row),
+        "none" => Ok(SplitMode::None),
+        o => Err(format!("--split-mode must be layer, row or none, not {o:?}").into()),
+    }
+}
+
 fn load_model(opts: &GenOpts) -> AnyResult<(Model, Option<u32>)> {
     let path = match &opts.model {
         Some(m) => rocm_llama::models::resolve(m, &rocm_llama::models::default_dir())?,
@@ -265,19 +287,8 @@ fn load_model(opts: &GenOpts) -> AnyResult<(Model, Option<u32>)> {
         )
         .into());
     }
-    let explicit_layers = match opts.gpu_layers.as_deref() {
-        None => None,
-        Some("all" | "-1") => Some(GpuLayers::All),
-        Some(n) => {
-            Some(GpuLayers::Count(n.parse().map_err(|_| format!("--gpu-layers must be a number or `all`, not {n:?}"))?))
-        }
-    };
-    let split_mode = match opts.split_mode.as_str() {
-        "layer" => SplitMode::Layer,
-        "row" => SplitMode::Row,
-        "none" => SplitMode::None,
-        o => return Err(format!("--split-mode must be layer, row or none, not {o:?}").into()),
-    };
+    let explicit_layers = opts.gpu_layers.as_deref().map(parse_gpu_layers).transpose()?;
+    let split_mode = parse_split_mode(&opts.split_mode)?;
     // Fit layers and context to free memory unless the user fixed both or opted out.
     let mut fitted_ctx = None;
     let mut gpu_layers = explicit_layers.unwrap_or_default();
@@ -631,7 +642,7 @@ fn cmd_pull(source: &str, dir: Option<PathBuf>, sha256: Option<String>) -> AnyRe
 
 fn cmd_bench(
     model: Option<String>,
-    gpu_layers: &str,
+    load: LoadConfig,
     cfg: rocm_llama::bench::BenchConfig,
     json: bool,
     plot: Option<PathBuf>,
@@ -641,11 +652,7 @@ fn cmd_bench(
         Some(m) => rocm_llama::models::resolve(&m, &rocm_llama::models::default_dir())?,
         None => default_model().ok_or("no model: pass --model")?,
     };
-    let gpu_layers = match gpu_layers {
-        "all" | "-1" => GpuLayers::All,
-        n => GpuLayers::Count(n.parse().map_err(|_| format!("--gpu-layers must be a number or `all`, not {n:?}"))?),
-    };
-    let model = Arc::new(Model::load(&path, &LoadConfig { gpu_layers, ..Default::default() })?);
+    let model = Arc::new(Model::load(&path, &load)?);
     let spinner = indicatif::ProgressBar::new_spinner();
     spinner.set_style(
         indicatif::ProgressStyle::with_template("{spinner} [{elapsed}] {msg}")
@@ -812,11 +819,19 @@ fn main() -> ExitCode {
             concurrent_tokens,
             kv_type,
             gpu_layers,
+            split_mode,
+            main_gpu,
             threads,
             json,
             plot,
             save,
         } => (|| -> AnyResult<()> {
+            let load = LoadConfig {
+                gpu_layers: parse_gpu_layers(&gpu_layers)?,
+                split_mode: parse_split_mode(&split_mode)?,
+                main_gpu,
+                ..Default::default()
+            };
             let cfg = rocm_llama::bench::BenchConfig {
                 n_prompt: prompt,
                 n_gen: gen,
@@ -830,7 +845,7 @@ fn main() -> ExitCode {
                 threads,
                 ..Default::default()
             };
-            cmd_bench(model, &gpu_layers, cfg, json, plot, save)
+            cmd_bench(model, load, cfg, json, plot, save)
         })(),
         Command::Synth { shape, ty, output, threads, seed, tokenizer_from, tokenizer_only } => {
             cmd_synth(SynthArgs { shape, ty, output, threads, seed, tokenizer_from, tokenizer_only })

@@ -266,6 +266,7 @@ fn the_layer_split_uses_every_discrete_gpu_or_else_the_integrated_one() {
     ];
     let r = devices::report(&root, &env, devs, None);
     assert_eq!(r.split_gpus(), vec![("ROCm0".to_string(), 14 * GIB), ("ROCm1".to_string(), 15 * GIB)]);
+    assert!(r.table().contains("a model's layers are split over: ROCm0, ROCm1"), "{}", r.table());
     // A card and an iGPU: the card alone.
     let root = tree("card-and-igpu", true, &[rx7800xt(), igpu780m()]);
     let devs = vec![
@@ -275,6 +276,7 @@ fn the_layer_split_uses_every_discrete_gpu_or_else_the_integrated_one() {
     ];
     let r = devices::report(&root, &env, devs, None);
     assert_eq!(r.split_gpus(), vec![("ROCm0".to_string(), 15 * GIB)]);
+    assert!(r.table().contains("models are offloaded to: ROCm0\n"), "{}", r.table());
     // Only an iGPU: it is used.
     let root = tree("igpu-only", true, &[igpu780m()]);
     let r =

@@ -430,6 +430,16 @@ impl DeviceReport {
                 d.description
             ));
         }
+        let split = self.split_gpus();
+        if !split.is_empty() {
+            let names: Vec<&str> = split.iter().map(|(n, _)| n.as_str()).collect();
+            if split.len() > 1 {
+                let names = names.join(", ");
+                out.push_str(&format!("\na model's layers are split over: {names} (one GPU: --split-mode none)\n"));
+            } else {
+                out.push_str(&format!("\nmodels are offloaded to: {}\n", names[0]));
+            }
+        }
         for w in &self.warnings {
             out.push_str(&format!("warning: {w}\n"));
         }

@@ -110,7 +110,9 @@ impl Tokenizer {
     /// Reads the tokenizer of a model, or of a file that [`Tokenizer::write_to`] made.
     pub fn from_gguf(path: impl AsRef<Path>) -> Result<Tokenizer> {
         let path = path.as_ref();
-        let opts = ReadOptions { max_array_len: u64::MAX, check_tensor_bounds: false };
+        // Vocabularies and merge lists run to a few hundred thousand entries; a longer array
+        // is not kept (a tokens list that long is then an error, not gigabytes of memory).
+        let opts = ReadOptions { max_array_len: 1 << 22, check_tensor_bounds: false };
         let file = GgufFile::open_with(path, opts)?;
         let entries: Vec<(String, Value)> =
             file.metadata.into_iter().filter(|(k, _)| k.starts_with("tokenizer.")).collect();

@@ -53,8 +53,8 @@ impl Source {
         path.rsplit('/').next().unwrap_or("model.gguf").to_string()
     }
 
-    /// The download URL; `hf_endpoint` replaces `https://huggingface.co` (as `HF_ENDPOINT`
-    /// does for Hugging Face's own tools).
+    /// The download URL; an `hf:` source is resolved against `hf_endpoint`, the hub's address
+    /// (what `HF_ENDPOINT` holds for Hugging Face's own tools).
     pub fn url(&self, hf_endpoint: &str) -> String {
         match self {
             Source::Url(u) => u.clone(),
@@ -102,7 +102,8 @@ pub struct PullOptions {
     /// The expected sha256 (hex) of the file (single-file models). Hugging Face's
     /// `X-Linked-ETag` is used when this is not given.
     pub sha256: Option<String>,
-    /// Replaces `https://huggingface.co` (default: `HF_ENDPOINT`).
+    /// The hub's address that `hf:` sources resolve against (default: `HF_ENDPOINT`; empty
+    /// when that is unset, and then `hf:` sources are an error that says so).
     pub hf_endpoint: String,
     /// How often a broken transfer is resumed before giving up.
     pub retries: u32,
@@ -116,7 +117,7 @@ impl PullOptions {
         PullOptions {
             dir: dir.into(),
             sha256: None,
-            hf_endpoint: std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into()),
+            hf_endpoint: std::env::var("HF_ENDPOINT").unwrap_or_default(),
             retries: 5,
             progress: None,
         }
@@ -127,6 +128,11 @@ impl PullOptions {
 /// (`name-00001-of-0000N.gguf`), every shard. Returns the files written (or already there).
 pub fn pull(source: &str, opts: &PullOptions) -> Result<Vec<PathBuf>> {
     let src = Source::parse(source)?;
+    if matches!(src, Source::HuggingFace { .. }) && opts.hf_endpoint.trim().is_empty() {
+        return Err(Error::InvalidConfig(format!(
+            "{source:?}: hf: sources need the hub's address: set HF_ENDPOINT (or PullOptions::hf_endpoint)"
+        )));
+    }
     std::fs::create_dir_all(&opts.dir).map_err(|e| Error::Io { path: opts.dir.clone(), source: e })?;
     let name = src.file_name();
     let files: Vec<(Source, String)> = match shard_parts(&name) {
@@ -280,6 +286,14 @@ fn fetch(url: &str, dest: &Path, expected: Option<String>, opts: &PullOptions) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_hf_source_without_an_endpoint_says_what_to_set() {
+        let mut o = PullOptions::new(std::env::temp_dir().join("rocm-llama-pull-no-endpoint"));
+        o.hf_endpoint = String::new();
+        let err = pull("hf:org/repo/m.gguf", &o).unwrap_err();
+        assert!(matches!(&err, Error::InvalidConfig(m) if m.contains("HF_ENDPOINT")), "{err}");
+    }
 
     #[test]
     fn sources() {

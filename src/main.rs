@@ -106,12 +106,8 @@ enum Command {
         /// GPU layers (a number or all).
         #[arg(long, default_value = "all")]
         gpu_layers: String,
-        /// Several GPUs: layer (default), row or none (the model on --main-gpu alone).
-        #[arg(long, default_value = "layer")]
-        split_mode: String,
-        /// The GPU for --split-mode none.
-        #[arg(long, default_value_t = 0)]
-        main_gpu: u32,
+        #[command(flatten)]
+        split: SplitArgs,
         /// CPU threads.
         #[arg(short, long)]
         threads: Option<u32>,
@@ -165,6 +161,29 @@ enum Command {
     },
 }
 
+/// How a model goes onto several GPUs (`run`, `chat`, `bench`).
+#[derive(Args, Clone)]
+struct SplitArgs {
+    /// Several GPUs: `layer` spreads whole layers over all of them (default), `row` splits
+    /// each weight's rows, `none` puts the model on --main-gpu alone.
+    #[arg(long, default_value = "layer")]
+    split_mode: String,
+    /// The GPU for --split-mode none (an index among the GPUs llama.cpp uses).
+    #[arg(long, default_value_t = 0)]
+    main_gpu: u32,
+}
+
+impl SplitArgs {
+    fn mode(&self) -> AnyResult<SplitMode> {
+        match self.split_mode.as_str() {
+            "layer" => Ok(SplitMode::Layer),
+            "row" => Ok(SplitMode::Row),
+            "none" => Ok(SplitMode::None),
+            o => Err(format!("--split-mode must be layer, row or none, not {o:?}").into()),
+        }
+    }
+}
+
 #[derive(Args, Clone)]
 struct GenOpts {
     /// A GGUF file, or a model name from `rocm-llama models`.
@@ -182,13 +201,8 @@ struct GenOpts {
     /// Do not fit layers and context to free memory; use --gpu-layers/--ctx or llama.cpp's defaults.
     #[arg(long)]
     no_fit: bool,
-    /// Several GPUs: `layer` spreads whole layers over all of them (default), `row` splits
-    /// each weight's rows, `none` puts the model on --main-gpu alone.
-    #[arg(long, default_value = "layer")]
-    split_mode: String,
-    /// The GPU for --split-mode none (an index among the GPUs llama.cpp uses).
-    #[arg(long, default_value_t = 0)]
-    main_gpu: u32,
+    #[command(flatten)]
+    split: SplitArgs,
     /// CPU threads (default: the cores this process may use).
     #[arg(short, long)]
     threads: Option<u32>,
@@ -266,15 +280,6 @@ fn parse_gpu_layers(s: &str) -> AnyResult<GpuLayers> {
     }
 }
 
-fn parse_split_mode(s: &str) -> AnyResult<SplitMode> {
-    match s {
-        "layer" => Ok(SplitMode::Layer),
-        "row" => Ok(SplitMode::Row),
-        "none" => Ok(SplitMode::None),
-        o => Err(format!("--split-mode must be layer, row or none, not {o:?}").into()),
-    }
-}
-
 fn load_model(opts: &GenOpts) -> AnyResult<(Model, Option<u32>)> {
     let path = match &opts.model {
         Some(m) => rocm_llama::models::resolve(m, &rocm_llama::models::default_dir())?,
@@ -288,7 +293,7 @@ fn load_model(opts: &GenOpts) -> AnyResult<(Model, Option<u32>)> {
         .into());
     }
     let explicit_layers = opts.gpu_layers.as_deref().map(parse_gpu_layers).transpose()?;
-    let split_mode = parse_split_mode(&opts.split_mode)?;
+    let split_mode = opts.split.mode()?;
     // Fit layers and context to free memory unless the user fixed both or opted out.
     let mut fitted_ctx = None;
     let mut gpu_layers = explicit_layers.unwrap_or_default();
@@ -297,7 +302,7 @@ fn load_model(opts: &GenOpts) -> AnyResult<(Model, Option<u32>)> {
             n_ctx: opts.ctx,
             max_ctx: opts.max_ctx,
             flash_attention: opts.flash_attn == "on",
-            single_gpu: (split_mode == SplitMode::None).then_some(opts.main_gpu),
+            single_gpu: (split_mode == SplitMode::None).then_some(opts.split.main_gpu),
             ..Default::default()
         };
         let (cfg, plan) = LoadConfig::fit(&path, &fit_opts)?;
@@ -315,7 +320,7 @@ fn load_model(opts: &GenOpts) -> AnyResult<(Model, Option<u32>)> {
         gpu_layers = cfg.gpu_layers;
         fitted_ctx = Some(plan.n_ctx);
     }
-    let mut config = LoadConfig { gpu_layers, split_mode, main_gpu: opts.main_gpu, ..Default::default() };
+    let mut config = LoadConfig { gpu_layers, split_mode, main_gpu: opts.split.main_gpu, ..Default::default() };
     let bar = (!opts.no_progress).then(|| {
         let bar = indicatif::ProgressBar::new(100);
         bar.set_style(
@@ -751,12 +756,13 @@ fn memory_line(model: &Model, ctx: &Context<'_>) -> String {
     let report = rocm_llama::devices();
     // Free memory of each GPU the model and context hold buffers on, else of the host.
     let used = |name: &str| m.weights.iter().chain(&m.kv).chain(&m.compute).any(|b| b.name == name);
+    let split = report.split_gpus();
     let gpus: Vec<String> = report
         .backend_devices
         .iter()
         .filter(|d| d.kind != rocm_llama::devices::DeviceKind::Cpu && used(&d.name))
         .map(|d| {
-            let free = report.split_gpus().into_iter().find(|(n, _)| *n == d.name).map_or(d.free, |(_, f)| f);
+            let free = split.iter().find(|(n, _)| *n == d.name).map_or(d.free, |(_, f)| *f);
             format!("{} of {} on {}", rocm_llama::vram::gib(free), rocm_llama::vram::gib(d.total), d.name)
         })
         .collect();
@@ -819,8 +825,7 @@ fn main() -> ExitCode {
             concurrent_tokens,
             kv_type,
             gpu_layers,
-            split_mode,
-            main_gpu,
+            split,
             threads,
             json,
             plot,
@@ -828,8 +833,8 @@ fn main() -> ExitCode {
         } => (|| -> AnyResult<()> {
             let load = LoadConfig {
                 gpu_layers: parse_gpu_layers(&gpu_layers)?,
-                split_mode: parse_split_mode(&split_mode)?,
-                main_gpu,
+                split_mode: split.mode()?,
+                main_gpu: split.main_gpu,
                 ..Default::default()
             };
             let cfg = rocm_llama::bench::BenchConfig {

@@ -61,6 +61,7 @@ fn fit_estimate_matches_the_measured_breakdown() {
     let shape = ModelShape::from_gguf(&GgufFile::open(model.path()).unwrap()).unwrap();
     assert_eq!(shape.n_layer, 18);
     assert_eq!(shape.kv_bytes_per_token(Default::default(), Default::default()), 18 * 512 * 2);
+    let gpus = rocm_llama::devices::devices().split_gpus().len();
     for (n_ctx, fa) in [(1024u32, FlashAttention::Off), (4096, FlashAttention::Off), (4096, FlashAttention::On)] {
         let ctx = Context::new(model, &ContextConfig::default().n_ctx(n_ctx).threads(1).flash_attention(fa)).unwrap();
         let opts = FitOptions { flash_attention: fa == FlashAttention::On, ..Default::default() };
@@ -71,7 +72,6 @@ fn fit_estimate_matches_the_measured_breakdown() {
         let used = ctx.memory_usage();
         within(e.weights_host + e.weights_device, weights, "weights");
         within(e.kv_host + e.kv_device, used.kv_bytes(), "KV cache");
-        let gpus = rocm_llama::devices::devices().split_gpus().len();
         if gpus <= 1 {
             within(e.compute, used.compute_bytes(), "compute");
             within(e.total(), weights + used.kv_bytes() + used.compute_bytes(), "total");

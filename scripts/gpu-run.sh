@@ -6,10 +6,7 @@
 #      against them: devices, a synthetic llama3-8b Q4_K_M, a fitted run, and the bench.
 # Results go to $OUT (default ./gpu-out). Prepare the two .dev files with scripts/gpu-prepare.sh.
 set -uo pipefail
-OUT="${OUT:-$PWD/gpu-out}"
-W="${WORK:-/root/work}"
-mkdir -p "$OUT" "$W"
-log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$OUT/run.log"; }
+source scripts/gpu-env.sh
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 nproc | tee -a "$OUT/gpu.txt"

@@ -9,10 +9,7 @@
 # TESTS=0 skips the tests; BENCH_SHAPE (default gemma3-270m, the test model) picks the bench
 # model, e.g. llama3-8b (synthesized as Q4_K_M, about 2 minutes on 16 cores).
 set -uo pipefail
-OUT="${OUT:-$PWD/gpu-out}"
-W="${WORK:-/root/work}"
-mkdir -p "$OUT" "$W"
-log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$OUT/run.log"; }
+source scripts/gpu-env.sh
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/info.txt"
 S="$W/static"

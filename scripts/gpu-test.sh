@@ -4,9 +4,7 @@
 # tokenizer (.dev/gemma3-tokenizer.gguf): same architecture, shapes, vocabulary and chat
 # template, random weights. Prepare with scripts/gpu-prepare.sh (which also builds .dev/tests/*).
 set -uo pipefail
-OUT="${OUT:-$PWD/gpu-out}"
-W="${WORK:-/root/work}"
-mkdir -p "$OUT" "$W"
+source scripts/gpu-env.sh
 source scripts/gpu-build-llama.sh
 chmod +x .dev/rocm-llama .dev/tests/*
 # The CLI tests run the binary from the path it was built at.

@@ -341,8 +341,8 @@ fn does_not_fit(shape: &ModelShape, what: &str, free: u64, device: &str, per_gpu
 /// Whether `gpu_layers` and an `n_ctx` context fit `gpus` (name, free bytes) under a layer
 /// split: each GPU holds a share of the offloaded layers and their KV cache in proportion to
 /// its free memory (llama.cpp's default split) and compute buffers as large as one GPU alone
-/// would need (an upper bound: measured on two H200s, the second GPU's buffers were 20% to
-/// 100% of the first's), and the last one the output matrix. Each keeps the margin free.
+/// would need (an upper bound: measured on two H200s on 2026-11-27, the second GPU's buffers
+/// were 20% to 100% of the first's), and the last one the output matrix. Each keeps the margin free.
 fn split_fits(shape: &ModelShape, gpus: &[(String, u64)], gpu_layers: u32, n_ctx: u32, opts: &FitOptions) -> bool {
     let e = estimate(shape, gpu_layers, n_ctx, opts);
     let output = if gpu_layers >= shape.n_layer { shape.output_bytes } else { 0 };
@@ -360,12 +360,12 @@ fn split_fits(shape: &ModelShape, gpus: &[(String, u64)], gpu_layers: u32, n_ctx
 /// smallest context. The plan's device is the GPUs' names joined by `+`, its free bytes their
 /// sum, and its estimate counts the compute buffers of every GPU.
 pub fn plan_gpus(shape: &ModelShape, gpus: &[(String, u64)], opts: &FitOptions) -> Result<FitPlan> {
-    let n_layer = shape.n_layer;
-    let device = gpus.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join("+");
-    let free: u64 = gpus.iter().map(|(_, f)| *f).sum();
     if gpus.is_empty() {
         return Err(Error::DoesNotFit("no GPU to plan for".into()));
     }
+    let n_layer = shape.n_layer;
+    let device = gpus.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join("+");
+    let free: u64 = gpus.iter().map(|(_, f)| *f).sum();
     let max_ctx = opts.max_ctx.min(shape.n_ctx_train).max(opts.min_ctx);
     let done = |gpu_layers: u32, n_ctx: u32| {
         let mut estimate = estimate(shape, gpu_layers, n_ctx, opts);
@@ -397,9 +397,8 @@ impl LoadConfig {
     /// Picks `gpu_layers` (and, in the returned plan, the context length) so that weights,
     /// KV cache and compute buffers fit the free memory of the GPUs llama.cpp would use (all
     /// of them under its default layer split, or the one named by [`FitOptions::single_gpu`]),
-    /// or host memory in a CPU build, minus the margin (on each
-    /// GPU). Errors with [`Error::DoesNotFit`] when not even one layer with the minimal context
-    /// fits.
+    /// or host memory in a CPU build, minus the margin (on each GPU). Errors with
+    /// [`Error::DoesNotFit`] when not even one layer with the minimal context fits.
     pub fn fit(path: impl AsRef<Path>, opts: &FitOptions) -> Result<(LoadConfig, FitPlan)> {
         let file = GgufFile::open(path)?;
         let shape = ModelShape::from_gguf(&file)?;

@@ -197,8 +197,9 @@ fn a_thousand_short_requests_leave_no_cells_and_no_growth() {
     assert_eq!(stats.kv_cells_used, 0);
     assert_eq!(stats.queued, 0);
     // A leak grows the process in every round; one-time growth does not (GPU kernels loaded
-    // lazily, state kept per batch shape: measured alone on an H200 with CUDA on 2026-11-27, steps of 5-7 MiB
-    // in some rounds and under 0.5 MiB in others, with lazy and with eager module loading).
+    // lazily, state kept per batch shape: measured alone on an H200 with CUDA on 2026-11-27,
+    // steps of 5-7 MiB in some rounds and under 0.5 MiB in others, with lazy and with eager
+    // module loading).
     let quietest = rss.windows(2).map(|w| w[1].saturating_sub(w[0])).min().unwrap();
     assert!(quietest < 2 * 1024, "RSS grew in every round of 200 requests, at least {quietest} KiB ({rss:?})");
     assert!(rss[4] < rss[0] + 64 * 1024, "RSS grew by more than 64 MiB over 800 requests ({rss:?})");

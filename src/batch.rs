@@ -12,45 +12,108 @@ pub type SeqId = i32;
 pub type Pos = i32;
 
 /// Tokens for one decode, each with its position, its sequences and whether it produces
-/// logits. Wraps `llama_batch` (allocated by `llama_batch_init`).
+/// logits. Fills a `llama_batch` whose arrays this struct owns.
 ///
 /// Capacity and the number of sequences per token are fixed at creation and checked on
 /// every [`add`](Batch::add): adding past them is an error, never an out-of-bounds write.
+/// The arrays are allocated here (fallibly), not by `llama_batch_init`, which does not check
+/// its allocations: a size that cannot be allocated is an error, not a crash.
 pub struct Batch {
     raw: sys::llama_batch,
+    tokens: Vec<Token>,
+    pos: Vec<Pos>,
+    n_seq_id: Vec<i32>,
+    /// `capacity * n_seq_max` ids; `seq_ptrs[i]` points at token `i`'s slice of it.
+    seq_storage: Vec<SeqId>,
+    seq_ptrs: Vec<*mut SeqId>,
+    logits: Vec<i8>,
     capacity: usize,
     n_seq_max: usize,
 }
 
-// SAFETY: the batch owns its heap arrays exclusively; llama.cpp keeps no reference to them
-// after `llama_decode` returns, so moving the owner to another thread is fine. Not `Sync`:
-// `add` mutates through shared arrays.
+// SAFETY: the batch owns its arrays exclusively (the raw pointers point into its own Vecs);
+// llama.cpp keeps no reference to them after `llama_decode` returns, so moving the owner to
+// another thread is fine. Not `Sync`: `add` mutates the arrays.
 unsafe impl Send for Batch {}
+
+/// The most memory one batch's arrays may take: 1 GiB, enough for 65,536 tokens that each
+/// belong to all 256 sequences llama.cpp allows, or 40 million tokens of one sequence.
+pub const MAX_BATCH_BYTES: usize = 1 << 30;
+
+/// Makes a vector of `n` copies of `value`, or an error when the memory is not there.
+fn try_filled<T: Clone>(n: usize, value: T, what: &str) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)
+        .map_err(|_| Error::InvalidConfig(format!("cannot allocate a batch {what} array of {n} entries")))?;
+    v.resize(n, value);
+    Ok(v)
+}
 
 impl Batch {
     /// A batch for up to `capacity` tokens, each in at most `n_seq_max` sequences.
-    /// Wraps `llama_batch_init`.
+    ///
+    /// `n_seq_max` is at most llama.cpp's sequence limit (`llama_max_parallel_sequences`,
+    /// 256); `capacity * n_seq_max` sequence ids must fit in memory. Either failing is
+    /// [`Error::InvalidConfig`].
     pub fn new(capacity: usize, n_seq_max: usize) -> Result<Batch> {
         if capacity == 0 || n_seq_max == 0 {
             return Err(Error::InvalidConfig("batch capacity and n_seq_max must be at least 1".into()));
         }
-        let cap = i32::try_from(capacity)
-            .map_err(|_| Error::InvalidConfig(format!("batch capacity {capacity} too large")))?;
-        let seqs =
-            i32::try_from(n_seq_max).map_err(|_| Error::InvalidConfig(format!("n_seq_max {n_seq_max} too large")))?;
-        // SAFETY: positive sizes; `embd == 0` allocates token ids.
-        let raw = unsafe { sys::llama_batch_init(cap, 0, seqs) };
-        if raw.token.is_null()
-            || raw.pos.is_null()
-            || raw.n_seq_id.is_null()
-            || raw.seq_id.is_null()
-            || raw.logits.is_null()
-        {
-            // SAFETY: `llama_batch_free` accepts partially allocated batches (it checks each array).
-            unsafe { sys::llama_batch_free(raw) };
-            return Err(Error::InvalidConfig("llama_batch_init failed to allocate".into()));
+        if i32::try_from(capacity).is_err() {
+            return Err(Error::InvalidConfig(format!("batch capacity {capacity} too large (at most {})", i32::MAX)));
         }
-        Ok(Batch { raw, capacity, n_seq_max })
+        // SAFETY: a pure query.
+        let max_seq = unsafe { sys::llama_max_parallel_sequences() };
+        if n_seq_max > max_seq {
+            return Err(Error::InvalidConfig(format!(
+                "a token can belong to at most {max_seq} sequences (llama.cpp's limit), not {n_seq_max}"
+            )));
+        }
+        // Token, position, sequence count, sequence pointer and output flag per token, plus
+        // `n_seq_max` sequence ids per token.
+        let per_token = 4 + 4 + 4 + std::mem::size_of::<*mut SeqId>() + 1;
+        let bytes = capacity
+            .checked_mul(n_seq_max)
+            .and_then(|ids| ids.checked_mul(4)?.checked_add(capacity.checked_mul(per_token)?));
+        let ids = match bytes {
+            Some(b) if b <= MAX_BATCH_BYTES => capacity * n_seq_max,
+            _ => {
+                return Err(Error::InvalidConfig(format!(
+                    "a batch of {capacity} tokens in up to {n_seq_max} sequences each needs more than {} MiB of arrays \
+                     (the limit here); use fewer tokens per batch or fewer sequences per token",
+                    MAX_BATCH_BYTES >> 20
+                )))
+            }
+        };
+        let tokens = try_filled(capacity, 0, "token")?;
+        let pos = try_filled(capacity, 0, "position")?;
+        let n_seq_id = try_filled(capacity, 0, "sequence count")?;
+        let mut seq_storage = try_filled(ids, 0, "sequence id")?;
+        let mut seq_ptrs = try_filled(capacity, std::ptr::null_mut(), "sequence pointer")?;
+        for (i, p) in seq_ptrs.iter_mut().enumerate() {
+            // SAFETY: `i * n_seq_max < capacity * n_seq_max`, inside `seq_storage`.
+            *p = unsafe { seq_storage.as_mut_ptr().add(i * n_seq_max) };
+        }
+        let logits = try_filled(capacity, 0, "output flag")?;
+        let mut b = Batch {
+            // SAFETY: an all-zero `llama_batch` (null pointers, no tokens) is valid; the
+            // pointers are set just below.
+            raw: unsafe { std::mem::zeroed() },
+            tokens,
+            pos,
+            n_seq_id,
+            seq_storage,
+            seq_ptrs,
+            logits,
+            capacity,
+            n_seq_max,
+        };
+        b.raw.token = b.tokens.as_mut_ptr();
+        b.raw.pos = b.pos.as_mut_ptr();
+        b.raw.n_seq_id = b.n_seq_id.as_mut_ptr();
+        b.raw.seq_id = b.seq_ptrs.as_mut_ptr();
+        b.raw.logits = b.logits.as_mut_ptr();
+        Ok(b)
     }
 
     /// Tokens the batch can hold.
@@ -98,16 +161,12 @@ impl Batch {
         if pos < 0 {
             return Err(Error::InvalidPosition { pos, n_ctx: 0 });
         }
-        // SAFETY: `i < capacity`, the size every array was allocated with, and each
-        // `seq_id[i]` has room for `n_seq_max >= seq_ids.len()` ids.
-        unsafe {
-            *self.raw.token.add(i) = token;
-            *self.raw.pos.add(i) = pos;
-            *self.raw.n_seq_id.add(i) = seq_ids.len() as i32;
-            let dst = *self.raw.seq_id.add(i);
-            std::ptr::copy_nonoverlapping(seq_ids.as_ptr(), dst, seq_ids.len());
-            *self.raw.logits.add(i) = logits as i8;
-        }
+        self.tokens[i] = token;
+        self.pos[i] = pos;
+        self.n_seq_id[i] = seq_ids.len() as i32;
+        let at = i * self.n_seq_max;
+        self.seq_storage[at..at + seq_ids.len()].copy_from_slice(seq_ids);
+        self.logits[i] = logits as i8;
         self.raw.n_tokens += 1;
         Ok(i as i32)
     }
@@ -128,20 +187,17 @@ impl Batch {
 
     /// The tokens added so far.
     pub fn tokens(&self) -> &[Token] {
-        // SAFETY: the first `n_tokens` entries were written by `add`.
-        unsafe { std::slice::from_raw_parts(self.raw.token, self.len()) }
+        &self.tokens[..self.len()]
     }
 
     /// Positions of the tokens added so far.
     pub fn positions(&self) -> &[Pos] {
-        // SAFETY: as for `tokens`.
-        unsafe { std::slice::from_raw_parts(self.raw.pos, self.len()) }
+        &self.pos[..self.len()]
     }
 
     /// Which tokens ask for output.
     pub fn output_flags(&self) -> &[i8] {
-        // SAFETY: as for `tokens`.
-        unsafe { std::slice::from_raw_parts(self.raw.logits, self.len()) }
+        &self.logits[..self.len()]
     }
 
     /// The sequence ids of token `i`.
@@ -149,23 +205,12 @@ impl Batch {
         if i >= self.len() {
             return None;
         }
-        // SAFETY: `i < n_tokens`; `n_seq_id[i]` ids were written at `seq_id[i]`.
-        unsafe {
-            let n = *self.raw.n_seq_id.add(i) as usize;
-            Some(std::slice::from_raw_parts(*self.raw.seq_id.add(i), n))
-        }
+        let at = i * self.n_seq_max;
+        Some(&self.seq_storage[at..at + self.n_seq_id[i] as usize])
     }
 
     pub(crate) fn raw(&self) -> sys::llama_batch {
         self.raw
-    }
-}
-
-impl Drop for Batch {
-    fn drop(&mut self) {
-        // SAFETY: allocated by `llama_batch_init` and freed once. `llama_batch_free` frees the
-        // arrays by pointer, so the current `n_tokens` does not matter.
-        unsafe { sys::llama_batch_free(self.raw) };
     }
 }
 
@@ -199,5 +244,21 @@ mod tests {
         assert_eq!(b.seq_ids(1), Some(&[1][..]));
         assert_eq!(b.seq_ids(2), None);
         assert!(Batch::new(0, 1).is_err());
+    }
+
+    #[test]
+    fn sizes_that_cannot_be_allocated_are_errors() {
+        // llama_batch_init would return unchecked null arrays (a segfault on `add`) or loop for
+        // minutes on these.
+        assert!(matches!(Batch::new(100_000, 1 << 30), Err(Error::InvalidConfig(_))));
+        assert!(matches!(Batch::new(1 << 30, 1 << 30), Err(Error::InvalidConfig(_))));
+        assert!(matches!(Batch::new(usize::MAX, 1), Err(Error::InvalidConfig(_))));
+        assert!(matches!(Batch::new(i32::MAX as usize, 256), Err(Error::InvalidConfig(_))));
+        let mut b = Batch::new(4, 256).unwrap();
+        let all: Vec<SeqId> = (0..256).collect();
+        b.add(7, 0, &all, true).unwrap();
+        b.add(8, 1, &[3], false).unwrap();
+        assert_eq!(b.seq_ids(0).unwrap().len(), 256);
+        assert_eq!(b.seq_ids(1), Some(&[3][..]));
     }
 }

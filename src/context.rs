@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use llama_cpp_sys_2 as sys;
 
-use crate::batch::Batch;
+use crate::batch::{Batch, Pos};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::vocab::Token;
@@ -204,6 +204,19 @@ impl ContextConfig {
                 return bad(format!("n_ctx {n} is too small (at least 8)"));
             }
         }
+        // llama.cpp reserves one output row per sequence inside its logical batch, which it
+        // caps at the context length, and asserts (killing the process) when they do not fit.
+        let n_ctx = self.n_ctx.unwrap_or_else(|| model.n_ctx_train());
+        let effective_batch = self.n_batch.min(n_ctx.max(1));
+        if self.n_seq_max > effective_batch {
+            return bad(format!(
+                "n_seq_max {} needs a batch of at least as many tokens, but n_batch is {}{}: raise n_batch or \
+                 lower n_seq_max",
+                self.n_seq_max,
+                effective_batch,
+                if effective_batch < self.n_batch { format!(" (capped at n_ctx {n_ctx})") } else { String::new() }
+            ));
+        }
         for t in [self.threads, self.threads_batch].into_iter().flatten() {
             if t == 0 || t > 4096 {
                 return bad(format!("thread count {t} must be 1..=4096"));
@@ -212,7 +225,6 @@ impl ContextConfig {
         if self.type_v.is_quantized() && self.flash_attention == FlashAttention::Off {
             return bad("a quantized V cache needs flash attention (auto or on)".into());
         }
-        let _ = model;
         Ok(())
     }
 }
@@ -227,6 +239,7 @@ pub struct Context<'m> {
     n_ctx: u32,
     n_ctx_seq: u32,
     n_batch: u32,
+    n_ubatch: u32,
     n_seq_max: u32,
     /// `outputs[i]`: whether batch index `i` of the last successful decode produced output.
     outputs: Vec<bool>,
@@ -304,11 +317,12 @@ impl<'m> Context<'m> {
             ))
         })?;
         // SAFETY: `ptr` is a live context.
-        let (n_ctx, n_ctx_seq, n_batch, n_seq_max) = unsafe {
+        let (n_ctx, n_ctx_seq, n_batch, n_ubatch, n_seq_max) = unsafe {
             (
                 sys::llama_n_ctx(ptr.as_ptr()),
                 sys::llama_n_ctx_seq(ptr.as_ptr()),
                 sys::llama_n_batch(ptr.as_ptr()),
+                sys::llama_n_ubatch(ptr.as_ptr()),
                 sys::llama_n_seq_max(ptr.as_ptr()),
             )
         };
@@ -323,6 +337,7 @@ impl<'m> Context<'m> {
             n_ctx,
             n_ctx_seq,
             n_batch,
+            n_ubatch,
             n_seq_max,
             outputs: Vec::new(),
             abort,
@@ -413,10 +428,32 @@ impl<'m> Context<'m> {
                 return Err(Error::InvalidPosition { pos: p, n_ctx: self.n_ctx_seq });
             }
         }
-        for i in 0..n {
+        // Within one batch a sequence's positions must rise: llama.cpp rejects falling ones
+        // but takes repeated ones, which corrupt the sequence's cache for later decodes.
+        let mut last = vec![-1 as Pos; self.n_seq_max as usize];
+        for (i, &p) in batch.positions().iter().enumerate() {
             for &s in batch.seq_ids(i).unwrap_or_default() {
                 self.check_seq(s)?;
+                let prev = &mut last[s as usize];
+                if p <= *prev {
+                    return Err(Error::InvalidBatch(format!(
+                        "sequence {s} has position {p} after position {prev} in the same batch (positions of a \
+                         sequence must rise within a batch)",
+                        prev = *prev
+                    )));
+                }
+                *prev = p;
             }
+        }
+        // Non-causal models (embedding encoders) attend over the whole batch at once, which
+        // llama.cpp asserts fits into one micro-batch.
+        // SAFETY: live context; a plain query.
+        if n > self.n_ubatch as usize && !unsafe { sys::llama_get_causal_attn(self.raw()) } {
+            return Err(Error::InvalidBatch(format!(
+                "this model attends over the whole batch at once (non-causal), so a batch holds at most \
+                 n_ubatch = {} tokens, got {n}",
+                self.n_ubatch
+            )));
         }
         Ok(())
     }
@@ -431,15 +468,25 @@ impl<'m> Context<'m> {
     pub fn decode(&mut self, batch: &Batch) -> Result<()> {
         self.check_batch(batch)?;
         self.outputs.clear();
-        // SAFETY: live context; the batch's arrays hold `n_tokens` checked entries and stay
-        // alive for the call.
-        let code = unsafe { sys::llama_decode(self.raw(), batch.raw()) };
+        // llama.cpp logs its reason for a rejected batch; capture it for the error.
+        let (code, log) = crate::backend::capture_log(|| {
+            // SAFETY: live context; the batch's arrays hold `n_tokens` checked entries and
+            // stay alive for the call.
+            unsafe { sys::llama_decode(self.raw(), batch.raw()) }
+        });
         if code == 2 {
             self.abort.store(false, Ordering::SeqCst);
         }
-        Error::check_decode(code)?;
+        Error::check_decode(code, &log)?;
         self.outputs.extend(batch.output_flags().iter().map(|&f| f != 0));
         Ok(())
+    }
+
+    /// Waits until the work of the last decode has finished on every device (decodes on a
+    /// GPU may return before it has). Wraps `llama_synchronize`.
+    pub fn synchronize(&mut self) {
+        // SAFETY: live context.
+        unsafe { sys::llama_synchronize(self.raw()) };
     }
 
     fn check_output(&self, index: i32) -> Result<()> {
@@ -475,8 +522,12 @@ impl<'m> Context<'m> {
         if p.is_null() {
             return Err(Error::NoOutput { index });
         }
-        // SAFETY: the row holds `n_embd` floats until the next decode.
-        Ok(unsafe { std::slice::from_raw_parts(p, self.model.n_embd() as usize) })
+        // SAFETY: llama.cpp's embedding rows hold `n_embd_out` floats (which a GGUF may set
+        // apart from `n_embd`) and live until the next decode.
+        unsafe {
+            let n = sys::llama_model_n_embd_out(self.model.raw());
+            Ok(std::slice::from_raw_parts(p, usize::try_from(n).unwrap_or(0)))
+        }
     }
 
     /// Whether batch index `index` of the last decode has output.

@@ -101,9 +101,10 @@ pub enum Error {
     /// `llama_decode` was aborted by the abort callback (returned 2).
     #[error("decode aborted")]
     Aborted,
-    /// `llama_decode` rejected the batch (returned -1).
-    #[error("llama.cpp rejected the batch as invalid")]
-    InvalidBatch,
+    /// `llama_decode` rejected the batch (returned -1); the text is llama.cpp's reason (e.g.
+    /// positions that do not continue what the sequence's cache holds).
+    #[error("llama.cpp rejected the batch: {0}")]
+    InvalidBatch(String),
     /// `llama_decode` failed with a fatal error (returned below -1 or another code).
     #[error("llama_decode failed with code {0}")]
     Decode(i32),
@@ -175,15 +176,39 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// Maps a `llama_decode` return code to `Ok` or the error it stands for.
-    pub(crate) fn check_decode(code: i32) -> Result<()> {
+    /// Maps `llama_decode`'s return code; `log` is what llama.cpp logged during the call,
+    /// whose last lines carry its reason for a rejected batch.
+    pub(crate) fn check_decode(code: i32, log: &[String]) -> Result<()> {
         match code {
             0 => Ok(()),
             1 => Err(Error::NoKvSlot),
             2 => Err(Error::Aborted),
-            -1 => Err(Error::InvalidBatch),
+            -1 => Err(Error::InvalidBatch(llama_reason(log).unwrap_or_else(|| "no reason logged".into()))),
             other => Err(Error::Decode(other)),
         }
     }
+}
+
+/// llama.cpp's reason from the log lines of one failed call: the first line that reads as an
+/// error (the root cause; the lines after it report the failure travelling up the call
+/// chain), with llama.cpp's `function: ` prefix and line breaks folded into one line.
+pub(crate) fn llama_reason(log: &[String]) -> Option<String> {
+    let line = log
+        .iter()
+        .find(|l| {
+            let l = l.to_ascii_lowercase();
+            ["error", "failed", "invalid", "inconsistent", "not allowed", "not continuous", "required", "exceed"]
+                .iter()
+                .any(|w| l.contains(w))
+        })
+        .or_else(|| log.last())?;
+    let folded = line.split_whitespace().collect::<Vec<_>>().join(" ");
+    // "llama_batch_allocr::init: the tokens ..." -> "the tokens ..."
+    let text = match folded.split_once(": ") {
+        Some((head, rest)) if !head.contains(' ') => rest.to_string(),
+        _ => folded,
+    };
+    (!text.is_empty()).then_some(text)
 }
 
 /// Turns a Rust string into a C string, or `Error::NulByte` naming `what`.
@@ -197,12 +222,25 @@ mod tests {
 
     #[test]
     fn decode_codes_map_to_errors() {
-        assert!(Error::check_decode(0).is_ok());
-        assert!(matches!(Error::check_decode(1), Err(Error::NoKvSlot)));
-        assert!(matches!(Error::check_decode(2), Err(Error::Aborted)));
-        assert!(matches!(Error::check_decode(-1), Err(Error::InvalidBatch)));
-        assert!(matches!(Error::check_decode(-3), Err(Error::Decode(-3))));
-        assert!(matches!(Error::check_decode(7), Err(Error::Decode(7))));
+        assert!(Error::check_decode(0, &[]).is_ok());
+        assert!(matches!(Error::check_decode(1, &[]), Err(Error::NoKvSlot)));
+        assert!(matches!(Error::check_decode(2, &[]), Err(Error::Aborted)));
+        assert!(matches!(Error::check_decode(-1, &[]), Err(Error::InvalidBatch(r)) if r == "no reason logged"));
+        assert!(matches!(Error::check_decode(-3, &[]), Err(Error::Decode(-3))));
+        assert!(matches!(Error::check_decode(7, &[]), Err(Error::Decode(7))));
+        let log = vec![
+            "decode: something routine".to_string(),
+            "init: the tokens of sequence 0 in the input batch have inconsistent sequence positions:\n - X = 4\n - Y = 0"
+                .to_string(),
+            "decode: failed to initialize batch".to_string(),
+            "llama_decode: failed to decode, ret = -1".to_string(),
+        ];
+        // The root cause comes first; the lines after it only report the failure upwards.
+        let r = llama_reason(&log).unwrap();
+        assert_eq!(
+            r,
+            "the tokens of sequence 0 in the input batch have inconsistent sequence positions: - X = 4 - Y = 0"
+        );
     }
 
     #[test]

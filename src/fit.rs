@@ -69,7 +69,16 @@ impl ModelShape {
             .ok_or_else(|| Error::InvalidConfig("GGUF has no general.architecture".into()))?
             .to_string();
         let need = |k: &str| f.arch_u64(k).ok_or_else(|| Error::InvalidConfig(format!("GGUF has no {arch}.{k}")));
-        let n_layer = need("block_count")? as u32;
+        let n_layer = need("block_count")?;
+        // Per-layer vectors are sized by this number: bound it before allocating (llama.cpp
+        // itself takes 1..=512).
+        if n_layer == 0 || n_layer > crate::model::MAX_LAYERS {
+            return Err(Error::InvalidConfig(format!(
+                "GGUF's {arch}.block_count is {n_layer}; llama.cpp takes 1..={} layers",
+                crate::model::MAX_LAYERS
+            )));
+        }
+        let n_layer = n_layer as u32;
         let n_embd = need("embedding_length")?;
         let n_head = match f.get(&format!("{arch}.attention.head_count")) {
             Some(Value::Array { values: Some(v), .. }) => v.iter().filter_map(Value::as_u64).max().unwrap_or(1),

@@ -84,11 +84,32 @@ impl Context<'_> {
         Ok(())
     }
 
-    /// Adds `delta` to the positions `range` of `seq` (context shifting). Errors when the
-    /// memory cannot shift (e.g. recurrent models). Wraps `llama_memory_seq_add`.
+    /// Adds `delta` to the positions `range` of `seq` (context shifting); cells shifted below
+    /// position 0 are removed. Errors when the memory cannot shift (e.g. recurrent models) and
+    /// when a shifted position would land at or past the sequence's context length
+    /// ([`Error::InvalidPosition`]): positions there overflow or break later decodes.
+    /// Wraps `llama_memory_seq_add`.
     pub fn seq_shift(&mut self, seq: SeqId, range: impl RangeBounds<Pos>, delta: Pos) -> Result<()> {
         self.check_seq(seq)?;
         let (p0, p1) = to_c_range(range)?;
+        let n_ctx = self.n_ctx_seq();
+        if delta.unsigned_abs() > n_ctx {
+            return Err(Error::InvalidPosition { pos: delta, n_ctx });
+        }
+        if delta > 0 {
+            // The highest position that moves: the sequence's last one, or the range's end.
+            let top = match (self.seq_pos_max(seq)?, p1) {
+                (None, _) => None,
+                (Some(max), -1) => Some(max),
+                (Some(max), end) => Some(max.min(end - 1)),
+            };
+            if let Some(top) = top.filter(|&t| t >= p0.max(0)) {
+                let moved = top.saturating_add(delta);
+                if moved as i64 >= n_ctx as i64 {
+                    return Err(Error::InvalidPosition { pos: moved, n_ctx });
+                }
+            }
+        }
         // SAFETY: valid memory handle.
         if !unsafe { sys::llama_memory_can_shift(self.mem()) } {
             return Err(Error::InvalidConfig("this model's memory cannot shift positions".into()));

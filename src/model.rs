@@ -150,19 +150,68 @@ pub(crate) fn check_gguf_header(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Rejects files llama.cpp would load and then abort on while computing: truncated tensor
-/// data, and 1-D norm weights that are not F32 (its CPU kernels assert on them).
-fn check_tensors(path: &Path) -> Result<()> {
-    let file = crate::gguf::GgufFile::open(path)?;
+/// llama.cpp's bound on `block_count` (`LLAMA_MAX_LAYERS`), which it asserts on.
+pub const MAX_LAYERS: u64 = 512;
+
+/// Vocabularies longer than this are refused before llama.cpp reads them (the largest
+/// published ones hold about 260,000 tokens).
+pub const MAX_VOCAB: u64 = 1 << 22;
+
+/// Rejects files on which llama.cpp would abort (an assert kills the process) rather than
+/// return an error: a `block_count` of 0 or above [`MAX_LAYERS`], more next-token layers
+/// than blocks, two vocabulary entries with the same text, truncated tensor data, and 1-D
+/// norm weights that are not F32 (its CPU kernels assert on them while computing).
+fn check_contents(path: &Path) -> Result<()> {
+    use crate::gguf::{GgufFile, ReadOptions, Value};
+    let opts = ReadOptions { max_array_len: MAX_VOCAB, ..ReadOptions::default() };
+    let file = GgufFile::open_with(path, opts)?;
+    let bad = |reason: String| Err(Error::NotGguf { path: path.to_path_buf(), reason });
     if let Some(t) = file.tensors.iter().find(|t| t.dims.len() == 1 && t.name.contains("norm") && t.ggml_type != 0) {
-        return Err(Error::NotGguf {
-            path: path.to_path_buf(),
-            reason: format!(
-                "1-D tensor {} is {}, but llama.cpp needs norm weights in F32 (it would abort while computing)",
-                t.name,
-                crate::gguf::ggml_type_name(t.ggml_type)
-            ),
-        });
+        return bad(format!(
+            "1-D tensor {} is {}, but llama.cpp needs norm weights in F32 (it would abort while computing)",
+            t.name,
+            crate::gguf::ggml_type_name(t.ggml_type)
+        ));
+    }
+    if let Some(arch) = file.architecture() {
+        if arch != "clip" {
+            if let Some(layers) = file.arch_u64("block_count") {
+                if layers == 0 || layers > MAX_LAYERS {
+                    return bad(format!("{arch}.block_count is {layers}; llama.cpp takes 1..={MAX_LAYERS} layers"));
+                }
+                if let Some(nextn) = file.arch_u64("nextn_predict_layers").filter(|&n| n > layers) {
+                    return bad(format!("{arch}.nextn_predict_layers {nextn} exceeds block_count {layers}"));
+                }
+            }
+        }
+    }
+    match file.get("tokenizer.ggml.tokens") {
+        Some(Value::Array { values: Some(tokens), .. }) => {
+            // llama.cpp maps each text to its id and asserts that no text appears twice
+            // (empty texts become "[EMPTY_<id>]" first). Texts that are not valid UTF-8 were
+            // read with U+FFFD in place of the bad bytes, so two different ones could look
+            // alike here: those are left out rather than wrongly refused.
+            let mut seen = std::collections::HashSet::with_capacity(tokens.len());
+            for (i, t) in tokens.iter().enumerate() {
+                let text = match t.as_str() {
+                    Some("") => std::borrow::Cow::Owned(format!("[EMPTY_{i}]")),
+                    Some(s) if s.contains('\u{FFFD}') => continue,
+                    Some(s) => std::borrow::Cow::Borrowed(s),
+                    None => return bad("tokenizer.ggml.tokens is not a list of strings".into()),
+                };
+                if let Some(first) = seen.replace(text) {
+                    return bad(format!(
+                        "the vocabulary lists the token text {:?} twice (the second time as id {i}); llama.cpp \
+                         needs every token text once",
+                        first.chars().take(40).collect::<String>()
+                    ));
+                }
+            }
+        }
+        Some(Value::Array { values: None, len, .. }) => {
+            return bad(format!("the vocabulary has {len} tokens, more than the {MAX_VOCAB} accepted here"));
+        }
+        _ => {}
     }
     Ok(())
 }
@@ -195,7 +244,7 @@ impl Model {
         let path = path.as_ref();
         crate::backend::init();
         check_gguf_header(path)?;
-        check_tensors(path)?;
+        check_contents(path)?;
         let path_str =
             path.to_str().ok_or_else(|| Error::InvalidConfig(format!("model path {} is not UTF-8", path.display())))?;
         let c_path = c_string("model path", path_str)?;

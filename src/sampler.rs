@@ -25,6 +25,12 @@ pub struct Sampler<'m> {
     /// The chain starts with top-k (nothing before it looks at other tokens): `sample_logits`
     /// hands llama.cpp only the k best candidates instead of the whole vocabulary.
     prefilter_k: Option<usize>,
+    /// The model's vocabulary size: every token and every logits row is checked against it.
+    n_vocab: usize,
+    /// Index of the grammar stage in the chain. llama.cpp's grammar throws a C++ exception
+    /// (which aborts the process when it reaches Rust) when it is made to accept a token it
+    /// does not allow, so every token is checked against this stage before it is accepted.
+    grammar_stage: Option<i32>,
     _model: PhantomData<&'m Model>,
 }
 
@@ -48,12 +54,15 @@ impl<'m> Sampler<'m> {
                 scratch: Vec::new(),
                 greedy_only: false,
                 prefilter_k: None,
+                n_vocab: usize::try_from(model.vocab().n_tokens()).unwrap_or(0),
+                grammar_stage: None,
                 _model: PhantomData,
             }),
             model,
             error: None,
             stages: Vec::new(),
             first_top_k: None,
+            grammar_stage: None,
         }
     }
 
@@ -63,10 +72,15 @@ impl<'m> Sampler<'m> {
     }
 
     /// Samples a token from batch index `index` of the context's last decode and accepts it
-    /// into the chain's state (penalties, grammar). Wraps `llama_sampler_sample`.
+    /// into the chain's state (penalties, grammar). Wraps `llama_sampler_sample`; a chain
+    /// with a grammar goes through [`sample_logits`](Sampler::sample_logits) instead, so that
+    /// the grammar's verdict is checked before the token is accepted.
     pub fn sample(&mut self, ctx: &Context<'m>, index: i32) -> Result<Token> {
         if !ctx.has_output(index) {
             return Err(Error::NoOutput { index });
+        }
+        if self.grammar_stage.is_some() {
+            return self.sample_logits(ctx.logits(index)?);
         }
         // SAFETY: live sampler and context; `index` produced logits in the last decode.
         let t = unsafe { sys::llama_sampler_sample(self.ptr.as_ptr(), ctx.raw(), index) };
@@ -75,9 +89,19 @@ impl<'m> Sampler<'m> {
     }
 
     /// Samples from raw logits (e.g. a row of [`Context::logits`], possibly on another
-    /// thread). Wraps `llama_sampler_apply`; the chosen token is accepted into the chain, as
-    /// `llama_sampler_sample` does, so both give the same tokens.
+    /// thread): one logit per vocabulary token, so `logits.len()` must be the model's
+    /// vocabulary size ([`Error::InvalidConfig`] otherwise). Wraps `llama_sampler_apply`; the
+    /// chosen token is accepted into the chain, as `llama_sampler_sample` does, so both give
+    /// the same tokens. With a grammar, a state in which the grammar allows no token at all is
+    /// [`Error::Grammar`].
     pub fn sample_logits(&mut self, logits: &[f32]) -> Result<Token> {
+        if logits.len() != self.n_vocab {
+            return Err(Error::InvalidConfig(format!(
+                "sample_logits takes one logit per vocabulary token ({}), got {}",
+                self.n_vocab,
+                logits.len()
+            )));
+        }
         if self.greedy_only {
             // Greedy alone needs no candidate array: the first maximum, as llama.cpp's greedy
             // sampler picks it.
@@ -88,7 +112,7 @@ impl<'m> Sampler<'m> {
                 }
             }
             let (t, _) = best.ok_or_else(|| Error::InvalidConfig("no logits to sample from".into()))?;
-            self.accept(t as Token);
+            self.accept(t as Token)?;
             return Ok(t as Token);
         }
         let mut data = std::mem::take(&mut self.scratch);
@@ -121,15 +145,54 @@ impl<'m> Sampler<'m> {
         })?;
         // SAFETY: `sel < size`; samplers may reorder `data` in place but keep it within `size`.
         let t = unsafe { (*arr.data.add(sel)).id };
-        self.accept(t);
+        if self.grammar_stage.is_some() && !self.grammar_allows(t)? {
+            // Every candidate was rejected (the grammar wants text no token can give).
+            return Err(Error::Grammar(format!(
+                "the grammar allows no token at this point (the chain picked token {t}, which it rejects)"
+            )));
+        }
+        self.accept(t)?;
         Ok(t)
     }
 
     /// Feeds a token into the chain's state (for tokens chosen elsewhere, e.g. a prompt).
     /// Wraps `llama_sampler_accept`.
-    pub fn accept(&mut self, token: Token) {
-        // SAFETY: live sampler.
+    ///
+    /// A token outside the vocabulary is [`Error::InvalidToken`]. With a grammar stage, a
+    /// token the grammar does not allow here (including an end-of-generation token before
+    /// the grammar can end) is [`Error::Grammar`] and leaves the chain's state unchanged:
+    /// llama.cpp would throw (a process abort) or stop the process on it.
+    pub fn accept(&mut self, token: Token) -> Result<()> {
+        if usize::try_from(token).map_or(true, |t| t >= self.n_vocab) {
+            return Err(Error::InvalidToken { token, n_vocab: self.n_vocab as i32 });
+        }
+        if self.grammar_stage.is_some() && !self.grammar_allows(token)? {
+            return Err(Error::Grammar(format!("the grammar does not allow token {token} at this point")));
+        }
+        // SAFETY: live sampler; the token is in the vocabulary and (with a grammar) allowed by
+        // it, so no stage throws.
         unsafe { sys::llama_sampler_accept(self.ptr.as_ptr(), token) };
+        Ok(())
+    }
+
+    /// Asks the grammar stage alone whether `token` may come next: applies it to a one-token
+    /// candidate list and sees whether it was masked to -inf. llama.cpp's grammar masks
+    /// exactly the tokens its accept would throw on (and also empty-text tokens, which it
+    /// would take without effect: refused here too, the safe side). The grammar's apply reads
+    /// its state without changing it, and no other stage (no RNG) runs.
+    fn grammar_allows(&mut self, token: Token) -> Result<bool> {
+        let Some(stage) = self.grammar_stage else { return Ok(true) };
+        // SAFETY: `stage` is an index this builder recorded when it added the grammar.
+        let grammar = unsafe { sys::llama_sampler_chain_get(self.ptr.as_ptr(), stage) };
+        if grammar.is_null() {
+            return Err(Error::Grammar("the chain lost its grammar stage".into()));
+        }
+        let mut one = [sys::llama_token_data { id: token, logit: 0.0, p: 0.0 }];
+        let mut arr = sys::llama_token_data_array { data: one.as_mut_ptr(), size: 1, selected: -1, sorted: false };
+        // SAFETY: `arr` points at `one`, alive for the call; the token id is in the vocabulary
+        // (checked by every caller), which is all the grammar's apply reads it for.
+        unsafe { sys::llama_sampler_apply(grammar, &mut arr) };
+        Ok(one[0].logit != f32::NEG_INFINITY)
     }
 
     /// Clears the chain's state. Wraps `llama_sampler_reset`.
@@ -182,6 +245,8 @@ pub struct SamplerBuilder<'m> {
     stages: Vec<&'static str>,
     /// The k of a top-k stage added first.
     first_top_k: Option<usize>,
+    /// The chain index of the grammar stage.
+    grammar_stage: Option<i32>,
 }
 
 impl<'m> SamplerBuilder<'m> {
@@ -322,13 +387,16 @@ impl<'m> SamplerBuilder<'m> {
 
     /// Constrains output to a GBNF grammar starting at rule `root`. A grammar llama.cpp cannot
     /// parse is [`Error::Grammar`]. Wraps `llama_sampler_init_grammar`.
-    pub fn grammar(self, gbnf: &str, root: &str) -> Self {
+    pub fn grammar(mut self, gbnf: &str, root: &str) -> Self {
         let (g, r) = match (c_string("grammar", gbnf), c_string("grammar root", root)) {
             (Ok(g), Ok(r)) => (g, r),
             (Err(e), _) | (_, Err(e)) => return self.fail(e),
         };
         if !gbnf.lines().any(|l| l.trim_start().starts_with(root) && l.contains("::=")) {
             return self.fail(Error::Grammar(format!("no rule named {root:?}")));
+        }
+        if self.grammar_stage.is_some() {
+            return self.fail(Error::Grammar("a chain takes one grammar".into()));
         }
         let vocab = self.model.vocab().raw();
         // SAFETY: the vocab lives for 'm; the strings are valid C strings for the call.
@@ -337,6 +405,7 @@ impl<'m> SamplerBuilder<'m> {
             return self
                 .fail(Error::Grammar("llama.cpp could not parse the grammar (see the llama_cpp log target)".into()));
         }
+        self.grammar_stage = i32::try_from(self.stages.len()).ok();
         self.push(s, "grammar")
     }
 
@@ -349,6 +418,7 @@ impl<'m> SamplerBuilder<'m> {
             self.chain.ok_or_else(|| Error::InvalidConfig("llama.cpp could not create a sampler chain".into()))?;
         chain.greedy_only = self.stages == ["greedy"];
         chain.prefilter_k = self.first_top_k;
+        chain.grammar_stage = self.grammar_stage;
         Ok(chain)
     }
 }

@@ -372,7 +372,10 @@ fn every_sampler_stage_builds_and_samples() {
     let mut batch = Batch::new(8, 1).unwrap();
     // Positions that clash with what sequence 0 already holds are rejected, not asserted on.
     batch.add_sequence(&model.vocab().tokenize("Hello", true, false).unwrap(), 0, 0, true).unwrap();
-    assert!(matches!(ctx.decode(&batch), Err(Error::InvalidBatch)));
+    match ctx.decode(&batch) {
+        Err(Error::InvalidBatch(why)) => assert!(why.contains("Y = X + 1"), "llama.cpp's reason is kept: {why}"),
+        other => panic!("expected InvalidBatch, got {other:?}"),
+    }
     batch.clear();
     ctx.clear_memory();
     batch.add_sequence(&model.vocab().tokenize("Hello", true, false).unwrap(), 0, 0, true).unwrap();

@@ -55,6 +55,17 @@ impl Writer {
         self
     }
 
+    /// Sets a metadata entry: replaces the value of an existing key in place, or adds it.
+    pub fn set_meta(mut self, key: &str, value: Value) -> Self {
+        match self.metadata.iter_mut().find(|(k, _)| k == key) {
+            Some(entry) => {
+                entry.1 = value;
+                self
+            }
+            None => self.meta(key, value),
+        }
+    }
+
     /// Adds a string entry.
     pub fn meta_str(self, key: &str, value: &str) -> Self {
         self.meta(key, Value::String(value.to_string()))

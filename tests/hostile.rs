@@ -1,0 +1,194 @@
+//! Inputs that used to kill the whole process (an assert or a C++ exception inside llama.cpp,
+//! a segfault, an allocation abort), found 2026-11-28 by trying the safe API as a hostile
+//! caller would. Each case runs in a child process (this test binary again, with
+//! `ROCM_LLAMA_CHILD_CASE` naming the case), so a regression fails one test with the signal
+//! that killed the child instead of taking the whole test binary down.
+
+mod common;
+
+use std::path::PathBuf;
+
+use rocm_llama::gguf::{Value, ValueType};
+use rocm_llama::synth::{f16_writer, find_shape};
+use rocm_llama::{Batch, Context, ContextConfig, Engine, EngineConfig, Error, LoadConfig, Model, Sampler};
+
+/// Runs `body` in a child process and fails when the child does not exit cleanly.
+fn in_child(case: &str, body: impl FnOnce()) {
+    if std::env::var("ROCM_LLAMA_CHILD_CASE").as_deref() == Ok(case) {
+        body();
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .args([case, "--exact", "--nocapture", "--test-threads=1"])
+        .env("ROCM_LLAMA_CHILD_CASE", case)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    #[cfg(unix)]
+    if let Some(sig) = std::os::unix::process::ExitStatusExt::signal(&out.status) {
+        panic!("case {case} killed its process with signal {sig}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    }
+    assert!(out.status.success(), "case {case} failed ({:?})\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+    assert!(stdout.contains("1 passed"), "case {case} did not run in the child:\n{stdout}");
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("rocm-llama-hostile-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(name)
+}
+
+fn token(model: &Model, text: &str) -> i32 {
+    let t = model.vocab().tokenize(text, false, false).unwrap();
+    assert_eq!(t.len(), 1, "{text:?} is one token in the test model: {t:?}");
+    t[0]
+}
+
+#[test]
+fn grammar_accept_refuses_what_llama_cpp_would_throw_on() {
+    in_child("grammar_accept_refuses_what_llama_cpp_would_throw_on", || {
+        let Some(model) = common::model() else { return };
+        let n_vocab = model.vocab().n_tokens();
+        let grammar = r#"root ::= "yes" | "no""#;
+        let mut s = Sampler::builder(model).grammar(grammar, "root").greedy().build().unwrap();
+        assert!(matches!(s.accept(n_vocab), Err(Error::InvalidToken { .. })));
+        assert!(matches!(s.accept(n_vocab + 1000), Err(Error::InvalidToken { .. })));
+        assert!(matches!(s.accept(-1), Err(Error::InvalidToken { .. })));
+        assert!(matches!(s.accept(token(model, "banana")), Err(Error::Grammar(_))));
+        // An end-of-generation token before the grammar can end.
+        let eos = model.vocab().eos().unwrap();
+        assert!(matches!(s.accept(eos), Err(Error::Grammar(_))));
+        // The state is unchanged by refused tokens: "yes" is still accepted, then the end.
+        s.accept(token(model, "yes")).unwrap();
+        s.accept(eos).unwrap();
+        // Other chains check ids too (DRY and penalties read them later).
+        let mut plain = rocm_llama::SamplingParams { repeat_penalty: 1.1, ..Default::default() }.build(model).unwrap();
+        assert!(matches!(plain.accept(n_vocab), Err(Error::InvalidToken { .. })));
+    });
+}
+
+#[test]
+fn sample_logits_takes_exactly_one_logit_per_token() {
+    in_child("sample_logits_takes_exactly_one_logit_per_token", || {
+        let Some(model) = common::model() else { return };
+        let n = model.vocab().n_tokens() as usize;
+        let chains = [
+            Sampler::builder(model).grammar(r#"root ::= "yes" | "no""#, "root").greedy().build().unwrap(),
+            Sampler::greedy(model).unwrap(),
+            rocm_llama::SamplingParams::default().build(model).unwrap(),
+        ];
+        for mut s in chains {
+            for len in [0, 1, n - 1, n + 1, n + 100] {
+                let logits = vec![0.5f32; len];
+                assert!(matches!(s.sample_logits(&logits), Err(Error::InvalidConfig(_))), "len {len}");
+            }
+            let mut logits = vec![0.0f32; n];
+            logits[token(model, "yes") as usize] = 5.0;
+            let t = s.sample_logits(&logits).unwrap();
+            assert!((0..n as i32).contains(&t));
+        }
+        // A grammar chain picks what the grammar allows even when the logits say otherwise.
+        let mut g = Sampler::builder(model).grammar(r#"root ::= "no""#, "root").greedy().build().unwrap();
+        let mut logits = vec![0.0f32; n];
+        logits[token(model, "yes") as usize] = 50.0;
+        let t = g.sample_logits(&logits).unwrap();
+        let text = model.vocab().detokenize(&[t], false, false).unwrap();
+        assert!(!text.is_empty() && "no".starts_with(&text), "{text:?}");
+    });
+}
+
+#[test]
+fn batch_smaller_than_the_sequence_count_is_a_config_error() {
+    in_child("batch_smaller_than_the_sequence_count_is_a_config_error", || {
+        let Some(model) = common::model() else { return };
+        let cfg = ContextConfig::default().n_ctx(512).threads(1).n_seq_max(8).n_batch(4);
+        assert!(matches!(Context::new(model, &cfg), Err(Error::InvalidConfig(_))));
+        // n_batch above n_ctx is capped by llama.cpp at n_ctx: the same check applies.
+        let cfg = ContextConfig::default().n_ctx(8).threads(1).n_seq_max(16);
+        assert!(matches!(Context::new(model, &cfg), Err(Error::InvalidConfig(_))));
+        let shared = std::sync::Arc::new(Model::load(common::model_path().unwrap(), &LoadConfig::default()).unwrap());
+        let engine = Engine::start(shared, EngineConfig { n_batch: 1, threads: Some(1), ..Default::default() });
+        assert!(matches!(engine, Err(Error::InvalidConfig(_))));
+    });
+}
+
+#[test]
+fn batches_too_large_to_allocate_are_errors() {
+    in_child("batches_too_large_to_allocate_are_errors", || {
+        assert!(matches!(Batch::new(100_000, 1 << 30), Err(Error::InvalidConfig(_))));
+        let started = std::time::Instant::now();
+        assert!(matches!(Batch::new(1 << 30, 1 << 30), Err(Error::InvalidConfig(_))));
+        assert!(started.elapsed().as_secs() < 5);
+    });
+}
+
+#[test]
+fn repeated_positions_and_huge_shifts_are_refused() {
+    in_child("repeated_positions_and_huge_shifts_are_refused", || {
+        let Some(model) = common::model() else { return };
+        let mut ctx = common::context(model);
+        let mut b = Batch::new(8, 1).unwrap();
+        let t = token(model, "yes");
+        for pos in [0, 0, 1] {
+            b.add(t, pos, &[0], false).unwrap();
+        }
+        match ctx.decode(&b) {
+            Err(Error::InvalidBatch(why)) => assert!(why.contains("position 0 after position 0"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        b.clear();
+        b.add_sequence(&[t, t, t], 0, 0, true).unwrap();
+        ctx.decode(&b).unwrap();
+        assert!(matches!(ctx.seq_shift(0, .., i32::MAX), Err(Error::InvalidPosition { .. })));
+        assert!(matches!(ctx.seq_shift(0, .., i32::MIN), Err(Error::InvalidPosition { .. })));
+        // Positions 0..=2 shifted by n_ctx_seq - 2 would end at n_ctx_seq: one too far.
+        let room = ctx.n_ctx_seq() as i32 - 2;
+        assert!(matches!(ctx.seq_shift(0, .., room), Err(Error::InvalidPosition { .. })));
+        ctx.seq_shift(0, .., room - 1).unwrap();
+        assert_eq!(ctx.seq_pos_max(0).unwrap(), Some(ctx.n_ctx_seq() as i32 - 1));
+    });
+}
+
+/// A tiny synthetic model's writer with one metadata value replaced.
+fn patched(name: &str, key: &str, value: Value) -> PathBuf {
+    let shape = find_shape("tiny").unwrap();
+    let path = tmp(name);
+    f16_writer(shape, 1, None).set_meta(key, value).write_to(&path).unwrap();
+    path
+}
+
+#[test]
+fn files_llama_cpp_would_assert_on_are_refused() {
+    in_child("files_llama_cpp_would_assert_on_are_refused", || {
+        let arch = find_shape("tiny").unwrap().arch;
+        for (what, layers) in [("zero", 0u64), ("huge", 4_000_000_000), ("over-512", 513)] {
+            let path = patched(&format!("layers-{what}.gguf"), &format!("{arch}.block_count"), Value::UInt(layers));
+            match Model::load(&path, &LoadConfig::default()) {
+                Err(Error::NotGguf { reason, .. }) => assert!(reason.contains("block_count"), "{reason}"),
+                Err(e) => panic!("{what}: {e:?}"),
+                Ok(_) => panic!("{what}: loaded"),
+            }
+            // `fit` (what `run` does before loading) reads the same number.
+            assert!(LoadConfig::fit(&path, &Default::default()).is_err());
+        }
+        // Two vocabulary entries with the same text.
+        let n_vocab = find_shape("tiny").unwrap().n_vocab as usize;
+        let mut tokens: Vec<Value> = (0..n_vocab).map(|i| Value::String(format!("t{i}"))).collect();
+        tokens[7] = Value::String("t3".into());
+        let path = patched(
+            "duplicate-token.gguf",
+            "tokenizer.ggml.tokens",
+            Value::Array { elem: ValueType::String, len: n_vocab as u64, values: Some(tokens) },
+        );
+        match Model::load(&path, &LoadConfig::default()) {
+            Err(Error::NotGguf { reason, .. }) => assert!(reason.contains("twice"), "{reason}"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+        // The unpatched file loads.
+        let ok = tmp("tiny-ok.gguf");
+        f16_writer(find_shape("tiny").unwrap(), 1, None).write_to(&ok).unwrap();
+        Model::load(&ok, &LoadConfig::default()).unwrap();
+    });
+}

@@ -360,6 +360,11 @@ impl Generation<'_, '_> {
                     self.phase = Phase::Sample;
                 }
                 Phase::Sample => {
+                    // `max_tokens: 0` processes (and caches) the prompt and generates nothing.
+                    if self.generated >= self.opts.max_tokens {
+                        self.phase = Phase::Finish(StopReason::MaxTokens);
+                        continue;
+                    }
                     let t = self.sampler.sample(self.ctx, self.last_index)?;
                     if self.first_token.is_none() {
                         self.first_token = Some(Instant::now());

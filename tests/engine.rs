@@ -324,3 +324,101 @@ fn dropping_the_last_handle_stops_the_engine() {
     assert!(started.elapsed() < Duration::from_secs(30));
     assert!(matches!(stream.by_ref().last(), Some(Err(Error::Cancelled))));
 }
+
+/// Admission counts free slots: with 8 idle slots and a queue of 4, twelve requests sent at
+/// once are all taken and the thirteenth is `Busy` (found 2026-11-28: the fifth was refused,
+/// because only the worker's admissions made room).
+#[test]
+fn admission_counts_free_slots_and_the_queue() {
+    let Some(model) = shared_model() else { return };
+    let handle = engine(&model, 8, 4);
+    let streams: Vec<_> = (0..12)
+        .map(|i| handle.generate(PROMPTS[i % PROMPTS.len()], &GenerateOptions::greedy(3)).expect("room for 12"))
+        .collect();
+    assert!(matches!(handle.generate("One more", &GenerateOptions::greedy(3)), Err(Error::Busy { queue_capacity: 4 })));
+    for s in streams {
+        s.collect_text().unwrap();
+    }
+    // Every place is given back before the summaries arrive.
+    for _ in 0..12 {
+        handle.generate("Again", &GenerateOptions::greedy(1)).unwrap().collect_text().unwrap();
+    }
+    assert_eq!(handle.stats().running, 0);
+}
+
+/// Dropping one stream cancels only its own request, even when the caller's options carry a
+/// cancel token that other requests share (found 2026-11-28: it cancelled them all).
+#[test]
+fn dropping_a_stream_leaves_requests_sharing_a_cancel_token() {
+    let Some(model) = shared_model() else { return };
+    let handle = engine(&model, 2, 4);
+    let token = rocm_llama::CancelToken::new();
+    let opts = GenerateOptions { cancel: Some(token.clone()), ..GenerateOptions::greedy(8) };
+    let dropped = handle.generate("The quick brown fox", &opts).unwrap();
+    let kept = handle.generate("One, two, three, four,", &opts).unwrap();
+    drop(dropped);
+    assert!(!token.is_cancelled(), "the caller's token was cancelled by a dropped stream");
+    let (_, summary) = kept.collect_text().unwrap();
+    assert_eq!(summary.stop_reason, StopReason::MaxTokens);
+    assert_eq!(summary.generated_tokens, 8);
+    // The caller's token still cancels every request made with it.
+    token.cancel();
+    let (_, summary) = handle.generate("A, B, C, D,", &opts).unwrap().collect_text().unwrap();
+    assert_eq!(summary.stop_reason, StopReason::Cancelled);
+}
+
+/// `max_tokens: 0` processes the prompt and generates nothing, through the engine and
+/// through `Context::generate` (found 2026-11-28: one token came out).
+#[test]
+fn zero_max_tokens_generates_nothing() {
+    let Some(model) = shared_model() else { return };
+    let handle = engine(&model, 1, 2);
+    let (text, summary) =
+        handle.generate("The capital of France is", &GenerateOptions::greedy(0)).unwrap().collect_text().unwrap();
+    assert_eq!((text.as_str(), summary.generated_tokens, summary.stop_reason.clone()), ("", 0, StopReason::MaxTokens));
+    assert_eq!(handle.stats().generated_tokens, 0);
+    let mut ctx = common::context(&model);
+    let (text, summary) =
+        ctx.generate("The capital of France is", &GenerateOptions::greedy(0)).unwrap().collect_text().unwrap();
+    assert_eq!((text.as_str(), summary.generated_tokens, summary.stop_reason), ("", 0, StopReason::MaxTokens));
+}
+
+/// The prefill budget is shared: short prompts sent after a long one get their first token
+/// before the long prompt has finished its prefill (found 2026-11-28: 8 short requests waited
+/// 5.7 s behind a long prompt that took the whole budget every step).
+#[test]
+fn short_prompts_do_not_wait_for_a_long_prefill() {
+    let Some(model) = shared_model() else { return };
+    let config = EngineConfig {
+        n_seq_max: 5,
+        n_ctx_per_seq: 1024,
+        n_batch: 32,
+        queue_capacity: 4,
+        threads: Some(1),
+        ..Default::default()
+    };
+    let handle = Engine::start((*model).clone(), config).unwrap();
+    let long_prompt = "Rivers, lakes and seas are bodies of water. ".repeat(70);
+    let long_len = model.vocab().tokenize(&long_prompt, true, true).unwrap().len();
+    assert!(long_len > 500, "the long prompt needs many steps of 32 tokens ({long_len} tokens)");
+    let first_token_at = |stream: rocm_llama::TokenStream| {
+        std::thread::spawn(move || {
+            let mut first = None;
+            for ev in stream {
+                if let Ok(Event::Token { .. }) = ev {
+                    first.get_or_insert_with(Instant::now);
+                }
+            }
+            first.expect("a token")
+        })
+    };
+    let long = first_token_at(handle.generate(&long_prompt, &GenerateOptions::greedy(2)).unwrap());
+    std::thread::sleep(Duration::from_millis(50));
+    let shorts: Vec<_> =
+        PROMPTS[..4].iter().map(|p| first_token_at(handle.generate(p, &GenerateOptions::greedy(2)).unwrap())).collect();
+    let long_first = long.join().unwrap();
+    for s in shorts {
+        let short_first = s.join().unwrap();
+        assert!(short_first < long_first, "a short prompt waited for the long prefill");
+    }
+}

@@ -38,7 +38,9 @@ pub struct EngineConfig {
     pub n_ctx_per_seq: u32,
     /// Token budget of one step (decode tokens plus prefill chunks), default 512.
     pub n_batch: u32,
-    /// Requests that may wait for a slot; beyond it `generate` returns [`Error::Busy`]. Default 64.
+    /// Requests that may wait for a slot when every slot is busy; beyond it `generate`
+    /// returns [`Error::Busy`]. The engine takes `n_seq_max + queue_capacity` requests at
+    /// once. Default 64.
     pub queue_capacity: usize,
     /// CPU threads (default: the cores this process may use).
     pub threads: Option<u32>,
@@ -86,6 +88,9 @@ pub struct EngineStats {
 
 #[derive(Default)]
 pub(crate) struct SharedStats {
+    /// Requests accepted and not yet finished (waiting or running): what admission counts.
+    /// Each request holds one through its [`worker::Permit`].
+    pub(crate) in_flight: AtomicUsize,
     pub(crate) running: AtomicUsize,
     pub(crate) queued: AtomicUsize,
     pub(crate) completed: AtomicU64,
@@ -250,16 +255,20 @@ impl EngineHandle {
         }
         // Bad grammars and sampler settings fail here, on the caller's thread.
         drop(options.sampling.build(&inner.model)?);
-        // Reserve a queue place; the worker releases it when the request takes a slot.
-        let queued = inner.stats.queued.fetch_add(1, Ordering::SeqCst);
-        if queued >= inner.config.queue_capacity {
-            inner.stats.queued.fetch_sub(1, Ordering::SeqCst);
-            return Err(Error::Busy { queue_capacity: inner.config.queue_capacity });
-        }
-        let cancel = options.cancel.clone().unwrap_or_default();
+        // Admission counts every request not yet finished against the slots plus the queue:
+        // a permit, released when the request ends (or its job is dropped), so the count
+        // cannot drift and free slots count at once, before the worker has seen anything.
+        let permit =
+            worker::Permit::acquire(&inner.stats, inner.config.n_seq_max as usize + inner.config.queue_capacity)
+                .ok_or(Error::Busy { queue_capacity: inner.config.queue_capacity })?;
+        inner.stats.queued.fetch_add(1, Ordering::SeqCst);
+        // The stream cancels a token of its own: dropping one stream must not cancel the
+        // caller's token, which other requests made with the same options may share. The
+        // worker checks both.
+        let cancel = crate::generate::CancelToken::new();
         let (events, stream) = stream::channel(cancel.clone());
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let job = Job { id, tokens, options: options.clone(), events, cancel, submitted: Instant::now() };
+        let job = Job { id, tokens, options: options.clone(), events, cancel, permit, submitted: Instant::now() };
         if inner.tx.send(Command::Submit(job)).is_err() {
             inner.stats.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(Error::Cancelled);

@@ -16,14 +16,57 @@ use crate::generate::{CancelToken, Event, GenerateOptions, StopMatcher, StopReas
 use crate::sampler::Sampler;
 use crate::vocab::{Detokenizer, Token, Vocab};
 
+/// One request's place in the engine's admission count (`in_flight`), held from
+/// `generate` until the request ends; released once, by [`Permit::release`] or on drop.
+pub(crate) struct Permit(Option<Arc<SharedStats>>);
+
+impl Permit {
+    /// Takes a place when fewer than `limit` requests are in flight.
+    pub(crate) fn acquire(stats: &Arc<SharedStats>, limit: usize) -> Option<Permit> {
+        stats
+            .in_flight
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < limit).then_some(n + 1))
+            .ok()
+            .map(|_| Permit(Some(stats.clone())))
+    }
+
+    fn release(&mut self) {
+        if let Some(stats) = self.0.take() {
+            stats.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 /// A request on its way to a slot.
 pub(crate) struct Job {
     pub(crate) id: u64,
     pub(crate) tokens: Vec<Token>,
     pub(crate) options: GenerateOptions,
     pub(crate) events: EventSender,
+    /// Cancelled by this request's stream (drop or `cancel`).
     pub(crate) cancel: CancelToken,
+    pub(crate) permit: Permit,
     pub(crate) submitted: Instant,
+}
+
+impl Job {
+    /// Cancelled through its stream or through the caller's own token in the options.
+    fn cancelled(&self) -> bool {
+        self.cancel.is_cancelled() || self.options.cancel.as_ref().is_some_and(CancelToken::is_cancelled)
+    }
+
+    /// Sends the request's last event, after giving its place back, so a caller that sees the
+    /// end can submit again at once.
+    fn end(&mut self, last: Result<Event>) {
+        self.permit.release();
+        let _ = self.events.send(last);
+    }
 }
 
 /// What handles send to the worker.
@@ -50,6 +93,8 @@ struct Active<'m> {
     /// The request's tracing span.
     span: tracing::Span,
     generated: usize,
+    /// Of `generated`, how many the engine's counters already hold.
+    counted: usize,
     started: Instant,
     prefill_done: Option<Instant>,
     first_token: Option<Instant>,
@@ -132,13 +177,13 @@ impl<'m> Worker<'m> {
     }
 
     fn fail_all(&mut self) {
-        for job in self.queue.drain(..) {
+        for mut job in self.queue.drain(..) {
             self.stats.queued.fetch_sub(1, Ordering::SeqCst);
-            let _ = job.events.send(Err(Error::Cancelled));
+            job.end(Err(Error::Cancelled));
         }
         for slot in &mut self.slots {
-            if let Some(a) = slot.active.take() {
-                let _ = a.job.events.send(Err(Error::Cancelled));
+            if let Some(mut a) = slot.active.take() {
+                a.job.end(Err(Error::Cancelled));
             }
         }
         self.publish();
@@ -157,10 +202,11 @@ impl<'m> Worker<'m> {
     /// longest prefix with the prompt.
     fn admit(&mut self) {
         while !self.queue.is_empty() {
-            let Some(job) = self.queue.pop_front() else { break };
+            let Some(mut job) = self.queue.pop_front() else { break };
             self.stats.queued.fetch_sub(1, Ordering::SeqCst);
-            if job.cancel.is_cancelled() {
-                let _ = job.events.send(Ok(Event::Done(cancelled_summary(&job))));
+            if job.cancelled() {
+                let summary = cancelled_summary(&job);
+                job.end(Ok(Event::Done(summary)));
                 continue;
             }
             let free: Vec<usize> = (0..self.slots.len()).filter(|&i| self.slots[i].active.is_none()).collect();
@@ -181,7 +227,7 @@ impl<'m> Worker<'m> {
             let sampler = match job.options.sampling.build(model) {
                 Ok(s) => s,
                 Err(e) => {
-                    let _ = job.events.send(Err(e));
+                    job.end(Err(e));
                     continue;
                 }
             };
@@ -215,6 +261,7 @@ impl<'m> Worker<'m> {
                 outcome: None,
                 span,
                 generated: 0,
+                counted: 0,
                 started: Instant::now(),
                 prefill_done: None,
                 first_token: None,
@@ -226,7 +273,7 @@ impl<'m> Worker<'m> {
     fn step(&mut self) {
         // Cancelled requests leave before the batch is built.
         for slot in &mut self.slots {
-            if slot.active.as_ref().is_some_and(|a| a.job.cancel.is_cancelled()) {
+            if slot.active.as_ref().is_some_and(|a| a.job.cancelled()) {
                 if let Some(a) = slot.active.take() {
                     finish(a, StopReason::Cancelled, &self.stats, slot.cached.len());
                 }
@@ -251,20 +298,31 @@ impl<'m> Worker<'m> {
                 }
             }
         }
-        // Then prefill chunks of waiting prompts with what is left.
-        for slot in &mut self.slots {
-            let Some(a) = slot.active.as_mut() else { continue };
-            if a.pending.is_some() || a.prefilled >= a.job.tokens.len() || budget == 0 {
+        // Then prefill chunks of waiting prompts with what is left, shared fairly: a short
+        // prompt never waits for a long one's whole prefill.
+        let waiting: Vec<(usize, usize)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, slot)| {
+                let a = slot.active.as_ref()?;
+                let left = a.job.tokens.len().saturating_sub(a.prefilled);
+                (a.pending.is_none() && left > 0).then_some((i, left))
+            })
+            .collect();
+        let shares = fair_shares(&waiting.iter().map(|&(_, left)| left).collect::<Vec<_>>(), budget);
+        for (&(i, _), take) in waiting.iter().zip(shares) {
+            if take == 0 {
                 continue;
             }
-            let take = budget.min(a.job.tokens.len() - a.prefilled);
+            let slot = &mut self.slots[i];
+            let Some(a) = slot.active.as_mut() else { continue };
             let chunk = &a.job.tokens[a.prefilled..a.prefilled + take];
             let last = a.prefilled + take == a.job.tokens.len();
             if self.batch.add_sequence(chunk, a.prefilled as i32, slot.seq, last).is_ok() {
                 if last {
                     a.output = Some(self.batch.len() as i32 - 1);
                 }
-                budget -= take;
             }
         }
         if self.batch.is_empty() {
@@ -309,8 +367,8 @@ impl<'m> Worker<'m> {
             match ctx.logits(index) {
                 Ok(row) => work.push((slot, row)),
                 Err(e) => {
-                    if let Some(a) = slot.active.take() {
-                        let _ = a.job.events.send(Err(e));
+                    if let Some(mut a) = slot.active.take() {
+                        a.job.end(Err(e));
                     }
                 }
             }
@@ -346,23 +404,21 @@ impl<'m> Worker<'m> {
             });
         }
         for slot in slots.iter_mut() {
-            let Some(outcome) = slot.active.as_mut().and_then(|a| a.outcome.take()) else { continue };
+            let Some(a) = slot.active.as_mut() else { continue };
+            let Some(outcome) = a.outcome.take() else { continue };
+            stats.generated.fetch_add((a.generated - a.counted) as u64, Ordering::Relaxed);
+            a.counted = a.generated;
             match outcome {
-                Ok(None) => {
-                    stats.generated.fetch_add(1, Ordering::Relaxed);
-                }
+                Ok(None) => {}
                 Ok(Some(reason)) => {
-                    if !matches!(reason, StopReason::Eos) {
-                        stats.generated.fetch_add(1, Ordering::Relaxed);
-                    }
                     if let Some(a) = slot.active.take() {
                         finish(a, reason, stats, slot.cached.len());
                     }
                 }
                 Err(e) => {
-                    if let Some(a) = slot.active.take() {
+                    if let Some(mut a) = slot.active.take() {
                         release(stats, slot.cached.len(), true);
-                        let _ = a.job.events.send(Err(e));
+                        a.job.end(Err(e));
                     }
                 }
             }
@@ -390,9 +446,9 @@ impl<'m> Worker<'m> {
             let slot = &mut self.slots[seq as usize];
             let _ = self.ctx.seq_remove(Some(seq), ..);
             let cells = std::mem::take(&mut slot.cached).len();
-            if let Some(a) = slot.active.take() {
+            if let Some(mut a) = slot.active.take() {
                 release(&self.stats, cells, false);
-                let _ = a.job.events.send(Err(Error::Engine(format!("decode failed: {e}"))));
+                a.job.end(Err(Error::Engine(format!("decode failed: {e}"))));
             }
         }
     }
@@ -406,6 +462,10 @@ fn sample_one(
     n_cached: usize,
     n_ctx: usize,
 ) -> Result<Option<StopReason>> {
+    // `max_tokens: 0` processes (and caches) the prompt and generates nothing.
+    if a.generated >= a.job.options.max_tokens {
+        return Ok(Some(StopReason::MaxTokens));
+    }
     let t = a.sampler.sample_logits(logits)?;
     if a.first_token.is_none() {
         a.first_token = Some(Instant::now());
@@ -473,7 +533,51 @@ fn finish(mut a: Active<'_>, reason: StopReason, stats: &SharedStats, kv_cells: 
     );
     stats.completed.fetch_add(1, Ordering::SeqCst);
     release(stats, kv_cells, true);
-    let _ = a.job.events.send(Ok(Event::Done(summary)));
+    a.job.end(Ok(Event::Done(summary)));
+}
+
+/// Splits `budget` tokens among prompts that still need `left[i]` tokens each: equal shares,
+/// a prompt needing less than its share takes only what it needs and the rest goes round
+/// again (water-filling). Earlier prompts get the odd tokens of an uneven split.
+fn fair_shares(left: &[usize], budget: usize) -> Vec<usize> {
+    let mut give = vec![0usize; left.len()];
+    let mut budget = budget;
+    let mut open: Vec<usize> = (0..left.len()).filter(|&i| left[i] > 0).collect();
+    while budget > 0 && !open.is_empty() {
+        let share = (budget / open.len()).max(1);
+        let mut still_open = Vec::with_capacity(open.len());
+        for &i in &open {
+            if budget == 0 {
+                break;
+            }
+            let take = (left[i] - give[i]).min(share).min(budget);
+            give[i] += take;
+            budget -= take;
+            if give[i] < left[i] {
+                still_open.push(i);
+            }
+        }
+        open = still_open;
+    }
+    give
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fair_shares;
+
+    #[test]
+    fn prefill_budget_is_shared_fairly() {
+        // A long prompt first no longer takes the whole step.
+        assert_eq!(fair_shares(&[1000, 10, 10, 10], 64), vec![34, 10, 10, 10]);
+        assert_eq!(fair_shares(&[1000, 1000], 64), vec![32, 32]);
+        assert_eq!(fair_shares(&[5, 7], 64), vec![5, 7]);
+        assert_eq!(fair_shares(&[100, 100, 100], 10), vec![4, 3, 3]);
+        assert_eq!(fair_shares(&[100, 100, 100], 2), vec![1, 1, 0]);
+        assert_eq!(fair_shares(&[0, 9], 4), vec![0, 4]);
+        assert_eq!(fair_shares(&[], 4), Vec::<usize>::new());
+        assert_eq!(fair_shares(&[3], 0), vec![0]);
+    }
 }
 
 /// Counts a request out of `running` (its cells kept for reuse, or freed) before its stream

@@ -312,8 +312,11 @@ impl<'m> Context<'m> {
         });
         let ptr = NonNull::new(raw).ok_or_else(|| {
             Error::ContextCreate(format!(
-                "n_ctx {:?}, n_seq_max {}, flash attention {:?} (out of memory or unsupported; enable tracing for details)",
-                config.n_ctx, config.n_seq_max, config.flash_attention
+                "n_ctx {:?}, n_seq_max {}, flash attention {:?}: {}",
+                config.n_ctx,
+                config.n_seq_max,
+                config.flash_attention,
+                crate::error::llama_reason(&log).unwrap_or_else(|| "out of memory or unsupported".into())
             ))
         })?;
         // SAFETY: `ptr` is a live context.

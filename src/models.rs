@@ -271,6 +271,11 @@ pub fn resolve(arg: &str, dir: &Path) -> Result<PathBuf> {
     if p.is_file() {
         return Ok(p.to_path_buf());
     }
+    // Something exists there but is no file: say what it is rather than "no such file".
+    if let Ok(meta) = std::fs::metadata(p) {
+        let what = if meta.is_dir() { "a directory" } else { "not a regular file (a device, a pipe or a socket)" };
+        return Err(Error::NotGguf { path: p.to_path_buf(), reason: format!("{what}, not a GGUF model file") });
+    }
     let entries = scan(dir);
     let pick = |pred: &dyn Fn(&ModelEntry) -> bool| entries.iter().filter(|e| pred(e)).collect::<Vec<_>>();
     let lower = arg.to_lowercase();
@@ -300,6 +305,21 @@ pub fn resolve(arg: &str, dir: &Path) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_directory_or_a_device_is_named_as_such() {
+        let empty = std::env::temp_dir().join(format!("rocm-llama-resolve-{}", std::process::id()));
+        std::fs::create_dir_all(&empty).unwrap();
+        let dir = std::env::temp_dir();
+        let err = resolve(dir.to_str().unwrap(), &empty).unwrap_err().to_string();
+        assert!(err.contains("a directory"), "{err}");
+        if Path::new("/dev/zero").exists() {
+            let err = resolve("/dev/zero", &empty).unwrap_err().to_string();
+            assert!(err.contains("not a regular file"), "{err}");
+        }
+        let err = resolve("/nonexistent/model.gguf", &empty).unwrap_err().to_string();
+        assert!(err.contains("no such file"), "{err}");
+    }
 
     #[test]
     fn shard_names() {

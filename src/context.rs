@@ -241,6 +241,10 @@ pub struct Context<'m> {
     n_batch: u32,
     n_ubatch: u32,
     n_seq_max: u32,
+    /// One KV stream for all sequences (`kv_unified`, or a single sequence).
+    pub(crate) kv_unified: bool,
+    /// The K cache's element type (shifting positions re-ropes it).
+    pub(crate) type_k: KvType,
     /// `outputs[i]`: whether batch index `i` of the last successful decode produced output.
     outputs: Vec<bool>,
     abort: Arc<AtomicBool>,
@@ -342,6 +346,8 @@ impl<'m> Context<'m> {
             n_batch,
             n_ubatch,
             n_seq_max,
+            kv_unified: config.kv_unified || n_seq_max == 1,
+            type_k: config.type_k,
             outputs: Vec::new(),
             abort,
             seq0_tokens: Vec::new(),

@@ -63,10 +63,20 @@ impl Context<'_> {
     }
 
     /// Copies positions `range` of `src` into `dst` (sharing the cells). Wraps `llama_memory_seq_cp`.
+    ///
+    /// With a KV buffer per sequence (`kv_unified` off and several sequences) llama.cpp copies
+    /// whole buffers between sequences and asserts on anything else, so there a copy between
+    /// two sequences must take the whole range (`..` or `0..`).
     pub fn seq_copy(&mut self, src: SeqId, dst: SeqId, range: impl RangeBounds<Pos>) -> Result<()> {
         self.check_seq(src)?;
         self.check_seq(dst)?;
         let (p0, p1) = to_c_range(range)?;
+        if !self.kv_unified && src != dst && (p0 > 0 || p1 >= 0) {
+            return Err(Error::InvalidConfig(format!(
+                "this context keeps one KV buffer per sequence (kv_unified off), where a copy between sequences \
+                 takes whole sequences: use `..` instead of {p0}..{p1}"
+            )));
+        }
         self.touch(Some(dst));
         // SAFETY: checked ids and range.
         unsafe { sys::llama_memory_seq_cp(self.mem(), src, dst, p0, p1) };
@@ -109,6 +119,11 @@ impl Context<'_> {
                     return Err(Error::InvalidPosition { pos: moved, n_ctx });
                 }
             }
+        }
+        // Shifting re-applies RoPE to the K cache in place; ggml's CPU RoPE takes F32 and F16
+        // (and quantized types through F32) but aborts the process on BF16.
+        if self.type_k == crate::context::KvType::BF16 {
+            return Err(Error::InvalidConfig("positions cannot be shifted in a BF16 K cache (use F16 or F32)".into()));
         }
         // SAFETY: valid memory handle.
         if !unsafe { sys::llama_memory_can_shift(self.mem()) } {

@@ -12,6 +12,10 @@ use crate::error::{c_string, Error, Result};
 use crate::model::Model;
 use crate::vocab::Token;
 
+/// The longest look-back a penalty or DRY stage takes: 1,048,576 tokens (llama.cpp
+/// allocates the window when the stage is made).
+pub const MAX_LOOKBACK: i32 = 1 << 20;
+
 /// A chain of samplers that turns logits into a token. Wraps a `llama_sampler` chain.
 ///
 /// Borrows the model: grammar and DRY samplers keep pointers into its vocabulary.
@@ -350,26 +354,49 @@ impl<'m> SamplerBuilder<'m> {
         }
     }
 
-    /// Repetition, frequency and presence penalties over the last `last_n` tokens.
-    /// Wraps `llama_sampler_init_penalties`.
+    /// The look-back window of a penalty stage: `-1` means the model's training context
+    /// (llama.cpp's own samplers would read -1 as 0, switching the stage off), and at most
+    /// [`MAX_LOOKBACK`] tokens (llama.cpp allocates the window up front; a huge one is an
+    /// allocation failure, which aborts).
+    fn lookback(&self, what: &str, last_n: i32) -> Result<i32> {
+        let n = if last_n == -1 { self.model.n_ctx_train().min(MAX_LOOKBACK as u32) as i32 } else { last_n };
+        if !(0..=MAX_LOOKBACK).contains(&n) {
+            return Err(Error::InvalidConfig(format!(
+                "{what} look-back must be -1 (the model's context) or 0..={MAX_LOOKBACK} tokens, got {last_n}"
+            )));
+        }
+        Ok(n)
+    }
+
+    /// Repetition, frequency and presence penalties over the last `last_n` tokens (`-1`: the
+    /// model's training context). Wraps `llama_sampler_init_penalties`.
     pub fn penalties(self, last_n: i32, repeat: f32, frequency: f32, presence: f32) -> Self {
         if !(repeat.is_finite() && repeat > 0.0) {
             return self.fail(Error::InvalidConfig(format!("repeat penalty must be > 0, got {repeat}")));
         }
-        if !(frequency.is_finite() && presence.is_finite()) || last_n < -1 {
-            return self.fail(Error::InvalidConfig("penalties must be finite and last_n >= -1".into()));
+        if !(frequency.is_finite() && presence.is_finite()) {
+            return self.fail(Error::InvalidConfig("penalties must be finite".into()));
         }
+        let last_n = match self.lookback("penalty", last_n) {
+            Ok(n) => n,
+            Err(e) => return self.fail(e),
+        };
         let n_vocab = self.model.vocab().n_tokens();
         // SAFETY: validated values.
         let s = unsafe { sys::llama_sampler_init_penalties(n_vocab, last_n, repeat, frequency, presence) };
         self.push(s, "penalties")
     }
 
-    /// DRY ("don't repeat yourself") penalty. Wraps `llama_sampler_init_dry`.
+    /// DRY ("don't repeat yourself") penalty over the last `last_n` tokens (`-1`: the
+    /// model's training context). Wraps `llama_sampler_init_dry`.
     pub fn dry(self, multiplier: f32, base: f32, allowed_length: i32, last_n: i32, breakers: &[&str]) -> Self {
-        if !(multiplier.is_finite() && base.is_finite()) || allowed_length < 0 || last_n < -1 {
+        if !(multiplier.is_finite() && base.is_finite()) || allowed_length < 0 {
             return self.fail(Error::InvalidConfig("DRY settings out of range".into()));
         }
+        let last_n = match self.lookback("DRY", last_n) {
+            Ok(n) => n,
+            Err(e) => return self.fail(e),
+        };
         let owned: Result<Vec<CString>> = breakers.iter().map(|b| c_string("DRY sequence breaker", b)).collect();
         let owned = match owned {
             Ok(v) => v,
@@ -447,7 +474,7 @@ pub struct SamplingParams {
     pub frequency_penalty: f32,
     /// Presence penalty (`0.0` disables).
     pub presence_penalty: f32,
-    /// Tokens the penalties look back over.
+    /// Tokens the penalties look back over (-1: the model's training context).
     pub penalty_last_n: i32,
     /// DRY multiplier (`0.0` disables).
     pub dry_multiplier: f32,

@@ -192,3 +192,64 @@ fn files_llama_cpp_would_assert_on_are_refused() {
         Model::load(&ok, &LoadConfig::default()).unwrap();
     });
 }
+
+/// Found by tests/fuzz.rs (seed 5, 2026-11-28): a partial `seq_copy` between sequences of a
+/// context with one KV buffer per sequence hit llama.cpp's "seq_cp() is only supported for
+/// full KV buffers" assert.
+#[test]
+fn partial_copies_between_separate_kv_buffers_are_refused() {
+    in_child("partial_copies_between_separate_kv_buffers_are_refused", || {
+        let Some(model) = common::model() else { return };
+        let mut cfg = ContextConfig::default().n_ctx(512).threads(1).n_seq_max(2);
+        cfg.kv_unified = false;
+        let mut ctx = Context::new(model, &cfg).unwrap();
+        let mut b = Batch::new(8, 1).unwrap();
+        b.add_sequence(&[token(model, "yes"); 3], 0, 0, true).unwrap();
+        ctx.decode(&b).unwrap();
+        assert!(matches!(ctx.seq_copy(0, 1, 1..2), Err(Error::InvalidConfig(_))));
+        assert!(matches!(ctx.seq_copy(0, 1, ..2), Err(Error::InvalidConfig(_))));
+        ctx.seq_copy(0, 1, ..).unwrap();
+        assert_eq!(ctx.seq_pos_max(1).unwrap(), Some(2));
+        // One shared buffer takes any range.
+        let mut ctx = Context::new(model, &ContextConfig::default().n_ctx(512).threads(1).n_seq_max(2)).unwrap();
+        ctx.decode(&b).unwrap();
+        ctx.seq_copy(0, 1, 1..2).unwrap();
+    });
+}
+
+/// Found by tests/fuzz.rs (2026-11-28): a penalty or DRY look-back of i32::MAX made llama.cpp
+/// allocate its 8 GB window up front (41 s, and an abort where the memory is not there).
+#[test]
+fn huge_penalty_windows_are_refused() {
+    in_child("huge_penalty_windows_are_refused", || {
+        let Some(model) = common::model() else { return };
+        for last_n in [i32::MAX, rocm_llama::sampler::MAX_LOOKBACK + 1, -2] {
+            let b = Sampler::builder(model).penalties(last_n, 1.1, 0.0, 0.0).greedy().build();
+            assert!(matches!(b, Err(Error::InvalidConfig(_))), "penalties {last_n}");
+            let b = Sampler::builder(model).dry(0.8, 1.75, 2, last_n, &["\n"]).greedy().build();
+            assert!(matches!(b, Err(Error::InvalidConfig(_))), "DRY {last_n}");
+        }
+        // -1 is the model's context, not "off".
+        Sampler::builder(model).penalties(-1, 1.1, 0.0, 0.0).dry(0.8, 1.75, 2, -1, &["\n"]).greedy().build().unwrap();
+    });
+}
+
+/// Found by tests/fuzz.rs (seed 73, 2026-11-28): shifting positions in a BF16 K cache ran
+/// ggml's CPU RoPE on BF16, which aborts ("fatal error" in ops.cpp).
+#[test]
+fn shifting_a_bf16_k_cache_is_refused() {
+    in_child("shifting_a_bf16_k_cache_is_refused", || {
+        let Some(model) = common::model() else { return };
+        let mut cfg = ContextConfig::default().n_ctx(256).threads(1);
+        cfg.type_k = rocm_llama::KvType::BF16;
+        let mut ctx = Context::new(model, &cfg).unwrap();
+        let mut b = Batch::new(8, 1).unwrap();
+        b.add_sequence(&[token(model, "yes"); 3], 0, 0, true).unwrap();
+        ctx.decode(&b).unwrap();
+        assert!(matches!(ctx.seq_shift(0, .., 5), Err(Error::InvalidConfig(_))));
+        // The next decode still works.
+        b.clear();
+        b.add(token(model, "yes"), 3, &[0], true).unwrap();
+        ctx.decode(&b).unwrap();
+    });
+}

@@ -1,0 +1,530 @@
+//! Random drivers that try to kill the process through the safe API and through model files:
+//! seeded random sequences of calls (not coverage-guided: a state-machine fuzzer in the
+//! manner of proptest's), each episode in a child process (this test binary again), so an
+//! abort, a segfault or an allocation failure is counted and reported with the seed that
+//! reproduces it instead of taking the test binary down.
+//!
+//!   cargo test --release --test fuzz                                  # 15 s per target (CI)
+//!   ROCM_LLAMA_FUZZ_SECS=900 cargo test --release --test fuzz -- --nocapture
+//!   ROCM_LLAMA_FUZZ_SEED=1234 cargo test --release --test fuzz api -- --nocapture  # one episode
+//!
+//! `ROCM_LLAMA_FUZZ_BASE_SEED` moves the seeds (default 1: CI runs the same episodes each
+//! time); the report (episodes, calls, aborts) goes to stdout and to
+//! `$ROCM_LLAMA_FUZZ_OUT/<target>.json` when that is set.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rocm_llama::gguf::Value;
+use rocm_llama::synth::{f16_writer, find_shape, Tokenizer};
+use rocm_llama::{
+    Batch, ChatMessage, Context, ContextConfig, Engine, EngineConfig, FlashAttention, GenerateOptions, KvType,
+    LoadConfig, Model, Sampler, SamplingParams,
+};
+
+/// xorshift64*: small, seedable, good enough to pick calls.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 {
+            0
+        } else {
+            self.next() % n
+        }
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+    /// An integer that is often at an edge: 0, ±1, near `near`, the type's extremes.
+    fn edgy(&mut self, near: i64) -> i64 {
+        match self.below(10) {
+            0 => 0,
+            1 => -1,
+            2 => near,
+            3 => near - 1,
+            4 => near + 1,
+            5 => i32::MAX as i64,
+            6 => i32::MIN as i64,
+            7 => self.below(4) as i64,
+            _ => self.below((near.unsigned_abs() * 2).max(2)) as i64,
+        }
+    }
+    fn edgy_i32(&mut self, near: i64) -> i32 {
+        self.edgy(near).clamp(i32::MIN as i64, i32::MAX as i64) as i32
+    }
+    fn edgy_u32(&mut self, near: i64) -> u32 {
+        self.edgy(near).clamp(0, u32::MAX as i64) as u32
+    }
+    fn f32(&mut self) -> f32 {
+        match self.below(12) {
+            0 => f32::NAN,
+            1 => f32::INFINITY,
+            2 => f32::NEG_INFINITY,
+            3 => 0.0,
+            4 => -1.0,
+            5 => 1e30,
+            _ => (self.below(2000) as f32 - 500.0) / 100.0,
+        }
+    }
+    fn bytes(&mut self, max: u64) -> Vec<u8> {
+        let n = self.below(max + 1);
+        (0..n).map(|_| if self.chance(70) { b' ' + self.below(95) as u8 } else { self.next() as u8 }).collect()
+    }
+    fn text(&mut self, max: u64) -> String {
+        String::from_utf8_lossy(&self.bytes(max)).into_owned()
+    }
+}
+
+const GRAMMARS: [&str; 6] = [
+    r#"root ::= "yes" | "no""#,
+    r#"root ::= [a-z]+ "." "#,
+    r#"root ::= ("t" [0-9])*"#,
+    r#"root ::= "x" root | "y""#,
+    r#"root ::= [^\x00-\x7F]"#,
+    r#"root ::= """#,
+];
+
+fn mutate_text(rng: &mut Rng, s: &str) -> String {
+    let mut b = s.as_bytes().to_vec();
+    for _ in 0..rng.below(4) {
+        if b.is_empty() {
+            break;
+        }
+        let i = rng.below(b.len() as u64) as usize;
+        match rng.below(3) {
+            0 => b[i] = rng.next() as u8,
+            1 => {
+                b.remove(i);
+            }
+            _ => {
+                let specials = b"()*+|[]^\"\\:=-";
+                b.insert(i, specials[rng.below(specials.len() as u64) as usize]);
+            }
+        }
+    }
+    String::from_utf8_lossy(&b).into_owned()
+}
+
+fn random_sampling(rng: &mut Rng, n_vocab: i64) -> SamplingParams {
+    SamplingParams {
+        temperature: if rng.chance(30) { 0.0 } else { rng.f32() },
+        top_k: rng.edgy_i32(n_vocab),
+        top_p: rng.f32(),
+        min_p: rng.f32(),
+        typical_p: if rng.chance(50) { 1.0 } else { rng.f32() },
+        repeat_penalty: if rng.chance(50) { 1.0 } else { rng.f32() },
+        frequency_penalty: if rng.chance(70) { 0.0 } else { rng.f32() },
+        presence_penalty: if rng.chance(70) { 0.0 } else { rng.f32() },
+        penalty_last_n: rng.edgy_i32(64),
+        dry_multiplier: if rng.chance(70) { 0.0 } else { rng.f32() },
+        dry_base: rng.f32(),
+        dry_allowed_length: rng.edgy_i32(3),
+        dry_penalty_last_n: rng.edgy_i32(64),
+        seed: rng.next() as u32,
+        grammar: if rng.chance(30) {
+            let g = GRAMMARS[rng.below(GRAMMARS.len() as u64) as usize];
+            Some(if rng.chance(50) { mutate_text(rng, g) } else { g.to_string() })
+        } else {
+            None
+        },
+    }
+}
+
+fn random_context_config(rng: &mut Rng) -> ContextConfig {
+    let kv = [KvType::F32, KvType::F16, KvType::BF16, KvType::Q8_0, KvType::Q4_0, KvType::Iq4Nl];
+    let mut c = ContextConfig::default().threads(1);
+    c.n_ctx = if rng.chance(10) { None } else { Some(rng.edgy_u32(512).min(1 << 16)) };
+    c.n_batch = rng.edgy_u32(64).min(1 << 16);
+    c.n_ubatch = rng.edgy_u32(32).min(1 << 16);
+    c.n_seq_max = rng.edgy_u32(4).min(1 << 10);
+    c.flash_attention = [FlashAttention::Auto, FlashAttention::On, FlashAttention::Off][rng.below(3) as usize];
+    c.type_k = kv[rng.below(kv.len() as u64) as usize];
+    c.type_v = kv[rng.below(kv.len() as u64) as usize];
+    c.embeddings = rng.chance(20);
+    c.kv_unified = rng.chance(50);
+    if rng.chance(5) {
+        c.threads = Some(rng.edgy_u32(2));
+    }
+    c
+}
+
+/// One episode of random calls on `model`; returns how many calls it made.
+fn api_episode(model: &Model, seed: u64, calls: usize) -> usize {
+    let mut rng = Rng::new(seed);
+    let n_vocab = model.vocab().n_tokens() as i64;
+    let vocab = model.vocab();
+    let mut ctx: Option<Context<'_>> = None;
+    let mut batch = Batch::new(64, 4).unwrap();
+    let mut sampler: Option<Sampler<'_>> = None;
+    let mut spent = [Duration::ZERO; 14];
+    for _ in 0..calls {
+        let op = rng.below(14) as usize;
+        let t0 = Instant::now();
+        match op {
+            0 => {
+                let _ = vocab.tokenize(&rng.text(64), rng.chance(50), rng.chance(50));
+            }
+            1 => {
+                let ids: Vec<i32> = (0..rng.below(12)).map(|_| rng.edgy_i32(n_vocab)).collect();
+                let _ = vocab.detokenize(&ids, rng.chance(50), rng.chance(50));
+                let _ = vocab.token_to_bytes(rng.edgy_i32(n_vocab), rng.chance(50));
+                let mut d = vocab.detokenizer(rng.chance(50));
+                for &t in &ids {
+                    let _ = d.push(t);
+                }
+                let _ = d.push_bytes(&rng.bytes(8));
+                let _ = d.finish();
+            }
+            2 => {
+                // Sizes either small or extreme (the extremes fail fast; the middle ground would
+                // only spend time zeroing memory).
+                let cap = if rng.chance(80) {
+                    rng.below(128) as usize
+                } else {
+                    [usize::MAX, 1 << 40, 1 << 31][rng.below(3) as usize]
+                };
+                let seqs = if rng.chance(80) {
+                    rng.below(8) as usize
+                } else {
+                    [usize::MAX, 257, 1 << 30][rng.below(3) as usize]
+                };
+                if let Ok(b) = Batch::new(cap, seqs) {
+                    batch = b;
+                }
+            }
+            3 => {
+                let seqs: Vec<i32> = (0..rng.below(5)).map(|_| rng.edgy_i32(4)).collect();
+                let _ = batch.add(rng.edgy_i32(n_vocab), rng.edgy_i32(8), &seqs, rng.chance(50));
+            }
+            4 => {
+                let tokens: Vec<i32> = (0..rng.below(40)).map(|_| rng.edgy_i32(n_vocab)).collect();
+                let _ = batch.add_sequence(&tokens, rng.edgy_i32(16), rng.edgy_i32(2), rng.chance(70));
+                if rng.chance(30) {
+                    batch.clear();
+                }
+            }
+            5 => {
+                let cfg = random_context_config(&mut rng);
+                if let Ok(c) = Context::new(model, &cfg) {
+                    ctx = Some(c);
+                }
+            }
+            6 => {
+                if let Some(c) = ctx.as_mut() {
+                    let _ = c.decode(&batch);
+                }
+            }
+            7 => {
+                if let Some(c) = ctx.as_ref() {
+                    let i = rng.edgy_i32(batch.len() as i64);
+                    let _ = c.logits(i);
+                    let _ = c.embeddings(i);
+                }
+            }
+            8 => {
+                if let Some(c) = ctx.as_mut() {
+                    let (s, d, p0, p1) = (rng.edgy_i32(2), rng.edgy_i32(2), rng.edgy_i32(8), rng.edgy_i32(16));
+                    let _ = match rng.below(7) {
+                        0 => c.seq_remove(Some(s), p0..p1).map(|_| ()),
+                        1 => c.seq_remove(None, p0..).map(|_| ()),
+                        2 => c.seq_copy(s, d, p0..p1),
+                        3 => c.seq_keep(s),
+                        4 => c.seq_shift(s, p0.., rng.edgy_i32(16)),
+                        5 => c.seq_pos_max(s).map(|_| ()),
+                        _ => {
+                            c.clear_memory();
+                            Ok(())
+                        }
+                    };
+                }
+            }
+            9 => {
+                let params = random_sampling(&mut rng, n_vocab);
+                if let Ok(s) = params.build(model) {
+                    sampler = Some(s);
+                }
+                if rng.chance(30) {
+                    let g = GRAMMARS[rng.below(GRAMMARS.len() as u64) as usize];
+                    let g = mutate_text(&mut rng, g);
+                    if let Ok(s) = Sampler::builder(model).top_k(rng.edgy_i32(40)).grammar(&g, "root").dist(1).build() {
+                        sampler = Some(s);
+                    }
+                }
+            }
+            10 => {
+                if let Some(s) = sampler.as_mut() {
+                    for _ in 0..rng.below(6) {
+                        let _ = s.accept(rng.edgy_i32(n_vocab));
+                    }
+                    let len = match rng.below(4) {
+                        0 => rng.below(n_vocab as u64 * 2) as usize,
+                        _ => n_vocab as usize,
+                    };
+                    let logits: Vec<f32> = (0..len).map(|_| rng.f32()).collect();
+                    let _ = s.sample_logits(&logits);
+                    if let Some(c) = ctx.as_ref() {
+                        let _ = s.sample(c, rng.edgy_i32(batch.len() as i64));
+                    }
+                    if rng.chance(20) {
+                        s.reset();
+                    }
+                }
+            }
+            11 => {
+                if let Some(c) = ctx.as_mut() {
+                    let opts = GenerateOptions {
+                        max_tokens: rng.below(6) as usize,
+                        stop: (0..rng.below(3)).map(|_| rng.text(4)).collect(),
+                        sampling: random_sampling(&mut rng, n_vocab),
+                        cancel: None,
+                    };
+                    if let Ok(g) = c.generate(&rng.text(48), &opts) {
+                        for ev in g.take(12) {
+                            if ev.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            12 => {
+                let msgs: Vec<ChatMessage> =
+                    (0..rng.below(4)).map(|_| ChatMessage::new(rng.text(10), rng.text(20))).collect();
+                let names = rocm_llama::builtin_templates();
+                let t = if rng.chance(70) && !names.is_empty() {
+                    names[rng.below(names.len() as u64) as usize].clone()
+                } else {
+                    rng.text(40)
+                };
+                let _ = rocm_llama::apply_template(&t, &msgs, rng.chance(50));
+            }
+            _ => {
+                // Engine: a short life with random settings, requests, cancels and drops.
+                let config = EngineConfig {
+                    n_seq_max: rng.edgy_u32(3).min(64),
+                    n_ctx_per_seq: rng.edgy_u32(128).min(4096),
+                    n_batch: rng.edgy_u32(32).min(4096),
+                    queue_capacity: rng.below(6) as usize,
+                    threads: Some(1),
+                    flash_attention: FlashAttention::Auto,
+                };
+                // The engine needs an owned model: each child loads its own copy once.
+                if let Ok(h) = Engine::start(owned_model(model), config) {
+                    let mut streams = Vec::new();
+                    for _ in 0..rng.below(6) {
+                        let opts = GenerateOptions {
+                            max_tokens: rng.below(5) as usize,
+                            stop: Vec::new(),
+                            sampling: random_sampling(&mut rng, n_vocab),
+                            cancel: None,
+                        };
+                        if let Ok(s) = h.generate(&rng.text(24), &opts) {
+                            streams.push(s);
+                        }
+                    }
+                    for (i, s) in streams.into_iter().enumerate() {
+                        match i % 3 {
+                            0 => s.cancel(),
+                            1 => drop(s),
+                            _ => {
+                                let _ = s.collect_text();
+                            }
+                        }
+                    }
+                    if rng.chance(50) {
+                        h.abort_step();
+                    }
+                    h.shutdown();
+                }
+            }
+        }
+        spent[op] += t0.elapsed();
+    }
+    if std::env::var_os("ROCM_LLAMA_FUZZ_TIMES").is_some() {
+        println!("\nfuzz-times-ms {:?}", spent.map(|d| d.as_millis()));
+    }
+    calls
+}
+
+/// The child's own `Arc<Model>` of the same file (loaded on first use).
+fn owned_model(model: &Model) -> Arc<Model> {
+    static OWNED: std::sync::OnceLock<Arc<Model>> = std::sync::OnceLock::new();
+    OWNED.get_or_init(|| Arc::new(Model::load(model.path(), &LoadConfig::default()).unwrap())).clone()
+}
+
+/// Flips, overwrites and splices bytes of `base` in its first `span` bytes (the header,
+/// metadata, vocabulary and tensor table; tensor data after them is left alone).
+fn mutate_file(rng: &mut Rng, base: &[u8], span: usize) -> Vec<u8> {
+    let mut b = base.to_vec();
+    for _ in 0..1 + rng.below(8) {
+        let span = span.min(b.len());
+        if span == 0 {
+            break;
+        }
+        let i = rng.below(span as u64) as usize;
+        match rng.below(6) {
+            0 => b[i] ^= 1 << rng.below(8),
+            1 => b[i] = rng.next() as u8,
+            2 => {
+                // A length or count field: little-endian u32/u64 set to an edge value.
+                let v: u64 = [0, 1, 0xFF, 0xFFFF_FFFF, u64::MAX, 1 << 31, 513, 4_000_000_000][rng.below(8) as usize];
+                for (k, byte) in v.to_le_bytes().iter().enumerate().take(if rng.chance(50) { 4 } else { 8 }) {
+                    if i + k < b.len() {
+                        b[i + k] = *byte;
+                    }
+                }
+            }
+            3 => {
+                let j = rng.below(span as u64) as usize;
+                let (a, c) = (i.min(j), i.max(j));
+                let n = (c - a).min(16).min(b.len() - c);
+                b.copy_within(c..c + n, a);
+            }
+            4 => b.truncate(rng.below(b.len() as u64) as usize),
+            _ => b[i] = b[i].wrapping_add(1),
+        }
+    }
+    b
+}
+
+/// One episode of mutated-file loads: each variant is written and loaded, then a context
+/// made and one token decoded when it loads.
+fn gguf_episode(bases: &[(PathBuf, usize)], seed: u64, loads: usize, dir: &Path) -> usize {
+    let mut rng = Rng::new(seed);
+    let originals: Vec<(Vec<u8>, usize)> = bases.iter().map(|(p, span)| (std::fs::read(p).unwrap(), *span)).collect();
+    let path = dir.join(format!("mutant-{}.gguf", std::process::id()));
+    for _ in 0..loads {
+        let (bytes, span) = &originals[rng.below(originals.len() as u64) as usize];
+        let m = mutate_file(&mut rng, bytes, *span);
+        std::fs::write(&path, &m).unwrap();
+        if let Ok(model) = Model::load(&path, &LoadConfig::default()) {
+            if let Ok(mut c) = Context::new(&model, &ContextConfig::default().n_ctx(64).threads(1)) {
+                let _ = c.generate("t1 t2", &GenerateOptions::greedy(1)).map(|g| g.count());
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+    loads
+}
+
+/// Runs episodes in child processes until the time is up; fails listing the seeds whose
+/// child died.
+fn drive(target: &str, test_name: &str, calls_per_episode: usize, episode: impl Fn(u64, usize) -> usize) {
+    let child_seed = std::env::var("ROCM_LLAMA_FUZZ_SEED").ok().and_then(|s| s.parse::<u64>().ok());
+    if std::env::var("ROCM_LLAMA_FUZZ_TARGET").as_deref() == Ok(target) || child_seed.is_some() {
+        let seed = child_seed.expect("ROCM_LLAMA_FUZZ_SEED");
+        let n = episode(seed, calls_per_episode);
+        // On a line of its own: libtest has printed "test NAME ... " without a newline.
+        println!("\nfuzz-calls {n}");
+        return;
+    }
+    let secs: u64 = std::env::var("ROCM_LLAMA_FUZZ_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(15);
+    let base: u64 = std::env::var("ROCM_LLAMA_FUZZ_BASE_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let exe = std::env::current_exe().unwrap();
+    let (mut episodes, mut calls, mut crashes) = (0u64, 0u64, Vec::new());
+    let mut seed = base;
+    while Instant::now() < deadline {
+        let out = std::process::Command::new(&exe)
+            .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
+            .env("ROCM_LLAMA_FUZZ_TARGET", target)
+            .env("ROCM_LLAMA_FUZZ_SEED", seed.to_string())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        episodes += 1;
+        match stdout.lines().find_map(|l| l.strip_prefix("fuzz-calls ")).and_then(|n| n.trim().parse::<u64>().ok()) {
+            Some(n) if out.status.success() => calls += n,
+            _ => {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                let tail: String =
+                    stderr.lines().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+                eprintln!("fuzz {target}: seed {seed} died ({:?}):\n{tail}", out.status);
+                crashes.push(seed);
+            }
+        }
+        seed += 1;
+    }
+    let report = format!(
+        "{{\"target\":\"{target}\",\"seconds\":{secs},\"base_seed\":{base},\"episodes\":{episodes},\"calls\":{calls},\"aborts\":{},\"abort_seeds\":{:?}}}",
+        crashes.len(),
+        crashes
+    );
+    println!("fuzz report: {report}");
+    if let Some(dir) = std::env::var_os("ROCM_LLAMA_FUZZ_OUT") {
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::write(Path::new(&dir).join(format!("{target}.json")), &report);
+    }
+    assert!(
+        crashes.is_empty(),
+        "{target}: {} episodes killed their process; reproduce with ROCM_LLAMA_FUZZ_SEED=<seed>: {crashes:?}",
+        crashes.len()
+    );
+}
+
+fn tiny_model_file(dir: &Path, tokenizer: Option<&Tokenizer>, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    if !path.exists() {
+        let tmp = dir.join(format!("{name}.{}.tmp", std::process::id()));
+        f16_writer(find_shape("tiny").unwrap(), 3, tokenizer)
+            .set_meta("general.name", Value::String("fuzz".into()))
+            .write_to(&tmp)
+            .unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+    path
+}
+
+fn work_dir() -> PathBuf {
+    let d = std::env::temp_dir().join("rocm-llama-fuzz");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn api_random_call_sequences_never_kill_the_process() {
+    let dir = work_dir();
+    let path = tiny_model_file(&dir, None, "tiny-api.gguf");
+    drive("api", "api_random_call_sequences_never_kill_the_process", 300, |seed, calls| {
+        let model = Model::load(&path, &LoadConfig::default()).unwrap();
+        api_episode(&model, seed, calls)
+    });
+}
+
+#[test]
+fn mutated_model_files_never_kill_the_process() {
+    let dir = work_dir();
+    let mut bases = vec![(tiny_model_file(&dir, None, "tiny-gguf.gguf"), 4096)];
+    // The real test model's tokenizer on a tiny model: a real vocabulary, merges and
+    // template to corrupt, in a file of a few MB instead of 253.
+    if let Some(real) = common::model_path() {
+        let tok = Tokenizer::from_gguf(&real).unwrap();
+        let with_real = tiny_model_file(&dir, Some(&tok), "tiny-real-vocab.gguf");
+        let span = std::fs::metadata(&with_real).unwrap().len() as usize;
+        bases.push((with_real, span));
+    }
+    let bases: Vec<(PathBuf, usize)> = bases
+        .into_iter()
+        .map(|(p, span)| {
+            // Mutate the header, metadata and tensor table: everything before the tensor data.
+            let data_offset = rocm_llama::gguf::GgufFile::open(&p).map(|f| f.data_offset as usize).unwrap_or(span);
+            (p, data_offset.min(span).max(64))
+        })
+        .collect();
+    drive("gguf", "mutated_model_files_never_kill_the_process", 20, |seed, loads| {
+        gguf_episode(&bases, seed, loads, &dir)
+    });
+}

@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 use rocm_llama::devices::{self, BackendDevice, DeviceKind, GpuEnv, HipRuntime, VramSource};
 use rocm_llama::Error;
 
+#[cfg(feature = "hip")]
+mod common;
+
 const GIB: u64 = 1 << 30;
 
 struct Node<'a> {
@@ -225,6 +228,12 @@ fn hip_runtime_without_a_gpu_is_a_typed_error() {
     }
     if !std::path::Path::new("/dev/kfd").exists() {
         assert!(matches!(rt.mem_info(0), Err(Error::Hip { .. })));
+        // What `devices` shows: the library, its HIP version and the runtime's reason.
+        let status = devices::HipStatus::of(&rt);
+        eprintln!("HIP runtime: {}", status.summary());
+        assert_eq!(status.library.as_deref(), Some(rt.library()));
+        assert!(status.version.as_deref().is_some_and(|v| v.contains('.')), "{status:?}");
+        assert!(status.error.is_some(), "{status:?}");
     }
     assert!(matches!(HipRuntime::load_from("libdefinitely-not-hip.so"), Err(Error::HipUnavailable(_))));
 }
@@ -285,4 +294,26 @@ fn the_layer_split_uses_every_discrete_gpu_or_else_the_integrated_one() {
     // No GPU: nothing to split over.
     let root = tree("cpu-only-split", false, &[]);
     assert!(devices::report(&root, &env, vec![cpu], None).split_gpus().is_empty());
+}
+
+/// A HIP build puts the model's layers on the AMD GPU. Without one (CI, the sid root of
+/// `scripts/hip-build.sh`) it says it is skipped and why, in the HIP runtime's words, and
+/// checks that `devices` gives that reason and that llama.cpp runs on the CPU.
+#[cfg(feature = "hip")]
+#[test]
+fn hip_build_offloads_to_the_amd_gpu() {
+    let report = rocm_llama::devices();
+    let hip = report.hip.clone().expect("a hip build always asks the HIP runtime");
+    let rocm: Vec<&BackendDevice> = report.backend_devices.iter().filter(|d| d.name.starts_with("ROCm")).collect();
+    if rocm.is_empty() {
+        eprintln!("SKIPPED (needs an AMD GPU): llama.cpp has no ROCm device; HIP runtime: {}", hip.summary());
+        assert!(hip.error.is_some(), "no ROCm device but the HIP runtime reported no error: {hip:?}");
+        assert!(report.table().contains("HIP runtime: "), "{}", report.table());
+        assert!(!rocm_llama::available());
+        return;
+    }
+    let Some(path) = common::model_path() else { return };
+    let model = rocm_llama::Model::load(&path, &rocm_llama::LoadConfig::default()).expect("the test model loads");
+    let on_gpu: u64 = model.memory().weights.iter().filter(|b| b.name.starts_with("ROCm")).map(|b| b.bytes).sum();
+    assert!(on_gpu > 0, "no weights on a ROCm device: {:?}", model.memory());
 }

@@ -208,11 +208,66 @@ pub struct Gpu {
     pub vram: Option<Vram>,
 }
 
+/// What the HIP runtime said when asked for its devices: the answer a user needs when a
+/// HIP build finds no GPU ("no ROCm-capable device is detected", a missing `/dev/kfd`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HipStatus {
+    /// The library that was opened (`libamdhip64.so.6`, ...), or `None` when none could be.
+    pub library: Option<String>,
+    /// `hipRuntimeGetVersion` as `major.minor` (HIP encodes it as major * 10^7 + minor * 10^5 + patch).
+    pub version: Option<String>,
+    /// `hipGetDeviceCount` when it succeeded.
+    pub device_count: Option<u32>,
+    /// Why there are no devices: the failing call, its code and the runtime's message, or
+    /// why the library could not be opened.
+    pub error: Option<String>,
+}
+
+impl HipStatus {
+    /// Opens the HIP runtime and asks it for its devices. Never fails: what went wrong is in
+    /// [`HipStatus::error`].
+    pub fn probe() -> HipStatus {
+        match HipRuntime::load() {
+            Ok(rt) => HipStatus::of(&rt),
+            Err(e) => HipStatus { library: None, version: None, device_count: None, error: Some(e.to_string()) },
+        }
+    }
+
+    /// Asks an opened runtime for its version and device count.
+    pub fn of(rt: &HipRuntime) -> HipStatus {
+        let version =
+            rt.runtime_version().ok().filter(|v| *v > 0).map(|v| format!("{}.{}", v / 10_000_000, (v / 100_000) % 100));
+        let (device_count, error) = match rt.device_count() {
+            Ok(0) => (Some(0), Some("hipGetDeviceCount returned 0 devices".to_string())),
+            Ok(n) => (Some(n), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        HipStatus { library: Some(rt.library().to_string()), version, device_count, error }
+    }
+
+    /// One line: `libamdhip64.so (HIP 6.4): <error>` or `... : 2 devices`.
+    pub fn summary(&self) -> String {
+        let lib = match (&self.library, &self.version) {
+            (Some(l), Some(v)) => format!("{l} (HIP {v})"),
+            (Some(l), None) => l.clone(),
+            (None, _) => "HIP runtime".to_string(),
+        };
+        match (&self.error, self.device_count) {
+            (Some(e), _) => format!("{lib}: {e}"),
+            (None, Some(n)) => format!("{lib}: {n} device{}", if n == 1 { "" } else { "s" }),
+            (None, None) => lib,
+        }
+    }
+}
+
 /// Everything [`devices`] found.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DeviceReport {
     /// `/dev/kfd` exists.
     pub kfd: bool,
+    /// The HIP runtime's own answer, when it was asked: always in a build with the `hip`
+    /// feature, otherwise only where the kernel shows AMD GPUs.
+    pub hip: Option<HipStatus>,
     /// AMD GPUs found through sysfs.
     pub gpus: Vec<Gpu>,
     /// Devices this build of llama.cpp can use.
@@ -336,7 +391,15 @@ pub fn report(
              exists at all, whatever its value; RDNA discrete cards lack XNACK, so unset it unless you mean it"
         ));
     }
-    DeviceReport { kfd: scan.kfd, gpus, backend_devices, env: env.clone(), warnings, problems }
+    DeviceReport {
+        kfd: scan.kfd,
+        hip: hip.map(HipStatus::of),
+        gpus,
+        backend_devices,
+        env: env.clone(),
+        warnings,
+        problems,
+    }
 }
 
 /// Detects GPUs on this machine: sysfs below `/`, this process's environment, llama.cpp's
@@ -344,9 +407,22 @@ pub fn report(
 pub fn devices() -> DeviceReport {
     let env = GpuEnv::from_process();
     let root = Path::new("/");
-    // Opening the HIP runtime is only worth it where the kernel shows AMD GPUs.
-    let hip = if sysfs::scan(root).gpus.is_empty() { None } else { HipRuntime::load().ok() };
-    report(root, &env, backend_devices(), hip.as_ref())
+    // A HIP build always asks the runtime it links (its answer explains a missing GPU); other
+    // builds only where the kernel shows AMD GPUs.
+    let want_hip = cfg!(feature = "hip") || !sysfs::scan(root).gpus.is_empty();
+    let (hip, load_error) = if want_hip {
+        match HipRuntime::load() {
+            Ok(rt) => (Some(rt), None),
+            Err(e) => (None, Some(e.to_string())),
+        }
+    } else {
+        (None, None)
+    };
+    let mut r = report(root, &env, backend_devices(), hip.as_ref());
+    if let Some(error) = load_error {
+        r.hip = Some(HipStatus { library: None, version: None, device_count: None, error: Some(error) });
+    }
+    r
 }
 
 impl DeviceReport {
@@ -385,6 +461,9 @@ impl DeviceReport {
         let mut out = String::new();
         if self.gpus.is_empty() {
             out.push_str(&format!("AMD GPUs: none found (/dev/kfd {})\n", if self.kfd { "present" } else { "absent" }));
+            if let Some(h) = &self.hip {
+                out.push_str(&format!("HIP runtime: {}\n", h.summary()));
+            }
         } else {
             out.push_str(&format!(
                 "{:<4} {:<5} {:<18} {:<10} {:<28} {:>22} {:<14} {}\n",
@@ -430,6 +509,10 @@ impl DeviceReport {
                 d.description
             ));
         }
+        let has_rocm = self.backend_devices.iter().any(|d| d.name.starts_with("ROCm"));
+        if cfg!(feature = "hip") && !has_rocm {
+            out.push_str("  (this build has the hip backend, but it found no AMD GPU: llama.cpp runs on the CPU)\n");
+        }
         let split = self.split_gpus();
         if !split.is_empty() {
             let names: Vec<&str> = split.iter().map(|(n, _)| n.as_str()).collect();
@@ -465,6 +548,25 @@ mod tests {
         assert_eq!((v.free, v.total, v.source), (15 * gib, 16 * gib, VramSource::Sysfs));
         assert_eq!(combine_vram(None, None, None), None);
         assert_eq!(combine_vram(None, Some(gib), None), None);
+    }
+
+    #[test]
+    fn hip_status_says_why_there_is_no_gpu() {
+        let none = HipStatus {
+            library: Some("libamdhip64.so".into()),
+            version: Some("6.4".into()),
+            device_count: None,
+            error: Some("hipGetDeviceCount failed: no ROCm-capable device is detected (100)".into()),
+        };
+        assert_eq!(
+            none.summary(),
+            "libamdhip64.so (HIP 6.4): hipGetDeviceCount failed: no ROCm-capable device is detected (100)"
+        );
+        let two = HipStatus { error: None, device_count: Some(2), ..none.clone() };
+        assert_eq!(two.summary(), "libamdhip64.so (HIP 6.4): 2 devices");
+        let unloadable =
+            HipStatus { library: None, version: None, device_count: None, error: Some("not found".into()) };
+        assert_eq!(unloadable.summary(), "HIP runtime: not found");
     }
 
     #[test]

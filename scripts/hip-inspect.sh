@@ -39,16 +39,19 @@ other="$(find "$work" -name '*hipv4-amdgcn*' | sed 's/.*amdhsa--//' | sort -u | 
 say "targets present: $other"
 say ""
 
-# 2. Kernels per target, by family. Kernel descriptors (`.kd` symbols) name every
-# __global__ function compiled for that target.
-say "## Kernels checked, per target (demangled kernel names; counts of instances)"
+# 2. Kernels per target, by family: every global function (`T` symbol) of the target's code
+# objects is a kernel. ggml compiles some template instances as stubs for targets that
+# cannot run them (a call into `no_device_code`, a few dozen bytes), so each family is
+# counted twice: all instances, and those with real code (at least 256 bytes).
+say "## Kernels checked, per target: instances with real code (>= 256 bytes) / all instances"
 families=(
-    "flash attention, tile kernels:flash_attn_tile"
-    "flash attention, vector kernels:flash_attn_ext_vec"
-    "flash attention, MMA/WMMA kernels:flash_attn_ext_f16"
-    "flash attention, combine step:flash_attn_combine_results"
+    "flash attention, tile kernels:flash_attn_tile<"
+    "flash attention, vector kernels:flash_attn_ext_vec<"
+    "flash attention, MMA (WMMA) kernels:flash_attn_ext_f16<"
+    "flash attention, combine step:flash_attn_combine_results<"
     "quantized matmul (MMQ), any type:mul_mat_q<"
     "quantized matmul (MMQ), Q4_K:mul_mat_q<(ggml_type)12"
+    "quantized matmul (MMQ), Q8_0:mul_mat_q<(ggml_type)8"
     "quantized mat-vec (MMVQ):mul_mat_vec_q<"
     "float mat-vec (MMVF):mul_mat_vec_f<"
     "dequantize Q4_K:dequantize_block_q4_K"
@@ -58,18 +61,18 @@ families=(
 )
 for t in ${targets//;/ }; do
     list="$out/kernels-$t.txt"
-    find "$work" -name "*--$t" -print0 | xargs -0 -r "$llvm/llvm-nm" --defined-only 2>/dev/null |
-        awk '$3 ~ /\.kd$/ {sub(/\.kd$/, "", $3); print $3}' | "$llvm/llvm-cxxfilt" | sort -u >"$list"
-    say "$t: $(wc -l <"$list") kernels in all (list: $(basename "$list"))"
+    find "$work" -name "*--$t" -print0 | xargs -0 -r "$llvm/llvm-nm" -S --defined-only 2>/dev/null |
+        awk '$3 == "T" {print $2, $4}' | "$llvm/llvm-cxxfilt" | sort -u -k2 >"$work/sized-$t.txt"
+    # "<size in bytes> <demangled kernel>", one per line.
+    while read -r hex name; do echo "$((16#$hex)) $name"; done <"$work/sized-$t.txt" >"$list"
+    say "$t: $(wc -l <"$list") kernels, $(awk '$1 >= 256' "$list" | wc -l) with real code (list with sizes: $(basename "$list"))"
     for f in "${families[@]}"; do
         label="${f%%:*}"
         pat="${f#*:}"
-        c="$(grep -cF -- "$pat" "$list" || true)"
-        say "  $label ($pat): $c"
-        case "$label" in
-            "flash attention, MMA/WMMA kernels"*) ;; # reported, not required: which FA kernels a target gets is ggml's choice
-            *) [ "$c" -gt 0 ] || bad "$t lacks $label ($pat)" ;;
-        esac
+        all="$(grep -cF -- "$pat" "$list" || true)"
+        real="$(grep -F -- "$pat" "$list" | awk '$1 >= 256' | wc -l)"
+        say "  $label ($pat): $real / $all"
+        [ "$real" -gt 0 ] || bad "$t has no $label with real code ($pat)"
     done
 done
 say ""
@@ -107,6 +110,22 @@ if grep -q ' llama_decode$' "$work/syms.txt"; then
     say "llama.cpp linked in: llama_decode is defined in the binary"
 else
     bad "llama_decode is not defined in the binary"
+fi
+
+# 5. What rocBLAS (hipBLAS's backend, used for large float matmuls) brings for each target:
+# its Tensile kernel files are per gfx name, and a card without them needs an override.
+say ""
+say "## rocBLAS kernel libraries here (Tensile files per target)"
+rb="$(ls -d /usr/lib/*/rocblas/*/library /opt/rocm/lib/rocblas/library 2>/dev/null | head -n1 || true)"
+if [ -n "$rb" ]; then
+    for t in ${targets//;/ }; do
+        n="$(find "$rb" -name "*$t*" | wc -l)"
+        say "  $t: $n files in $rb"
+        [ "$n" -gt 0 ] || bad "rocBLAS has no kernels for $t"
+    done
+    say "  all targets: $(find "$rb" -name '*gfx*' | sed -n 's/.*\(gfx[0-9a-f]*\).*/\1/p' | sort -u | tr '\n' ' ')"
+else
+    say "  (no rocBLAS library folder found)"
 fi
 
 if [ "$fail" -ne 0 ]; then

@@ -186,24 +186,22 @@ fn check_contents(path: &Path) -> Result<()> {
         }
     }
     match file.get("tokenizer.ggml.tokens") {
-        Some(Value::Array { values: Some(tokens), .. }) => {
-            // llama.cpp maps each text to its id and asserts that no text appears twice
-            // (empty texts become "[EMPTY_<id>]" first). Texts that are not valid UTF-8 were
-            // read with U+FFFD in place of the bad bytes, so two different ones could look
-            // alike here: those are left out rather than wrongly refused.
-            let mut seen = std::collections::HashSet::with_capacity(tokens.len());
-            for (i, t) in tokens.iter().enumerate() {
-                let text = match t.as_str() {
-                    Some("") => std::borrow::Cow::Owned(format!("[EMPTY_{i}]")),
-                    Some(s) if s.contains('\u{FFFD}') => continue,
-                    Some(s) => std::borrow::Cow::Borrowed(s),
-                    None => return bad("tokenizer.ggml.tokens is not a list of strings".into()),
+        Some(Value::Array { values: Some(_), .. }) => {
+            // llama.cpp maps each text to its id and asserts that no text appears twice. It
+            // reads each text as a C string (up to its first NUL byte) and names an empty one
+            // "[EMPTY_<id>]": compare the raw bytes the same way.
+            let texts = crate::gguf::string_array_bytes(path, "tokenizer.ggml.tokens", MAX_VOCAB)?.unwrap_or_default();
+            let mut seen = std::collections::HashSet::with_capacity(texts.len());
+            for (i, raw) in texts.iter().enumerate() {
+                let text = match raw.iter().position(|&b| b == 0).map_or(&raw[..], |n| &raw[..n]) {
+                    [] => std::borrow::Cow::Owned(format!("[EMPTY_{i}]").into_bytes()),
+                    t => std::borrow::Cow::Borrowed(t),
                 };
                 if let Some(first) = seen.replace(text) {
                     return bad(format!(
                         "the vocabulary lists the token text {:?} twice (the second time as id {i}); llama.cpp \
-                         needs every token text once",
-                        first.chars().take(40).collect::<String>()
+                         needs every token text once (up to its first NUL byte)",
+                        String::from_utf8_lossy(&first).chars().take(40).collect::<String>()
                     ));
                 }
             }

@@ -186,6 +186,19 @@ fn files_llama_cpp_would_assert_on_are_refused() {
             Err(Error::NotGguf { reason, .. }) => assert!(reason.contains("twice"), "{reason}"),
             other => panic!("{:?}", other.map(|_| ())),
         }
+        // Texts that differ only after a NUL byte are the same text to llama.cpp (found by
+        // tests/fuzz.rs, seed 1011: a mutated vocabulary hit the assert).
+        let mut tokens: Vec<Value> = (0..n_vocab).map(|i| Value::String(format!("t{i}"))).collect();
+        tokens[9] = Value::String("t3\0x".into());
+        let path = patched(
+            "nul-token.gguf",
+            "tokenizer.ggml.tokens",
+            Value::Array { elem: ValueType::String, len: n_vocab as u64, values: Some(tokens) },
+        );
+        match Model::load(&path, &LoadConfig::default()) {
+            Err(Error::NotGguf { reason, .. }) => assert!(reason.contains("twice"), "{reason}"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
         // The unpatched file loads.
         let ok = tmp("tiny-ok.gguf");
         f16_writer(find_shape("tiny").unwrap(), 1, None).write_to(&ok).unwrap();

@@ -505,6 +505,51 @@ impl<R: Read> Reader<R> {
     }
 }
 
+/// The raw bytes of each string of the string-array metadata `key` (at most `max_len` of them),
+/// without the UTF-8 repair [`Value::String`] makes: for checks that must compare texts the way
+/// llama.cpp does (byte for byte). `Ok(None)` when the key is absent or not a string array.
+pub fn string_array_bytes(path: impl AsRef<Path>, key: &str, max_len: u64) -> Result<Option<Vec<Vec<u8>>>> {
+    let path = path.as_ref();
+    let io = |source| Error::Io { path: path.to_path_buf(), source };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let len = f.seek(std::io::SeekFrom::End(0)).map_err(io)?;
+    f.rewind().map_err(io)?;
+    let mut r = Reader { inner: BufReader::with_capacity(1 << 16, f), pos: 0, len };
+    let skip = ReadOptions { max_array_len: 0, check_tensor_bounds: false };
+    let found = (|| -> std::result::Result<Option<Vec<Vec<u8>>>, ParseError> {
+        if &r.bytes::<4>()? != b"GGUF" {
+            return bad("not a GGUF file");
+        }
+        let _version = r.u32()?;
+        let _n_tensors = r.u64()?;
+        let n_kv = r.u64()?;
+        for _ in 0..n_kv {
+            let k = r.string("key")?;
+            let raw_type = r.u32()?;
+            let t = ValueType::from_u32(raw_type).ok_or_else(|| ParseError::Bad(format!("unknown type {raw_type}")))?;
+            if k != key.as_bytes() || t != ValueType::Array {
+                r.value(t, skip, 0)?;
+                continue;
+            }
+            let elem = r.u32()?;
+            let n = r.u64()?;
+            if ValueType::from_u32(elem) != Some(ValueType::String) || n > max_len || n > r.remaining() / 8 {
+                return Ok(None);
+            }
+            let mut out = Vec::with_capacity(n as usize);
+            for _ in 0..n {
+                out.push(r.string("string")?);
+            }
+            return Ok(Some(out));
+        }
+        Ok(None)
+    })();
+    found.map_err(|e| match e {
+        ParseError::Io(source) => Error::Io { path: path.to_path_buf(), source },
+        ParseError::Bad(reason) => Error::NotGguf { path: path.to_path_buf(), reason },
+    })
+}
+
 fn parse<R: Read>(r: &mut Reader<R>, opts: ReadOptions) -> std::result::Result<GgufFile, ParseError> {
     let magic = r.bytes::<4>()?;
     if &magic != b"GGUF" {

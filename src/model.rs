@@ -191,7 +191,8 @@ fn check_contents(path: &Path) -> Result<()> {
             // reads each text as a C string (up to its first NUL byte) and names an empty one
             // "[EMPTY_<id>]": compare the raw bytes the same way.
             let texts = crate::gguf::string_array_bytes(path, "tokenizer.ggml.tokens", MAX_VOCAB)?.unwrap_or_default();
-            let mut seen = std::collections::HashSet::with_capacity(texts.len());
+            let mut seen: std::collections::HashSet<std::borrow::Cow<'_, [u8]>> =
+                std::collections::HashSet::with_capacity(texts.len());
             for (i, raw) in texts.iter().enumerate() {
                 let text = match raw.iter().position(|&b| b == 0).map_or(&raw[..], |n| &raw[..n]) {
                     [] => std::borrow::Cow::Owned(format!("[EMPTY_{i}]").into_bytes()),
@@ -203,6 +204,20 @@ fn check_contents(path: &Path) -> Result<()> {
                          needs every token text once (up to its first NUL byte)",
                         String::from_utf8_lossy(&first).chars().take(40).collect::<String>()
                     ));
+                }
+            }
+            // A SentencePiece vocabulary spells text it has no token for as byte tokens, which
+            // llama.cpp looks up with a throwing lookup: a byte with neither "<0xXX>" nor a
+            // one-byte token aborts the process the first time some text needs it.
+            if file.get_str("tokenizer.ggml.model") == Some("llama") {
+                for byte in 0..=255u8 {
+                    let hex = format!("<0x{byte:02X}>").into_bytes();
+                    if !seen.contains(&hex[..]) && (byte == 0 || !seen.contains(&[byte][..])) {
+                        return bad(format!(
+                            "this SentencePiece vocabulary has no token for byte 0x{byte:02X} (\"<0x{byte:02X}>\"); \
+                             llama.cpp would abort when tokenizing text that needs it"
+                        ));
+                    }
                 }
             }
         }

@@ -199,6 +199,28 @@ fn files_llama_cpp_would_assert_on_are_refused() {
             Err(Error::NotGguf { reason, .. }) => assert!(reason.contains("twice"), "{reason}"),
             other => panic!("{:?}", other.map(|_| ())),
         }
+        // A SentencePiece vocabulary without a byte token: llama.cpp's tokenizer throws
+        // std::out_of_range through FFI ("Rust cannot catch foreign exceptions") the first time
+        // text needs that byte (found by tests/fuzz.rs, seed 5033 of the GGUF driver).
+        let ok = tmp("tiny-vocab-source.gguf");
+        f16_writer(find_shape("tiny").unwrap(), 1, None).write_to(&ok).unwrap();
+        let opts = rocm_llama::gguf::ReadOptions { max_array_len: 1 << 20, ..Default::default() };
+        let file = rocm_llama::gguf::GgufFile::open_with(&ok, opts).unwrap();
+        let Some(Value::Array { values: Some(mut tokens), len, .. }) = file.get("tokenizer.ggml.tokens").cloned()
+        else {
+            panic!("the tiny model has a vocabulary")
+        };
+        let at = tokens.iter().position(|t| t.as_str() == Some("<0x41>")).expect("byte tokens in the tiny vocabulary");
+        tokens[at] = Value::String("no-longer-a-byte".into());
+        let path = patched(
+            "no-byte-token.gguf",
+            "tokenizer.ggml.tokens",
+            Value::Array { elem: ValueType::String, len, values: Some(tokens) },
+        );
+        match Model::load(&path, &LoadConfig::default()) {
+            Err(Error::NotGguf { reason, .. }) => assert!(reason.contains("byte 0x41"), "{reason}"),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
         // The unpatched file loads.
         let ok = tmp("tiny-ok.gguf");
         f16_writer(find_shape("tiny").unwrap(), 1, None).write_to(&ok).unwrap();

@@ -153,7 +153,7 @@ cmd_build() {
             rm -rf "$d"
         fi
     done
-    log "cargo build --release --features hip for $targets (llama.cpp's 144 HIP objects: about 30 minutes on 2 cores)"
+    log "cargo build --release --features hip for $targets (llama.cpp's 144 HIP objects: about 22 minutes on 2 cores)"
     local t0=$SECONDS
     cargo_in_root build --release --locked --features hip
     local bin="$repo/target/hip/release/rocm-llama"

@@ -30,6 +30,8 @@ export CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER="env LD_PRELOAD=$asan_so"
 export ROCM_LLAMA_FUZZ_SECS="${ROCM_LLAMA_FUZZ_SECS:-120}"
 rss_test=a_thousand_short_requests_leave_no_cells_and_no_growth
 status=0
+# The control first: ASan must report an overflow deliberately made inside llama.cpp.
+cargo test --release --features async --locked --test hostile asan_control -- --ignored || status=$?
 cargo test --release --features async --locked --no-fail-fast -- --skip "$rss_test" || status=$?
 ASAN_OPTIONS="$ASAN_OPTIONS:quarantine_size_mb=0" \
     cargo test --release --features async --locked --test engine "$rss_test" || status=$?

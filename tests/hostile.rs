@@ -288,3 +288,39 @@ fn shifting_a_bf16_k_cache_is_refused() {
         ctx.decode(&b).unwrap();
     });
 }
+
+/// A positive control for `scripts/asan-test.sh`, not a test of this crate: hands llama.cpp a
+/// text length 64 bytes past the end of a heap buffer, which AddressSanitizer must report from
+/// inside llama_tokenize (its memcpy). Ignored in normal runs; the ASan script runs it and
+/// checks for the report, so "0 reports" there means the sanitizer was watching.
+#[test]
+#[ignore = "run by scripts/asan-test.sh as a control"]
+fn asan_control_reports_an_overflow_inside_llama_cpp() {
+    let case = "asan_control_reports_an_overflow_inside_llama_cpp";
+    if std::env::var("ROCM_LLAMA_CHILD_CASE").as_deref() == Ok(case) {
+        let Some(model) = common::model() else { return };
+        let text = vec![b'a'; 16];
+        let mut out = vec![0i32; 256];
+        // SAFETY: deliberately not: the length runs past `text` (that is the point).
+        unsafe {
+            rocm_llama::sys::llama_tokenize(
+                rocm_llama::sys::llama_model_get_vocab(model.as_ptr()),
+                text.as_ptr().cast(),
+                text.len() as i32 + 64,
+                out.as_mut_ptr(),
+                out.len() as i32,
+                false,
+                false,
+            );
+        }
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .args([case, "--exact", "--nocapture", "--test-threads=1", "--ignored"])
+        .env("ROCM_LLAMA_CHILD_CASE", case)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("AddressSanitizer: heap-buffer-overflow"), "no ASan report:\n{stderr}");
+}

@@ -151,6 +151,14 @@ fn repeated_positions_and_huge_shifts_are_refused() {
     });
 }
 
+/// Loading `path` must fail as a bad file whose reason mentions `needle`.
+fn refused(path: &std::path::Path, needle: &str) {
+    match Model::load(path, &LoadConfig::default()) {
+        Err(Error::NotGguf { reason, .. }) => assert!(reason.contains(needle), "{reason}"),
+        other => panic!("{}: {:?}", path.display(), other.map(|_| ())),
+    }
+}
+
 /// A tiny synthetic model's writer with one metadata value replaced.
 fn patched(name: &str, key: &str, value: Value) -> PathBuf {
     let shape = find_shape("tiny").unwrap();
@@ -173,31 +181,16 @@ fn files_llama_cpp_would_assert_on_are_refused() {
             // `fit` (what `run` does before loading) reads the same number.
             assert!(LoadConfig::fit(&path, &Default::default()).is_err());
         }
-        // Two vocabulary entries with the same text.
+        // Two vocabulary entries with the same text; then two that differ only after a NUL
+        // byte, the same text to llama.cpp (found by tests/fuzz.rs, seed 1011: a mutated
+        // vocabulary hit the assert).
         let n_vocab = find_shape("tiny").unwrap().n_vocab as usize;
-        let mut tokens: Vec<Value> = (0..n_vocab).map(|i| Value::String(format!("t{i}"))).collect();
-        tokens[7] = Value::String("t3".into());
-        let path = patched(
-            "duplicate-token.gguf",
-            "tokenizer.ggml.tokens",
-            Value::Array { elem: ValueType::String, len: n_vocab as u64, values: Some(tokens) },
-        );
-        match Model::load(&path, &LoadConfig::default()) {
-            Err(Error::NotGguf { reason, .. }) => assert!(reason.contains("twice"), "{reason}"),
-            other => panic!("{:?}", other.map(|_| ())),
-        }
-        // Texts that differ only after a NUL byte are the same text to llama.cpp (found by
-        // tests/fuzz.rs, seed 1011: a mutated vocabulary hit the assert).
-        let mut tokens: Vec<Value> = (0..n_vocab).map(|i| Value::String(format!("t{i}"))).collect();
-        tokens[9] = Value::String("t3\0x".into());
-        let path = patched(
-            "nul-token.gguf",
-            "tokenizer.ggml.tokens",
-            Value::Array { elem: ValueType::String, len: n_vocab as u64, values: Some(tokens) },
-        );
-        match Model::load(&path, &LoadConfig::default()) {
-            Err(Error::NotGguf { reason, .. }) => assert!(reason.contains("twice"), "{reason}"),
-            other => panic!("{:?}", other.map(|_| ())),
+        for (name, at, text) in [("duplicate-token.gguf", 7, "t3"), ("nul-token.gguf", 9, "t3\0x")] {
+            let mut tokens: Vec<Value> = (0..n_vocab).map(|i| Value::String(format!("t{i}"))).collect();
+            tokens[at] = Value::String(text.into());
+            let values = Value::Array { elem: ValueType::String, len: n_vocab as u64, values: Some(tokens) };
+            let path = patched(name, "tokenizer.ggml.tokens", values);
+            refused(&path, "twice");
         }
         // A SentencePiece vocabulary without a byte token: llama.cpp's tokenizer throws
         // std::out_of_range through FFI ("Rust cannot catch foreign exceptions") the first time
@@ -217,10 +210,7 @@ fn files_llama_cpp_would_assert_on_are_refused() {
             "tokenizer.ggml.tokens",
             Value::Array { elem: ValueType::String, len, values: Some(tokens) },
         );
-        match Model::load(&path, &LoadConfig::default()) {
-            Err(Error::NotGguf { reason, .. }) => assert!(reason.contains("byte 0x41"), "{reason}"),
-            other => panic!("{:?}", other.map(|_| ())),
-        }
+        refused(&path, "byte 0x41");
         // The unpatched file loads.
         let ok = tmp("tiny-ok.gguf");
         f16_writer(find_shape("tiny").unwrap(), 1, None).write_to(&ok).unwrap();

@@ -308,16 +308,7 @@ impl GgufFile {
 
     /// Reads the header with explicit options.
     pub fn open_with(path: impl AsRef<Path>, opts: ReadOptions) -> Result<GgufFile> {
-        let path = path.as_ref();
-        let io = |source| Error::Io { path: path.to_path_buf(), source };
-        let mut f = std::fs::File::open(path).map_err(io)?;
-        let len = f.seek(std::io::SeekFrom::End(0)).map_err(io)?;
-        f.rewind().map_err(io)?;
-        let mut r = Reader { inner: BufReader::with_capacity(1 << 16, f), pos: 0, len };
-        parse(&mut r, opts).map_err(|e| match e {
-            ParseError::Io(source) => Error::Io { path: path.to_path_buf(), source },
-            ParseError::Bad(reason) => Error::NotGguf { path: path.to_path_buf(), reason },
-        })
+        read_file(path.as_ref(), |r| parse(r, opts))
     }
 
     /// Parses a header from bytes (the whole file or at least its header).
@@ -509,14 +500,8 @@ impl<R: Read> Reader<R> {
 /// without the UTF-8 repair [`Value::String`] makes: for checks that must compare texts the way
 /// llama.cpp does (byte for byte). `Ok(None)` when the key is absent or not a string array.
 pub fn string_array_bytes(path: impl AsRef<Path>, key: &str, max_len: u64) -> Result<Option<Vec<Vec<u8>>>> {
-    let path = path.as_ref();
-    let io = |source| Error::Io { path: path.to_path_buf(), source };
-    let mut f = std::fs::File::open(path).map_err(io)?;
-    let len = f.seek(std::io::SeekFrom::End(0)).map_err(io)?;
-    f.rewind().map_err(io)?;
-    let mut r = Reader { inner: BufReader::with_capacity(1 << 16, f), pos: 0, len };
     let skip = ReadOptions { max_array_len: 0, check_tensor_bounds: false };
-    let found = (|| -> std::result::Result<Option<Vec<Vec<u8>>>, ParseError> {
+    read_file(path.as_ref(), |r| {
         if &r.bytes::<4>()? != b"GGUF" {
             return bad("not a GGUF file");
         }
@@ -543,8 +528,21 @@ pub fn string_array_bytes(path: impl AsRef<Path>, key: &str, max_len: u64) -> Re
             return Ok(Some(out));
         }
         Ok(None)
-    })();
-    found.map_err(|e| match e {
+    })
+}
+
+/// Opens `path` and runs `read` over a buffered reader of it; parse failures become
+/// [`Error::Io`] or [`Error::NotGguf`] naming the file.
+fn read_file<T>(
+    path: &Path,
+    read: impl FnOnce(&mut Reader<BufReader<std::fs::File>>) -> std::result::Result<T, ParseError>,
+) -> Result<T> {
+    let io = |source| Error::Io { path: path.to_path_buf(), source };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let len = f.seek(std::io::SeekFrom::End(0)).map_err(io)?;
+    f.rewind().map_err(io)?;
+    let mut r = Reader { inner: BufReader::with_capacity(1 << 16, f), pos: 0, len };
+    read(&mut r).map_err(|e| match e {
         ParseError::Io(source) => Error::Io { path: path.to_path_buf(), source },
         ParseError::Bad(reason) => Error::NotGguf { path: path.to_path_buf(), reason },
     })

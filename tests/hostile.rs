@@ -289,6 +289,8 @@ fn asan_control_reports_an_overflow_inside_llama_cpp() {
     let case = "asan_control_reports_an_overflow_inside_llama_cpp";
     if std::env::var("ROCM_LLAMA_CHILD_CASE").as_deref() == Ok(case) {
         let Some(model) = common::model() else { return };
+        // On the heap on purpose: ASan watches heap blocks (Rust's stack is not instrumented).
+        #[allow(clippy::useless_vec)]
         let text = vec![b'a'; 16];
         let mut out = vec![0i32; 256];
         // SAFETY: deliberately not: the length runs past `text` (that is the point).

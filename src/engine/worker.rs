@@ -319,10 +319,8 @@ impl<'m> Worker<'m> {
             let Some(a) = slot.active.as_mut() else { continue };
             let chunk = &a.job.tokens[a.prefilled..a.prefilled + take];
             let last = a.prefilled + take == a.job.tokens.len();
-            if self.batch.add_sequence(chunk, a.prefilled as i32, slot.seq, last).is_ok() {
-                if last {
-                    a.output = Some(self.batch.len() as i32 - 1);
-                }
+            if self.batch.add_sequence(chunk, a.prefilled as i32, slot.seq, last).is_ok() && last {
+                a.output = Some(self.batch.len() as i32 - 1);
             }
         }
         if self.batch.is_empty() {
@@ -562,24 +560,6 @@ fn fair_shares(left: &[usize], budget: usize) -> Vec<usize> {
     give
 }
 
-#[cfg(test)]
-mod tests {
-    use super::fair_shares;
-
-    #[test]
-    fn prefill_budget_is_shared_fairly() {
-        // A long prompt first no longer takes the whole step.
-        assert_eq!(fair_shares(&[1000, 10, 10, 10], 64), vec![34, 10, 10, 10]);
-        assert_eq!(fair_shares(&[1000, 1000], 64), vec![32, 32]);
-        assert_eq!(fair_shares(&[5, 7], 64), vec![5, 7]);
-        assert_eq!(fair_shares(&[100, 100, 100], 10), vec![4, 3, 3]);
-        assert_eq!(fair_shares(&[100, 100, 100], 2), vec![1, 1, 0]);
-        assert_eq!(fair_shares(&[0, 9], 4), vec![0, 4]);
-        assert_eq!(fair_shares(&[], 4), Vec::<usize>::new());
-        assert_eq!(fair_shares(&[3], 0), vec![0]);
-    }
-}
-
 /// Counts a request out of `running` (its cells kept for reuse, or freed) before its stream
 /// hears the end; `publish` later sets the exact figures.
 fn release(stats: &SharedStats, kv_cells: usize, keep_cells: bool) {
@@ -600,5 +580,23 @@ fn cancelled_summary(job: &Job) -> Summary {
         prefill_tokens_per_s: 0.0,
         decode_tokens_per_s: 0.0,
         total_time: job.submitted.elapsed(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fair_shares;
+
+    #[test]
+    fn prefill_budget_is_shared_fairly() {
+        // A long prompt first no longer takes the whole step.
+        assert_eq!(fair_shares(&[1000, 10, 10, 10], 64), vec![34, 10, 10, 10]);
+        assert_eq!(fair_shares(&[1000, 1000], 64), vec![32, 32]);
+        assert_eq!(fair_shares(&[5, 7], 64), vec![5, 7]);
+        assert_eq!(fair_shares(&[100, 100, 100], 10), vec![4, 3, 3]);
+        assert_eq!(fair_shares(&[100, 100, 100], 2), vec![1, 1, 0]);
+        assert_eq!(fair_shares(&[0, 9], 4), vec![0, 4]);
+        assert_eq!(fair_shares(&[], 4), Vec::<usize>::new());
+        assert_eq!(fair_shares(&[3], 0), vec![0]);
     }
 }

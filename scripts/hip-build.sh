@@ -231,8 +231,10 @@ cmd_test() {
 cmd_smoke() {
     make_root
     local src
+    # The pinned crate's llama.cpp, fetched into Cargo's registry first.
+    cargo fetch --locked >/dev/null
     src="$(find "$cargo_home/registry/src" -maxdepth 2 -type d -name 'llama-cpp-sys-2-0.1.161' | head -n1)/llama.cpp"
-    [ -d "$src" ] || { cargo fetch --locked >/dev/null; src="$(find "$cargo_home/registry/src" -maxdepth 2 -type d -name 'llama-cpp-sys-2-0.1.161' | head -n1)/llama.cpp"; }
+    [ -d "$src" ] || die "llama-cpp-sys-2 0.1.161 is not in $cargo_home/registry/src after cargo fetch"
     local bdir="$repo/target/hip/smoke"
     mkdir -p "$bdir"
     build_env

@@ -175,9 +175,8 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    /// Maps a `llama_decode` return code to `Ok` or the error it stands for.
-    /// Maps `llama_decode`'s return code; `log` is what llama.cpp logged during the call,
-    /// whose last lines carry its reason for a rejected batch.
+    /// Maps a `llama_decode` return code to `Ok` or the error it stands for; `log` is what
+    /// llama.cpp logged during the call, which holds its reason for a rejected batch.
     pub(crate) fn check_decode(code: i32, log: &[String]) -> Result<()> {
         match code {
             0 => Ok(()),

@@ -162,9 +162,9 @@ pub const MAX_VOCAB: u64 = 1 << 22;
 /// than blocks, two vocabulary entries with the same text, truncated tensor data, and 1-D
 /// norm weights that are not F32 (its CPU kernels assert on them while computing).
 fn check_contents(path: &Path) -> Result<()> {
-    use crate::gguf::{GgufFile, ReadOptions, Value};
-    let opts = ReadOptions { max_array_len: MAX_VOCAB, ..ReadOptions::default() };
-    let file = GgufFile::open_with(path, opts)?;
+    use crate::gguf::{GgufFile, Value, ValueType};
+    // The header alone: the vocabulary is read once, as raw bytes, below.
+    let file = GgufFile::open(path)?;
     let bad = |reason: String| Err(Error::NotGguf { path: path.to_path_buf(), reason });
     if let Some(t) = file.tensors.iter().find(|t| t.dims.len() == 1 && t.name.contains("norm") && t.ggml_type != 0) {
         return bad(format!(
@@ -186,7 +186,10 @@ fn check_contents(path: &Path) -> Result<()> {
         }
     }
     match file.get("tokenizer.ggml.tokens") {
-        Some(Value::Array { values: Some(_), .. }) => {
+        Some(Value::Array { elem: ValueType::String, len, .. }) if *len > MAX_VOCAB => {
+            return bad(format!("the vocabulary has {len} tokens, more than the {MAX_VOCAB} accepted here"));
+        }
+        Some(Value::Array { elem: ValueType::String, .. }) => {
             // llama.cpp maps each text to its id and asserts that no text appears twice. It
             // reads each text as a C string (up to its first NUL byte) and names an empty one
             // "[EMPTY_<id>]": compare the raw bytes the same way.
@@ -220,9 +223,6 @@ fn check_contents(path: &Path) -> Result<()> {
                     }
                 }
             }
-        }
-        Some(Value::Array { values: None, len, .. }) => {
-            return bad(format!("the vocabulary has {len} tokens, more than the {MAX_VOCAB} accepted here"));
         }
         _ => {}
     }

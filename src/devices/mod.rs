@@ -229,8 +229,13 @@ impl HipStatus {
     pub fn probe() -> HipStatus {
         match HipRuntime::load() {
             Ok(rt) => HipStatus::of(&rt),
-            Err(e) => HipStatus { library: None, version: None, device_count: None, error: Some(e.to_string()) },
+            Err(e) => HipStatus::unavailable(&e),
         }
+    }
+
+    /// No runtime could be opened, for this reason.
+    fn unavailable(e: &crate::error::Error) -> HipStatus {
+        HipStatus { library: None, version: None, device_count: None, error: Some(e.to_string()) }
     }
 
     /// Asks an opened runtime for its version and device count.
@@ -410,17 +415,10 @@ pub fn devices() -> DeviceReport {
     // A HIP build always asks the runtime it links (its answer explains a missing GPU); other
     // builds only where the kernel shows AMD GPUs.
     let want_hip = cfg!(feature = "hip") || !sysfs::scan(root).gpus.is_empty();
-    let (hip, load_error) = if want_hip {
-        match HipRuntime::load() {
-            Ok(rt) => (Some(rt), None),
-            Err(e) => (None, Some(e.to_string())),
-        }
-    } else {
-        (None, None)
-    };
-    let mut r = report(root, &env, backend_devices(), hip.as_ref());
-    if let Some(error) = load_error {
-        r.hip = Some(HipStatus { library: None, version: None, device_count: None, error: Some(error) });
+    let hip = want_hip.then(HipRuntime::load);
+    let mut r = report(root, &env, backend_devices(), hip.as_ref().and_then(|h| h.as_ref().ok()));
+    if let Some(Err(e)) = &hip {
+        r.hip = Some(HipStatus::unavailable(e));
     }
     r
 }

@@ -112,13 +112,11 @@ fn raw_batched(model: &Model, prompts: &[Vec<i32>]) -> Duration {
 
 fn through_engine(model: &Arc<Model>, prompts: &[Vec<i32>]) -> Duration {
     let n = prompts.len();
-    let config = EngineConfig {
-        n_seq_max: n as u32,
-        n_ctx_per_seq: N_CTX_PER_SEQ,
-        n_batch: N_BATCH,
-        queue_capacity: n.max(1),
-        ..Default::default()
-    };
+    let config = EngineConfig::default()
+        .n_seq_max(n as u32)
+        .n_ctx_per_seq(N_CTX_PER_SEQ)
+        .n_batch(N_BATCH)
+        .queue_capacity(n.max(1));
     let handle = Engine::start(model.clone(), config).unwrap();
     // Greedy, so the work matches the baseline token for token.
     let opts = GenerateOptions::greedy(GEN_TOKENS);

@@ -14,11 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let model = Model::load(&path, &LoadConfig::default())?;
     println!("{} — {} layers, trained context {}", model.description(), model.n_layer(), model.n_ctx_train());
     let mut ctx = Context::new(&model, &ContextConfig::default().n_ctx(2048))?;
-    let opts = GenerateOptions {
-        max_tokens: 64,
-        sampling: SamplingParams { temperature: 0.7, seed: 1234, ..Default::default() },
-        ..Default::default()
-    };
+    let opts =
+        GenerateOptions::default().max_tokens(64).sampling(SamplingParams::default().temperature(0.7).seed(1234));
     print!("{prompt}");
     for event in ctx.generate(&prompt, &opts)? {
         match event? {

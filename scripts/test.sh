@@ -9,7 +9,20 @@ ROCM_LLAMA_TEST_MODEL="$(bash scripts/test-model.sh)"
 export ROCM_LLAMA_TEST_MODEL
 echo "test model: $ROCM_LLAMA_TEST_MODEL" >&2
 
+# House rules first (seconds): formatting, and the core builds without the tools' crates.
+cargo fmt --check
+core_deps="$(cargo tree --locked --no-default-features -e normal --prefix none | sed 's/ .*//' | sort -u)"
+for tool_crate in clap ureq sha2 indicatif; do
+    if grep -qx "$tool_crate" <<<"$core_deps"; then
+        echo "the core (--no-default-features) depends on $tool_crate" >&2
+        exit 1
+    fi
+done
+cargo check --release --locked --no-default-features --lib
+
 # Tests, benches and the binary share the release profile, so llama.cpp is built once
 # (about 4 minutes on 2 cores) and runs at full speed in the tests.
 cargo test --release --all-targets --features async --locked
 cargo test --release --doc --features async --locked
+# Lints over everything that was just built (the same profile, so nothing is rebuilt twice).
+cargo clippy --release --all-targets --features async --locked -- -D warnings

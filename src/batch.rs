@@ -43,8 +43,7 @@ pub const MAX_BATCH_BYTES: usize = 1 << 30;
 /// Makes a vector of `n` copies of `value`, or an error when the memory is not there.
 fn try_filled<T: Clone>(n: usize, value: T, what: &str) -> Result<Vec<T>> {
     let mut v = Vec::new();
-    v.try_reserve_exact(n)
-        .map_err(|_| Error::InvalidConfig(format!("cannot allocate a batch {what} array of {n} entries")))?;
+    v.try_reserve_exact(n).map_err(|_| Error::OutOfMemory(format!("a batch {what} array of {n} entries")))?;
     v.resize(n, value);
     Ok(v)
 }

@@ -23,7 +23,15 @@ use crate::model::Model;
 use crate::sampler::SamplingParams;
 
 /// What to measure.
+///
+/// ```
+/// use rocm_llama::bench::BenchConfig;
+///
+/// let config = BenchConfig::default().n_prompt(vec![512]).n_gen(64).repetitions(5).concurrency(vec![]);
+/// assert_eq!(config.n_gen, 64);
+/// ```
 #[derive(Debug, Clone, serde::Serialize)]
+#[non_exhaustive]
 pub struct BenchConfig {
     /// Prompt lengths for `pp` and `ttft`.
     pub n_prompt: Vec<usize>,
@@ -48,6 +56,21 @@ pub struct BenchConfig {
     /// Logical batch size.
     pub n_batch: u32,
 }
+
+crate::config::setters!(BenchConfig {
+    n_prompt: Vec<usize>,
+    n_gen: usize,
+    depths: Vec<usize>,
+    repetitions: usize,
+    flash_attention: Vec<FlashAttention>,
+    kv_type: KvType,
+    concurrency: Vec<usize>,
+    concurrent_prompt: usize,
+    concurrent_gen: usize,
+    n_batch: u32,
+} optional {
+    threads: u32,
+});
 
 impl Default for BenchConfig {
     fn default() -> Self {
@@ -119,7 +142,7 @@ pub struct BenchReport {
     /// Peak GPU memory of this process (llama.cpp buffers), bytes.
     pub peak_device_bytes: u64,
     /// What the model and one bench context held.
-    pub memory: crate::vram::MemoryBreakdown,
+    pub memory: crate::accounting::MemoryBreakdown,
 }
 
 fn stats(runs: &[f64]) -> (f64, f64) {
@@ -345,7 +368,7 @@ pub fn run(shared: &Arc<Model>, cfg: &BenchConfig, progress: &dyn Fn(&str)) -> R
         measurements,
         host_overhead_us,
         concurrency,
-        peak_device_bytes: crate::vram::process_memory().peak_device_bytes,
+        peak_device_bytes: crate::accounting::process_memory().peak_device_bytes,
         memory,
     })
 }
@@ -410,20 +433,15 @@ fn raw_batched(model: &Model, cfg: &BenchConfig, n: usize, fa: FlashAttention, p
 /// N requests through the engine with default sampling; decode-phase tokens/s (from the
 /// moment every sequence has its first token) and mean time to first token.
 fn through_engine(shared: &Arc<Model>, cfg: &BenchConfig, n: usize, fa: FlashAttention) -> Result<(f64, f64)> {
-    let config = EngineConfig {
-        n_seq_max: n as u32,
-        n_ctx_per_seq: per_seq_ctx(cfg),
-        n_batch: cfg.n_batch,
-        queue_capacity: n,
-        threads: cfg.threads,
-        flash_attention: fa,
-    };
+    let config = EngineConfig::default()
+        .n_seq_max(n as u32)
+        .n_ctx_per_seq(per_seq_ctx(cfg))
+        .n_batch(cfg.n_batch)
+        .queue_capacity(n)
+        .threads(cfg.threads)
+        .flash_attention(fa);
     let handle = Engine::start(shared.clone(), config)?;
-    let opts = GenerateOptions {
-        max_tokens: cfg.concurrent_gen,
-        sampling: SamplingParams { seed: 7, ..SamplingParams::default() },
-        ..Default::default()
-    };
+    let opts = GenerateOptions::default().max_tokens(cfg.concurrent_gen).sampling(SamplingParams::default().seed(7));
     let start = Instant::now();
     let streams: Vec<_> = (0..n)
         .map(|s| handle.generate_tokens(tokens(shared, cfg.concurrent_prompt, s + 11), &opts))
@@ -494,7 +512,7 @@ impl BenchReport {
         s.push_str(&format!(
             "\nmemory: {}; peak GPU {}\n",
             self.memory.summary(),
-            crate::vram::gib(self.peak_device_bytes)
+            crate::accounting::gib(self.peak_device_bytes)
         ));
         s
     }

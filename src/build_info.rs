@@ -29,7 +29,7 @@ pub struct BuildInfo {
 
 /// Reports how this library was built. Wraps `llama_version` and `llama_print_system_info`.
 pub fn build_info() -> BuildInfo {
-    crate::backend::init();
+    crate::init::init();
     // SAFETY: both return static NUL-terminated strings (or null, handled).
     let (version, system) = unsafe { (sys::llama_version(), sys::llama_print_system_info()) };
     let text = |p: *const std::ffi::c_char| {

@@ -7,11 +7,10 @@ use std::sync::Arc;
 
 use llama_cpp_sys_2 as sys;
 
+use crate::accounting::MemoryBreakdown;
 use crate::batch::{Batch, Pos};
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::vocab::Token;
-use crate::vram::MemoryBreakdown;
 
 /// When to use flash attention (`llama_flash_attn_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -62,7 +61,8 @@ pub enum KvType {
 }
 
 impl KvType {
-    fn ggml(self) -> sys::ggml_type {
+    /// The ggml type id (`ggml_type`).
+    pub(crate) fn ggml(self) -> sys::ggml_type {
         match self {
             KvType::F32 => sys::GGML_TYPE_F32,
             KvType::F16 => sys::GGML_TYPE_F16,
@@ -110,7 +110,20 @@ pub fn default_threads() -> u32 {
 }
 
 /// Settings for [`Context::new`].
+///
+/// ```
+/// use rocm_llama::{ContextConfig, FlashAttention, KvType};
+///
+/// let config = ContextConfig::default()
+///     .n_ctx(8192)
+///     .n_batch(1024)
+///     .flash_attention(FlashAttention::On)
+///     .type_k(KvType::Q8_0)
+///     .type_v(KvType::Q8_0);
+/// assert_eq!(config.n_ctx, Some(8192));
+/// ```
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[non_exhaustive]
 pub struct ContextConfig {
     /// Total context length in tokens, shared by all sequences (`None`: the model's trained length).
     pub n_ctx: Option<u32>,
@@ -157,32 +170,35 @@ impl Default for ContextConfig {
     }
 }
 
+crate::config::setters!(ContextConfig {
+    n_ubatch: u32,
+    n_seq_max: u32,
+    flash_attention: FlashAttention,
+    type_k: KvType,
+    type_v: KvType,
+    embeddings: bool,
+    offload_kqv: bool,
+    kv_unified: bool,
+} optional {
+    n_ctx: u32,
+    threads_batch: u32,
+});
+
 impl ContextConfig {
-    /// Sets the context length.
-    pub fn n_ctx(mut self, n: u32) -> Self {
-        self.n_ctx = Some(n);
-        self
-    }
-    /// Sets the number of sequences.
-    pub fn n_seq_max(mut self, n: u32) -> Self {
-        self.n_seq_max = n;
-        self
-    }
-    /// Sets `n_batch` (and lowers `n_ubatch` to it when needed).
+    /// Sets [`n_batch`](Self::n_batch), and lowers [`n_ubatch`](Self::n_ubatch) to it when
+    /// it was larger.
+    #[must_use]
     pub fn n_batch(mut self, n: u32) -> Self {
         self.n_batch = n;
         self.n_ubatch = self.n_ubatch.min(n);
         self
     }
-    /// Sets the thread count for both decoding and prompt processing.
-    pub fn threads(mut self, n: u32) -> Self {
-        self.threads = Some(n);
-        self.threads_batch = Some(n);
-        self
-    }
-    /// Sets flash attention.
-    pub fn flash_attention(mut self, fa: FlashAttention) -> Self {
-        self.flash_attention = fa;
+    /// Sets [`threads`](Self::threads) and [`threads_batch`](Self::threads_batch) (set
+    /// `threads_batch` after this to give prompt processing a different count).
+    #[must_use]
+    pub fn threads(mut self, n: impl Into<Option<u32>>) -> Self {
+        self.threads = n.into();
+        self.threads_batch = self.threads;
         self
     }
 
@@ -248,9 +264,6 @@ pub struct Context<'m> {
     /// `outputs[i]`: whether batch index `i` of the last successful decode produced output.
     outputs: Vec<bool>,
     abort: Arc<AtomicBool>,
-    /// Tokens known to sit in sequence 0's cache, in order (used by `generate` to reuse a
-    /// prompt prefix). Cleared by any memory operation the caller makes directly.
-    pub(crate) seq0_tokens: Vec<Token>,
     embeddings: bool,
     memory: MemoryBreakdown,
 }
@@ -281,8 +294,24 @@ unsafe extern "C" fn abort_trampoline(data: *mut c_void) -> bool {
 
 impl<'m> Context<'m> {
     /// Creates a context. Wraps `llama_init_from_model`.
+    ///
+    /// ```
+    /// # fn main() -> rocm_llama::Result<()> {
+    /// use rocm_llama::{Batch, Context, ContextConfig, LoadConfig, Model};
+    ///
+    /// let model = Model::load(rocm_llama::synth::tiny_model()?, &LoadConfig::default())?;
+    /// let mut ctx = Context::new(&model, &ContextConfig::default().n_ctx(256))?;
+    /// let tokens = model.vocab().tokenize("t1 t2 t3", true, false)?;
+    /// let mut batch = Batch::new(tokens.len(), 1)?;
+    /// batch.add_sequence(&tokens, 0, 0, true)?;
+    /// ctx.decode(&batch)?;
+    /// let logits = ctx.logits(batch.len() as i32 - 1)?;
+    /// assert_eq!(logits.len(), model.vocab().n_tokens() as usize);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn new(model: &'m Model, config: &ContextConfig) -> Result<Context<'m>> {
-        crate::backend::init();
+        crate::init::init();
         config.validate(model)?;
         // SAFETY: returns a plain struct by value.
         let mut p = unsafe { sys::llama_context_default_params() };
@@ -309,7 +338,7 @@ impl<'m> Context<'m> {
         p.abort_callback = Some(abort_trampoline);
         p.abort_callback_data = Arc::as_ptr(&abort) as *mut c_void;
 
-        let (raw, log) = crate::backend::capture_log(|| {
+        let (raw, log) = crate::init::capture_log(|| {
             // SAFETY: the model pointer is valid for `'m`; params are initialised; the abort
             // flag outlives the context because the context holds the `Arc`.
             unsafe { sys::llama_init_from_model(model.as_ptr(), p) }
@@ -335,7 +364,7 @@ impl<'m> Context<'m> {
         };
         let mut memory = MemoryBreakdown::from_log(&log);
         memory.weights.clear();
-        crate::vram::account(&memory, true);
+        crate::accounting::account(&memory, true);
         Ok(Context {
             ptr,
             model,
@@ -350,7 +379,6 @@ impl<'m> Context<'m> {
             type_k: config.type_k,
             outputs: Vec::new(),
             abort,
-            seq0_tokens: Vec::new(),
             embeddings: config.embeddings,
         })
     }
@@ -478,7 +506,7 @@ impl<'m> Context<'m> {
         self.check_batch(batch)?;
         self.outputs.clear();
         // llama.cpp logs its reason for a rejected batch; capture it for the error.
-        let (code, log) = crate::backend::capture_log(|| {
+        let (code, log) = crate::init::capture_log(|| {
             // SAFETY: live context; the batch's arrays hold `n_tokens` checked entries and
             // stay alive for the call.
             unsafe { sys::llama_decode(self.raw(), batch.raw()) }
@@ -555,7 +583,7 @@ impl Drop for Context<'_> {
     fn drop(&mut self) {
         // SAFETY: created by `llama_init_from_model`, freed once, before the model (it borrows it).
         unsafe { sys::llama_free(self.ptr.as_ptr()) };
-        crate::vram::account(&self.memory, false);
+        crate::accounting::account(&self.memory, false);
     }
 }
 

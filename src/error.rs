@@ -41,6 +41,31 @@ pub enum Error {
     /// A setting is out of its valid range.
     #[error("invalid setting: {0}")]
     InvalidConfig(String),
+    /// A model file lacks something this needs (an architecture key, a head count).
+    #[error("the model file lacks {0}")]
+    InvalidModel(String),
+    /// A llama.cpp call that does not report why returned its failure value.
+    #[error("{call} failed: {reason}")]
+    Llama {
+        /// The C function.
+        call: &'static str,
+        /// What is known about it.
+        reason: String,
+    },
+    /// Sampling could not pick a token (no logits, or a chain that selects none).
+    #[error("sampling: {0}")]
+    Sampling(String),
+    /// Memory for a host-side buffer could not be allocated.
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
+    /// A thread could not be started.
+    #[error("cannot start the {what} thread: {source}")]
+    Thread {
+        /// Which thread.
+        what: &'static str,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
     /// A string passed to C contains a NUL byte.
     #[error("{what} contains a NUL byte at offset {offset}")]
     NulByte {

@@ -18,11 +18,11 @@
 
 use std::path::Path;
 
+use crate::accounting::gib;
 use crate::context::KvType;
 use crate::error::{Error, Result};
 use crate::gguf::{ggml_type_block, GgufFile, Value};
 use crate::model::{GpuLayers, LoadConfig, SplitMode};
-use crate::vram::gib;
 
 /// The parts of a model's shape the estimate needs.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -64,11 +64,8 @@ pub struct ModelShape {
 impl ModelShape {
     /// Reads the shape from a GGUF header.
     pub fn from_gguf(f: &GgufFile) -> Result<ModelShape> {
-        let arch = f
-            .architecture()
-            .ok_or_else(|| Error::InvalidConfig("GGUF has no general.architecture".into()))?
-            .to_string();
-        let need = |k: &str| f.arch_u64(k).ok_or_else(|| Error::InvalidConfig(format!("GGUF has no {arch}.{k}")));
+        let arch = f.architecture().ok_or_else(|| Error::InvalidModel("general.architecture".into()))?.to_string();
+        let need = |k: &str| f.arch_u64(k).ok_or_else(|| Error::InvalidModel(format!("{arch}.{k}")));
         let n_layer = need("block_count")?;
         // Per-layer vectors are sized by this number: bound it before allocating (llama.cpp
         // itself takes 1..=512).
@@ -83,7 +80,7 @@ impl ModelShape {
         let n_head = match f.get(&format!("{arch}.attention.head_count")) {
             Some(Value::Array { values: Some(v), .. }) => v.iter().filter_map(Value::as_u64).max().unwrap_or(1),
             Some(v) => v.as_u64().unwrap_or(1),
-            None => return Err(Error::InvalidConfig(format!("GGUF has no {arch}.attention.head_count"))),
+            None => return Err(Error::InvalidModel(format!("{arch}.attention.head_count"))),
         }
         .max(1);
         let n_head_kv = match f.get(&format!("{arch}.attention.head_count_kv")) {
@@ -141,29 +138,23 @@ impl ModelShape {
     /// KV cache bytes per token of one sequence, for all layers.
     pub fn kv_bytes_per_token(&self, type_k: KvType, type_v: KvType) -> u64 {
         let per = |t: KvType, dim: u64| {
-            let (block, size) = ggml_type_block(kv_ggml_id(t)).unwrap_or((1, 2));
+            let (block, size) = ggml_type_block(t.ggml()).unwrap_or((1, 2));
             dim * size / block
         };
         self.n_head_kv.iter().map(|h| h * (per(type_k, self.head_dim_k) + per(type_v, self.head_dim_v))).sum()
     }
 }
 
-fn kv_ggml_id(t: KvType) -> u32 {
-    match t {
-        KvType::F32 => 0,
-        KvType::F16 => 1,
-        KvType::BF16 => 30,
-        KvType::Q8_0 => 8,
-        KvType::Q4_0 => 2,
-        KvType::Q4_1 => 3,
-        KvType::Q5_0 => 6,
-        KvType::Q5_1 => 7,
-        KvType::Iq4Nl => 20,
-    }
-}
-
 /// Settings for [`LoadConfig::fit`].
+///
+/// ```
+/// use rocm_llama::{FitOptions, KvType};
+///
+/// let options = FitOptions::default().max_ctx(16_384).n_seq(4).type_k(KvType::Q8_0).single_gpu(0);
+/// assert_eq!(options.single_gpu, Some(0));
+/// ```
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[non_exhaustive]
 pub struct FitOptions {
     /// Memory to leave free (default 512 MiB).
     pub margin_bytes: u64,
@@ -188,6 +179,20 @@ pub struct FitOptions {
     /// split does, in shares of their free memory.
     pub single_gpu: Option<u32>,
 }
+
+crate::config::setters!(FitOptions {
+    margin_bytes: u64,
+    max_ctx: u32,
+    min_ctx: u32,
+    n_seq: u32,
+    n_ubatch: u32,
+    type_k: KvType,
+    type_v: KvType,
+    flash_attention: bool,
+} optional {
+    n_ctx: u32,
+    single_gpu: u32,
+});
 
 impl Default for FitOptions {
     fn default() -> Self {
@@ -245,7 +250,7 @@ pub fn estimate(shape: &ModelShape, gpu_layers: u32, n_ctx: u32, opts: &FitOptio
     let weights_host = on_host + if !full && !shape.tied_output { shape.output_bytes } else { 0 };
     let kv_per_tok_layer = |range: &[u64]| -> u64 {
         let per = |t: KvType, dim: u64| {
-            let (block, size) = ggml_type_block(kv_ggml_id(t)).unwrap_or((1, 2));
+            let (block, size) = ggml_type_block(t.ggml()).unwrap_or((1, 2));
             dim * size / block
         };
         range.iter().map(|h| h * (per(opts.type_k, shape.head_dim_k) + per(opts.type_v, shape.head_dim_v))).sum()
@@ -408,6 +413,19 @@ impl LoadConfig {
     /// of them under its default layer split, or the one named by [`FitOptions::single_gpu`]),
     /// or host memory in a CPU build, minus the margin (on each GPU). Errors with
     /// [`Error::DoesNotFit`] when not even one layer with the minimal context fits.
+    ///
+    /// ```
+    /// # fn main() -> rocm_llama::Result<()> {
+    /// use rocm_llama::{FitOptions, LoadConfig, Model};
+    ///
+    /// let path = rocm_llama::synth::tiny_model()?;
+    /// let (config, plan) = LoadConfig::fit(&path, &FitOptions::default().max_ctx(4096))?;
+    /// println!("{} of {} layers on {}, context {}", plan.gpu_layers, plan.n_layer, plan.device, plan.n_ctx);
+    /// let model = Model::load(&path, &config)?;
+    /// # let _ = model;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn fit(path: impl AsRef<Path>, opts: &FitOptions) -> Result<(LoadConfig, FitPlan)> {
         let file = GgufFile::open(path)?;
         let shape = ModelShape::from_gguf(&file)?;
@@ -438,7 +456,7 @@ impl LoadConfig {
             Some(i) => (SplitMode::None, i),
             None => (SplitMode::default(), 0),
         };
-        Ok((LoadConfig { gpu_layers, split_mode, main_gpu, ..Default::default() }, plan))
+        Ok((LoadConfig::default().gpu_layers(gpu_layers).split_mode(split_mode).main_gpu(main_gpu), plan))
     }
 }
 
@@ -495,7 +513,7 @@ mod tests {
         assert_eq!(p.n_ctx, 512);
         assert!(p.estimate.device() <= 3 * GIB - opts.margin_bytes);
         // A fixed context is respected: fewer layers instead.
-        let fixed = FitOptions { n_ctx: Some(32_768), ..FitOptions::default() };
+        let fixed = FitOptions::default().n_ctx(Some(32_768));
         let p = plan(&s, 8 * GIB, true, "ROCm0", &fixed).unwrap();
         assert!(p.gpu_layers < 32 && p.n_ctx == 32_768, "{p:?}");
     }
@@ -517,8 +535,7 @@ mod tests {
         // Every card keeps its margin: the pooled plan uses at most the sum less two margins.
         assert!(two.estimate.device() <= 8 * GIB - 2 * opts.margin_bytes, "{two:?}");
         // Two 24 GiB cards take a longer context than one.
-        let big =
-            |n: &[u64]| plan_gpus(&s, &gpus(n), &FitOptions { max_ctx: 131_072, ..FitOptions::default() }).unwrap();
+        let big = |n: &[u64]| plan_gpus(&s, &gpus(n), &FitOptions::default().max_ctx(131_072)).unwrap();
         assert!(big(&[24 * GIB, 24 * GIB]).n_ctx > big(&[24 * GIB]).n_ctx);
         // One GPU through plan_gpus is exactly plan.
         for f in [3 * GIB, 8 * GIB, 16 * GIB] {
@@ -535,7 +552,7 @@ mod tests {
         let compute = compute_bytes(&s, 512, &opts);
         // Two cards with room for half the layers and their buffers each, and a little more.
         let card = (layers + kv) / 2 + compute + opts.margin_bytes + (64 << 20);
-        let at_512 = FitOptions { n_ctx: Some(512), ..opts };
+        let at_512 = opts.n_ctx(Some(512));
         let full = |s: &ModelShape, cards: &[u64]| plan_gpus(s, &gpus(cards), &at_512).unwrap().gpu_layers == 32;
         // Without an output matrix everything offloads; with one, not: it does not fit the
         // last card, and it is not spread (room for half of it on each card is not enough).

@@ -9,8 +9,9 @@ use crate::batch::Batch;
 use crate::chat::{apply_template, ChatMessage, ChatTemplate};
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::sampler::{Sampler, SamplingParams};
-use crate::vocab::{Detokenizer, Token};
+use crate::request::{check_prompt, Accepted, Request, SeqCache};
+use crate::sampler::SamplingParams;
+use crate::vocab::Token;
 
 /// Lets another thread stop a generation; the iterator then ends with
 /// [`StopReason::Cancelled`].
@@ -33,7 +34,20 @@ impl CancelToken {
 }
 
 /// Settings for one generation.
+///
+/// ```
+/// use rocm_llama::{CancelToken, GenerateOptions, SamplingParams};
+///
+/// let cancel = CancelToken::new();
+/// let options = GenerateOptions::default()
+///     .max_tokens(128)
+///     .stop("\n\n")
+///     .sampling(SamplingParams::default().temperature(0.2))
+///     .cancel(cancel.clone());
+/// assert_eq!(options.stop, ["\n\n"]);
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct GenerateOptions {
     /// Most tokens to generate (default 256).
     pub max_tokens: usize,
@@ -51,14 +65,28 @@ impl Default for GenerateOptions {
     }
 }
 
+crate::config::setters!(GenerateOptions {
+    max_tokens: usize,
+    sampling: SamplingParams,
+} optional {
+    cancel: CancelToken,
+});
+
 impl GenerateOptions {
     /// Greedy decoding of at most `max_tokens`.
     pub fn greedy(max_tokens: usize) -> Self {
         GenerateOptions { max_tokens, sampling: SamplingParams::greedy(), ..Default::default() }
     }
-    /// Adds a stop string.
+    /// Adds a stop string to [`stop`](Self::stop).
+    #[must_use]
     pub fn stop(mut self, s: impl Into<String>) -> Self {
         self.stop.push(s.into());
+        self
+    }
+    /// Adds stop strings to [`stop`](Self::stop).
+    #[must_use]
+    pub fn stops(mut self, stops: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.stop.extend(stops.into_iter().map(Into::into));
         self
     }
 }
@@ -175,31 +203,43 @@ enum Phase {
 
 /// A running generation on sequence 0 of a [`Context`]. Iterate it for [`Event`]s.
 ///
-/// Created by [`Context::generate`]. The prompt is processed on the first `next()`.
+/// Created by [`Context::generate`] (the whole prompt is computed) or
+/// [`Session::generate`](crate::Session::generate) (a cached prefix is reused). The prompt is
+/// processed on the first `next()`.
 pub struct Generation<'c, 'm> {
     ctx: &'c mut Context<'m>,
-    sampler: Sampler<'m>,
-    detok: Detokenizer<'m>,
-    stops: StopMatcher,
-    prompt: Vec<Token>,
-    cached: usize,
+    /// What sequence 0 holds, when a [`Session`](crate::Session) keeps track of it.
+    cache: Option<&'c mut SeqCache>,
+    request: Request<'m>,
     pos: i32,
     batch: Batch,
     last_index: i32,
-    opts: GenerateOptions,
+    cancel: Option<CancelToken>,
     phase: Phase,
-    generated: usize,
-    start: Option<Instant>,
-    prefill_done: Option<Instant>,
-    first_token: Option<Instant>,
 }
 
 impl<'m> Context<'m> {
     /// Generates from a text prompt (tokenized with BOS as the model wants and with control
     /// tokens parsed). Errors at once when the prompt does not fit the context.
     ///
-    /// Runs on sequence 0. When the prompt starts with tokens already cached from the last
-    /// generation on this context (a chat conversation), only the rest is computed.
+    /// Runs on sequence 0, which it empties first: the whole prompt is computed. A
+    /// [`Session`](crate::Session) reuses the prompt prefix the previous generation left.
+    ///
+    /// ```
+    /// # fn main() -> rocm_llama::Result<()> {
+    /// use rocm_llama::{Context, ContextConfig, Event, GenerateOptions, LoadConfig, Model};
+    ///
+    /// let model = Model::load(rocm_llama::synth::tiny_model()?, &LoadConfig::default())?;
+    /// let mut ctx = Context::new(&model, &ContextConfig::default().n_ctx(256))?;
+    /// for event in ctx.generate("t1 t2 t3", &GenerateOptions::greedy(8))? {
+    ///     match event? {
+    ///         Event::Token { text, .. } | Event::Text(text) => print!("{text}"),
+    ///         Event::Done(summary) => assert!(summary.generated_tokens <= 8),
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn generate(&mut self, prompt: &str, opts: &GenerateOptions) -> Result<Generation<'_, 'm>> {
         let tokens = self.model().vocab().tokenize(prompt, true, true)?;
         self.generate_tokens(tokens, opts)
@@ -212,44 +252,20 @@ impl<'m> Context<'m> {
         template: &ChatTemplate,
         opts: &GenerateOptions,
     ) -> Result<Generation<'_, 'm>> {
-        let tmpl = template.resolve(self.model())?;
-        let prompt = apply_template(&tmpl, messages, true)?;
+        let prompt = format_chat(self.model(), messages, template)?;
         self.generate(&prompt, opts)
     }
 
     /// Generates from prompt tokens.
     pub fn generate_tokens(&mut self, prompt: Vec<Token>, opts: &GenerateOptions) -> Result<Generation<'_, 'm>> {
-        if prompt.is_empty() {
-            return Err(Error::Tokenize("the prompt is empty".into()));
-        }
-        let vocab = self.model().vocab();
-        for &t in &prompt {
-            vocab.check(t)?;
-        }
-        if prompt.len() >= self.n_ctx_seq() as usize {
-            return Err(Error::ContextOverflow { needed: prompt.len() + 1, n_ctx: self.n_ctx_seq() });
-        }
-        let sampler = opts.sampling.build(self.model())?;
-        let batch = Batch::new(self.n_batch() as usize, 1)?;
-        let detok = vocab.detokenizer(false);
-        Ok(Generation {
-            ctx: self,
-            sampler,
-            detok,
-            stops: StopMatcher::new(&opts.stop),
-            prompt,
-            cached: 0,
-            pos: 0,
-            batch,
-            last_index: -1,
-            opts: opts.clone(),
-            phase: Phase::Prefill,
-            generated: 0,
-            start: None,
-            prefill_done: None,
-            first_token: None,
-        })
+        Generation::new(self, None, prompt, opts)
     }
+}
+
+/// The prompt for `messages` under `template`, ending where the assistant's reply starts.
+pub(crate) fn format_chat(model: &crate::Model, messages: &[ChatMessage], template: &ChatTemplate) -> Result<String> {
+    let tmpl = template.resolve(model)?;
+    apply_template(&tmpl, messages, true)
 }
 
 /// Joins the text of a stream of events and returns it with the final summary; a stream
@@ -265,40 +281,56 @@ pub fn collect_events(events: impl IntoIterator<Item = Result<Event>>) -> Result
     Err(Error::Cancelled)
 }
 
-impl Generation<'_, '_> {
+impl<'c, 'm> Generation<'c, 'm> {
+    pub(crate) fn new(
+        ctx: &'c mut Context<'m>,
+        cache: Option<&'c mut SeqCache>,
+        prompt: Vec<Token>,
+        opts: &GenerateOptions,
+    ) -> Result<Self> {
+        check_prompt(ctx.model().vocab(), &prompt, ctx.n_ctx_seq())?;
+        let request = Request::new(ctx.model(), prompt, opts, Instant::now())?;
+        let batch = Batch::new(ctx.n_batch() as usize, 1)?;
+        Ok(Generation {
+            ctx,
+            cache,
+            request,
+            pos: 0,
+            batch,
+            last_index: -1,
+            cancel: opts.cancel.clone(),
+            phase: Phase::Prefill,
+        })
+    }
+
     /// Runs to the end; returns the whole text and the summary.
     pub fn collect_text(self) -> Result<(String, Summary)> {
         collect_events(self)
     }
 
-    /// Computes the prompt, reusing the cached prefix of sequence 0.
+    /// Computes the prompt, reusing what the session's cache of sequence 0 shares with it.
     fn prefill(&mut self) -> Result<()> {
         let ctx = &mut *self.ctx;
-        let mut common = ctx.seq0_tokens.iter().zip(&self.prompt).take_while(|(a, b)| a == b).count();
-        // The last prompt token must be computed again to get its logits.
-        common = common.min(self.prompt.len() - 1);
-        let saved = std::mem::take(&mut ctx.seq0_tokens);
-        let mut reused = common > 0 && ctx.seq_remove(Some(0), common as i32..)?;
-        // A sliding-window cache may have dropped early positions: then start over.
-        if reused && ctx.seq_pos_min(0)?.is_some_and(|p| p > 0) {
-            reused = false;
-        }
-        if !reused {
-            common = 0;
-            ctx.seq_remove(Some(0), ..)?;
-        }
-        drop(saved);
-        self.cached = common;
-        ctx.seq0_tokens = self.prompt[..common].to_vec();
+        let prompt = &self.request.prompt;
+        let common = match self.cache.as_deref_mut() {
+            Some(cache) => cache.reuse(ctx, 0, prompt)?,
+            None => {
+                ctx.seq_remove(Some(0), ..)?;
+                0
+            }
+        };
+        self.request.cached = common;
         let n_batch = ctx.n_batch() as usize;
-        let rest = &self.prompt[common..];
+        let rest = &prompt[common..];
         let mut pos = common as i32;
         for (k, chunk) in rest.chunks(n_batch).enumerate() {
             self.batch.clear();
             let last = (k + 1) * n_batch >= rest.len();
             self.batch.add_sequence(chunk, pos, 0, last)?;
             ctx.decode(&self.batch)?;
-            ctx.seq0_tokens.extend_from_slice(chunk);
+            if let Some(cache) = self.cache.as_deref_mut() {
+                cache.extend(chunk);
+            }
             pos += chunk.len() as i32;
         }
         self.last_index = self.batch.len() as i32 - 1;
@@ -310,39 +342,17 @@ impl Generation<'_, '_> {
         self.batch.clear();
         self.batch.add(token, self.pos, &[0], true)?;
         self.ctx.decode(&self.batch)?;
-        self.ctx.seq0_tokens.push(token);
+        if let Some(cache) = self.cache.as_deref_mut() {
+            cache.extend(&[token]);
+        }
         self.pos += 1;
         self.last_index = 0;
         Ok(())
     }
 
-    fn summary(&self, stop_reason: StopReason) -> Summary {
-        let now = Instant::now();
-        let start = self.start.unwrap_or(now);
-        let prefill_done = self.prefill_done.unwrap_or(now);
-        let first = self.first_token.unwrap_or(now);
-        let prefill_secs = (prefill_done - start).as_secs_f64();
-        let decode_secs = (now - first).as_secs_f64();
-        let computed = self.prompt.len() - self.cached;
-        Summary {
-            stop_reason,
-            prompt_tokens: self.prompt.len(),
-            cached_prompt_tokens: self.cached,
-            generated_tokens: self.generated,
-            time_to_first_token: first - start,
-            prefill_tokens_per_s: if prefill_secs > 0.0 { computed as f64 / prefill_secs } else { 0.0 },
-            decode_tokens_per_s: if decode_secs > 0.0 && self.generated > 1 {
-                (self.generated - 1) as f64 / decode_secs
-            } else {
-                0.0
-            },
-            total_time: now - start,
-        }
-    }
-
     fn step(&mut self) -> Result<Option<Event>> {
         loop {
-            if self.opts.cancel.as_ref().is_some_and(|c| c.is_cancelled())
+            if self.cancel.as_ref().is_some_and(|c| c.is_cancelled())
                 && !matches!(self.phase, Phase::Done | Phase::Finish(_))
             {
                 self.phase = Phase::Finish(StopReason::Cancelled);
@@ -350,9 +360,11 @@ impl Generation<'_, '_> {
             match std::mem::replace(&mut self.phase, Phase::Done) {
                 Phase::Done => return Ok(None),
                 Phase::Prefill => {
-                    self.start = Some(Instant::now());
+                    let now = Instant::now();
+                    self.request.submitted = now;
+                    self.request.started = now;
                     self.prefill()?;
-                    self.prefill_done = Some(Instant::now());
+                    self.request.prefilled();
                     self.phase = Phase::Sample;
                 }
                 Phase::Decode(t) => {
@@ -360,51 +372,31 @@ impl Generation<'_, '_> {
                     self.phase = Phase::Sample;
                 }
                 Phase::Sample => {
-                    // `max_tokens: 0` processes (and caches) the prompt and generates nothing.
-                    if self.generated >= self.opts.max_tokens {
+                    if self.request.budget_spent() {
                         self.phase = Phase::Finish(StopReason::MaxTokens);
                         continue;
                     }
-                    let t = self.sampler.sample(self.ctx, self.last_index)?;
-                    if self.first_token.is_none() {
-                        self.first_token = Some(Instant::now());
+                    let t = self.request.sampler.sample(self.ctx, self.last_index)?;
+                    match self.request.accept(t, self.pos as usize, self.ctx.n_ctx_seq() as usize)? {
+                        Accepted::EndOfGeneration => self.phase = Phase::Finish(StopReason::Eos),
+                        Accepted::Token { id, text, stop } => {
+                            self.phase = match stop {
+                                Some(reason) => Phase::Finish(reason),
+                                None => Phase::Decode(id),
+                            };
+                            return Ok(Some(Event::Token { id, text }));
+                        }
                     }
-                    if self.ctx.model().vocab().is_eog(t) {
-                        self.phase = Phase::Finish(StopReason::Eos);
-                        continue;
-                    }
-                    self.generated += 1;
-                    let piece = self.detok.push(t)?;
-                    let (text, hit) = self.stops.push(&piece);
-                    self.phase = if let Some(s) = hit {
-                        Phase::Finish(StopReason::StopString(s))
-                    } else if self.generated >= self.opts.max_tokens {
-                        Phase::Finish(StopReason::MaxTokens)
-                    } else if self.pos as u32 + 1 >= self.ctx.n_ctx_seq() {
-                        Phase::Finish(StopReason::ContextFull)
-                    } else {
-                        Phase::Decode(t)
-                    };
-                    return Ok(Some(Event::Token { id: t, text }));
                 }
                 Phase::Finish(reason) => {
-                    let rest = if matches!(reason, StopReason::StopString(_)) {
-                        String::new()
-                    } else {
-                        let tail = self.detok.finish();
-                        let (mut text, _) = self.stops.push(&tail);
-                        text.push_str(&self.stops.flush());
-                        text
-                    };
+                    let rest = self.request.tail(&reason);
                     if !rest.is_empty() {
-                        self.phase = Phase::Finish(reason);
                         // Emit the held text first; the summary follows on the next call.
-                        self.detok.finish();
-                        self.stops = StopMatcher::new(&[]);
+                        self.phase = Phase::Finish(reason);
                         return Ok(Some(Event::Text(rest)));
                     }
                     self.phase = Phase::Done;
-                    return Ok(Some(Event::Done(self.summary(reason))));
+                    return Ok(Some(Event::Done(self.request.summary(reason))));
                 }
             }
         }

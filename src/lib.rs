@@ -4,11 +4,15 @@
 //! Built for AMD RDNA3 GPUs through HIP (RX 7800 XT = gfx1101, RX 7900 XTX = gfx1100), NVIDIA
 //! through CUDA, and any CPU.
 //!
-//! ```no_run
+//! ```
 //! use rocm_llama::{ChatMessage, ChatTemplate, Context, ContextConfig, Event, GenerateOptions, LoadConfig, Model};
 //!
 //! # fn main() -> rocm_llama::Result<()> {
-//! let model = Model::load("gemma-3-270m-q4_k_m.gguf", &LoadConfig::default())?;
+//! # let path = rocm_llama::synth::tiny_model()?;
+//! # /*
+//! let path = "gemma-3-270m-q4_k_m.gguf";
+//! # */
+//! let model = Model::load(&path, &LoadConfig::default())?;
 //! let mut ctx = Context::new(&model, &ContextConfig::default().n_ctx(4096))?;
 //! let messages = [ChatMessage::user("Name three rivers.")];
 //! let opts = GenerateOptions::greedy(64).stop("\n\n");
@@ -22,9 +26,14 @@
 //! # }
 //! ```
 //!
-//! Modules follow llama.cpp's concepts: [`backend`] (process-wide init and logging),
+//! Modules follow llama.cpp's concepts: [`init`] (process-wide init and logging),
 //! [`model`], [`vocab`], [`context`], [`batch`], [`memory`] (KV cache per sequence),
-//! [`sampler`], [`chat`] and [`generate`].
+//! [`sampler`], [`chat`], [`generate`] (one generation on a context), [`session`] (a
+//! conversation that reuses its cached prompt) and [`engine`] (many requests batched on one
+//! model). Around them: [`gguf`] headers, [`devices`](mod@devices), memory [`accounting`] and [`fit`].
+//! The tools behind feature `tools` (on by default, with the binary) are `inventory`,
+//! `pull`, `synth` and `bench`; a library user who wants only the core turns default
+//! features off.
 //!
 //! Nothing a caller passes in can make llama.cpp assert and kill the process: token ids,
 //! sequence ids, positions, batch sizes, prompt lengths, NUL bytes and malformed files are
@@ -33,27 +42,40 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
 
-pub mod backend;
+// llama.cpp's concepts, in the order a program meets them.
 pub mod batch;
-pub mod bench;
-mod build_info;
 pub mod chat;
+mod config;
 pub mod context;
-pub mod devices;
 pub mod engine;
 mod error;
-pub mod fit;
 pub mod generate;
-pub mod gguf;
+pub mod init;
 pub mod memory;
 pub mod model;
-pub mod models;
-pub mod pull;
+mod request;
 pub mod sampler;
-pub mod synth;
+pub mod session;
 pub mod vocab;
-pub mod vram;
 
+// What the core needs around llama.cpp: GGUF headers, GPUs and memory, fitting a model to them.
+pub mod accounting;
+mod build_info;
+pub mod devices;
+pub mod fit;
+pub mod gguf;
+
+// Tools (feature `tools`, on in the binary): inventory, downloads, synthetic models, benchmarks.
+#[cfg(feature = "tools")]
+pub mod bench;
+#[cfg(feature = "tools")]
+pub mod inventory;
+#[cfg(feature = "tools")]
+pub mod pull;
+#[cfg(feature = "tools")]
+pub mod synth;
+
+pub use accounting::{process_memory, MemoryBreakdown, ProcessMemory};
 pub use batch::{Batch, Pos, SeqId};
 pub use build_info::{build_info, BuildInfo};
 pub use chat::{apply_template, builtin_templates, template_for_architecture, ChatMessage, ChatTemplate};
@@ -67,8 +89,8 @@ pub use fit::{FitOptions, FitPlan};
 pub use generate::{CancelToken, Event, GenerateOptions, Generation, StopReason, Summary};
 pub use model::{GpuLayers, LoadConfig, Model, ModelInfo, SplitMode};
 pub use sampler::{Sampler, SamplerBuilder, SamplingParams};
+pub use session::Session;
 pub use vocab::{Detokenizer, Token, Vocab};
-pub use vram::{process_memory, MemoryBreakdown, ProcessMemory};
 
 /// The raw llama.cpp bindings, for anything this crate does not wrap.
 pub use llama_cpp_sys_2 as sys;

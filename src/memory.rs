@@ -35,16 +35,8 @@ impl Context<'_> {
         unsafe { sys::llama_get_memory(self.raw()) }
     }
 
-    /// Forgets the prompt-cache bookkeeping of `generate` when the caller edits memory directly.
-    fn touch(&mut self, seq: Option<SeqId>) {
-        if seq.is_none_or(|s| s == 0) {
-            self.seq0_tokens.clear();
-        }
-    }
-
     /// Empties the whole KV cache. Wraps `llama_memory_clear`.
     pub fn clear_memory(&mut self) {
-        self.touch(None);
         // SAFETY: valid memory handle.
         unsafe { sys::llama_memory_clear(self.mem(), true) };
     }
@@ -57,7 +49,6 @@ impl Context<'_> {
             self.check_seq(s)?;
         }
         let (p0, p1) = to_c_range(range)?;
-        self.touch(seq);
         // SAFETY: checked sequence id (or -1 for all), valid range.
         Ok(unsafe { sys::llama_memory_seq_rm(self.mem(), seq.unwrap_or(-1), p0, p1) })
     }
@@ -77,7 +68,6 @@ impl Context<'_> {
                  takes whole sequences: use `..` instead of {p0}..{p1}"
             )));
         }
-        self.touch(Some(dst));
         // SAFETY: checked ids and range.
         unsafe { sys::llama_memory_seq_cp(self.mem(), src, dst, p0, p1) };
         Ok(())
@@ -86,9 +76,6 @@ impl Context<'_> {
     /// Removes every sequence except `seq`. Wraps `llama_memory_seq_keep`.
     pub fn seq_keep(&mut self, seq: SeqId) -> Result<()> {
         self.check_seq(seq)?;
-        if seq != 0 {
-            self.touch(None);
-        }
         // SAFETY: checked id.
         unsafe { sys::llama_memory_seq_keep(self.mem(), seq) };
         Ok(())
@@ -129,7 +116,6 @@ impl Context<'_> {
         if !unsafe { sys::llama_memory_can_shift(self.mem()) } {
             return Err(Error::InvalidConfig("this model's memory cannot shift positions".into()));
         }
-        self.touch(Some(seq));
         // SAFETY: checked id and range.
         unsafe { sys::llama_memory_seq_add(self.mem(), seq, p0, p1, delta) };
         Ok(())

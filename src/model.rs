@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use llama_cpp_sys_2 as sys;
 
+use crate::accounting::MemoryBreakdown;
 use crate::error::{c_string, Error, Result};
 use crate::vocab::Vocab;
-use crate::vram::MemoryBreakdown;
 
 /// How many of the model's layers to place on the GPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -52,7 +52,22 @@ fn load_failure_reason(log: &[String]) -> String {
 pub type ProgressFn = dyn Fn(f32) -> bool + Send + Sync;
 
 /// Settings for [`Model::load`].
+///
+/// ```
+/// use rocm_llama::{GpuLayers, LoadConfig, SplitMode};
+///
+/// let config = LoadConfig::default()
+///     .gpu_layers(GpuLayers::Count(20))
+///     .split_mode(SplitMode::None)
+///     .main_gpu(1)
+///     .with_progress(|fraction| {
+///         eprint!("\r{:.0}%", fraction * 100.0);
+///         true
+///     });
+/// assert_eq!(config.gpu_layers, GpuLayers::Count(20));
+/// ```
 #[derive(Clone, Default)]
+#[non_exhaustive]
 pub struct LoadConfig {
     /// Layers to offload to the GPU (default: all).
     pub gpu_layers: GpuLayers,
@@ -63,6 +78,8 @@ pub struct LoadConfig {
     /// Memory-map the file (`None`: llama.cpp decides).
     pub use_mmap: Option<bool>,
     /// Called as the weights load; returning `false` cancels with [`Error::LoadCancelled`].
+    /// A panic in it stops the load and resumes in [`Model::load`]'s caller once llama.cpp has
+    /// returned.
     pub progress: Option<Arc<ProgressFn>>,
     /// Let the CPU backend repack weights into its faster interleaved layouts
     /// (`use_extra_bufts`, default true). Repacked matrix kernels pick different code paths
@@ -84,14 +101,19 @@ impl std::fmt::Debug for LoadConfig {
     }
 }
 
-impl LoadConfig {
-    /// Sets the number of GPU layers.
-    pub fn gpu_layers(mut self, layers: GpuLayers) -> Self {
-        self.gpu_layers = layers;
-        self
-    }
+crate::config::setters!(LoadConfig {
+    gpu_layers: GpuLayers,
+    main_gpu: u32,
+    split_mode: SplitMode,
+} optional {
+    use_mmap: bool,
+    progress: Arc<ProgressFn>,
+    cpu_repack: bool,
+});
 
-    /// Sets a progress callback (return `false` to cancel).
+impl LoadConfig {
+    /// Sets a progress callback from a closure (return `false` to cancel).
+    #[must_use]
     pub fn with_progress(mut self, f: impl Fn(f32) -> bool + Send + Sync + 'static) -> Self {
         self.progress = Some(Arc::new(f));
         self
@@ -232,6 +254,9 @@ fn check_contents(path: &Path) -> Result<()> {
 struct ProgressState {
     f: Arc<ProgressFn>,
     cancelled: bool,
+    /// A panic of the callback, parked here and resumed once llama.cpp has returned (a panic
+    /// must not unwind through C).
+    panic: Option<Box<dyn std::any::Any + Send>>,
 }
 
 unsafe extern "C" fn progress_trampoline(progress: f32, user: *mut c_void) -> bool {
@@ -240,8 +265,13 @@ unsafe extern "C" fn progress_trampoline(progress: f32, user: *mut c_void) -> bo
     let f = state.f.clone();
     match catch_unwind(AssertUnwindSafe(|| f(progress))) {
         Ok(true) => true,
-        // A `false` or a panic cancels the load; a panic is not resumed across C.
-        _ => {
+        Ok(false) => {
+            state.cancelled = true;
+            false
+        }
+        // The load stops; `Model::load` resumes the panic after llama.cpp returns.
+        Err(payload) => {
+            state.panic = Some(payload);
             state.cancelled = true;
             false
         }
@@ -253,9 +283,20 @@ impl Model {
     ///
     /// The file is checked first (exists, GGUF magic, version 2 or 3), so a wrong path or a
     /// non-GGUF file is an error rather than a llama.cpp failure.
+    ///
+    /// ```
+    /// # fn main() -> rocm_llama::Result<()> {
+    /// use rocm_llama::{LoadConfig, Model};
+    ///
+    /// let model = Model::load(rocm_llama::synth::tiny_model()?, &LoadConfig::default())?;
+    /// assert_eq!(model.architecture(), "llama");
+    /// println!("{}: {} layers, {} tokens", model.description(), model.n_layer(), model.vocab().n_tokens());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn load(path: impl AsRef<Path>, config: &LoadConfig) -> Result<Model> {
         let path = path.as_ref();
-        crate::backend::init();
+        crate::init::init();
         check_gguf_header(path)?;
         check_contents(path)?;
         let path_str =
@@ -291,23 +332,30 @@ impl Model {
         if let Some(repack) = config.cpu_repack {
             params.use_extra_bufts = repack;
         }
-        let mut state = config.progress.clone().map(|f| ProgressState { f, cancelled: false });
+        let mut state = config.progress.clone().map(|f| ProgressState { f, cancelled: false, panic: None });
         if let Some(state) = state.as_mut() {
             params.progress_callback = Some(progress_trampoline);
             params.progress_callback_user_data = state as *mut ProgressState as *mut c_void;
         }
 
-        let (raw, log) = crate::backend::capture_log(|| {
+        let (raw, log) = crate::init::capture_log(|| {
             // SAFETY: `c_path` is a valid C string; `params` is fully initialised; the progress
             // state outlives the call.
             unsafe { sys::llama_model_load_from_file(c_path.as_ptr(), params) }
         });
+        if let Some(payload) = state.as_mut().and_then(|s| s.panic.take()) {
+            if let Some(ptr) = NonNull::new(raw) {
+                // SAFETY: a model llama.cpp just returned and nothing else refers to.
+                unsafe { sys::llama_model_free(ptr.as_ptr()) };
+            }
+            std::panic::resume_unwind(payload);
+        }
         match NonNull::new(raw) {
             Some(ptr) => {
                 let mut memory = MemoryBreakdown::from_log(&log);
                 memory.kv.clear();
                 memory.compute.clear();
-                crate::vram::account(&memory, true);
+                crate::accounting::account(&memory, true);
                 Ok(Model { ptr, path: path.to_path_buf(), memory })
             }
             None if state.is_some_and(|s| s.cancelled) => Err(Error::LoadCancelled),
@@ -471,7 +519,7 @@ impl Drop for Model {
         // SAFETY: the pointer came from `llama_model_load_from_file` and is freed once; every
         // borrower (`Context<'m>`, `Vocab<'m>`, `Sampler<'m>`) has ended by now.
         unsafe { sys::llama_model_free(self.ptr.as_ptr()) };
-        crate::vram::account(&self.memory, false);
+        crate::accounting::account(&self.memory, false);
     }
 }
 

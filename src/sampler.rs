@@ -46,7 +46,7 @@ unsafe impl Send for Sampler<'_> {}
 impl<'m> Sampler<'m> {
     /// Starts an empty chain for `model`. Wraps `llama_sampler_chain_init`.
     pub fn builder(model: &'m Model) -> SamplerBuilder<'m> {
-        crate::backend::init();
+        crate::init::init();
         // SAFETY: returns a plain struct by value.
         let mut params = unsafe { sys::llama_sampler_chain_default_params() };
         params.no_perf = true;
@@ -115,7 +115,7 @@ impl<'m> Sampler<'m> {
                     best = Some((i, l));
                 }
             }
-            let (t, _) = best.ok_or_else(|| Error::InvalidConfig("no logits to sample from".into()))?;
+            let (t, _) = best.ok_or_else(|| Error::Sampling("no logits to sample from".into()))?;
             self.accept(t as Token)?;
             return Ok(t as Token);
         }
@@ -138,14 +138,14 @@ impl<'m> Sampler<'m> {
 
     fn apply_and_pick(&mut self, data: &mut [sys::llama_token_data]) -> Result<Token> {
         if data.is_empty() {
-            return Err(Error::InvalidConfig("no logits to sample from".into()));
+            return Err(Error::Sampling("no logits to sample from".into()));
         }
         let mut arr =
             sys::llama_token_data_array { data: data.as_mut_ptr(), size: data.len(), selected: -1, sorted: false };
         // SAFETY: `arr` points at `data`, alive for the call.
         unsafe { sys::llama_sampler_apply(self.ptr.as_ptr(), &mut arr) };
         let sel = usize::try_from(arr.selected).ok().filter(|&s| s < arr.size).ok_or_else(|| {
-            Error::InvalidConfig("the sampler chain selected no token (end it with greedy or dist)".into())
+            Error::Sampling("the sampler chain selected no token (end it with greedy or dist)".into())
         })?;
         // SAFETY: `sel < size`; samplers may reorder `data` in place but keep it within `size`.
         let t = unsafe { (*arr.data.add(sel)).id };
@@ -269,12 +269,12 @@ impl<'m> SamplerBuilder<'m> {
                 unsafe { sys::llama_sampler_chain_add(chain.ptr.as_ptr(), s) };
             }
             (_, true) => {
-                self.error = Some(Error::InvalidConfig(format!("llama.cpp could not create the {what} sampler")))
+                self.error = Some(Error::Llama { call: "llama_sampler_init", reason: format!("no {what} sampler") })
             }
             (None, false) => {
                 // SAFETY: as above.
                 unsafe { sys::llama_sampler_free(s) };
-                self.error = Some(Error::InvalidConfig("llama.cpp could not create a sampler chain".into()));
+                self.error = Some(Error::Llama { call: "llama_sampler_chain_init", reason: "no sampler chain".into() });
             }
         }
         self
@@ -441,8 +441,9 @@ impl<'m> SamplerBuilder<'m> {
         if let Some(e) = self.error {
             return Err(e);
         }
-        let mut chain =
-            self.chain.ok_or_else(|| Error::InvalidConfig("llama.cpp could not create a sampler chain".into()))?;
+        let mut chain = self
+            .chain
+            .ok_or_else(|| Error::Llama { call: "llama_sampler_chain_init", reason: "no sampler chain".into() })?;
         chain.greedy_only = self.stages == ["greedy"];
         chain.prefilter_k = self.first_top_k;
         chain.grammar_stage = self.grammar_stage;
@@ -455,8 +456,17 @@ impl<'m> SamplerBuilder<'m> {
 ///
 /// Order of the chain: grammar, penalties, DRY, top-k, typical, top-p, min-p, temperature,
 /// then dist (or greedy when `temperature <= 0`).
+///
+/// ```
+/// use rocm_llama::SamplingParams;
+///
+/// let params = SamplingParams::default().temperature(0.7).top_p(0.9).seed(42).grammar(r#"root ::= "yes" | "no""#.to_string());
+/// assert!(!params.is_greedy());
+/// assert!(SamplingParams::greedy().is_greedy());
+/// ```
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
+#[non_exhaustive]
 pub struct SamplingParams {
     /// Temperature; `<= 0` means greedy.
     pub temperature: f32,
@@ -511,6 +521,25 @@ impl Default for SamplingParams {
         }
     }
 }
+
+crate::config::setters!(SamplingParams {
+    temperature: f32,
+    top_k: i32,
+    top_p: f32,
+    min_p: f32,
+    typical_p: f32,
+    repeat_penalty: f32,
+    frequency_penalty: f32,
+    presence_penalty: f32,
+    penalty_last_n: i32,
+    dry_multiplier: f32,
+    dry_base: f32,
+    dry_allowed_length: i32,
+    dry_penalty_last_n: i32,
+    seed: u32,
+} optional {
+    grammar: String,
+});
 
 impl SamplingParams {
     /// Greedy decoding (temperature 0), deterministic.

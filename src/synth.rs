@@ -351,7 +351,7 @@ pub fn synth(
     tokenizer: Option<&Tokenizer>,
     progress: &dyn Fn(&str),
 ) -> Result<PathBuf> {
-    crate::backend::init();
+    crate::init::init();
     let io = |p: &Path| {
         let p = p.to_path_buf();
         move |e: std::io::Error| Error::Io { path: p.clone(), source: e }
@@ -377,9 +377,40 @@ pub fn synth(
     let _ = std::fs::remove_file(&f16_path);
     if rc != 0 {
         let _ = std::fs::remove_file(out);
-        return Err(Error::InvalidConfig(format!("llama_model_quantize failed with code {rc}")));
+        return Err(Error::Llama { call: "llama_model_quantize", reason: format!("returned {rc}") });
     }
     Ok(out.to_path_buf())
+}
+
+/// A tiny model for examples and tests: the `tiny` shape (llama, 4 layers, 4096 made-up
+/// tokens, random F16 weights, about 10 MB), written once into the temp folder and reused.
+/// It loads and generates everywhere in a fraction of a second; its text is noise.
+///
+/// ```
+/// # fn main() -> rocm_llama::Result<()> {
+/// use rocm_llama::{Context, ContextConfig, GenerateOptions, LoadConfig, Model};
+///
+/// let model = Model::load(rocm_llama::synth::tiny_model()?, &LoadConfig::default())?;
+/// let mut ctx = Context::new(&model, &ContextConfig::default().n_ctx(256))?;
+/// let (_, summary) = ctx.generate("t1 t2 t3", &GenerateOptions::greedy(4))?.collect_text()?;
+/// assert!(summary.generated_tokens <= 4);
+/// # Ok(())
+/// # }
+/// ```
+pub fn tiny_model() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join("rocm-llama-examples");
+    let path = dir.join(format!("tiny-f16-v{}.gguf", env!("CARGO_PKG_VERSION")));
+    if path.exists() {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| Error::Io { path: dir.clone(), source: e })?;
+    // Written under a name of its own and renamed, so processes racing here never read a
+    // half-written file.
+    let tmp = dir.join(format!("tiny.{}.{:?}.tmp", std::process::id(), std::thread::current().id()));
+    let shape = find_shape("tiny")?;
+    f16_writer(shape, 1, None).write_to(&tmp).map_err(|e| Error::Io { path: tmp.clone(), source: e })?;
+    std::fs::rename(&tmp, &path).map_err(|e| Error::Io { path: path.clone(), source: e })?;
+    Ok(path)
 }
 
 #[cfg(test)]

@@ -120,11 +120,22 @@ fn errors_are_reported_not_crashes() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a GGUF file"));
     assert!(!dir.join("t.gguf").exists());
     let Some(model) = common::model_path() else { return };
+    // Bad values of enumerated flags are usage errors (clap's exit code 2) that list the
+    // possible values.
     let out = bin().args(["run", "hi", "--flash-attn", "sometimes", "--model"]).arg(&model).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("possible values: auto, on, off"), "{out:?}");
     let out = bin().args(["run", "hi", "--split-mode", "sideways", "--model"]).arg(&model).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--split-mode"));
+    let out = bin().args(["run", "hi", "-ngl", "gl", "--model"]).arg(&model).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`all` or `auto`"), "{out:?}");
+    // A model folder that is not there is an error on stderr.
+    let out = bin().args(["models", "--dir", "/nonexistent/models"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/models is not a folder"), "{out:?}");
     if rocm_llama::devices::offload_devices(&rocm_llama::devices::backend_devices()).len() == 1 {
         let out = bin().args(["run", "hi", "--split-mode", "none", "--main-gpu", "7", "--model"]).arg(&model).output();
         let out = out.unwrap();
@@ -168,6 +179,219 @@ fn models_and_show_list_the_model_folder() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The flags llama.cpp's and Ollama's users type work as they do there.
+#[test]
+fn llama_cpp_flags_are_understood() {
+    let Some(model) = common::model_path() else { return };
+    let dir = std::env::temp_dir().join(format!("rocm-llama-cli-flags-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let prompt_file = dir.join("prompt.txt");
+    std::fs::write(&prompt_file, "The capital of France is").unwrap();
+    let greedy = |extra: &[&str]| {
+        let out =
+            bin().args(["run", "--temp", "0", "-t", "1", "--json", "-m"]).arg(&model).args(extra).output().unwrap();
+        assert!(out.status.success(), "{extra:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let positional = greedy(&["The capital of France is", "-n", "6"]);
+    // -p, -f, -ngl, -c, -b, -ub, -fa, -ctk/-ctv, -s: the same greedy text.
+    let flags = greedy(&[
+        "-p",
+        "The capital of France is",
+        "-n",
+        "6",
+        "-ngl",
+        "0",
+        "-c",
+        "512",
+        "-b",
+        "256",
+        "-ub",
+        "128",
+        "-fa",
+        "on",
+        "-ctk",
+        "q8_0",
+        "-ctv",
+        "q8_0",
+        "-s",
+        "7",
+    ]);
+    let file = greedy(&["-f", prompt_file.to_str().unwrap(), "--predict=6", "--n-gpu-layers=all", "--ctx-size", "512"]);
+    assert_eq!(positional["generated_tokens"], 6);
+    assert_eq!(positional["text"], file["text"]);
+    assert_eq!(flags["generated_tokens"], 6);
+    // Without -n, generation runs to its end (an end-of-generation token or the context).
+    let unlimited = greedy(&["Say OK.", "-c", "64"]);
+    let reason = unlimited["stop_reason"].as_str().unwrap();
+    assert!(reason == "Eos" || reason == "ContextFull", "{unlimited}");
+    assert!(unlimited["generated_tokens"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn the_default_model_comes_from_the_model_folder() {
+    let Some(model) = common::model_path() else { return };
+    let dir = std::env::temp_dir().join(format!("rocm-llama-cli-default-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |dir: &std::path::Path| {
+        bin()
+            .env_remove("ROCM_LLAMA_MODEL")
+            .env("ROCM_MODEL_DIR", dir)
+            .args(["run", "Hi", "-n", "1", "--temp", "0", "-t", "1", "--json"])
+            .output()
+            .unwrap()
+    };
+    let out = run(&dir);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no model"), "{out:?}");
+    std::os::unix::fs::symlink(&model, dir.join("only.gguf")).unwrap();
+    let out = run(&dir);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Two models and neither is the default: the error names both.
+    std::os::unix::fs::symlink(&model, dir.join("other.gguf")).unwrap();
+    let out = run(&dir);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("only") && err.contains("other") && err.contains("-m NAME"), "{err}");
+    // ROCM_LLAMA_MODEL comes before the folder.
+    let out = bin()
+        .env("ROCM_LLAMA_MODEL", &model)
+        .env("ROCM_MODEL_DIR", &dir)
+        .args(["run", "Hi", "-n", "1", "--temp", "0", "-t", "1", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn completions_for_each_shell() {
+    for (shell, needle) in
+        [("bash", "complete -F _rocm__llama"), ("zsh", "#compdef rocm-llama"), ("fish", "complete -c rocm-llama")]
+    {
+        let out = bin().args(["completions", shell]).output().unwrap();
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(script.contains(needle), "{shell}: {}", &script[..script.len().min(200)]);
+        assert!(script.contains("n-gpu-layers"), "{shell}");
+    }
+}
+
+#[test]
+fn help_lists_enumerated_values() {
+    let out = bin().args(["run", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in
+        ["--flash-attn", "Possible values:", "--cache-type-k", "[possible values: f32, f16, bf16, q8_0", "--ctx-size"]
+    {
+        assert!(help.contains(needle), "{needle} missing from:\n{help}");
+    }
+}
+
+/// `bench -o` prints llama-bench's formats: the same tests as Markdown, CSV, JSON and JSONL.
+#[test]
+fn bench_prints_llama_bench_formats() {
+    let model = rocm_llama::synth::tiny_model().unwrap();
+    let bench = |format: &str| {
+        let out = bin()
+            .args(["bench", "-p", "16", "-n", "4", "-d", "0", "-r", "1", "-fa", "off", "--concurrency", "0", "-t", "1"])
+            .args(["-o", format, "-m"])
+            .arg(&model)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{format}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let json: serde_json::Value = serde_json::from_str(&bench("json")).unwrap();
+    let rows = json.as_array().unwrap();
+    let tests: Vec<&str> = rows.iter().map(|r| r["test"].as_str().unwrap()).collect();
+    assert!(tests.contains(&"pp16") && tests.contains(&"tg4"), "{tests:?}");
+    let pp = rows.iter().find(|r| r["test"] == "pp16").unwrap();
+    assert_eq!((pp["n_prompt"].as_u64(), pp["n_gen"].as_u64()), (Some(16), Some(0)));
+    assert!(pp["avg_ts"].as_f64().unwrap() > 0.0);
+    assert_eq!(pp["flash_attn"], "off");
+    let jsonl = bench("jsonl");
+    assert_eq!(jsonl.lines().count(), rows.len());
+    let csv = bench("csv");
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    for field in ["model_filename", "n_prompt", "n_gen", "n_depth", "avg_ts", "stddev_ts", "n_gpu_layers", "flash_attn"]
+    {
+        assert!(header.contains(&field), "{field} missing from {header:?}");
+    }
+    assert_eq!(csv.lines().count(), rows.len() + 1);
+    let md = bench("md");
+    assert!(md.starts_with("| model | size | params | backend | ngl | fa | test | t/s |"), "{md}");
+    assert!(md.contains("| pp16 |"), "{md}");
+}
+
+#[test]
+fn no_color_means_no_escape_codes() {
+    // Errors and logs on stderr carry no ANSI escapes when NO_COLOR is set (and none when
+    // stderr is not a terminal, as here).
+    let out = bin().env("NO_COLOR", "1").args(["-vv", "run", "hi", "-m", "/nonexistent.gguf"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!out.stderr.contains(&0x1b), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Ctrl-C while a reply is written stops that reply and the conversation goes on; the
+/// process exits 0 when its input ends.
+#[test]
+fn ctrl_c_stops_the_reply_not_the_chat() {
+    let Some(model) = common::model_path() else { return };
+    use std::io::{BufRead, Write};
+    let mut child = bin()
+        .args(["chat", "--temp", "0", "-t", "1", "-n", "1000", "--json", "-m"])
+        .arg(&model)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // A reply of up to 1000 tokens takes far longer than the 3 s before the Ctrl-C.
+    stdin.write_all(b"Count from one to ten thousand, one number per line.\n").unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    let first: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(first["stop_reason"], "Cancelled", "{first}");
+    // The next message is answered.
+    stdin.write_all(b"Say hi.\n").unwrap();
+    drop(stdin);
+    let mut second = String::new();
+    stdout.read_line(&mut second).unwrap();
+    let second: serde_json::Value = serde_json::from_str(&second).unwrap();
+    assert!(second["generated_tokens"].as_u64().unwrap() > 0, "{second}");
+    assert!(child.wait().unwrap().success());
+}
+
+/// A second Ctrl-C (or one while no reply is being written) exits with 130.
+#[test]
+fn ctrl_c_outside_a_reply_exits() {
+    let Some(model) = common::model_path() else { return };
+    let mut child = bin()
+        .args(["chat", "-t", "1", "-m"])
+        .arg(&model)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Loaded and waiting for a line once the memory line is on stderr.
+    use std::io::BufRead;
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert_eq!(child.wait().unwrap().code(), Some(130));
 }
 
 #[test]

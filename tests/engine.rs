@@ -45,14 +45,12 @@ fn engine(model: &Arc<Model>, n_seq_max: u32, queue: usize) -> EngineHandle {
 }
 
 fn engine_with(model: &Arc<Model>, n_seq_max: u32, queue: usize, threads: u32) -> EngineHandle {
-    let config = EngineConfig {
-        n_seq_max,
-        n_ctx_per_seq: 256,
-        n_batch: 256,
-        queue_capacity: queue,
-        threads: Some(threads),
-        ..Default::default()
-    };
+    let config = EngineConfig::default()
+        .n_seq_max(n_seq_max)
+        .n_ctx_per_seq(256)
+        .n_batch(256)
+        .queue_capacity(queue)
+        .threads(Some(threads));
     Engine::start(model.clone(), config).unwrap()
 }
 
@@ -353,7 +351,7 @@ fn dropping_a_stream_leaves_requests_sharing_a_cancel_token() {
     let Some(model) = shared_model() else { return };
     let handle = engine(&model, 2, 4);
     let token = rocm_llama::CancelToken::new();
-    let opts = GenerateOptions { cancel: Some(token.clone()), ..GenerateOptions::greedy(8) };
+    let opts = GenerateOptions::greedy(8).cancel(Some(token.clone()));
     let dropped = handle.generate("The quick brown fox", &opts).unwrap();
     let kept = handle.generate("One, two, three, four,", &opts).unwrap();
     drop(dropped);
@@ -389,14 +387,8 @@ fn zero_max_tokens_generates_nothing() {
 #[test]
 fn short_prompts_do_not_wait_for_a_long_prefill() {
     let Some(model) = shared_model() else { return };
-    let config = EngineConfig {
-        n_seq_max: 5,
-        n_ctx_per_seq: 1024,
-        n_batch: 32,
-        queue_capacity: 4,
-        threads: Some(1),
-        ..Default::default()
-    };
+    let config =
+        EngineConfig::default().n_seq_max(5).n_ctx_per_seq(1024).n_batch(32).queue_capacity(4).threads(Some(1));
     let handle = Engine::start((*model).clone(), config).unwrap();
     let long_prompt = "Rivers, lakes and seas are bodies of water. ".repeat(70);
     let long_len = model.vocab().tokenize(&long_prompt, true, true).unwrap().len();

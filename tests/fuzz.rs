@@ -119,28 +119,27 @@ fn mutate_text(rng: &mut Rng, s: &str) -> String {
 }
 
 fn random_sampling(rng: &mut Rng, n_vocab: i64) -> SamplingParams {
-    SamplingParams {
-        temperature: if rng.chance(30) { 0.0 } else { rng.f32() },
-        top_k: rng.edgy_i32(n_vocab),
-        top_p: rng.f32(),
-        min_p: rng.f32(),
-        typical_p: if rng.chance(50) { 1.0 } else { rng.f32() },
-        repeat_penalty: if rng.chance(50) { 1.0 } else { rng.f32() },
-        frequency_penalty: if rng.chance(70) { 0.0 } else { rng.f32() },
-        presence_penalty: if rng.chance(70) { 0.0 } else { rng.f32() },
-        penalty_last_n: rng.edgy_i32(64),
-        dry_multiplier: if rng.chance(70) { 0.0 } else { rng.f32() },
-        dry_base: rng.f32(),
-        dry_allowed_length: rng.edgy_i32(3),
-        dry_penalty_last_n: rng.edgy_i32(64),
-        seed: rng.next() as u32,
-        grammar: if rng.chance(30) {
+    SamplingParams::default()
+        .temperature(if rng.chance(30) { 0.0 } else { rng.f32() })
+        .top_k(rng.edgy_i32(n_vocab))
+        .top_p(rng.f32())
+        .min_p(rng.f32())
+        .typical_p(if rng.chance(50) { 1.0 } else { rng.f32() })
+        .repeat_penalty(if rng.chance(50) { 1.0 } else { rng.f32() })
+        .frequency_penalty(if rng.chance(70) { 0.0 } else { rng.f32() })
+        .presence_penalty(if rng.chance(70) { 0.0 } else { rng.f32() })
+        .penalty_last_n(rng.edgy_i32(64))
+        .dry_multiplier(if rng.chance(70) { 0.0 } else { rng.f32() })
+        .dry_base(rng.f32())
+        .dry_allowed_length(rng.edgy_i32(3))
+        .dry_penalty_last_n(rng.edgy_i32(64))
+        .seed(rng.next() as u32)
+        .grammar(if rng.chance(30) {
             let g = GRAMMARS[rng.below(GRAMMARS.len() as u64) as usize];
             Some(if rng.chance(50) { mutate_text(rng, g) } else { g.to_string() })
         } else {
             None
-        },
-    }
+        })
 }
 
 fn random_context_config(rng: &mut Rng) -> ContextConfig {
@@ -285,12 +284,10 @@ fn api_episode(model: &Model, seed: u64, calls: usize) -> usize {
             }
             11 => {
                 if let Some(c) = ctx.as_mut() {
-                    let opts = GenerateOptions {
-                        max_tokens: rng.below(6) as usize,
-                        stop: (0..rng.below(3)).map(|_| rng.text(4)).collect(),
-                        sampling: random_sampling(&mut rng, n_vocab),
-                        cancel: None,
-                    };
+                    let opts = GenerateOptions::default()
+                        .max_tokens(rng.below(6) as usize)
+                        .stops((0..rng.below(3)).map(|_| rng.text(4)))
+                        .sampling(random_sampling(&mut rng, n_vocab));
                     if let Ok(g) = c.generate(&rng.text(48), &opts) {
                         for ev in g.take(12) {
                             if ev.is_err() {
@@ -313,24 +310,20 @@ fn api_episode(model: &Model, seed: u64, calls: usize) -> usize {
             }
             _ => {
                 // Engine: a short life with random settings, requests, cancels and drops.
-                let config = EngineConfig {
-                    n_seq_max: rng.edgy_u32(3).min(64),
-                    n_ctx_per_seq: rng.edgy_u32(128).min(4096),
-                    n_batch: rng.edgy_u32(32).min(4096),
-                    queue_capacity: rng.below(6) as usize,
-                    threads: Some(1),
-                    flash_attention: FlashAttention::Auto,
-                };
+                let config = EngineConfig::default()
+                    .n_seq_max(rng.edgy_u32(3).min(64))
+                    .n_ctx_per_seq(rng.edgy_u32(128).min(4096))
+                    .n_batch(rng.edgy_u32(32).min(4096))
+                    .queue_capacity(rng.below(6) as usize)
+                    .threads(Some(1))
+                    .flash_attention(FlashAttention::Auto);
                 // The engine needs an owned model: each child loads its own copy once.
                 if let Ok(h) = Engine::start(owned_model(model), config) {
                     let mut streams = Vec::new();
                     for _ in 0..rng.below(6) {
-                        let opts = GenerateOptions {
-                            max_tokens: rng.below(5) as usize,
-                            stop: Vec::new(),
-                            sampling: random_sampling(&mut rng, n_vocab),
-                            cancel: None,
-                        };
+                        let opts = GenerateOptions::default()
+                            .max_tokens(rng.below(5) as usize)
+                            .sampling(random_sampling(&mut rng, n_vocab));
                         if let Ok(s) = h.generate(&rng.text(24), &opts) {
                             streams.push(s);
                         }

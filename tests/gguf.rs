@@ -64,7 +64,7 @@ fn fit_estimate_matches_the_measured_breakdown() {
     let gpus = rocm_llama::devices::devices().split_gpus().len();
     for (n_ctx, fa) in [(1024u32, FlashAttention::Off), (4096, FlashAttention::Off), (4096, FlashAttention::On)] {
         let ctx = Context::new(model, &ContextConfig::default().n_ctx(n_ctx).threads(1).flash_attention(fa)).unwrap();
-        let opts = FitOptions { flash_attention: fa == FlashAttention::On, ..Default::default() };
+        let opts = FitOptions::default().flash_attention(fa == FlashAttention::On);
         // The test model is loaded with every layer on the GPU when there is one.
         let gpu_layers = if rocm_llama::available() { shape.n_layer } else { 0 };
         let e = estimate(&shape, gpu_layers, n_ctx, &opts);

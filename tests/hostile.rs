@@ -64,7 +64,7 @@ fn grammar_accept_refuses_what_llama_cpp_would_throw_on() {
         s.accept(token(model, "yes")).unwrap();
         s.accept(eos).unwrap();
         // Other chains check ids too (DRY and penalties read them later).
-        let mut plain = rocm_llama::SamplingParams { repeat_penalty: 1.1, ..Default::default() }.build(model).unwrap();
+        let mut plain = rocm_llama::SamplingParams::default().repeat_penalty(1.1).build(model).unwrap();
         assert!(matches!(plain.accept(n_vocab), Err(Error::InvalidToken { .. })));
     });
 }
@@ -109,7 +109,7 @@ fn batch_smaller_than_the_sequence_count_is_a_config_error() {
         let cfg = ContextConfig::default().n_ctx(8).threads(1).n_seq_max(16);
         assert!(matches!(Context::new(model, &cfg), Err(Error::InvalidConfig(_))));
         let shared = std::sync::Arc::new(Model::load(common::model_path().unwrap(), &LoadConfig::default()).unwrap());
-        let engine = Engine::start(shared, EngineConfig { n_batch: 1, threads: Some(1), ..Default::default() });
+        let engine = Engine::start(shared, EngineConfig::default().n_batch(1).threads(Some(1)));
         assert!(matches!(engine, Err(Error::InvalidConfig(_))));
     });
 }

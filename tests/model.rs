@@ -34,7 +34,7 @@ fn greedy_generation_is_deterministic_across_runs_and_contexts() {
     let mut a = common::context(model);
     let first = greedy_text(&mut a, prompt, 24);
     assert!(!first.trim().is_empty());
-    // The same context again (its prompt cache is reused) and a fresh context agree.
+    // The same context again and a fresh context agree.
     let again = greedy_text(&mut a, prompt, 24);
     let mut b = common::context(model);
     let other = greedy_text(&mut b, prompt, 24);
@@ -45,20 +45,45 @@ fn greedy_generation_is_deterministic_across_runs_and_contexts() {
 #[test]
 fn summary_counts_and_prompt_cache() {
     let model = require_model!();
-    let mut ctx = common::context(model);
+    let mut session = rocm_llama::Session::from_context(common::context(model));
     let prompt = "Write a list of fruits: apple, banana,";
-    let (_, s1) = ctx.generate(prompt, &GenerateOptions::greedy(8)).unwrap().collect_text().unwrap();
+    let (_, s1) = session.generate(prompt, &GenerateOptions::greedy(8)).unwrap().collect_text().unwrap();
     assert_eq!(s1.stop_reason, StopReason::MaxTokens);
     assert_eq!(s1.generated_tokens, 8);
     assert_eq!(s1.cached_prompt_tokens, 0);
     assert!(s1.prompt_tokens > 5);
     assert!(s1.decode_tokens_per_s > 0.0 && s1.prefill_tokens_per_s > 0.0);
     // A longer prompt with the same start reuses the cached prefix.
-    let (t2, s2) =
-        ctx.generate(&format!("{prompt} cherry,"), &GenerateOptions::greedy(8)).unwrap().collect_text().unwrap();
+    let longer = format!("{prompt} cherry,");
+    let (t2, s2) = session.generate(&longer, &GenerateOptions::greedy(8)).unwrap().collect_text().unwrap();
     assert!(s2.cached_prompt_tokens >= s1.prompt_tokens - 1, "{s2:?}");
     let mut fresh = common::context(model);
-    assert_eq!(greedy_text(&mut fresh, &format!("{prompt} cherry,"), 8), t2);
+    assert_eq!(greedy_text(&mut fresh, &longer, 8), t2);
+    // Touching the context directly makes the session forget what it held.
+    session.context_mut().clear_memory();
+    assert!(session.cached_tokens().is_empty());
+    let (t3, s3) = session.generate(&longer, &GenerateOptions::greedy(8)).unwrap().collect_text().unwrap();
+    assert_eq!((s3.cached_prompt_tokens, t3), (0, t2.clone()));
+    // A plain context computes the whole prompt every time.
+    let (_, again) = fresh.generate(&longer, &GenerateOptions::greedy(8)).unwrap().collect_text().unwrap();
+    assert_eq!(again.cached_prompt_tokens, 0);
+}
+
+#[test]
+fn a_panic_in_the_progress_callback_reaches_the_caller() {
+    let Some(path) = common::model_path() else { return };
+    let config = LoadConfig::default().with_progress(|p| {
+        if p > 0.0 {
+            panic!("progress callback gave up at {p}");
+        }
+        true
+    });
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Model::load(&path, &config)));
+    let payload = caught.expect_err("the callback's panic resumes in the caller");
+    let msg = payload.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains("progress callback gave up"), "{msg:?}");
+    // Loading still works afterwards.
+    assert!(Model::load(&path, &LoadConfig::default()).is_ok());
 }
 
 fn decode_last_logits(model: &Model, seqs: &[Vec<i32>]) -> Vec<Vec<f32>> {
@@ -180,7 +205,7 @@ fn cancel_token_stops_generation() {
     let model = require_model!();
     let mut ctx = common::context(model);
     let cancel = rocm_llama::CancelToken::new();
-    let opts = GenerateOptions { cancel: Some(cancel.clone()), ..GenerateOptions::greedy(100) };
+    let opts = GenerateOptions::greedy(100).cancel(Some(cancel.clone()));
     let mut n = 0;
     let mut reason = None;
     for ev in ctx.generate("Once upon a time", &opts).unwrap() {
@@ -240,9 +265,7 @@ fn progress_callback_can_cancel_the_load() {
     });
     assert!(matches!(Model::load(&path, &cfg), Err(Error::LoadCancelled)));
     assert!(seen.load(std::sync::atomic::Ordering::SeqCst) >= 1);
-    // A callback that panics cancels too, without unwinding into C.
-    let cfg = LoadConfig::default().with_progress(|_| panic!("callback bug"));
-    assert!(matches!(Model::load(&path, &cfg), Err(Error::LoadCancelled)));
+    // A callback that panics: see `a_panic_in_the_progress_callback_reaches_the_caller`.
 }
 
 #[test]
@@ -337,9 +360,8 @@ fn grammar_constrains_output_and_bad_grammar_is_an_error() {
     assert!(matches!(Sampler::builder(model).grammar("root ::= (", "root").greedy().build(), Err(Error::Grammar(_))));
     assert!(matches!(Sampler::builder(model).grammar("root ::= \"a\"", "start").build(), Err(Error::Grammar(_))));
     let mut ctx = common::context(model);
-    let sampling =
-        SamplingParams { grammar: Some("root ::= (\"yes\" | \"no\") \".\"".into()), ..SamplingParams::greedy() };
-    let opts = GenerateOptions { sampling, ..GenerateOptions::greedy(8) };
+    let sampling = SamplingParams::greedy().grammar(Some("root ::= (\"yes\" | \"no\") \".\"".into()));
+    let opts = GenerateOptions::greedy(8).sampling(sampling);
     let (text, _) = ctx.generate("Is the sky blue? Answer:", &opts).unwrap().collect_text().unwrap();
     assert!(text == "yes." || text == "no.", "{text:?}");
     // Out-of-range sampler settings are errors, not asserts.
@@ -351,20 +373,18 @@ fn grammar_constrains_output_and_bad_grammar_is_an_error() {
 fn every_sampler_stage_builds_and_samples() {
     let model = require_model!();
     let mut ctx = common::context(model);
-    let sampling = SamplingParams {
-        temperature: 0.7,
-        top_k: 20,
-        top_p: 0.9,
-        min_p: 0.05,
-        typical_p: 0.95,
-        repeat_penalty: 1.1,
-        frequency_penalty: 0.1,
-        presence_penalty: 0.1,
-        dry_multiplier: 0.8,
-        seed: 7,
-        ..Default::default()
-    };
-    let opts = GenerateOptions { sampling, ..GenerateOptions::greedy(12) };
+    let sampling = SamplingParams::default()
+        .temperature(0.7)
+        .top_k(20)
+        .top_p(0.9)
+        .min_p(0.05)
+        .typical_p(0.95)
+        .repeat_penalty(1.1)
+        .frequency_penalty(0.1)
+        .presence_penalty(0.1)
+        .dry_multiplier(0.8)
+        .seed(7);
+    let opts = GenerateOptions::greedy(12).sampling(sampling);
     let (_, s) = ctx.generate("A list of colors: red,", &opts).unwrap().collect_text().unwrap();
     assert!(s.generated_tokens > 0);
     // The builder directly, sampling from copied logits.
@@ -391,8 +411,8 @@ fn every_sampler_stage_builds_and_samples() {
 #[test]
 fn seeded_sampling_is_reproducible() {
     let model = require_model!();
-    let sampling = SamplingParams { seed: 42, temperature: 1.0, ..Default::default() };
-    let opts = GenerateOptions { sampling, ..GenerateOptions::greedy(16) };
+    let sampling = SamplingParams::default().seed(42).temperature(1.0);
+    let opts = GenerateOptions::greedy(16).sampling(sampling);
     let mut a = common::context(model);
     let mut b = common::context(model);
     let ta = a.generate("Tell me a story:", &opts).unwrap().collect_text().unwrap().0;
@@ -407,7 +427,7 @@ fn sampling_copied_logits_matches_llama_cpp() {
     let model = require_model!();
     let mut ctx = common::context(model);
     for seed in [1u32, 5, 99] {
-        let params = SamplingParams { seed, ..SamplingParams::default() };
+        let params = SamplingParams::default().seed(seed);
         let (mut via_ctx, mut via_row) = (params.build(model).unwrap(), params.build(model).unwrap());
         ctx.clear_memory();
         let prompt = model.vocab().tokenize("Once upon a time, in a land far away,", true, false).unwrap();

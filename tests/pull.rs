@@ -15,6 +15,8 @@ use sha2::{Digest, Sha256};
 struct Files {
     /// path -> (bytes, etag sha256 to announce)
     files: HashMap<String, (Vec<u8>, Option<String>)>,
+    /// path -> (Location, etag sha256 to announce on the redirect)
+    redirects: HashMap<String, (String, Option<String>)>,
 }
 
 struct Server {
@@ -32,6 +34,7 @@ fn handle(mut s: TcpStream, files: &Files, cut: &Mutex<Option<(usize, usize)>>, 
         return;
     }
     let mut range_start = None;
+    let mut auth = String::new();
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
@@ -40,9 +43,22 @@ fn handle(mut s: TcpStream, files: &Files, cut: &Mutex<Option<(usize, usize)>>, 
         if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
             range_start = v.trim().trim_end_matches('-').parse::<usize>().ok();
         }
+        if line.to_ascii_lowercase().starts_with("authorization:") {
+            auth = format!(" auth={}", line.split_once(':').map(|(_, v)| v.trim()).unwrap_or_default());
+        }
     }
     let path = first.split_whitespace().nth(1).unwrap_or("/").to_string();
-    log.lock().unwrap().push(format!("{path} {range_start:?}"));
+    log.lock().unwrap().push(format!("{path} {range_start:?}{auth}"));
+    if let Some((location, etag)) = files.redirects.get(&path) {
+        let mut head =
+            format!("HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n");
+        if let Some(e) = etag {
+            head.push_str(&format!("X-Linked-ETag: \"{e}\"\r\n"));
+        }
+        head.push_str("\r\n");
+        let _ = s.write_all(head.as_bytes());
+        return;
+    }
     let Some((body, etag)) = files.files.get(&path) else {
         let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         return;
@@ -109,9 +125,7 @@ fn dir(name: &str) -> std::path::PathBuf {
 }
 
 fn options(d: &std::path::Path, port: u16) -> PullOptions {
-    let mut o = PullOptions::new(d);
-    o.hf_endpoint = format!("http://127.0.0.1:{port}");
-    o
+    PullOptions::new(d).hf_endpoint(format!("http://127.0.0.1:{port}")).hf_token(None)
 }
 
 #[test]
@@ -123,12 +137,11 @@ fn full_download_from_a_url_and_from_hf() {
     let server = serve(files);
     let d = dir("full");
     let seen = Arc::new(AtomicUsize::new(0));
-    let mut o = options(&d, server.port);
     let s2 = seen.clone();
-    o.progress = Some(Arc::new(move |p| {
+    let o = options(&d, server.port).progress(Arc::new(move |p: &rocm_llama::pull::Progress| {
         assert!(p.total == Some(300_008) && p.done <= 300_008);
         s2.fetch_add(1, Ordering::SeqCst);
-    }));
+    }) as Arc<rocm_llama::pull::ProgressFn>);
     let got = pull(&format!("http://127.0.0.1:{}/models/small.gguf", server.port), &o).unwrap();
     assert_eq!(got, vec![d.join("small.gguf")]);
     assert_eq!(std::fs::read(&got[0]).unwrap(), body);
@@ -175,8 +188,7 @@ fn a_checksum_mismatch_is_an_error_and_leaves_no_file() {
     assert!(matches!(r, Err(Error::ChecksumMismatch { .. })), "{r:?}");
     assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0);
     // A sha256 given by the caller is checked too.
-    let mut o = options(&d, server.port);
-    o.sha256 = Some("00".repeat(32));
+    let mut o = options(&d, server.port).sha256("00".repeat(32));
     let r = pull(&format!("http://127.0.0.1:{}/plain/ok.gguf", server.port), &o);
     assert!(matches!(r, Err(Error::ChecksumMismatch { .. })), "{r:?}");
     assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0);
@@ -198,8 +210,74 @@ fn shards_of_a_split_model_come_together() {
         assert_eq!(std::fs::read(p).unwrap(), payload(10_000, i as u8 + 1));
     }
     // The inventory groups them into one (unreadable: they are not real GGUF) model.
-    let entries = rocm_llama::models::scan(&d);
+    let entries = rocm_llama::inventory::scan(&d);
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].shards.len(), 3);
     assert!(entries[0].info.is_err());
+}
+
+/// The hub redirects downloads to another host (a CDN) and announces the sha256 only on the
+/// redirect: the checksum is still checked, and the token goes to the hub alone.
+#[test]
+fn a_redirected_download_is_checked_and_keeps_the_token_at_the_hub() {
+    let body = payload(200_000, 5);
+    // The "CDN" is a second server on another port: another origin.
+    let mut cdn_files = Files::default();
+    cdn_files.files.insert("/blob/good".into(), (body.clone(), None));
+    cdn_files.files.insert("/blob/bad".into(), (payload(200_000, 6), None));
+    let cdn = serve(cdn_files);
+    let mut hub_files = Files::default();
+    hub_files.redirects.insert(
+        "/org/repo/resolve/main/good.gguf".into(),
+        (format!("http://127.0.0.1:{}/blob/good", cdn.port), Some(sha(&body))),
+    );
+    hub_files.redirects.insert(
+        "/org/repo/resolve/main/bad.gguf".into(),
+        (format!("http://127.0.0.1:{}/blob/bad", cdn.port), Some(sha(&body))),
+    );
+    // A relative redirect on the hub itself.
+    hub_files.redirects.insert("/org/repo/resolve/main/moved.gguf".into(), ("/files/moved.gguf".into(), None));
+    hub_files.files.insert("/files/moved.gguf".into(), (body.clone(), Some(sha(&body))));
+    let hub = serve(hub_files);
+    let d = dir("redirect");
+    let o = options(&d, hub.port).hf_token("secret-token".to_string());
+
+    let got = pull("hf:org/repo/good.gguf", &o).unwrap();
+    assert_eq!(std::fs::read(&got[0]).unwrap(), body);
+    let hub_log = hub.requests.lock().unwrap().clone();
+    let cdn_log = cdn.requests.lock().unwrap().clone();
+    assert!(hub_log[0].ends_with("auth=Bearer secret-token"), "{hub_log:?}");
+    assert!(cdn_log.iter().all(|r| !r.contains("auth=")), "the token leaked to another host: {cdn_log:?}");
+
+    // The CDN serves other bytes than the hub announced: a mismatch, no file left.
+    let r = pull("hf:org/repo/bad.gguf", &o);
+    assert!(matches!(r, Err(Error::ChecksumMismatch { .. })), "{r:?}");
+    assert!(!d.join("bad.gguf").exists());
+
+    let got = pull("hf:org/repo/moved.gguf", &o).unwrap();
+    assert_eq!(std::fs::read(&got[0]).unwrap(), body);
+    let hub_log = hub.requests.lock().unwrap().clone();
+    assert!(hub_log.iter().any(|r| r.starts_with("/files/moved.gguf") && r.contains("auth=Bearer")), "{hub_log:?}");
+}
+
+/// `hf:ORG/REPO:QUANT` reads the repository's file list and fetches the matching file.
+#[test]
+fn a_quantization_tag_picks_the_file() {
+    let body = payload(50_000, 9);
+    let mut files = Files::default();
+    let list = r#"{"id":"org/repo","siblings":[{"rfilename":"README.md"},{"rfilename":"m-Q8_0.gguf"},{"rfilename":"m-Q4_K_M.gguf"}]}"#;
+    files.files.insert("/api/models/org/repo".into(), (list.as_bytes().to_vec(), None));
+    files.files.insert("/org/repo/resolve/main/m-Q4_K_M.gguf".into(), (body.clone(), Some(sha(&body))));
+    files.files.insert("/org/repo/resolve/main/m-Q8_0.gguf".into(), (payload(50_000, 10), None));
+    let server = serve(files);
+    let d = dir("quant");
+    let o = options(&d, server.port);
+    // No tag: Q4_K_M.
+    let got = pull("hf:org/repo", &o).unwrap();
+    assert_eq!(got, vec![d.join("m-Q4_K_M.gguf")]);
+    assert_eq!(std::fs::read(&got[0]).unwrap(), body);
+    let got = pull("hf:org/repo:q8_0", &o).unwrap();
+    assert_eq!(got, vec![d.join("m-Q8_0.gguf")]);
+    let r = pull("hf:org/repo:Q6_K", &o);
+    assert!(matches!(&r, Err(Error::Download { reason, .. }) if reason.contains("no Q6_K file")), "{r:?}");
 }

@@ -18,7 +18,7 @@ use llama_cpp_sys_2 as sys;
 pub use hip::HipRuntime;
 pub use sysfs::{AmdGpu, SysfsScan};
 
-use crate::vram::gib;
+use crate::accounting::gib;
 
 /// The kind of a ggml backend device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -66,7 +66,7 @@ pub fn offload_devices(devices: &[BackendDevice]) -> Vec<&BackendDevice> {
 
 /// The devices of ggml's backend registry. Wraps `ggml_backend_dev_count`/`_get`/`_memory`.
 pub fn backend_devices() -> Vec<BackendDevice> {
-    crate::backend::init();
+    crate::init::init();
     let text = |p: *const std::ffi::c_char| {
         if p.is_null() {
             String::new()
@@ -409,6 +409,13 @@ pub fn report(
 
 /// Detects GPUs on this machine: sysfs below `/`, this process's environment, llama.cpp's
 /// devices, and the HIP runtime when one can be opened.
+///
+/// ```
+/// let report = rocm_llama::devices();
+/// // The CPU is always there; GPUs when the build and the machine have them.
+/// assert!(!report.backend_devices.is_empty());
+/// print!("{}", report.table());
+/// ```
 pub fn devices() -> DeviceReport {
     let env = GpuEnv::from_process();
     let root = Path::new("/");

@@ -1,6 +1,6 @@
 //! Many concurrent generations on one model: [`Engine`] and its [`EngineHandle`].
 //!
-//! One worker thread owns the [`Context`], the [`Batch`] and every sequence (an actor, like
+//! One worker thread owns the [`Context`], the [`Batch`](crate::Batch) and every sequence (an actor, like
 //! TGI's router). Handles only send commands. Each step builds one batch holding one decode
 //! token for every running sequence plus prefill chunks of waiting prompts, within `n_batch`
 //! tokens, so a long new prompt never stalls running sequences for more than one chunk.
@@ -30,7 +30,15 @@ use crate::model::Model;
 use crate::vocab::Token;
 
 /// Settings for [`Engine::start`].
+///
+/// ```
+/// use rocm_llama::{EngineConfig, FlashAttention};
+///
+/// let config = EngineConfig::default().n_seq_max(16).n_ctx_per_seq(4096).flash_attention(FlashAttention::On);
+/// assert_eq!(config.queue_capacity, 64);
+/// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct EngineConfig {
     /// Sequences decoded together (slots), default 8.
     pub n_seq_max: u32,
@@ -47,6 +55,16 @@ pub struct EngineConfig {
     /// Flash attention.
     pub flash_attention: FlashAttention,
 }
+
+crate::config::setters!(EngineConfig {
+    n_seq_max: u32,
+    n_ctx_per_seq: u32,
+    n_batch: u32,
+    queue_capacity: usize,
+    flash_attention: FlashAttention,
+} optional {
+    threads: u32,
+});
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -139,6 +157,26 @@ pub struct Engine;
 impl Engine {
     /// Spawns the worker thread, which creates the context. Returns once the context exists,
     /// or with the error that prevented it.
+    ///
+    /// ```
+    /// # fn main() -> rocm_llama::Result<()> {
+    /// use std::sync::Arc;
+    /// use rocm_llama::{Engine, EngineConfig, GenerateOptions, LoadConfig, Model};
+    ///
+    /// let model = Arc::new(Model::load(rocm_llama::synth::tiny_model()?, &LoadConfig::default())?);
+    /// let engine = Engine::start(model, EngineConfig::default().n_seq_max(4).n_ctx_per_seq(256))?;
+    /// // Four requests decoded together; each stream is read on its own thread.
+    /// let streams: Vec<_> =
+    ///     (0..4).map(|i| engine.generate(&format!("t{i} t2"), &GenerateOptions::greedy(8))).collect::<Result<_, _>>()?;
+    /// let threads: Vec<_> = streams.into_iter().map(|s| std::thread::spawn(move || s.collect_text())).collect();
+    /// for t in threads {
+    ///     let (_text, summary) = t.join().expect("no panic")?;
+    ///     assert!(summary.generated_tokens <= 8);
+    /// }
+    /// engine.shutdown();
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn start(model: Arc<Model>, config: EngineConfig) -> Result<EngineHandle> {
         if config.n_ctx_per_seq < 16 || config.n_batch == 0 || config.queue_capacity == 0 {
             return Err(Error::InvalidConfig("n_ctx_per_seq >= 16, n_batch >= 1 and queue_capacity >= 1".into()));
@@ -147,11 +185,12 @@ impl Engine {
             .n_ctx_per_seq
             .checked_mul(config.n_seq_max)
             .ok_or_else(|| Error::InvalidConfig("n_ctx_per_seq x n_seq_max overflows".into()))?;
-        let mut ctx_config = ContextConfig::default().n_ctx(n_ctx).n_seq_max(config.n_seq_max).n_batch(config.n_batch);
-        ctx_config.flash_attention = config.flash_attention;
-        if let Some(t) = config.threads {
-            ctx_config = ctx_config.threads(t);
-        }
+        let ctx_config = ContextConfig::default()
+            .n_ctx(n_ctx)
+            .n_seq_max(config.n_seq_max)
+            .n_batch(config.n_batch)
+            .flash_attention(config.flash_attention)
+            .threads(config.threads);
         let (tx, rx) = crossbeam_channel::unbounded();
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<AbortHandle>>(1);
         let stats = Arc::new(SharedStats::default());
@@ -180,7 +219,7 @@ impl Engine {
                     let _ = ready_tx.send(Ok(abort));
                     worker.run(rx);
                 })
-                .map_err(|e| Error::InvalidConfig(format!("cannot spawn the engine thread: {e}")))?
+                .map_err(|source| Error::Thread { what: "engine", source })?
         };
         let abort = match ready_rx.recv() {
             Ok(Ok(abort)) => abort,
@@ -243,16 +282,7 @@ impl EngineHandle {
         if inner.stopped.load(Ordering::SeqCst) {
             return Err(Error::Cancelled);
         }
-        if tokens.is_empty() {
-            return Err(Error::Tokenize("the prompt is empty".into()));
-        }
-        let vocab = inner.model.vocab();
-        for &t in &tokens {
-            vocab.check(t)?;
-        }
-        if tokens.len() >= inner.config.n_ctx_per_seq as usize {
-            return Err(Error::ContextOverflow { needed: tokens.len() + 1, n_ctx: inner.config.n_ctx_per_seq });
-        }
+        crate::request::check_prompt(inner.model.vocab(), &tokens, inner.config.n_ctx_per_seq)?;
         // Bad grammars and sampler settings fail here, on the caller's thread.
         drop(options.sampling.build(&inner.model)?);
         // Admission counts every request not yet finished against the slots plus the queue:

@@ -83,7 +83,7 @@ pub struct TokenStream {
 
 impl TokenStream {
     /// Asks the engine to stop this request; the stream then ends with
-    /// [`StopReason::Cancelled`].
+    /// [`StopReason::Cancelled`](crate::StopReason::Cancelled).
     pub fn cancel(&self) {
         self.cancel.cancel();
     }

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, TryRecvError};
 
@@ -12,9 +12,9 @@ use super::{EngineConfig, SharedStats};
 use crate::batch::{Batch, SeqId};
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::generate::{CancelToken, Event, GenerateOptions, StopMatcher, StopReason, Summary};
-use crate::sampler::Sampler;
-use crate::vocab::{Detokenizer, Token, Vocab};
+use crate::generate::{CancelToken, Event, GenerateOptions, StopReason};
+use crate::request::{cancelled_before_start, Accepted, Request, SeqCache};
+use crate::vocab::Token;
 
 /// One request's place in the engine's admission count (`in_flight`), held from
 /// `generate` until the request ends; released once, by [`Permit::release`] or on drop.
@@ -78,12 +78,9 @@ pub(crate) enum Command {
 /// A running request inside a slot.
 struct Active<'m> {
     job: Job,
-    sampler: Sampler<'m>,
-    detok: Detokenizer<'m>,
-    stops: StopMatcher,
+    request: Request<'m>,
     /// Prompt tokens already in the KV cache (from the slot cache or computed).
     prefilled: usize,
-    cached_prompt: usize,
     /// A sampled token that still has to be decoded.
     pending: Option<Token>,
     /// Batch index whose logits belong to this sequence in the current step.
@@ -92,18 +89,14 @@ struct Active<'m> {
     outcome: Option<Result<Option<StopReason>>>,
     /// The request's tracing span.
     span: tracing::Span,
-    generated: usize,
-    /// Of `generated`, how many the engine's counters already hold.
+    /// Of the generated tokens, how many the engine's counters already hold.
     counted: usize,
-    started: Instant,
-    prefill_done: Option<Instant>,
-    first_token: Option<Instant>,
 }
 
 struct Slot<'m> {
     seq: SeqId,
     /// Tokens in this sequence's KV cells, in order.
-    cached: Vec<Token>,
+    cached: SeqCache,
     active: Option<Active<'m>>,
 }
 
@@ -122,7 +115,8 @@ pub(crate) struct Worker<'m> {
 impl<'m> Worker<'m> {
     pub(crate) fn new(ctx: Context<'m>, config: &EngineConfig, stats: Arc<SharedStats>) -> Result<Self> {
         let n_batch = ctx.n_batch() as usize;
-        let slots = (0..config.n_seq_max as SeqId).map(|seq| Slot { seq, cached: Vec::new(), active: None }).collect();
+        let slots =
+            (0..config.n_seq_max as SeqId).map(|seq| Slot { seq, cached: SeqCache::default(), active: None }).collect();
         Ok(Worker {
             batch: Batch::new(n_batch, 1)?,
             ctx,
@@ -205,7 +199,7 @@ impl<'m> Worker<'m> {
             let Some(mut job) = self.queue.pop_front() else { break };
             self.stats.queued.fetch_sub(1, Ordering::SeqCst);
             if job.cancelled() {
-                let summary = cancelled_summary(&job);
+                let summary = cancelled_before_start(job.tokens.len(), job.submitted);
                 job.end(Ok(Event::Done(summary)));
                 continue;
             }
@@ -215,56 +209,49 @@ impl<'m> Worker<'m> {
                 self.stats.queued.fetch_add(1, Ordering::SeqCst);
                 break;
             }
-            let common_with =
-                |i: usize| self.slots[i].cached.iter().zip(&job.tokens).take_while(|(a, b)| a == b).count();
+            let common_with = |i: usize| self.slots[i].cached.common_prefix(&job.tokens);
             // Prefer the longest shared prefix; among equals, the slot holding the least.
             let best = free
                 .iter()
                 .copied()
                 .max_by_key(|&i| (common_with(i), std::cmp::Reverse(self.slots[i].cached.len())))
                 .unwrap_or(free[0]);
-            let model = self.ctx.model();
-            let sampler = match job.options.sampling.build(model) {
-                Ok(s) => s,
-                Err(e) => {
-                    job.end(Err(e));
-                    continue;
-                }
-            };
-            let mut common = common_with(best).min(job.tokens.len() - 1);
             let seq = self.slots[best].seq;
-            let mut reused = common > 0 && self.ctx.seq_remove(Some(seq), common as i32..).unwrap_or(false);
-            if reused && self.ctx.seq_pos_min(seq).ok().flatten().is_some_and(|p| p > 0) {
-                reused = false;
-            }
-            if !reused {
-                common = 0;
-                let _ = self.ctx.seq_remove(Some(seq), ..);
-            }
+            let mut request =
+                match Request::new(self.ctx.model(), std::mem::take(&mut job.tokens), &job.options, job.submitted) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        job.end(Err(e));
+                        continue;
+                    }
+                };
             let slot = &mut self.slots[best];
-            slot.cached.truncate(common);
+            // A cache that cannot be cut is dropped and the prompt computed whole.
+            let common = slot.cached.reuse(&mut self.ctx, seq, &request.prompt).unwrap_or_else(|_| {
+                slot.cached.clear();
+                0
+            });
+            request.cached = common;
             if common > 0 {
                 self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
                 self.stats.prompt_cached.fetch_add(common as u64, Ordering::Relaxed);
             }
-            let span =
-                tracing::debug_span!("request", id = job.id, seq, prompt_tokens = job.tokens.len(), cached = common);
+            let span = tracing::debug_span!(
+                "request",
+                id = job.id,
+                seq,
+                prompt_tokens = request.prompt.len(),
+                cached = common
+            );
             tracing::debug!(parent: &span, queued_ms = job.submitted.elapsed().as_secs_f64() * 1e3, "admitted");
             slot.active = Some(Active {
-                stops: StopMatcher::new(&job.options.stop),
-                detok: model.vocab().detokenizer(false),
-                sampler,
+                request,
                 prefilled: common,
-                cached_prompt: common,
                 pending: None,
                 output: None,
                 outcome: None,
                 span,
-                generated: 0,
                 counted: 0,
-                started: Instant::now(),
-                prefill_done: None,
-                first_token: None,
                 job,
             });
         }
@@ -306,7 +293,7 @@ impl<'m> Worker<'m> {
             .enumerate()
             .filter_map(|(i, slot)| {
                 let a = slot.active.as_ref()?;
-                let left = a.job.tokens.len().saturating_sub(a.prefilled);
+                let left = a.request.prompt.len().saturating_sub(a.prefilled);
                 (a.pending.is_none() && left > 0).then_some((i, left))
             })
             .collect();
@@ -317,8 +304,8 @@ impl<'m> Worker<'m> {
             }
             let slot = &mut self.slots[i];
             let Some(a) = slot.active.as_mut() else { continue };
-            let chunk = &a.job.tokens[a.prefilled..a.prefilled + take];
-            let last = a.prefilled + take == a.job.tokens.len();
+            let chunk = &a.request.prompt[a.prefilled..a.prefilled + take];
+            let last = a.prefilled + take == a.request.prompt.len();
             if self.batch.add_sequence(chunk, a.prefilled as i32, slot.seq, last).is_ok() && last {
                 a.output = Some(self.batch.len() as i32 - 1);
             }
@@ -344,7 +331,7 @@ impl<'m> Worker<'m> {
             while j < n && seq_of[j] == seq {
                 j += 1;
             }
-            slot.cached.extend_from_slice(&tokens[k..j]);
+            slot.cached.extend(&tokens[k..j]);
             if let Some(a) = slot.active.as_mut() {
                 if a.pending.take().is_none() {
                     a.prefilled += j - k;
@@ -358,7 +345,6 @@ impl<'m> Worker<'m> {
         // sequences and a large vocabulary this host work would otherwise serialize between
         // decode steps.
         let Worker { ctx, slots, stats, n_ctx_per_seq, sample_threads, .. } = self;
-        let vocab = ctx.model().vocab();
         let mut work: Vec<(&mut Slot<'m>, &[f32])> = Vec::new();
         for slot in slots.iter_mut() {
             let Some(index) = slot.active.as_mut().and_then(|a| a.output.take()) else { continue };
@@ -375,10 +361,8 @@ impl<'m> Worker<'m> {
         let sample = |slot: &mut Slot<'m>, row: &[f32]| {
             let n_cached = slot.cached.len();
             let Some(a) = slot.active.as_mut() else { return };
-            if a.prefill_done.is_none() {
-                a.prefill_done = Some(Instant::now());
-            }
-            let outcome = sample_one(a, row, vocab, n_cached, n_ctx);
+            a.request.prefilled();
+            let outcome = sample_one(a, row, n_cached, n_ctx);
             a.outcome = Some(outcome);
         };
         let threads = (*sample_threads).min(work.len()).max(1);
@@ -404,8 +388,8 @@ impl<'m> Worker<'m> {
         for slot in slots.iter_mut() {
             let Some(a) = slot.active.as_mut() else { continue };
             let Some(outcome) = a.outcome.take() else { continue };
-            stats.generated.fetch_add((a.generated - a.counted) as u64, Ordering::Relaxed);
-            a.counted = a.generated;
+            stats.generated.fetch_add((a.request.generated - a.counted) as u64, Ordering::Relaxed);
+            a.counted = a.request.generated;
             match outcome {
                 Ok(None) => {}
                 Ok(Some(reason)) => {
@@ -443,7 +427,8 @@ impl<'m> Worker<'m> {
         for seq in seqs {
             let slot = &mut self.slots[seq as usize];
             let _ = self.ctx.seq_remove(Some(seq), ..);
-            let cells = std::mem::take(&mut slot.cached).len();
+            let cells = slot.cached.len();
+            slot.cached.clear();
             if let Some(mut a) = slot.active.take() {
                 release(&self.stats, cells, false);
                 a.job.end(Err(Error::Engine(format!("decode failed: {e}"))));
@@ -453,75 +438,34 @@ impl<'m> Worker<'m> {
 }
 
 /// Samples one token for `a`; returns a stop reason when the request is finished.
-fn sample_one(
-    a: &mut Active<'_>,
-    logits: &[f32],
-    vocab: Vocab<'_>,
-    n_cached: usize,
-    n_ctx: usize,
-) -> Result<Option<StopReason>> {
-    // `max_tokens: 0` processes (and caches) the prompt and generates nothing.
-    if a.generated >= a.job.options.max_tokens {
+fn sample_one(a: &mut Active<'_>, logits: &[f32], n_cached: usize, n_ctx: usize) -> Result<Option<StopReason>> {
+    if a.request.budget_spent() {
         return Ok(Some(StopReason::MaxTokens));
     }
-    let t = a.sampler.sample_logits(logits)?;
-    if a.first_token.is_none() {
-        a.first_token = Some(Instant::now());
+    let t = a.request.sampler.sample_logits(logits)?;
+    match a.request.accept(t, n_cached, n_ctx)? {
+        Accepted::EndOfGeneration => Ok(Some(StopReason::Eos)),
+        Accepted::Token { id, text, stop } => {
+            if a.job.events.send(Ok(Event::Token { id, text })).is_err() {
+                // The stream was dropped: treat as a cancel.
+                return Ok(Some(StopReason::Cancelled));
+            }
+            if stop.is_none() {
+                a.pending = Some(id);
+            }
+            Ok(stop)
+        }
     }
-    if vocab.is_eog(t) {
-        return Ok(Some(StopReason::Eos));
-    }
-    a.generated += 1;
-    let piece = a.detok.push(t)?;
-    let (text, hit) = a.stops.push(&piece);
-    if a.job.events.send(Ok(Event::Token { id: t, text })).is_err() {
-        // The stream was dropped: treat as a cancel.
-        return Ok(Some(StopReason::Cancelled));
-    }
-    if let Some(s) = hit {
-        return Ok(Some(StopReason::StopString(s)));
-    }
-    if a.generated >= a.job.options.max_tokens {
-        return Ok(Some(StopReason::MaxTokens));
-    }
-    if n_cached + 1 >= n_ctx {
-        return Ok(Some(StopReason::ContextFull));
-    }
-    a.pending = Some(t);
-    Ok(None)
 }
 
 /// Ends a request: releases held text, then the summary. The counters move first, so a
 /// caller that sees the summary also sees the slot free in `stats()`.
 fn finish(mut a: Active<'_>, reason: StopReason, stats: &SharedStats, kv_cells: usize) {
-    if !matches!(reason, StopReason::StopString(_)) {
-        let tail = a.detok.finish();
-        let (mut text, _) = a.stops.push(&tail);
-        text.push_str(&a.stops.flush());
-        if !text.is_empty() {
-            let _ = a.job.events.send(Ok(Event::Text(text)));
-        }
+    let text = a.request.tail(&reason);
+    if !text.is_empty() {
+        let _ = a.job.events.send(Ok(Event::Text(text)));
     }
-    let now = Instant::now();
-    let prefill_done = a.prefill_done.unwrap_or(now);
-    let first = a.first_token.unwrap_or(now);
-    let computed = a.job.tokens.len().saturating_sub(a.cached_prompt);
-    let prefill_secs = (prefill_done - a.started).as_secs_f64();
-    let decode_secs = (now - first).as_secs_f64();
-    let summary = Summary {
-        stop_reason: reason,
-        prompt_tokens: a.job.tokens.len(),
-        cached_prompt_tokens: a.cached_prompt,
-        generated_tokens: a.generated,
-        time_to_first_token: first - a.job.submitted,
-        prefill_tokens_per_s: if prefill_secs > 0.0 { computed as f64 / prefill_secs } else { 0.0 },
-        decode_tokens_per_s: if decode_secs > 0.0 && a.generated > 1 {
-            (a.generated - 1) as f64 / decode_secs
-        } else {
-            0.0
-        },
-        total_time: now - a.job.submitted,
-    };
+    let summary = a.request.summary(reason);
     tracing::debug!(
         parent: &a.span,
         generated = summary.generated_tokens,
@@ -567,19 +511,6 @@ fn release(stats: &SharedStats, kv_cells: usize, keep_cells: bool) {
     let _ = stats.kv_used.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| Some(v.saturating_sub(kv_cells)));
     if keep_cells {
         stats.kv_cached.fetch_add(kv_cells, Ordering::SeqCst);
-    }
-}
-
-fn cancelled_summary(job: &Job) -> Summary {
-    Summary {
-        stop_reason: StopReason::Cancelled,
-        prompt_tokens: job.tokens.len(),
-        cached_prompt_tokens: 0,
-        generated_tokens: 0,
-        time_to_first_token: Duration::ZERO,
-        prefill_tokens_per_s: 0.0,
-        decode_tokens_per_s: 0.0,
-        total_time: job.submitted.elapsed(),
     }
 }
 

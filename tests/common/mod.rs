@@ -10,13 +10,9 @@ use rocm_llama::{Context, ContextConfig, LoadConfig, Model};
 /// `scripts/test-model.sh` fills. `None` (with a message) only when it is really absent
 /// outside CI; under CI (`CI` set) a missing model fails the test.
 pub fn model_path() -> Option<PathBuf> {
-    let path = std::env::var_os("ROCM_LLAMA_TEST_MODEL").map(PathBuf::from).or_else(|| {
-        let home = std::env::var_os("HOME")?;
-        let cache = std::env::var_os("ROCM_LLAMA_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(home).join(".cache/rocm-llama"));
-        Some(cache.join("gemma-3-270m-q4_k_m.gguf"))
-    })?;
+    let path = std::env::var_os("ROCM_LLAMA_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| rocm_llama::inventory::cache_dir().join("gemma-3-270m-q4_k_m.gguf"));
     if path.is_file() {
         return Some(path);
     }

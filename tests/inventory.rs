@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use rocm_llama::gguf::{Value, ValueType, Writer};
-use rocm_llama::models::{resolve, scan};
+use rocm_llama::inventory::{resolve, scan};
 
 fn folder(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("rocm-llama-models-{}-{name}", std::process::id()));

@@ -21,16 +21,26 @@ static INIT: Once = Once::new();
 thread_local! {
     /// Log lines captured on this thread by [`capture_log`].
     static CAPTURE: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
+    /// A panic of the tracing subscriber inside the log callback during [`capture_log`],
+    /// resumed once the C call has returned.
+    static PANIC: RefCell<Option<Box<dyn std::any::Any + Send>>> = const { RefCell::new(None) };
 }
 
 /// Runs `f` and returns the llama.cpp log lines it produced on this thread, whatever the
 /// tracing level. llama.cpp logs synchronously on the calling thread while it loads models
 /// and creates contexts; this is how its own memory accounting ("model buffer size",
 /// "KV buffer size", "compute buffer size") is read.
+///
+/// A panic of a tracing subscriber while llama.cpp logs during `f` is caught in the callback
+/// and resumed here, after `f` has returned (whatever `f` returned is then leaked).
 pub(crate) fn capture_log<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
     let outer = CAPTURE.with(|c| c.borrow_mut().replace(Vec::new()));
     let out = f();
     let lines = CAPTURE.with(|c| std::mem::replace(&mut *c.borrow_mut(), outer)).unwrap_or_default();
+    if let Some(payload) = PANIC.with(|p| p.borrow_mut().take()) {
+        std::mem::forget(out);
+        std::panic::resume_unwind(payload);
+    }
     (out, lines)
 }
 
@@ -61,8 +71,9 @@ fn level_of(level: u32) -> tracing::Level {
 }
 
 unsafe extern "C" fn log_callback(level: sys::ggml_log_level, text: *const c_char, _user: *mut c_void) {
-    // A panic must never unwind into C: catch it and drop the message.
-    let _ = std::panic::catch_unwind(|| {
+    // A panic must never unwind into C: catch it; inside `capture_log` it is resumed after the
+    // C call returns, elsewhere it is dropped with its message.
+    let caught = std::panic::catch_unwind(|| {
         if text.is_null() {
             return;
         }
@@ -88,6 +99,16 @@ unsafe extern "C" fn log_callback(level: sys::ggml_log_level, text: *const c_cha
             _ => tracing::trace!(target: "llama_cpp", "{msg}"),
         }
     });
+    if let Err(payload) = caught {
+        let capturing = CAPTURE.with(|c| c.try_borrow().map(|c| c.is_some()).unwrap_or(false));
+        if capturing {
+            PANIC.with(|p| {
+                if let Ok(mut p) = p.try_borrow_mut() {
+                    p.get_or_insert(payload);
+                }
+            });
+        }
+    }
 }
 
 #[cfg(test)]

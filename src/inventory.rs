@@ -8,15 +8,21 @@ use std::time::SystemTime;
 use crate::error::{Error, Result};
 use crate::gguf::{ggml_type_name, GgufFile, Value};
 
-/// The model folder: `ROCM_MODEL_DIR`, else `ROCM_LLAMA_CACHE`, else `~/.cache/rocm-llama`.
-pub fn default_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("ROCM_MODEL_DIR") {
-        return PathBuf::from(d);
-    }
-    if let Some(d) = std::env::var_os("ROCM_LLAMA_CACHE") {
+/// rocm-llama's cache folder: `ROCM_LLAMA_CACHE`, else `~/.cache/rocm-llama` (the current
+/// folder when there is no home).
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("ROCM_LLAMA_CACHE").filter(|d| !d.is_empty()) {
         return PathBuf::from(d);
     }
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/rocm-llama")).unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The model folder: `ROCM_MODEL_DIR`, else [`cache_dir`].
+pub fn model_dir() -> PathBuf {
+    match std::env::var_os("ROCM_MODEL_DIR").filter(|d| !d.is_empty()) {
+        Some(d) => PathBuf::from(d),
+        None => cache_dir(),
+    }
 }
 
 /// What one model file (or set of shards) holds.

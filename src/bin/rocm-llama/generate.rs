@@ -1,0 +1,291 @@
+//! `run` and `chat`: one model, one context, text streamed to stdout. Ctrl-C stops the
+//! reply being written (the conversation goes on); a second Ctrl-C, or one while no reply is
+//! being written, exits with status 130.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use clap::Args;
+use rocm_llama::{CancelToken, ChatMessage, ChatTemplate, Context, Event, Generation, Model, Session, Summary};
+
+use crate::options::{context_config, generate_options, load_model, ContextArgs, ModelArgs, SamplingArgs};
+use crate::{AnyResult, UserError};
+
+/// Where the prompt comes from, and everything a generation needs (`run` and `chat`).
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// The prompt (for `chat`, a single user message). Without it, --prompt or --file, `run`
+    /// reads the prompt from stdin and `chat` reads one message per line (a conversation).
+    #[arg(conflicts_with_all = ["prompt", "file"])]
+    text: Option<String>,
+    /// The prompt.
+    #[arg(short, long, conflicts_with = "file")]
+    prompt: Option<String>,
+    /// Read the prompt from this file.
+    #[arg(short, long)]
+    file: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    context: ContextArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Print one JSON object per reply (text and summary) to stdout instead of streaming.
+    #[arg(long)]
+    json: bool,
+}
+
+impl GenerateArgs {
+    /// The prompt from the positional argument, --prompt or --file.
+    fn given_prompt(&mut self) -> AnyResult<Option<String>> {
+        if let Some(p) = self.text.take().or(self.prompt.take()) {
+            return Ok(Some(p));
+        }
+        match &self.file {
+            Some(f) => {
+                Ok(Some(std::fs::read_to_string(f).map_err(|e| UserError::boxed(format!("{}: {e}", f.display())))?))
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    args: GenerateArgs,
+}
+
+#[derive(Args)]
+pub struct ChatArgs {
+    /// A system prompt.
+    #[arg(long)]
+    system: Option<String>,
+    /// A built-in chat template name (gemma, chatml, llama3, ...) instead of the model's.
+    #[arg(long)]
+    template: Option<String>,
+    #[command(flatten)]
+    args: GenerateArgs,
+}
+
+/// Ctrl-C presses while a reply is being written; any press outside one exits.
+static PRESSES: AtomicU32 = AtomicU32::new(0);
+static GENERATING: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    // Only atomics and `_exit`, both async-signal-safe.
+    let presses = PRESSES.fetch_add(1, Ordering::SeqCst) + 1;
+    if !GENERATING.load(Ordering::SeqCst) || presses >= 2 {
+        // SAFETY: `_exit` ends the process at once and is async-signal-safe.
+        unsafe { libc::_exit(130) };
+    }
+}
+
+fn install_interrupt_handler() {
+    let handler = on_interrupt as extern "C" fn(libc::c_int);
+    // SAFETY: the handler only touches atomics and calls `_exit`.
+    unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
+}
+
+/// Marks a reply as being written for as long as it lives.
+struct Reply;
+
+impl Reply {
+    fn start() -> Reply {
+        PRESSES.store(0, Ordering::SeqCst);
+        GENERATING.store(true, Ordering::SeqCst);
+        Reply
+    }
+    fn interrupted() -> bool {
+        PRESSES.load(Ordering::SeqCst) > 0
+    }
+}
+
+impl Drop for Reply {
+    fn drop(&mut self) {
+        GENERATING.store(false, Ordering::SeqCst);
+    }
+}
+
+fn summary_line(s: &Summary) -> String {
+    format!(
+        "prompt {} tokens ({} cached), generated {} tokens, first token {:.0} ms, prefill {:.1} tok/s, decode {:.1} tok/s, stop: {:?}",
+        s.prompt_tokens,
+        s.cached_prompt_tokens,
+        s.generated_tokens,
+        s.time_to_first_token.as_secs_f64() * 1000.0,
+        s.prefill_tokens_per_s,
+        s.decode_tokens_per_s,
+        s.stop_reason
+    )
+}
+
+fn summary_json(text: &str, s: &Summary) -> serde_json::Value {
+    serde_json::json!({
+        "text": text,
+        "stop_reason": s.stop_reason,
+        "prompt_tokens": s.prompt_tokens,
+        "cached_prompt_tokens": s.cached_prompt_tokens,
+        "generated_tokens": s.generated_tokens,
+        "time_to_first_token_ms": s.time_to_first_token.as_secs_f64() * 1000.0,
+        "prefill_tokens_per_s": s.prefill_tokens_per_s,
+        "decode_tokens_per_s": s.decode_tokens_per_s,
+        "total_ms": s.total_time.as_secs_f64() * 1000.0,
+    })
+}
+
+/// Streams a generation to stdout (or collects it for --json); Ctrl-C cancels it through
+/// `cancel`. Returns the text and the summary.
+fn stream(gen: Generation<'_, '_>, cancel: &CancelToken, json: bool) -> AnyResult<(String, Summary)> {
+    let _reply = Reply::start();
+    let mut out = std::io::stdout().lock();
+    let mut text = String::new();
+    for ev in gen {
+        if Reply::interrupted() {
+            cancel.cancel();
+        }
+        match ev? {
+            Event::Token { text: t, .. } | Event::Text(t) => {
+                if !json {
+                    out.write_all(t.as_bytes())?;
+                    out.flush()?;
+                }
+                text.push_str(&t);
+            }
+            Event::Done(s) => return Ok((text, s)),
+        }
+    }
+    Err(UserError::boxed("generation ended without a summary"))
+}
+
+fn finish(text: &str, s: &Summary, json: bool) -> AnyResult<()> {
+    if json {
+        println!("{}", summary_json(text, s));
+    } else {
+        println!();
+        eprintln!("{}", summary_line(s));
+    }
+    Ok(())
+}
+
+fn read_stdin() -> AnyResult<String> {
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+    Ok(s)
+}
+
+pub fn run(RunArgs { mut args }: RunArgs) -> AnyResult<()> {
+    let prompt = match args.given_prompt()? {
+        Some(p) => p,
+        None => read_stdin()?,
+    };
+    let (model, fitted_ctx) = load_model(&args.model, Some(&args.context))?;
+    let mut ctx = Context::new(&model, &context_config(&model, fitted_ctx, &args.model, &args.context))?;
+    if !args.json {
+        eprintln!("{}", memory_line(&model, &ctx));
+    }
+    install_interrupt_handler();
+    let cancel = CancelToken::new();
+    let opts = generate_options(&args.sampling)?.cancel(cancel.clone());
+    let gen = ctx.generate(&prompt, &opts)?;
+    let (text, s) = stream(gen, &cancel, args.json)?;
+    finish(&text, &s, args.json)
+}
+
+pub fn chat(ChatArgs { system, template, mut args }: ChatArgs) -> AnyResult<()> {
+    let prompt = args.given_prompt()?;
+    let (model, fitted_ctx) = load_model(&args.model, Some(&args.context))?;
+    let mut session = Session::new(&model, &context_config(&model, fitted_ctx, &args.model, &args.context))?;
+    if !args.json {
+        eprintln!("{}", memory_line(&model, session.context()));
+    }
+    install_interrupt_handler();
+    let template = template.map(ChatTemplate::Named).unwrap_or_default();
+    let gen_opts = generate_options(&args.sampling)?;
+    let mut messages: Vec<ChatMessage> = system.into_iter().map(ChatMessage::system).collect();
+
+    if let Some(p) = prompt {
+        messages.push(ChatMessage::user(p));
+        let cancel = CancelToken::new();
+        let gen = session.chat(&messages, &template, &gen_opts.clone().cancel(cancel.clone()))?;
+        let (text, s) = stream(gen, &cancel, args.json)?;
+        return finish(&text, &s, args.json);
+    }
+
+    // The REPL: one user message per line; the conversation is kept, and each turn reuses
+    // the cached prompt of the one before.
+    let interactive = std::io::IsTerminal::is_terminal(&std::io::stdin());
+    if interactive {
+        eprintln!(
+            "chatting with {} — /reset clears the conversation, /exit or Ctrl-D ends; Ctrl-C stops a reply",
+            model.description()
+        );
+    }
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        if interactive {
+            eprint!("> ");
+            std::io::stderr().flush()?;
+        }
+        let Some(line) = lines.next() else { break };
+        let line = line?;
+        let line = line.trim();
+        match line {
+            "" => continue,
+            "/exit" | "/quit" => break,
+            "/reset" => {
+                messages.retain(|m| m.role == "system");
+                continue;
+            }
+            _ => {}
+        }
+        messages.push(ChatMessage::user(line));
+        let cancel = CancelToken::new();
+        let gen = match session.chat(&messages, &template, &gen_opts.clone().cancel(cancel.clone())) {
+            Ok(g) => g,
+            Err(e) => {
+                // A turn that cannot run (e.g. the conversation outgrew the context) is
+                // reported and dropped; the session goes on.
+                eprintln!("error: {e}");
+                messages.pop();
+                continue;
+            }
+        };
+        let (text, s) = stream(gen, &cancel, args.json)?;
+        finish(&text, &s, args.json)?;
+        // A reply cut short by Ctrl-C stays in the conversation as far as it got.
+        messages.push(ChatMessage::assistant(text));
+    }
+    Ok(())
+}
+
+/// One line about memory after a load: what the model and context hold, and what is free.
+fn memory_line(model: &Model, ctx: &Context<'_>) -> String {
+    use rocm_llama::accounting::gib;
+    let mut m = model.memory().clone();
+    m.merge(ctx.memory_usage());
+    let report = rocm_llama::devices();
+    // Free memory of each GPU the model and context hold buffers on, else of the host.
+    let used = |name: &str| m.weights.iter().chain(&m.kv).chain(&m.compute).any(|b| b.name == name);
+    let split = report.split_gpus();
+    let gpus: Vec<String> = report
+        .backend_devices
+        .iter()
+        .filter(|d| d.kind != rocm_llama::devices::DeviceKind::Cpu && used(&d.name))
+        .map(|d| {
+            let free = split.iter().find(|(n, _)| *n == d.name).map_or(d.free, |(_, f)| *f);
+            format!("{} of {} on {}", gib(free), gib(d.total), d.name)
+        })
+        .collect();
+    let free = if !gpus.is_empty() {
+        format!("; VRAM free {}", gpus.join(", "))
+    } else {
+        match report.primary_memory() {
+            Some((free, total, name)) if name == "CPU" => format!("; host memory free {} of {}", gib(free), gib(total)),
+            _ => String::new(),
+        }
+    };
+    format!("{}{free}", m.summary())
+}

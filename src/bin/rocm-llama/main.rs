@@ -1,0 +1,139 @@
+//! `rocm-llama`: in-process llama.cpp inference from the command line.
+//!
+//! One file per group of subcommands that share options: `generate` (run, chat), `inventory`
+//! (models, show, pull), `bench`, `system` (devices, info, synth, completions); `options`
+//! holds the flags they share.
+
+mod bench;
+mod generate;
+mod inventory;
+mod options;
+mod system;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+/// Any failure a subcommand reports: printed as `error: ...` on stderr, exit code 1.
+pub type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+/// A failure described in words for the user.
+#[derive(Debug)]
+pub struct UserError(String);
+
+impl UserError {
+    pub fn boxed(msg: impl Into<String>) -> Box<dyn std::error::Error> {
+        Box::new(UserError(msg.into()))
+    }
+}
+
+impl std::fmt::Display for UserError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UserError {}
+
+#[derive(Parser)]
+#[command(
+    name = "rocm-llama",
+    version,
+    about = "In-process llama.cpp inference on AMD (HIP), NVIDIA (CUDA) and CPU",
+    after_help = "llama.cpp's multi-letter flags work too: -ngl, -fa, -ctk, -ctv, -ub, -sm, -mg."
+)]
+struct Cli {
+    /// More log output (-v: info, -vv: llama.cpp's own log, -vvv: everything). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Complete a raw prompt (no chat template) and stream the text to stdout.
+    Run(generate::RunArgs),
+    /// Chat with the model's template: one reply to PROMPT, or a conversation (REPL) when absent.
+    Chat(generate::ChatArgs),
+    /// List the models in the model folder (like `ollama list`).
+    Models(inventory::ModelsArgs),
+    /// Show all metadata of a model (a path or a name from `models`).
+    Show(inventory::ShowArgs),
+    /// Download a model: an http(s) URL, hf:ORG/REPO/FILE.gguf or hf:ORG/REPO[:QUANT].
+    Pull(inventory::PullArgs),
+    /// Measure prefill, decode, time to first token and engine concurrency (llama-bench style).
+    Bench(bench::BenchArgs),
+    /// Write a synthetic model: a real architecture's shapes, random weights, quantized.
+    Synth(system::SynthArgs),
+    /// List GPUs (AMD through sysfs and HIP, and every device llama.cpp can use) with free VRAM.
+    Devices(system::JsonArg),
+    /// Show how this binary was built (backends, llama.cpp version, GPU targets, CPU features).
+    Info(system::JsonArg),
+    /// Print a shell completion script (e.g. `rocm-llama completions bash > ~/.local/share/bash-completion/completions/rocm-llama`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Whether colour may be used on stderr: a terminal, and `NO_COLOR` unset or empty.
+pub fn color_allowed() -> bool {
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::IsTerminal::is_terminal(&std::io::stderr())
+}
+
+/// Whether progress bars may be drawn: stderr is a terminal.
+pub fn progress_allowed() -> bool {
+    std::io::IsTerminal::is_terminal(&std::io::stderr())
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn,llama_cpp=error",
+        1 => "info,llama_cpp=warn",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(color_allowed())
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    // Rust ignores SIGPIPE, so printing into a closed pipe (`rocm-llama show m | head`) would
+    // panic; end quietly instead, as other command-line tools do.
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to its default at start-up, before any thread.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let cli = Cli::parse_from(options::rewrite_llama_flags(std::env::args_os()));
+    init_logging(cli.verbose);
+    let result = match cli.command {
+        Command::Run(args) => generate::run(args),
+        Command::Chat(args) => generate::chat(args),
+        Command::Models(args) => inventory::models(args),
+        Command::Show(args) => inventory::show(args),
+        Command::Pull(args) => inventory::pull(args),
+        Command::Bench(args) => bench::bench(args),
+        Command::Synth(args) => system::synth(args),
+        Command::Devices(args) => system::devices(args),
+        Command::Info(args) => system::info(args),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "rocm-llama", &mut std::io::stdout());
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,390 @@
+//! Options that several subcommands share: which model, how it is placed and how the context
+//! is set up (`run`, `chat`, `bench`), and how tokens are picked (`run`, `chat`). Flag names
+//! follow llama.cpp's tools, so `-m`, `-c`, `-ngl`, `-fa`, `-ctk` mean what they mean there.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use rocm_llama::inventory;
+use rocm_llama::{
+    ContextConfig, FitOptions, FlashAttention, GenerateOptions, GpuLayers, KvType, LoadConfig, Model, SamplingParams,
+    SplitMode,
+};
+
+use crate::{AnyResult, UserError};
+
+/// llama.cpp's multi-letter single-dash flags, rewritten to their long forms before clap
+/// parses the command line (clap's short flags are one letter).
+const LLAMA_FLAGS: &[(&str, &str)] = &[
+    ("-ngl", "--n-gpu-layers"),
+    ("-ctk", "--cache-type-k"),
+    ("-ctv", "--cache-type-v"),
+    ("-fa", "--flash-attn"),
+    ("-ub", "--ubatch-size"),
+    ("-sm", "--split-mode"),
+    ("-mg", "--main-gpu"),
+];
+
+/// Rewrites `-ngl 99`, `-ngl=99` and the like to their long forms. Arguments after `--`
+/// are left alone.
+pub fn rewrite_llama_flags(args: impl IntoIterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut out = Vec::new();
+    let mut rest = false;
+    for arg in args {
+        if rest {
+            out.push(arg);
+            continue;
+        }
+        let Some(s) = arg.to_str() else {
+            out.push(arg);
+            continue;
+        };
+        if s == "--" {
+            rest = true;
+            out.push(arg);
+            continue;
+        }
+        let (flag, value) = match s.split_once('=') {
+            Some((f, v)) => (f, Some(v)),
+            None => (s, None),
+        };
+        match LLAMA_FLAGS.iter().find(|(short, _)| *short == flag) {
+            Some((_, long)) => out.push(match value {
+                Some(v) => format!("{long}={v}").into(),
+                None => (*long).into(),
+            }),
+            None => out.push(arg),
+        }
+    }
+    out
+}
+
+/// Flash attention, as `-fa` takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FaArg {
+    /// llama.cpp decides per model and device.
+    Auto,
+    /// Always.
+    On,
+    /// Never.
+    Off,
+}
+
+impl From<FaArg> for FlashAttention {
+    fn from(f: FaArg) -> Self {
+        match f {
+            FaArg::Auto => FlashAttention::Auto,
+            FaArg::On => FlashAttention::On,
+            FaArg::Off => FlashAttention::Off,
+        }
+    }
+}
+
+/// A KV cache element type, as `-ctk`/`-ctv` take it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KvArg {
+    F32,
+    F16,
+    Bf16,
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q4_0")]
+    Q4_0,
+    #[value(name = "q4_1")]
+    Q4_1,
+    #[value(name = "q5_0")]
+    Q5_0,
+    #[value(name = "q5_1")]
+    Q5_1,
+    #[value(name = "iq4_nl")]
+    Iq4Nl,
+}
+
+impl From<KvArg> for KvType {
+    fn from(k: KvArg) -> Self {
+        match k {
+            KvArg::F32 => KvType::F32,
+            KvArg::F16 => KvType::F16,
+            KvArg::Bf16 => KvType::BF16,
+            KvArg::Q8_0 => KvType::Q8_0,
+            KvArg::Q4_0 => KvType::Q4_0,
+            KvArg::Q4_1 => KvType::Q4_1,
+            KvArg::Q5_0 => KvType::Q5_0,
+            KvArg::Q5_1 => KvType::Q5_1,
+            KvArg::Iq4Nl => KvType::Iq4Nl,
+        }
+    }
+}
+
+/// How a model goes onto several GPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SplitArg {
+    /// Everything on --main-gpu.
+    None,
+    /// Whole layers (and their KV cache) per GPU.
+    Layer,
+    /// Rows of each weight across GPUs.
+    Row,
+}
+
+impl From<SplitArg> for SplitMode {
+    fn from(s: SplitArg) -> Self {
+        match s {
+            SplitArg::None => SplitMode::None,
+            SplitArg::Layer => SplitMode::Layer,
+            SplitArg::Row => SplitMode::Row,
+        }
+    }
+}
+
+/// `-ngl`: a number of layers, `all`, or `auto` (fit to free memory).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NglArg {
+    /// Fit layers and context to free memory.
+    Auto,
+    /// Exactly this.
+    Fixed(GpuLayers),
+}
+
+pub fn parse_ngl(s: &str) -> Result<NglArg, String> {
+    match s {
+        "auto" => Ok(NglArg::Auto),
+        "all" | "-1" => Ok(NglArg::Fixed(GpuLayers::All)),
+        n => n
+            .parse::<u32>()
+            .map(|n| NglArg::Fixed(GpuLayers::Count(n)))
+            .map_err(|_| format!("expected a number of layers, `all` or `auto`, not {n:?}")),
+    }
+}
+
+/// The model and where it goes (`run`, `chat`, `bench`).
+#[derive(Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// A GGUF file or a model name from `rocm-llama models` [default: the only model in the
+    /// model folder (ROCM_MODEL_DIR)].
+    #[arg(short, long, env = "ROCM_LLAMA_MODEL")]
+    pub model: Option<String>,
+    /// Layers on the GPU: a number, `all`, or `auto` (what fits in free memory).
+    #[arg(long = "n-gpu-layers", visible_alias = "gpu-layers", value_name = "N|all|auto", value_parser = parse_ngl, default_value = "auto")]
+    pub ngl: NglArg,
+    /// Several GPUs: `layer` spreads whole layers over them, `row` splits each weight's
+    /// rows, `none` uses --main-gpu alone (-sm).
+    #[arg(long, value_enum, default_value_t = SplitArg::Layer)]
+    pub split_mode: SplitArg,
+    /// The GPU for --split-mode none, among the GPUs llama.cpp uses (-mg).
+    #[arg(long, default_value_t = 0)]
+    pub main_gpu: u32,
+    /// CPU threads [default: the cores this process may use].
+    #[arg(short, long)]
+    pub threads: Option<u32>,
+    /// No progress bar while loading.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+/// The context (`run`, `chat`).
+#[derive(Args, Clone, Debug)]
+pub struct ContextArgs {
+    /// Context length in tokens [default: what fits, up to --max-ctx and the trained length].
+    #[arg(short = 'c', long = "ctx-size", visible_alias = "ctx")]
+    pub ctx_size: Option<u32>,
+    /// The largest context the automatic choice picks.
+    #[arg(long, default_value_t = 8192)]
+    pub max_ctx: u32,
+    /// Logical batch size: prompt tokens per decode.
+    #[arg(short = 'b', long, default_value_t = 2048)]
+    pub batch_size: u32,
+    /// Physical batch size (-ub).
+    #[arg(long, default_value_t = 512)]
+    pub ubatch_size: u32,
+    /// Flash attention (-fa); a bare -fa means on.
+    #[arg(long, value_enum, default_value_t = FaArg::Auto, num_args = 0..=1, default_missing_value = "on")]
+    pub flash_attn: FaArg,
+    /// K cache type (-ctk).
+    #[arg(long, value_enum, default_value_t = KvArg::F16)]
+    pub cache_type_k: KvArg,
+    /// V cache type (-ctv).
+    #[arg(long, value_enum, default_value_t = KvArg::F16)]
+    pub cache_type_v: KvArg,
+}
+
+/// How tokens are picked and when generation stops (`run`, `chat`).
+#[derive(Args, Clone, Debug)]
+pub struct SamplingArgs {
+    /// Most tokens to generate; -1 (the default) runs to the end of generation or of the
+    /// context.
+    #[arg(short = 'n', long = "predict", visible_aliases = ["n-predict", "max-tokens"], default_value_t = -1, allow_negative_numbers = true)]
+    pub predict: i64,
+    /// Temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.8)]
+    pub temp: f32,
+    /// Top-k (0 disables).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: i32,
+    /// Top-p (1.0 disables).
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Min-p (0 disables).
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    /// Repetition penalty (1.0 disables).
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// A GBNF grammar file that constrains the output (root rule `root`).
+    #[arg(long)]
+    pub grammar_file: Option<PathBuf>,
+    /// RNG seed [default: random].
+    #[arg(short, long)]
+    pub seed: Option<u32>,
+    /// Stop when this text appears (repeatable); it is not printed.
+    #[arg(long)]
+    pub stop: Vec<String>,
+}
+
+/// The model file to use: `--model` (or ROCM_LLAMA_MODEL, which clap reads into it), else the
+/// model folder's only model (or its gemma-3-270m, the test model).
+pub fn model_path(model: Option<&str>) -> AnyResult<PathBuf> {
+    let dir = inventory::model_dir();
+    if let Some(m) = model {
+        return Ok(inventory::resolve(m, &dir)?);
+    }
+    let entries: Vec<_> = inventory::scan(&dir).into_iter().filter(|e| e.info.is_ok()).collect();
+    let default = entries.iter().find(|e| e.name.starts_with("gemma-3-270m"));
+    match (entries.len(), default) {
+        (1, _) => Ok(entries[0].path.clone()),
+        (_, Some(e)) => Ok(e.path.clone()),
+        (0, _) => Err(UserError::boxed(format!(
+            "no model: pass -m PATH, set ROCM_LLAMA_MODEL, or put a GGUF file in {} (ROCM_MODEL_DIR; `rocm-llama pull` \
+             fetches one)",
+            dir.display()
+        ))),
+        _ => Err(UserError::boxed(format!(
+            "{} models in {}: pick one with -m NAME ({})",
+            entries.len(),
+            dir.display(),
+            entries.iter().map(|e| e.name.as_str()).collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
+/// Loads the model; returns it with the context length the fit chose, when it ran.
+pub fn load_model(args: &ModelArgs, ctx: Option<&ContextArgs>) -> AnyResult<(Model, Option<u32>)> {
+    let path = model_path(args.model.as_deref())?;
+    let split_mode: SplitMode = args.split_mode.into();
+    let mut fitted_ctx = None;
+    let gpu_layers = match args.ngl {
+        NglArg::Fixed(layers) => layers,
+        NglArg::Auto => {
+            let mut fit = FitOptions::default().single_gpu((split_mode == SplitMode::None).then_some(args.main_gpu));
+            if let Some(c) = ctx {
+                fit = fit.n_ctx(c.ctx_size).max_ctx(c.max_ctx).flash_attention(c.flash_attn == FaArg::On);
+            }
+            let (cfg, plan) = LoadConfig::fit(&path, &fit)?;
+            let placement = if plan.device == "CPU" {
+                "host memory".to_string()
+            } else {
+                format!("{} of {} layers on {}", plan.gpu_layers, plan.n_layer, plan.device)
+            };
+            tracing::info!(
+                "fit: {placement}, context {} ({} predicted, {} free)",
+                plan.n_ctx,
+                rocm_llama::accounting::gib(plan.estimate.total()),
+                rocm_llama::accounting::gib(plan.free_bytes)
+            );
+            fitted_ctx = Some(plan.n_ctx);
+            cfg.gpu_layers
+        }
+    };
+    let mut config = LoadConfig::default().gpu_layers(gpu_layers).split_mode(split_mode).main_gpu(args.main_gpu);
+    let bar = (!args.no_progress && crate::progress_allowed()).then(|| {
+        let bar = indicatif::ProgressBar::new(100);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("loading {msg} [{bar:30}] {percent:>3}%")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_message(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+        bar
+    });
+    if let Some(bar) = bar.clone() {
+        config = config.with_progress(move |p: f32| {
+            bar.set_position((p * 100.0) as u64);
+            true
+        });
+    }
+    let model = Model::load(&path, &config);
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let model = model?;
+    tracing::info!("loaded {} ({})", path.display(), model.description());
+    Ok((model, fitted_ctx))
+}
+
+pub fn context_config(model: &Model, fitted_ctx: Option<u32>, m: &ModelArgs, c: &ContextArgs) -> ContextConfig {
+    let n_ctx = c.ctx_size.or(fitted_ctx).unwrap_or_else(|| model.n_ctx_train().clamp(256, c.max_ctx.max(256)));
+    let mut cfg = ContextConfig::default()
+        .n_ctx(n_ctx)
+        .n_batch(c.batch_size)
+        .n_ubatch(c.ubatch_size.min(c.batch_size))
+        .flash_attention(c.flash_attn.into())
+        .type_k(c.cache_type_k.into())
+        .type_v(c.cache_type_v.into());
+    if let Some(t) = m.threads {
+        cfg = cfg.threads(t);
+    }
+    cfg
+}
+
+pub fn generate_options(s: &SamplingArgs) -> AnyResult<GenerateOptions> {
+    let grammar = match &s.grammar_file {
+        Some(p) => Some(std::fs::read_to_string(p).map_err(|e| UserError::boxed(format!("{}: {e}", p.display())))?),
+        None => None,
+    };
+    let seed = s.seed.unwrap_or_else(|| {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        (t.as_nanos() as u32) ^ std::process::id()
+    });
+    let mut sampling = SamplingParams::default()
+        .temperature(s.temp)
+        .top_k(s.top_k)
+        .top_p(s.top_p)
+        .min_p(s.min_p)
+        .repeat_penalty(s.repeat_penalty)
+        .seed(seed);
+    if let Some(g) = grammar {
+        sampling = sampling.grammar(g);
+    }
+    let max_tokens = if s.predict < 0 { usize::MAX } else { s.predict as usize };
+    Ok(GenerateOptions::default().max_tokens(max_tokens).stops(s.stop.iter().cloned()).sampling(sampling))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rw(args: &[&str]) -> Vec<String> {
+        rewrite_llama_flags(args.iter().map(Into::into)).into_iter().map(|a| a.into_string().unwrap()).collect()
+    }
+
+    #[test]
+    fn llama_cpp_flags_become_long_flags() {
+        assert_eq!(rw(&["run", "hi", "-ngl", "99"]), ["run", "hi", "--n-gpu-layers", "99"]);
+        assert_eq!(
+            rw(&["-fa", "on", "-ctk=q8_0", "-ub", "256"]),
+            ["--flash-attn", "on", "--cache-type-k=q8_0", "--ubatch-size", "256"]
+        );
+        // Single-letter flags and anything after `--` stay as they are.
+        assert_eq!(rw(&["-n", "5", "-c", "64", "--", "-ngl"]), ["-n", "5", "-c", "64", "--", "-ngl"]);
+        assert_eq!(rw(&["-fast"]), ["-fast"]);
+    }
+
+    #[test]
+    fn gpu_layers_take_numbers_all_and_auto() {
+        assert_eq!(parse_ngl("99"), Ok(NglArg::Fixed(GpuLayers::Count(99))));
+        assert_eq!(parse_ngl("all"), Ok(NglArg::Fixed(GpuLayers::All)));
+        assert_eq!(parse_ngl("-1"), Ok(NglArg::Fixed(GpuLayers::All)));
+        assert_eq!(parse_ngl("auto"), Ok(NglArg::Auto));
+        assert!(parse_ngl("gl").is_err());
+    }
+}

@@ -1,0 +1,100 @@
+//! A conversation on one context: [`Session`] remembers which tokens its generations left in
+//! the KV cache, so the next prompt that starts the same way (the conversation so far plus a
+//! new message) computes only what is new.
+
+use crate::chat::{ChatMessage, ChatTemplate};
+use crate::context::{Context, ContextConfig};
+use crate::error::Result;
+use crate::generate::{format_chat, GenerateOptions, Generation};
+use crate::model::Model;
+use crate::request::SeqCache;
+use crate::vocab::Token;
+
+/// A [`Context`] plus the record of what its sequence 0 holds, for prompt-prefix reuse across
+/// generations.
+///
+/// The record lives here, not in the context, and only generations started here keep it:
+/// [`context_mut`](Session::context_mut) (anything that could change the KV cache) forgets
+/// it, so a stale record is never trusted.
+///
+/// ```
+/// # fn main() -> rocm_llama::Result<()> {
+/// # let path = rocm_llama::synth::tiny_model()?;
+/// use rocm_llama::{ChatMessage, ChatTemplate, ContextConfig, GenerateOptions, LoadConfig, Model, Session};
+///
+/// let model = Model::load(&path, &LoadConfig::default())?;
+/// let mut session = Session::new(&model, &ContextConfig::default().n_ctx(512))?;
+/// let mut messages = vec![ChatMessage::user("Hello")];
+/// let (reply, first) = session.chat(&messages, &ChatTemplate::Model, &GenerateOptions::greedy(8))?.collect_text()?;
+/// messages.push(ChatMessage::assistant(reply));
+/// messages.push(ChatMessage::user("And then?"));
+/// let (_, second) = session.chat(&messages, &ChatTemplate::Model, &GenerateOptions::greedy(8))?.collect_text()?;
+/// // The second turn computes only what the first did not leave in the cache.
+/// assert!(second.cached_prompt_tokens > 0);
+/// assert_eq!(first.cached_prompt_tokens, 0);
+/// # Ok(())
+/// # }
+/// ```
+pub struct Session<'m> {
+    ctx: Context<'m>,
+    cache: SeqCache,
+}
+
+impl<'m> Session<'m> {
+    /// Creates a context for the session. Wraps `llama_init_from_model`.
+    pub fn new(model: &'m Model, config: &ContextConfig) -> Result<Self> {
+        Ok(Self::from_context(Context::new(model, config)?))
+    }
+
+    /// Takes over a context. Nothing of what it holds is reused: the first generation
+    /// empties sequence 0.
+    pub fn from_context(ctx: Context<'m>) -> Self {
+        Session { ctx, cache: SeqCache::default() }
+    }
+
+    /// The context, to read from.
+    pub fn context(&self) -> &Context<'m> {
+        &self.ctx
+    }
+
+    /// The context, to change. The session forgets what sequence 0 holds, since the caller
+    /// may change it; the next generation computes its whole prompt.
+    pub fn context_mut(&mut self) -> &mut Context<'m> {
+        self.cache.clear();
+        &mut self.ctx
+    }
+
+    /// Gives the context back.
+    pub fn into_context(self) -> Context<'m> {
+        self.ctx
+    }
+
+    /// The tokens sequence 0 holds, as far as this session knows.
+    pub fn cached_tokens(&self) -> &[Token] {
+        self.cache.tokens()
+    }
+
+    /// Generates from a text prompt (tokenized with BOS as the model wants and with control
+    /// tokens parsed), reusing the longest prefix it shares with what sequence 0 holds.
+    pub fn generate(&mut self, prompt: &str, opts: &GenerateOptions) -> Result<Generation<'_, 'm>> {
+        let tokens = self.ctx.model().vocab().tokenize(prompt, true, true)?;
+        self.generate_tokens(tokens, opts)
+    }
+
+    /// Formats `messages` with a chat template and generates the assistant's reply, reusing
+    /// the cached conversation.
+    pub fn chat(
+        &mut self,
+        messages: &[ChatMessage],
+        template: &ChatTemplate,
+        opts: &GenerateOptions,
+    ) -> Result<Generation<'_, 'm>> {
+        let prompt = format_chat(self.ctx.model(), messages, template)?;
+        self.generate(&prompt, opts)
+    }
+
+    /// Generates from prompt tokens, reusing the cached prefix.
+    pub fn generate_tokens(&mut self, prompt: Vec<Token>, opts: &GenerateOptions) -> Result<Generation<'_, 'm>> {
+        Generation::new(&mut self.ctx, Some(&mut self.cache), prompt, opts)
+    }
+}

@@ -55,6 +55,13 @@ pub struct BenchConfig {
     pub threads: Option<u32>,
     /// Logical batch size.
     pub n_batch: u32,
+    /// One KV buffer for all sequences in the concurrency test (raw and engine), as
+    /// llama-batched-bench's `-kvu`; default off, as there (and as the engine's default).
+    pub kv_unified: bool,
+    /// Where the engine's requests sample in the concurrency test.
+    pub placement: crate::sampler::SamplerPlacement,
+    /// Greedy requests in the concurrency test instead of the default sampling chain.
+    pub greedy: bool,
 }
 
 crate::config::setters!(BenchConfig {
@@ -68,6 +75,9 @@ crate::config::setters!(BenchConfig {
     concurrent_prompt: usize,
     concurrent_gen: usize,
     n_batch: u32,
+    kv_unified: bool,
+    placement: crate::sampler::SamplerPlacement,
+    greedy: bool,
 } optional {
     threads: u32,
 });
@@ -86,6 +96,9 @@ impl Default for BenchConfig {
             concurrent_gen: 128,
             threads: None,
             n_batch: 2048,
+            kv_unified: false,
+            placement: crate::sampler::SamplerPlacement::Auto,
+            greedy: false,
         }
     }
 }
@@ -114,8 +127,11 @@ pub struct Measurement {
 pub struct ConcurrencyRow {
     /// Sequences.
     pub sequences: usize,
-    /// Raw batched decode, no sampling (what llama.cpp's batched-bench measures), tokens/s.
+    /// Raw batched decode, no sampling (what llama.cpp's batched-bench measures as S_TG),
+    /// tokens/s.
     pub raw_tokens_per_s: f64,
+    /// Raw: prefill of every prompt plus the whole decode loop, ms (batched-bench's T).
+    pub raw_total_ms: f64,
     /// Raw batched decode with a serial arg-max per sequence on the host, tokens/s.
     pub raw_greedy_tokens_per_s: f64,
     /// Through the engine with default sampling, generated tokens/s (decode phase).
@@ -124,6 +140,12 @@ pub struct ConcurrencyRow {
     pub ratio: f64,
     /// Mean time to first token through the engine, ms.
     pub engine_ttft_ms: f64,
+    /// Median time to first token through the engine, ms.
+    pub engine_ttft_median_ms: f64,
+    /// Longest time to first token through the engine, ms.
+    pub engine_ttft_max_ms: f64,
+    /// Through the engine, from submitting every request to the last token, ms.
+    pub engine_total_ms: f64,
 }
 
 /// Everything one bench run measured.
@@ -143,6 +165,9 @@ pub struct BenchReport {
     pub peak_device_bytes: u64,
     /// What the model and one bench context held.
     pub memory: crate::accounting::MemoryBreakdown,
+    /// Whether the model's output layer is on a GPU (where `SamplerPlacement::Auto` samples
+    /// on the device).
+    pub output_on_gpu: bool,
 }
 
 fn stats(runs: &[f64]) -> (f64, f64) {
@@ -296,6 +321,27 @@ pub fn run(shared: &Arc<Model>, cfg: &BenchConfig, progress: &dyn Fn(&str)) -> R
         // Token generation after a short prompt, library vs raw.
         progress(&format!("tg{}, flash attention {fa:?}", cfg.n_gen));
         let prompt = tokens(model, 16, 3);
+        // The library with greedy sampling inside the decode graph: only the token comes back.
+        let mut device = Vec::new();
+        for rep in 0..=cfg.repetitions {
+            ctx.clear_memory();
+            lib_prefill(&mut ctx, &mut batch, &prompt, 0)?;
+            let mut tok = argmax(ctx.logits(batch.len() as i32 - 1)?);
+            ctx.set_device_sampler(0, crate::sampler::Sampler::greedy(model)?)?;
+            let t = Instant::now();
+            for i in 0..cfg.n_gen {
+                batch.clear();
+                batch.add(tok, (prompt.len() + i) as i32, &[0], true)?;
+                ctx.decode(&batch)?;
+                tok = ctx.sampled_token(0)?;
+            }
+            let s = t.elapsed().as_secs_f64();
+            ctx.clear_device_sampler(0)?;
+            if rep > 0 {
+                device.push(cfg.n_gen as f64 / s);
+            }
+        }
+        push(&mut measurements, format!("tg{} device", cfg.n_gen), fa, 0, "tok/s", device);
         let (mut lib, mut raw, mut lib_step, mut raw_step) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for rep in 0..=cfg.repetitions {
             ctx.clear_memory();
@@ -350,16 +396,20 @@ pub fn run(shared: &Arc<Model>, cfg: &BenchConfig, progress: &dyn Fn(&str)) -> R
     for &n in &cfg.concurrency {
         progress(&format!("{n} concurrent sequences"));
         let fa = *cfg.flash_attention.last().unwrap_or(&FlashAttention::Auto);
-        let raw = raw_batched(model, cfg, n, fa, false)?;
-        let raw_greedy = raw_batched(model, cfg, n, fa, true)?;
-        let (engine, ttft) = through_engine(shared, cfg, n, fa)?;
+        let (raw, raw_total) = raw_batched(model, cfg, n, fa, false)?;
+        let (raw_greedy, _) = raw_batched(model, cfg, n, fa, true)?;
+        let e = through_engine(shared, cfg, n, fa)?;
         concurrency.push(ConcurrencyRow {
             sequences: n,
             raw_tokens_per_s: raw,
+            raw_total_ms: raw_total * 1e3,
             raw_greedy_tokens_per_s: raw_greedy,
-            engine_tokens_per_s: engine,
-            ratio: if raw > 0.0 { engine / raw } else { 0.0 },
-            engine_ttft_ms: ttft,
+            engine_tokens_per_s: e.tokens_per_s,
+            ratio: if raw > 0.0 { e.tokens_per_s / raw } else { 0.0 },
+            engine_ttft_ms: e.ttft_mean_ms,
+            engine_ttft_median_ms: e.ttft_median_ms,
+            engine_ttft_max_ms: e.ttft_max_ms,
+            engine_total_ms: e.total_ms,
         });
     }
     Ok(BenchReport {
@@ -370,6 +420,7 @@ pub fn run(shared: &Arc<Model>, cfg: &BenchConfig, progress: &dyn Fn(&str)) -> R
         concurrency,
         peak_device_bytes: crate::accounting::process_memory().peak_device_bytes,
         memory,
+        output_on_gpu: model.output_on_gpu(),
     })
 }
 
@@ -377,14 +428,17 @@ fn per_seq_ctx(cfg: &BenchConfig) -> u32 {
     ((cfg.concurrent_prompt + cfg.concurrent_gen + 8) as u32).next_multiple_of(256)
 }
 
-/// N sequences decoded together with plain llama.cpp calls; decode-phase tokens/s. With
-/// `pick`, each next token is the arg-max of its logits (a serial host loop, as a simple
-/// server would do); without, the same token is fed again (no sampling at all).
-fn raw_batched(model: &Model, cfg: &BenchConfig, n: usize, fa: FlashAttention, pick: bool) -> Result<f64> {
+/// N sequences decoded together with plain llama.cpp calls, set up as llama-batched-bench
+/// does (n_batch 2048, n_ubatch 512, the KV layout of `cfg.kv_unified`): decode-phase
+/// tokens/s, and the whole run (prefill plus decode) in seconds. With `pick`, each next token
+/// is the arg-max of its logits (a serial host loop, as a simple server would do); without,
+/// the same token is fed again (no sampling at all).
+fn raw_batched(model: &Model, cfg: &BenchConfig, n: usize, fa: FlashAttention, pick: bool) -> Result<(f64, f64)> {
     let mut cc = ContextConfig::default()
         .n_ctx(per_seq_ctx(cfg) * n as u32)
         .n_seq_max(n as u32)
         .n_batch(cfg.n_batch)
+        .kv_unified(cfg.kv_unified)
         .flash_attention(fa);
     cc.n_ubatch = 512.min(cfg.n_batch);
     if let Some(t) = cfg.threads {
@@ -393,7 +447,8 @@ fn raw_batched(model: &Model, cfg: &BenchConfig, n: usize, fa: FlashAttention, p
     let mut ctx = Context::new(model, &cc)?;
     let mut batch = Batch::new(ctx.n_batch() as usize, 1)?;
     let prompts: Vec<Vec<i32>> = (0..n).map(|s| tokens(model, cfg.concurrent_prompt, s + 11)).collect();
-    // Prefill (not timed), all prompts packed into batches.
+    // Prefill, all prompts packed into batches (timed only for the total).
+    let started = Instant::now();
     let mut last = vec![0i32; n];
     let flat: Vec<(usize, usize, i32)> =
         prompts.iter().enumerate().flat_map(|(s, p)| p.iter().enumerate().map(move |(j, &t)| (s, j, t))).collect();
@@ -427,13 +482,24 @@ fn raw_batched(model: &Model, cfg: &BenchConfig, n: usize, fa: FlashAttention, p
             ctx.synchronize();
         }
     }
-    Ok((n * cfg.concurrent_gen.saturating_sub(1)) as f64 / t.elapsed().as_secs_f64())
+    let decode_secs = t.elapsed().as_secs_f64();
+    Ok(((n * cfg.concurrent_gen.saturating_sub(1)) as f64 / decode_secs, started.elapsed().as_secs_f64()))
+}
+
+/// What one engine run measured.
+struct EngineRun {
+    tokens_per_s: f64,
+    ttft_mean_ms: f64,
+    ttft_median_ms: f64,
+    ttft_max_ms: f64,
+    total_ms: f64,
 }
 
 /// N requests through the engine with default sampling; decode-phase tokens/s (from the
 /// moment every sequence has its first token) and mean time to first token.
-fn through_engine(shared: &Arc<Model>, cfg: &BenchConfig, n: usize, fa: FlashAttention) -> Result<(f64, f64)> {
+fn through_engine(shared: &Arc<Model>, cfg: &BenchConfig, n: usize, fa: FlashAttention) -> Result<EngineRun> {
     let config = EngineConfig::default()
+        .kv_unified(cfg.kv_unified)
         .n_seq_max(n as u32)
         .n_ctx_per_seq(per_seq_ctx(cfg))
         .n_batch(cfg.n_batch)
@@ -441,7 +507,8 @@ fn through_engine(shared: &Arc<Model>, cfg: &BenchConfig, n: usize, fa: FlashAtt
         .threads(cfg.threads)
         .flash_attention(fa);
     let handle = Engine::start(shared.clone(), config)?;
-    let opts = GenerateOptions::default().max_tokens(cfg.concurrent_gen).sampling(SamplingParams::default().seed(7));
+    let sampling = if cfg.greedy { SamplingParams::greedy() } else { SamplingParams::default().seed(7) };
+    let opts = GenerateOptions::default().max_tokens(cfg.concurrent_gen).sampling(sampling.placement(cfg.placement));
     let start = Instant::now();
     let streams: Vec<_> = (0..n)
         .map(|s| handle.generate_tokens(tokens(shared, cfg.concurrent_prompt, s + 11), &opts))
@@ -468,10 +535,17 @@ fn through_engine(shared: &Arc<Model>, cfg: &BenchConfig, n: usize, fa: FlashAtt
     let t0 = per_stream.iter().filter_map(|t| t.first().copied()).max().unwrap_or(start);
     let t1 = per_stream.iter().filter_map(|t| t.last().copied()).max().unwrap_or(t0);
     let after: usize = per_stream.iter().map(|t| t.iter().filter(|&&x| x > t0).count()).sum();
-    let ttft =
-        per_stream.iter().filter_map(|t| t.first()).map(|f| (*f - start).as_secs_f64() * 1e3).sum::<f64>() / n as f64;
+    let mut ttft: Vec<f64> =
+        per_stream.iter().filter_map(|t| t.first()).map(|f| (*f - start).as_secs_f64() * 1e3).collect();
+    ttft.sort_by(f64::total_cmp);
     let secs = (t1 - t0).as_secs_f64();
-    Ok((if secs > 0.0 { after as f64 / secs } else { 0.0 }, ttft))
+    Ok(EngineRun {
+        tokens_per_s: if secs > 0.0 { after as f64 / secs } else { 0.0 },
+        ttft_mean_ms: ttft.iter().sum::<f64>() / n.max(1) as f64,
+        ttft_median_ms: ttft.get(ttft.len() / 2).copied().unwrap_or(0.0),
+        ttft_max_ms: ttft.last().copied().unwrap_or(0.0),
+        total_ms: (t1 - start).as_secs_f64() * 1e3,
+    })
 }
 
 impl BenchReport {
@@ -494,18 +568,30 @@ impl BenchReport {
         }
         if !self.concurrency.is_empty() {
             s.push_str(&format!(
-                "\n{:>5} {:>14} {:>16} {:>16} {:>8} {:>12}\n",
-                "seqs", "raw tok/s", "raw+argmax tok/s", "engine tok/s", "ratio", "ttft ms"
+                "\nKV layout: {}\n{:>5} {:>11} {:>11} {:>13} {:>12} {:>7} {:>11} {:>11} {:>13}\n",
+                if self.config.kv_unified { "unified" } else { "one buffer per sequence" },
+                "seqs",
+                "raw tok/s",
+                "raw total",
+                "raw+argmax",
+                "engine tok/s",
+                "ratio",
+                "engine tot",
+                "ttft med",
+                "ttft max"
             ));
             for r in &self.concurrency {
                 s.push_str(&format!(
-                    "{:>5} {:>14.1} {:>16.1} {:>16.1} {:>7.0}% {:>12.1}\n",
+                    "{:>5} {:>11.1} {:>9.0}ms {:>13.1} {:>12.1} {:>6.0}% {:>9.0}ms {:>9.1}ms {:>11.1}ms\n",
                     r.sequences,
                     r.raw_tokens_per_s,
+                    r.raw_total_ms,
                     r.raw_greedy_tokens_per_s,
                     r.engine_tokens_per_s,
                     r.ratio * 100.0,
-                    r.engine_ttft_ms
+                    r.engine_total_ms,
+                    r.engine_ttft_median_ms,
+                    r.engine_ttft_max_ms
                 ));
             }
         }

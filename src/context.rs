@@ -8,9 +8,22 @@ use std::sync::Arc;
 use llama_cpp_sys_2 as sys;
 
 use crate::accounting::MemoryBreakdown;
-use crate::batch::{Batch, Pos};
+use crate::batch::{Batch, Pos, SeqId};
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::sampler::Sampler;
+use crate::vocab::Token;
+
+/// What one batch index of the last decode produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    /// Nothing (not marked for output).
+    None,
+    /// A row of logits.
+    Logits,
+    /// A token picked by the device sampler of this sequence.
+    Sampled(SeqId),
+}
 
 /// When to use flash attention (`llama_flash_attn_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -261,8 +274,12 @@ pub struct Context<'m> {
     pub(crate) kv_unified: bool,
     /// The K cache's element type (shifting positions re-ropes it).
     pub(crate) type_k: KvType,
-    /// `outputs[i]`: whether batch index `i` of the last successful decode produced output.
-    outputs: Vec<bool>,
+    /// `outputs[i]`: what batch index `i` of the last successful decode produced.
+    outputs: Vec<Output>,
+    /// Sampler chains running inside the decode graph, per sequence (llama.cpp keeps
+    /// pointers to them, so the context owns them while they are attached; they drop after
+    /// the context is freed).
+    device_samplers: Vec<Option<Sampler<'m>>>,
     abort: Arc<AtomicBool>,
     embeddings: bool,
     memory: MemoryBreakdown,
@@ -378,6 +395,7 @@ impl<'m> Context<'m> {
             kv_unified: config.kv_unified || n_seq_max == 1,
             type_k: config.type_k,
             outputs: Vec::new(),
+            device_samplers: (0..n_seq_max).map(|_| None).collect(),
             abort,
             embeddings: config.embeddings,
         })
@@ -482,6 +500,32 @@ impl<'m> Context<'m> {
                 *prev = p;
             }
         }
+        // A sequence sampled on the device takes one output per decode (llama.cpp's
+        // n_outputs_max_per_seq), and an output shared by several sequences must not mix
+        // device and host sampling.
+        if self.device_samplers.iter().any(Option::is_some) {
+            let mut outputs = vec![0u32; self.n_seq_max as usize];
+            for (i, &flag) in batch.output_flags().iter().enumerate() {
+                if flag == 0 {
+                    continue;
+                }
+                let seqs = batch.seq_ids(i).unwrap_or_default();
+                let on_device = seqs.iter().filter(|&&s| self.has_device_sampler(s)).count();
+                if on_device > 0 && on_device != seqs.len() {
+                    return Err(Error::InvalidBatch(format!(
+                        "batch index {i} is an output of sequences sampled on the device and on the host"
+                    )));
+                }
+                for &s in seqs.iter().filter(|&&s| self.has_device_sampler(s)) {
+                    outputs[s as usize] += 1;
+                    if outputs[s as usize] > 1 {
+                        return Err(Error::InvalidBatch(format!(
+                            "sequence {s} is sampled on the device, which takes one output per sequence and decode"
+                        )));
+                    }
+                }
+            }
+        }
         // Non-causal models (embedding encoders) attend over the whole batch at once, which
         // llama.cpp asserts fits into one micro-batch.
         // SAFETY: live context; a plain query.
@@ -515,8 +559,123 @@ impl<'m> Context<'m> {
             self.abort.store(false, Ordering::SeqCst);
         }
         Error::check_decode(code, &log)?;
-        self.outputs.extend(batch.output_flags().iter().map(|&f| f != 0));
+        let kinds: Vec<Output> = (0..batch.len())
+            .map(|i| match batch.output_flags()[i] != 0 {
+                false => Output::None,
+                true => match self.device_seq(batch, i) {
+                    Some(seq) => Output::Sampled(seq),
+                    None => Output::Logits,
+                },
+            })
+            .collect();
+        self.outputs = kinds;
         Ok(())
+    }
+
+    /// The sequence of batch index `i` when it has a device sampler (`check_batch` made sure
+    /// all sequences of an output agree).
+    fn device_seq(&self, batch: &Batch, i: usize) -> Option<SeqId> {
+        batch.seq_ids(i).unwrap_or_default().first().copied().filter(|&s| self.has_device_sampler(s))
+    }
+
+    /// Whether sequence `seq` has a sampler chain attached to run inside the decode graph.
+    pub fn has_device_sampler(&self, seq: SeqId) -> bool {
+        usize::try_from(seq).ok().and_then(|s| self.device_samplers.get(s)).is_some_and(Option::is_some)
+    }
+
+    /// Runs `sampler` inside the decode graph for sequence `seq` (llama.cpp's experimental
+    /// backend sampling): from the next decode, an output of `seq` yields a token through
+    /// [`sampled_token`](Context::sampled_token) instead of logits. The chain must
+    /// [run on the device](Sampler::runs_on_device); the context keeps it until
+    /// [`clear_device_sampler`](Context::clear_device_sampler) or its end, and replaces one
+    /// attached before. Each change makes llama.cpp plan its graph again at the next decode,
+    /// so keep a chain attached across requests where the settings allow
+    /// ([`reset_device_sampler`](Context::reset_device_sampler)). Wraps `llama_set_sampler`.
+    pub fn set_device_sampler(&mut self, seq: SeqId, sampler: Sampler<'m>) -> Result<()> {
+        self.check_seq(seq)?;
+        if !sampler.runs_on_device() {
+            return Err(Error::Sampling(
+                "this chain cannot run on the device (grammar, penalties, DRY or typical stages, or no final \
+                 greedy/dist stage)"
+                    .into(),
+            ));
+        }
+        // SAFETY: live context and chain; the chain stays alive in `device_samplers` for as long
+        // as llama.cpp holds it (until it is replaced, cleared, or the context is freed).
+        let (ok, log) =
+            crate::init::capture_log(|| unsafe { sys::llama_set_sampler(self.raw(), seq, sampler.as_ptr()) });
+        if !ok {
+            // llama.cpp did not take it (it keeps no pointer then); the old one is gone too.
+            self.device_samplers[seq as usize] = None;
+            self.forget_sampled(seq);
+            return Err(Error::Sampling(format!(
+                "llama.cpp would not run the chain on the device: {}",
+                crate::error::llama_reason(&log).unwrap_or_else(|| "no reason given".into())
+            )));
+        }
+        self.device_samplers[seq as usize] = Some(sampler);
+        self.forget_sampled(seq);
+        Ok(())
+    }
+
+    /// Tokens the last decode picked for `seq` belong to a chain that is gone now.
+    fn forget_sampled(&mut self, seq: SeqId) {
+        for o in &mut self.outputs {
+            if *o == Output::Sampled(seq) {
+                *o = Output::None;
+            }
+        }
+    }
+
+    /// Stops sampling sequence `seq` on the device: its outputs are logits again. Wraps
+    /// `llama_set_sampler` with no sampler.
+    pub fn clear_device_sampler(&mut self, seq: SeqId) -> Result<()> {
+        self.check_seq(seq)?;
+        if self.device_samplers[seq as usize].is_none() {
+            return Ok(());
+        }
+        // SAFETY: live context; a null sampler detaches.
+        unsafe { sys::llama_set_sampler(self.raw(), seq, std::ptr::null_mut()) };
+        self.device_samplers[seq as usize] = None;
+        self.forget_sampled(seq);
+        Ok(())
+    }
+
+    /// Resets the device sampler of `seq` to its state when built (a dist stage reseeds), so
+    /// a new request with the same settings can reuse it without a new graph plan.
+    pub fn reset_device_sampler(&mut self, seq: SeqId) -> Result<()> {
+        self.check_seq(seq)?;
+        match self.device_samplers[seq as usize].as_mut() {
+            Some(s) => {
+                s.reset();
+                Ok(())
+            }
+            None => Err(Error::Sampling(format!("sequence {seq} has no device sampler"))),
+        }
+    }
+
+    /// The token the device sampler picked for batch index `index` of the last decode, which
+    /// must be an output of a sequence with a device sampler; the chain sees it as accepted.
+    /// Wraps `llama_get_sampled_token_ith`.
+    pub fn sampled_token(&mut self, index: i32) -> Result<Token> {
+        let seq = match usize::try_from(index).ok().and_then(|i| self.outputs.get(i)) {
+            Some(&Output::Sampled(seq)) => seq,
+            Some(Output::Logits) => {
+                return Err(Error::Sampling(format!(
+                    "batch index {index} has logits, not a device-sampled token (its sequence has no device sampler)"
+                )))
+            }
+            _ => return Err(Error::NoOutput { index }),
+        };
+        // SAFETY: live context; `index` is an output of the last decode.
+        let t = unsafe { sys::llama_get_sampled_token_ith(self.raw(), index) };
+        if !(0..self.n_vocab).contains(&t) {
+            return Err(Error::Sampling(format!("the device sampler picked no token for batch index {index}")));
+        }
+        if let Some(s) = self.device_samplers.get_mut(seq as usize).and_then(Option::as_mut) {
+            s.accept_device_token(t);
+        }
+        Ok(t)
     }
 
     /// Waits until the work of the last decode has finished on every device (decodes on a
@@ -528,7 +687,10 @@ impl<'m> Context<'m> {
 
     fn check_output(&self, index: i32) -> Result<()> {
         match usize::try_from(index).ok().and_then(|i| self.outputs.get(i)) {
-            Some(true) => Ok(()),
+            Some(Output::Logits) => Ok(()),
+            Some(Output::Sampled(_)) => Err(Error::Sampling(format!(
+                "batch index {index} was sampled on the device: read its token with `sampled_token`"
+            ))),
             _ => Err(Error::NoOutput { index }),
         }
     }
@@ -567,7 +729,8 @@ impl<'m> Context<'m> {
         }
     }
 
-    /// Whether batch index `index` of the last decode has output.
+    /// Whether batch index `index` of the last decode has logits (an output of a sequence
+    /// without a device sampler).
     pub fn has_output(&self, index: i32) -> bool {
         self.check_output(index).is_ok()
     }

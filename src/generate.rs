@@ -289,7 +289,8 @@ impl<'c, 'm> Generation<'c, 'm> {
         opts: &GenerateOptions,
     ) -> Result<Self> {
         check_prompt(ctx.model().vocab(), &prompt, ctx.n_ctx_seq())?;
-        let request = Request::new(ctx.model(), prompt, opts, Instant::now())?;
+        let mut request = Request::new(ctx.model(), prompt, opts, Instant::now())?;
+        request.try_device(ctx, 0, &opts.sampling)?;
         let batch = Batch::new(ctx.n_batch() as usize, 1)?;
         Ok(Generation {
             ctx,
@@ -376,7 +377,7 @@ impl<'c, 'm> Generation<'c, 'm> {
                         self.phase = Phase::Finish(StopReason::MaxTokens);
                         continue;
                     }
-                    let t = self.request.sampler.sample(self.ctx, self.last_index)?;
+                    let t = self.request.sample(self.ctx, self.last_index)?;
                     match self.request.accept(t, self.pos as usize, self.ctx.n_ctx_seq() as usize)? {
                         Accepted::EndOfGeneration => self.phase = Phase::Finish(StopReason::Eos),
                         Accepted::Token { id, text, stop } => {
@@ -399,6 +400,16 @@ impl<'c, 'm> Generation<'c, 'm> {
                     return Ok(Some(Event::Done(self.request.summary(reason))));
                 }
             }
+        }
+    }
+}
+
+impl Drop for Generation<'_, '_> {
+    /// A chain attached for this generation leaves with it: later decodes on sequence 0
+    /// give logits again.
+    fn drop(&mut self) {
+        if self.request.sampler.is_none() {
+            let _ = self.ctx.clear_device_sampler(0);
         }
     }
 }

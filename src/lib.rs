@@ -88,7 +88,7 @@ pub use error::{Error, Result};
 pub use fit::{FitOptions, FitPlan};
 pub use generate::{CancelToken, Event, GenerateOptions, Generation, StopReason, Summary};
 pub use model::{GpuLayers, LoadConfig, Model, ModelInfo, SplitMode};
-pub use sampler::{Sampler, SamplerBuilder, SamplingParams};
+pub use sampler::{Sampler, SamplerBuilder, SamplerPlacement, SamplingParams};
 pub use session::Session;
 pub use vocab::{Detokenizer, Token, Vocab};
 

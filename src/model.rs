@@ -128,6 +128,7 @@ pub struct Model {
     ptr: NonNull<sys::llama_model>,
     path: PathBuf,
     memory: MemoryBreakdown,
+    output_on_gpu: bool,
 }
 
 // SAFETY: llama.cpp never mutates a `llama_model` after `llama_model_load_from_file` returns;
@@ -356,7 +357,9 @@ impl Model {
                 memory.kv.clear();
                 memory.compute.clear();
                 crate::accounting::account(&memory, true);
-                Ok(Model { ptr, path: path.to_path_buf(), memory })
+                // llama.cpp says so in its load log when it places the output layer on a GPU.
+                let output_on_gpu = log.iter().any(|l| l.contains("offloading output layer to GPU"));
+                Ok(Model { ptr, path: path.to_path_buf(), memory, output_on_gpu })
             }
             None if state.is_some_and(|s| s.cancelled) => Err(Error::LoadCancelled),
             None => Err(Error::ModelLoad { path: path.to_path_buf(), reason: load_failure_reason(&log) }),
@@ -379,6 +382,14 @@ impl Model {
     /// Where the weights are, per llama.cpp buffer (`ROCm0`, `CPU_Mapped`, ...).
     pub fn memory(&self) -> &MemoryBreakdown {
         &self.memory
+    }
+
+    /// Whether the output layer (where logits are made, and where a device sampler runs)
+    /// sits on a GPU: llama.cpp puts it on the GPU when every layer is offloaded. Read from
+    /// where the weights went (`llama_model_n_layer` against the GPU layers the load asked for
+    /// would miss a CPU-only build).
+    pub fn output_on_gpu(&self) -> bool {
+        self.output_on_gpu
     }
 
     /// The file this model was loaded from.

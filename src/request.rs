@@ -12,7 +12,7 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::generate::{GenerateOptions, StopMatcher, StopReason, Summary};
 use crate::model::Model;
-use crate::sampler::Sampler;
+use crate::sampler::{Sampler, SamplingParams};
 use crate::vocab::{Detokenizer, Token, Vocab};
 
 /// Checks a prompt before anything is computed: not empty, every token in the vocabulary,
@@ -96,7 +96,9 @@ pub(crate) enum Accepted {
 pub(crate) struct Request<'m> {
     pub(crate) prompt: Vec<Token>,
     max_tokens: usize,
-    pub(crate) sampler: Sampler<'m>,
+    /// The chain when it runs on the host; `None` when it runs inside the decode graph,
+    /// attached to the request's sequence in the context.
+    pub(crate) sampler: Option<Sampler<'m>>,
     detok: Detokenizer<'m>,
     stops: StopMatcher,
     vocab: Vocab<'m>,
@@ -126,7 +128,7 @@ impl<'m> Request<'m> {
         Ok(Request {
             prompt,
             max_tokens: opts.max_tokens,
-            sampler: opts.sampling.build(model)?,
+            sampler: Some(opts.sampling.build(model)?),
             detok: vocab.detokenizer(false),
             stops: StopMatcher::new(&opts.stop),
             vocab,
@@ -137,6 +139,33 @@ impl<'m> Request<'m> {
             prefill_done: None,
             first_token: None,
         })
+    }
+
+    /// Moves the chain onto the device for sequence `seq` when the settings ask for it
+    /// ([`SamplingParams::on_device`]). Returns whether it runs there now; when llama.cpp
+    /// will not take it, the request samples on the host with a chain built again.
+    pub(crate) fn try_device(&mut self, ctx: &mut Context<'m>, seq: SeqId, params: &SamplingParams) -> Result<bool> {
+        if !params.on_device() {
+            return Ok(false);
+        }
+        let Some(chain) = self.sampler.take() else { return Ok(true) };
+        match ctx.set_device_sampler(seq, chain) {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                tracing::debug!("sampling on the host: {e}");
+                self.sampler = Some(params.build(ctx.model())?);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Picks the next token from batch index `index` of the last decode: on the host from its
+    /// logits, or the token the device sampler picked.
+    pub(crate) fn sample(&mut self, ctx: &mut Context<'m>, index: i32) -> Result<Token> {
+        match self.sampler.as_mut() {
+            Some(s) => s.sample(ctx, index),
+            None => ctx.sampled_token(index),
+        }
     }
 
     /// Whether `max_tokens` are out (`max_tokens: 0` computes and caches the prompt and

@@ -54,6 +54,11 @@ pub struct EngineConfig {
     pub threads: Option<u32>,
     /// Flash attention.
     pub flash_attention: FlashAttention,
+    /// One KV buffer shared by all slots (`kv_unified`), default off: each slot gets a KV
+    /// buffer of its own, which attention over many independent sequences reads faster
+    /// (llama.h advises it unless sequences share a large prefix). Prefix reuse works either
+    /// way, since a request reuses what its own slot holds.
+    pub kv_unified: bool,
 }
 
 crate::config::setters!(EngineConfig {
@@ -62,6 +67,7 @@ crate::config::setters!(EngineConfig {
     n_batch: u32,
     queue_capacity: usize,
     flash_attention: FlashAttention,
+    kv_unified: bool,
 } optional {
     threads: u32,
 });
@@ -75,6 +81,7 @@ impl Default for EngineConfig {
             queue_capacity: 64,
             threads: None,
             flash_attention: FlashAttention::Auto,
+            kv_unified: false,
         }
     }
 }
@@ -190,6 +197,7 @@ impl Engine {
             .n_seq_max(config.n_seq_max)
             .n_batch(config.n_batch)
             .flash_attention(config.flash_attention)
+            .kv_unified(config.kv_unified)
             .threads(config.threads);
         let (tx, rx) = crossbeam_channel::unbounded();
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<AbortHandle>>(1);

@@ -14,6 +14,7 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::generate::{CancelToken, Event, GenerateOptions, StopReason};
 use crate::request::{cancelled_before_start, Accepted, Request, SeqCache};
+use crate::sampler::SamplingParams;
 use crate::vocab::Token;
 
 /// One request's place in the engine's admission count (`in_flight`), held from
@@ -95,6 +96,10 @@ struct Active<'m> {
 
 struct Slot<'m> {
     seq: SeqId,
+    /// The settings of the sampler chain attached to this sequence on the device, if any. It
+    /// stays attached between requests: a request with the same settings resets and reuses
+    /// it, since every change makes llama.cpp plan its graph again.
+    device_sampler: Option<SamplingParams>,
     /// Tokens in this sequence's KV cells, in order.
     cached: SeqCache,
     active: Option<Active<'m>>,
@@ -115,8 +120,9 @@ pub(crate) struct Worker<'m> {
 impl<'m> Worker<'m> {
     pub(crate) fn new(ctx: Context<'m>, config: &EngineConfig, stats: Arc<SharedStats>) -> Result<Self> {
         let n_batch = ctx.n_batch() as usize;
-        let slots =
-            (0..config.n_seq_max as SeqId).map(|seq| Slot { seq, cached: SeqCache::default(), active: None }).collect();
+        let slots = (0..config.n_seq_max as SeqId)
+            .map(|seq| Slot { seq, device_sampler: None, cached: SeqCache::default(), active: None })
+            .collect();
         Ok(Worker {
             batch: Batch::new(n_batch, 1)?,
             ctx,
@@ -226,6 +232,10 @@ impl<'m> Worker<'m> {
                     }
                 };
             let slot = &mut self.slots[best];
+            if let Err(e) = place_sampler(&mut self.ctx, slot, &mut request, &job.options.sampling) {
+                job.end(Err(e));
+                continue;
+            }
             // A cache that cannot be cut is dropped and the prompt computed whole.
             let common = slot.cached.reuse(&mut self.ctx, seq, &request.prompt).unwrap_or_else(|_| {
                 slot.cached.clear();
@@ -285,20 +295,21 @@ impl<'m> Worker<'m> {
                 }
             }
         }
-        // Then prefill chunks of waiting prompts with what is left, shared fairly: a short
-        // prompt never waits for a long one's whole prefill.
-        let waiting: Vec<(usize, usize)> = self
+        // Then prefill chunks of waiting prompts with what is left: the prompts closest to
+        // their first token first, so a short prompt never waits for a long one's prefill and
+        // equal prompts finish one after another instead of all at the end.
+        let waiting: Vec<(usize, usize, u64)> = self
             .slots
             .iter()
             .enumerate()
             .filter_map(|(i, slot)| {
                 let a = slot.active.as_ref()?;
                 let left = a.request.prompt.len().saturating_sub(a.prefilled);
-                (a.pending.is_none() && left > 0).then_some((i, left))
+                (a.pending.is_none() && left > 0).then_some((i, left, a.job.id))
             })
             .collect();
-        let shares = fair_shares(&waiting.iter().map(|&(_, left)| left).collect::<Vec<_>>(), budget);
-        for (&(i, _), take) in waiting.iter().zip(shares) {
+        let shares = prefill_shares(&waiting.iter().map(|&(_, left, id)| (left, id)).collect::<Vec<_>>(), budget);
+        for (&(i, _, _), take) in waiting.iter().zip(shares) {
             if take == 0 {
                 continue;
             }
@@ -344,12 +355,27 @@ impl<'m> Worker<'m> {
         // Sample every sequence that produced logits, in parallel across cores: with many
         // sequences and a large vocabulary this host work would otherwise serialize between
         // decode steps.
+        // Sequences sampled on the device already have their token: read it first (the
+        // context is borrowed mutably for that, then shared by the host samplers).
         let Worker { ctx, slots, stats, n_ctx_per_seq, sample_threads, .. } = self;
-        let mut work: Vec<(&mut Slot<'m>, &[f32])> = Vec::new();
-        for slot in slots.iter_mut() {
-            let Some(index) = slot.active.as_mut().and_then(|a| a.output.take()) else { continue };
-            match ctx.logits(index) {
-                Ok(row) => work.push((slot, row)),
+        let mut device_picks: Vec<Option<Result<Token>>> = (0..slots.len()).map(|_| None).collect();
+        for (i, slot) in slots.iter_mut().enumerate() {
+            let Some(a) = slot.active.as_mut().filter(|a| a.request.sampler.is_none()) else { continue };
+            if let Some(index) = a.output.take() {
+                device_picks[i] = Some(ctx.sampled_token(index));
+            }
+        }
+        let mut work: Vec<(&mut Slot<'m>, Pick<'_>)> = Vec::new();
+        for (slot, pick) in slots.iter_mut().zip(device_picks) {
+            let pick = match pick {
+                Some(token) => token.map(Pick::Token),
+                None => match slot.active.as_mut().and_then(|a| a.output.take()) {
+                    Some(index) => ctx.logits(index).map(Pick::Logits),
+                    None => continue,
+                },
+            };
+            match pick {
+                Ok(pick) => work.push((slot, pick)),
                 Err(e) => {
                     if let Some(mut a) = slot.active.take() {
                         a.job.end(Err(e));
@@ -358,11 +384,11 @@ impl<'m> Worker<'m> {
             }
         }
         let n_ctx = *n_ctx_per_seq;
-        let sample = |slot: &mut Slot<'m>, row: &[f32]| {
+        let sample = |slot: &mut Slot<'m>, pick: Pick<'_>| {
             let n_cached = slot.cached.len();
             let Some(a) = slot.active.as_mut() else { return };
             a.request.prefilled();
-            let outcome = sample_one(a, row, n_cached, n_ctx);
+            let outcome = sample_one(a, pick, n_cached, n_ctx);
             a.outcome = Some(outcome);
         };
         let threads = (*sample_threads).min(work.len()).max(1);
@@ -438,11 +464,45 @@ impl<'m> Worker<'m> {
 }
 
 /// Samples one token for `a`; returns a stop reason when the request is finished.
-fn sample_one(a: &mut Active<'_>, logits: &[f32], n_cached: usize, n_ctx: usize) -> Result<Option<StopReason>> {
+/// Decides where a newly admitted request samples and sets the slot's sequence up for it:
+/// the slot's device chain reused (reset) when the settings match, a new one attached, or
+/// none (host sampling).
+fn place_sampler<'m>(
+    ctx: &mut Context<'m>,
+    slot: &mut Slot<'m>,
+    request: &mut Request<'m>,
+    params: &SamplingParams,
+) -> Result<()> {
+    let wanted = params.on_device();
+    if wanted && slot.device_sampler.as_ref() == Some(params) && ctx.has_device_sampler(slot.seq) {
+        ctx.reset_device_sampler(slot.seq)?;
+        request.sampler = None;
+        return Ok(());
+    }
+    if slot.device_sampler.take().is_some() {
+        ctx.clear_device_sampler(slot.seq)?;
+    }
+    if wanted && request.try_device(ctx, slot.seq, params)? {
+        slot.device_sampler = Some(params.clone());
+    }
+    Ok(())
+}
+
+/// What a decode gave one sequence: logits to sample on the host, or the device's token.
+enum Pick<'a> {
+    Logits(&'a [f32]),
+    Token(Token),
+}
+
+fn sample_one(a: &mut Active<'_>, pick: Pick<'_>, n_cached: usize, n_ctx: usize) -> Result<Option<StopReason>> {
     if a.request.budget_spent() {
         return Ok(Some(StopReason::MaxTokens));
     }
-    let t = a.request.sampler.sample_logits(logits)?;
+    let t = match (pick, a.request.sampler.as_mut()) {
+        (Pick::Token(t), _) => t,
+        (Pick::Logits(row), Some(s)) => s.sample_logits(row)?,
+        (Pick::Logits(_), None) => return Err(Error::Sampling("logits for a request sampled on the device".into())),
+    };
     match a.request.accept(t, n_cached, n_ctx)? {
         Accepted::EndOfGeneration => Ok(Some(StopReason::Eos)),
         Accepted::Token { id, text, stop } => {
@@ -478,28 +538,28 @@ fn finish(mut a: Active<'_>, reason: StopReason, stats: &SharedStats, kv_cells: 
     a.job.end(Ok(Event::Done(summary)));
 }
 
-/// Splits `budget` tokens among prompts that still need `left[i]` tokens each: equal shares,
-/// a prompt needing less than its share takes only what it needs and the rest goes round
-/// again (water-filling). Earlier prompts get the odd tokens of an uneven split.
-fn fair_shares(left: &[usize], budget: usize) -> Vec<usize> {
-    let mut give = vec![0usize; left.len()];
+/// Splits `budget` prompt tokens of one step among prompts that still need `waiting[i].0`
+/// tokens each (`waiting[i].1` orders them by arrival). Shortest remaining first (ties by
+/// arrival), which gets the most requests to their first token soonest; so that a stream of
+/// short prompts cannot starve a long one, the oldest waiting prompt is served first with up
+/// to a quarter of the budget.
+fn prefill_shares(waiting: &[(usize, u64)], budget: usize) -> Vec<usize> {
+    let mut give = vec![0usize; waiting.len()];
     let mut budget = budget;
-    let mut open: Vec<usize> = (0..left.len()).filter(|&i| left[i] > 0).collect();
-    while budget > 0 && !open.is_empty() {
-        let share = (budget / open.len()).max(1);
-        let mut still_open = Vec::with_capacity(open.len());
-        for &i in &open {
-            if budget == 0 {
-                break;
-            }
-            let take = (left[i] - give[i]).min(share).min(budget);
-            give[i] += take;
-            budget -= take;
-            if give[i] < left[i] {
-                still_open.push(i);
-            }
+    if let Some(oldest) = (0..waiting.len()).filter(|&i| waiting[i].0 > 0).min_by_key(|&i| waiting[i].1) {
+        let take = waiting[oldest].0.min(budget / 4);
+        give[oldest] = take;
+        budget -= take;
+    }
+    let mut order: Vec<usize> = (0..waiting.len()).collect();
+    order.sort_by_key(|&i| (waiting[i].0 - give[i], waiting[i].1));
+    for i in order {
+        if budget == 0 {
+            break;
         }
-        open = still_open;
+        let take = (waiting[i].0 - give[i]).min(budget);
+        give[i] += take;
+        budget -= take;
     }
     give
 }
@@ -516,18 +576,21 @@ fn release(stats: &SharedStats, kv_cells: usize, keep_cells: bool) {
 
 #[cfg(test)]
 mod tests {
-    use super::fair_shares;
+    use super::prefill_shares;
 
     #[test]
-    fn prefill_budget_is_shared_fairly() {
-        // A long prompt first no longer takes the whole step.
-        assert_eq!(fair_shares(&[1000, 10, 10, 10], 64), vec![34, 10, 10, 10]);
-        assert_eq!(fair_shares(&[1000, 1000], 64), vec![32, 32]);
-        assert_eq!(fair_shares(&[5, 7], 64), vec![5, 7]);
-        assert_eq!(fair_shares(&[100, 100, 100], 10), vec![4, 3, 3]);
-        assert_eq!(fair_shares(&[100, 100, 100], 2), vec![1, 1, 0]);
-        assert_eq!(fair_shares(&[0, 9], 4), vec![0, 4]);
-        assert_eq!(fair_shares(&[], 4), Vec::<usize>::new());
-        assert_eq!(fair_shares(&[3], 0), vec![0]);
+    fn prefill_budget_goes_to_the_prompts_closest_to_their_first_token() {
+        // A long prompt first no longer takes the whole step: the short ones finish in it,
+        // and the long one (the oldest) keeps a quarter of the budget and the rest.
+        assert_eq!(prefill_shares(&[(1000, 1), (10, 2), (10, 3), (10, 4)], 64), vec![34, 10, 10, 10]);
+        // Equal prompts finish one after another, oldest first, instead of all at the end.
+        assert_eq!(prefill_shares(&[(128, 1), (128, 2), (128, 3)], 256), vec![128, 128, 0]);
+        assert_eq!(prefill_shares(&[(128, 3), (128, 2), (128, 1)], 256), vec![0, 128, 128]);
+        // A stream of short prompts cannot starve a long one.
+        assert_eq!(prefill_shares(&[(500, 1), (20, 2), (20, 3), (20, 4), (20, 5)], 64), vec![16, 20, 20, 8, 0]);
+        assert_eq!(prefill_shares(&[(5, 1), (7, 2)], 64), vec![5, 7]);
+        assert_eq!(prefill_shares(&[(0, 1), (9, 2)], 4), vec![0, 4]);
+        assert_eq!(prefill_shares(&[], 4), Vec::<usize>::new());
+        assert_eq!(prefill_shares(&[(3, 1)], 0), vec![0]);
     }
 }

@@ -11,6 +11,27 @@ use rocm_llama::{FlashAttention, GpuLayers, LoadConfig, Model};
 use crate::options::{model_path, parse_ngl, FaArg, KvArg, NglArg, SplitArg};
 use crate::{AnyResult, UserError};
 
+/// Where sampling runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PlacementArg {
+    /// On the GPU when the chain can run there and the output layer is on a GPU.
+    Auto,
+    /// On the host.
+    Host,
+    /// Inside the decode graph whenever the chain can run there.
+    Device,
+}
+
+impl From<PlacementArg> for rocm_llama::SamplerPlacement {
+    fn from(p: PlacementArg) -> Self {
+        match p {
+            PlacementArg::Auto => rocm_llama::SamplerPlacement::Auto,
+            PlacementArg::Host => rocm_llama::SamplerPlacement::Host,
+            PlacementArg::Device => rocm_llama::SamplerPlacement::Device,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
     /// rocm-llama's table, with the engine and the raw baselines.
@@ -69,6 +90,16 @@ pub struct BenchArgs {
     /// Logical batch size.
     #[arg(short = 'b', long, default_value_t = 2048)]
     batch_size: u32,
+    /// One KV buffer for all sequences in the concurrency test (-kvu, as llama-batched-bench;
+    /// default: one per sequence).
+    #[arg(long)]
+    kv_unified: bool,
+    /// Where the engine's requests sample in the concurrency test.
+    #[arg(long, value_enum, default_value_t = PlacementArg::Auto)]
+    sampling: PlacementArg,
+    /// Greedy requests in the concurrency test (default: the default sampling chain).
+    #[arg(long)]
+    greedy: bool,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -100,7 +131,10 @@ pub fn bench(args: BenchArgs) -> AnyResult<()> {
         .concurrent_prompt(args.concurrent_tokens)
         .concurrent_gen(args.concurrent_tokens)
         .threads(args.threads)
-        .n_batch(args.batch_size);
+        .n_batch(args.batch_size)
+        .kv_unified(args.kv_unified)
+        .placement(args.sampling.into())
+        .greedy(args.greedy);
     let path = model_path(args.model.as_deref())?;
     let model = Arc::new(Model::load(&path, &load)?);
     let spinner = indicatif::ProgressBar::new_spinner();

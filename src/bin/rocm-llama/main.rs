@@ -40,7 +40,7 @@ impl std::error::Error for UserError {}
     name = "rocm-llama",
     version,
     about = "In-process llama.cpp inference on AMD (HIP), NVIDIA (CUDA) and CPU",
-    after_help = "llama.cpp's multi-letter flags work too: -ngl, -fa, -ctk, -ctv, -ub, -sm, -mg."
+    after_help = "llama.cpp's multi-letter flags work too: -ngl, -fa, -ctk, -ctv, -ub, -sm, -mg, -kvu."
 )]
 struct Cli {
     /// More log output (-v: info, -vv: llama.cpp's own log, -vvv: everything). RUST_LOG overrides.

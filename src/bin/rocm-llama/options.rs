@@ -23,6 +23,7 @@ const LLAMA_FLAGS: &[(&str, &str)] = &[
     ("-ub", "--ubatch-size"),
     ("-sm", "--split-mode"),
     ("-mg", "--main-gpu"),
+    ("-kvu", "--kv-unified"),
 ];
 
 /// Rewrites `-ngl 99`, `-ngl=99` and the like to their long forms. Arguments after `--`

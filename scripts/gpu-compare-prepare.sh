@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Prepares what scripts/gpu-compare.sh needs on the GPU machine (no Rust, no network there):
+#   .dev/rocm-llama          the binary built here with `--features dynamic-link`
+#   .dev/llama.cpp.tar.gz    the pinned llama.cpp source, from the llama-cpp-sys-2 crate
+#   .dev/llama-tools.tar.gz  llama.cpp's tools/ folder (llama-bench, llama-batched-bench, ...)
+#                            from the llama-cpp-python sdist: the crate ships llama.cpp without
+#                            the tools' sources. Fetched with pip now; never committed.
+# Carry `.dev` in the device call.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p .dev
+cargo build --release --locked --features dynamic-link --target-dir target-dyn
+cp target-dyn/release/rocm-llama .dev/rocm-llama
+src="$(dirname "$(cargo metadata --format-version 1 | python3 -c 'import json,sys; print([p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"]=="llama-cpp-sys-2"][0])')")"
+tar czf .dev/llama.cpp.tar.gz -C "$src" llama.cpp
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+python3 -m pip download --quiet --no-deps --no-binary :all: llama-cpp-python -d "$tmp"
+sdist="$(ls "$tmp"/llama_cpp_python-*.tar.gz)"
+tar xzf "$sdist" -C "$tmp" --wildcards '*/vendor/llama.cpp/tools/*'
+# The web UI's assets are only for the server, which the comparison does not build.
+tar czf .dev/llama-tools.tar.gz -C "$tmp"/llama_cpp_python-*/vendor/llama.cpp --exclude tools/ui tools
+basename "$sdist" > .dev/llama-tools.source
+ls -la .dev

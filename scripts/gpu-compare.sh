@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# llama.cpp's own tools and rocm-llama side by side, in one run on an NVIDIA GPU (issue 13):
+#   1. builds llama.cpp's shared libraries with CUDA from the pinned source, with the tools'
+#      sources of the llama-cpp-python sdist laid over it (.dev/, see gpu-compare-prepare.sh),
+#      and llama-bench and llama-batched-bench from that same tree;
+#   2. a synthetic llama3-8b Q4_K_M (rocm-llama synth);
+#   3. llama-bench (pp128, tg128), llama-batched-bench (128 + 128 tokens at 1, 8 and 64
+#      sequences, each KV layout) and rocm-llama bench (the same shapes through its raw loop
+#      and its engine), flash attention on, every layer on the GPU;
+#   4. one table at the end. Everything lands in $OUT.
+set -uo pipefail
+source scripts/gpu-env.sh
+NPL="${NPL:-1,8,64}"
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+# STAGE=build stops after the build and the model (a machine kept warm between two calls
+# keeps them in $W); STAGE=bench skips what is already there.
+STAGE="${STAGE:-all}"
+if ! [ -x "$W/build/bin/llama-batched-bench" ]; then
+log "building llama.cpp (CUDA, shared) with llama-bench and llama-batched-bench"
+rm -rf "$W/llama.cpp" "$W/build"
+tar xzf .dev/llama.cpp.tar.gz -C "$W"
+tar xzf .dev/llama-tools.tar.gz -C "$W/llama.cpp"
+cmake -S "$W/llama.cpp" -B "$W/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DBUILD_SHARED_LIBS=ON -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}" \
+    -DGGML_NATIVE=OFF -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=OFF \
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_CURL=OFF \
+    > "$W/cmake.log" 2>&1 &&
+    cmake --build "$W/build" -j "$(nproc)" --target llama llama-bench llama-batched-bench >> "$W/cmake.log" 2>&1 ||
+    { echo "llama.cpp build failed:" >&2; tail -60 "$W/cmake.log" | tee "$OUT/cmake-tail.txt" >&2; exit 1; }
+fi
+libdir="$(dirname "$(find "$W/build" -name 'libllama.so*' | head -1)")"
+export LD_LIBRARY_PATH="$libdir:$(dirname "$(find "$W/build" -name 'libggml.so*' | head -1)"):${LD_LIBRARY_PATH:-}"
+LB="$(find "$W/build" -name llama-bench -type f | head -1)"
+BB="$(find "$W/build" -name llama-batched-bench -type f | head -1)"
+B="$PWD/.dev/rocm-llama"
+chmod +x "$B"
+"$B" info > "$OUT/info.txt" 2>&1
+cat .dev/llama-tools.source >> "$OUT/info.txt" 2>/dev/null
+
+MODEL="$W/llama3-8b-q4_k_m.gguf"
+[ -f "$MODEL" ] || { log "synthesizing llama3-8b Q4_K_M"; "$B" synth --shape llama3-8b --type q4_k_m -o "$MODEL" --threads "$(nproc)" >> "$OUT/run.log" 2>&1; }
+[ "$STAGE" = build ] && { log "built"; exit 0; }
+
+log "llama-bench"
+"$LB" -m "$MODEL" -ngl 99 -fa on -p 128 -n 128 -r 5 -o jsonl > "$OUT/llama-bench.jsonl" 2>> "$OUT/run.log"
+for kvu in "" "-kvu"; do
+    log "llama-batched-bench $kvu"
+    "$BB" -m "$MODEL" -ngl 99 -fa on -c $((64 * 256)) -b 2048 -ub 512 -npp 128 -ntg 128 -npl "$NPL" $kvu \
+        --output-format jsonl > "$OUT/batched-bench${kvu}.jsonl" 2>&1
+done
+log "rocm-llama bench"
+"$B" bench -m "$MODEL" -ngl all -fa on -p 128 -n 128 -d 0 -r 3 --concurrency "$NPL" --concurrent-tokens 128 \
+    --save "$OUT/rocm-llama-bench.json" > "$OUT/rocm-llama-bench.txt" 2>> "$OUT/run.log"
+"$B" bench -m "$MODEL" -ngl all -fa on -p 128 -n 128 -d 0 -r 1 --concurrency "$NPL" --concurrent-tokens 128 -kvu \
+    --save "$OUT/rocm-llama-bench-kvu.json" > "$OUT/rocm-llama-bench-kvu.txt" 2>> "$OUT/run.log"
+log "done"
+python3 scripts/compare-table.py "$OUT" | tee "$OUT/table.md"

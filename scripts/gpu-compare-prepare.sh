@@ -8,11 +8,7 @@
 # Carry `.dev` in the device call.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mkdir -p .dev
-cargo build --release --locked --features dynamic-link --target-dir target-dyn
-cp target-dyn/release/rocm-llama .dev/rocm-llama
-src="$(dirname "$(cargo metadata --format-version 1 | python3 -c 'import json,sys; print([p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"]=="llama-cpp-sys-2"][0])')")"
-tar czf .dev/llama.cpp.tar.gz -C "$src" llama.cpp
+TESTS=0 bash scripts/gpu-prepare.sh
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 python3 -m pip download --quiet --no-deps --no-binary :all: llama-cpp-python -d "$tmp"

@@ -8,6 +8,10 @@ cargo build --release --locked --features dynamic-link --target-dir target-dyn
 cp target-dyn/release/rocm-llama .dev/rocm-llama
 src="$(dirname "$(cargo metadata --format-version 1 | python3 -c 'import json,sys; print([p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"]=="llama-cpp-sys-2"][0])')")"
 tar czf .dev/llama.cpp.tar.gz -C "$src" llama.cpp
+# TESTS=0 stops here (scripts/gpu-compare-prepare.sh needs only the binary and the source).
+if [ "${TESTS:-1}" = 0 ]; then
+    exit 0
+fi
 # Test binaries for scripts/gpu-test.sh.
 rm -rf .dev/tests && mkdir -p .dev/tests
 cargo test --release --locked --features dynamic-link,async --target-dir target-dyn --no-run \

@@ -52,6 +52,12 @@ pub enum ChatTemplate {
 }
 
 impl ChatTemplate {
+    /// The prompt for `messages` under this template for `model`, ending where the
+    /// assistant's reply starts.
+    pub fn prompt(&self, model: &Model, messages: &[ChatMessage]) -> Result<String> {
+        apply_template(&self.resolve(model)?, messages, true)
+    }
+
     /// The template text to hand to llama.cpp for `model`.
     pub fn resolve(&self, model: &Model) -> Result<String> {
         match self {

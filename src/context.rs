@@ -14,6 +14,11 @@ use crate::model::Model;
 use crate::sampler::Sampler;
 use crate::vocab::Token;
 
+/// Whether `samplers` holds a chain for sequence `seq`.
+fn attached(samplers: &[Option<Sampler<'_>>], seq: SeqId) -> bool {
+    usize::try_from(seq).ok().and_then(|s| samplers.get(s)).is_some_and(Option::is_some)
+}
+
 /// What one batch index of the last decode produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Output {
@@ -559,28 +564,23 @@ impl<'m> Context<'m> {
             self.abort.store(false, Ordering::SeqCst);
         }
         Error::check_decode(code, &log)?;
-        let kinds: Vec<Output> = (0..batch.len())
-            .map(|i| match batch.output_flags()[i] != 0 {
-                false => Output::None,
-                true => match self.device_seq(batch, i) {
-                    Some(seq) => Output::Sampled(seq),
-                    None => Output::Logits,
-                },
-            })
-            .collect();
-        self.outputs = kinds;
+        // Reuses the vector's capacity: this runs after every decode. An output's sequences
+        // agree on device sampling (`check_batch`), so the first one decides.
+        let samplers = &self.device_samplers;
+        self.outputs.extend(batch.output_flags().iter().enumerate().map(|(i, &flag)| {
+            let device_seq = batch.seq_ids(i).unwrap_or_default().first().copied().filter(|&s| attached(samplers, s));
+            match (flag != 0, device_seq) {
+                (false, _) => Output::None,
+                (true, Some(seq)) => Output::Sampled(seq),
+                (true, None) => Output::Logits,
+            }
+        }));
         Ok(())
-    }
-
-    /// The sequence of batch index `i` when it has a device sampler (`check_batch` made sure
-    /// all sequences of an output agree).
-    fn device_seq(&self, batch: &Batch, i: usize) -> Option<SeqId> {
-        batch.seq_ids(i).unwrap_or_default().first().copied().filter(|&s| self.has_device_sampler(s))
     }
 
     /// Whether sequence `seq` has a sampler chain attached to run inside the decode graph.
     pub fn has_device_sampler(&self, seq: SeqId) -> bool {
-        usize::try_from(seq).ok().and_then(|s| self.device_samplers.get(s)).is_some_and(Option::is_some)
+        attached(&self.device_samplers, seq)
     }
 
     /// Runs `sampler` inside the decode graph for sequence `seq` (llama.cpp's experimental

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::batch::Batch;
-use crate::chat::{apply_template, ChatMessage, ChatTemplate};
+use crate::chat::{ChatMessage, ChatTemplate};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::request::{check_prompt, Accepted, Request, SeqCache};
@@ -241,8 +241,7 @@ impl<'m> Context<'m> {
     /// # }
     /// ```
     pub fn generate(&mut self, prompt: &str, opts: &GenerateOptions) -> Result<Generation<'_, 'm>> {
-        let tokens = self.model().vocab().tokenize(prompt, true, true)?;
-        self.generate_tokens(tokens, opts)
+        Generation::from_text(self, None, prompt, opts)
     }
 
     /// Formats `messages` with a chat template and generates the assistant's reply.
@@ -252,20 +251,13 @@ impl<'m> Context<'m> {
         template: &ChatTemplate,
         opts: &GenerateOptions,
     ) -> Result<Generation<'_, 'm>> {
-        let prompt = format_chat(self.model(), messages, template)?;
-        self.generate(&prompt, opts)
+        Generation::from_chat(self, None, messages, template, opts)
     }
 
     /// Generates from prompt tokens.
     pub fn generate_tokens(&mut self, prompt: Vec<Token>, opts: &GenerateOptions) -> Result<Generation<'_, 'm>> {
         Generation::new(self, None, prompt, opts)
     }
-}
-
-/// The prompt for `messages` under `template`, ending where the assistant's reply starts.
-pub(crate) fn format_chat(model: &crate::Model, messages: &[ChatMessage], template: &ChatTemplate) -> Result<String> {
-    let tmpl = template.resolve(model)?;
-    apply_template(&tmpl, messages, true)
 }
 
 /// Joins the text of a stream of events and returns it with the final summary; a stream
@@ -302,6 +294,30 @@ impl<'c, 'm> Generation<'c, 'm> {
             cancel: opts.cancel.clone(),
             phase: Phase::Prefill,
         })
+    }
+
+    /// Starts from a text prompt, tokenized with BOS as the model wants and with control
+    /// tokens parsed (for [`Context::generate`] and [`Session`](crate::Session)).
+    pub(crate) fn from_text(
+        ctx: &'c mut Context<'m>,
+        cache: Option<&'c mut SeqCache>,
+        prompt: &str,
+        opts: &GenerateOptions,
+    ) -> Result<Self> {
+        let tokens = ctx.model().vocab().tokenize(prompt, true, true)?;
+        Generation::new(ctx, cache, tokens, opts)
+    }
+
+    /// Starts the assistant's reply to `messages` formatted with `template`.
+    pub(crate) fn from_chat(
+        ctx: &'c mut Context<'m>,
+        cache: Option<&'c mut SeqCache>,
+        messages: &[ChatMessage],
+        template: &ChatTemplate,
+        opts: &GenerateOptions,
+    ) -> Result<Self> {
+        let prompt = template.prompt(ctx.model(), messages)?;
+        Generation::from_text(ctx, cache, &prompt, opts)
     }
 
     /// Runs to the end; returns the whole text and the summary.

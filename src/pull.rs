@@ -339,7 +339,8 @@ impl<'o> Client<'o> {
     fn get(&self, url: &str, range_from: u64) -> std::result::Result<Reply, ureq::Error> {
         let mut url = url.to_string();
         let mut sha256 = None;
-        for _ in 0..=MAX_REDIRECTS {
+        let mut hops = 0;
+        loop {
             let mut req = self.agent.get(&url);
             if range_from > 0 {
                 req = req.set("Range", &format!("bytes={range_from}-"));
@@ -353,9 +354,11 @@ impl<'o> Client<'o> {
             if sha256.is_none() {
                 sha256 = etag_sha256(&resp);
             }
-            if !(300..400).contains(&resp.status()) || resp.status() == 304 {
+            // Not a redirect, or one too many: the caller reports a status other than 2xx.
+            if !(300..400).contains(&resp.status()) || resp.status() == 304 || hops == MAX_REDIRECTS {
                 return Ok(Reply { resp, sha256 });
             }
+            hops += 1;
             let Some(location) = resp.header("location") else { return Ok(Reply { resp, sha256 }) };
             // A relative Location is resolved against the URL that answered.
             url = match url::Url::parse(resp.get_url()).and_then(|base| base.join(location)) {
@@ -363,9 +366,6 @@ impl<'o> Client<'o> {
                 Err(_) => return Ok(Reply { resp, sha256 }),
             };
         }
-        // Still a redirect after MAX_REDIRECTS: the caller reports its status.
-        let resp = self.agent.get(&url).call()?;
-        Ok(Reply { resp, sha256 })
     }
 
     /// The paths of every file in a Hugging Face repository (its model API's `siblings`).

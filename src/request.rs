@@ -141,11 +141,19 @@ impl<'m> Request<'m> {
         })
     }
 
-    /// Moves the chain onto the device for sequence `seq` when the settings ask for it
-    /// ([`SamplingParams::on_device`]). Returns whether it runs there now; when llama.cpp
-    /// will not take it, the request samples on the host with a chain built again.
+    /// Whether this request's chain goes to the device: its placement prefers it and every
+    /// stage can run there.
+    pub(crate) fn wants_device(&self, params: &SamplingParams) -> bool {
+        params.placement.prefers_device() && self.sampler.as_ref().is_some_and(Sampler::runs_on_device)
+    }
+
+    /// Moves the chain onto the device for sequence `seq` when [`wants_device`]. Returns
+    /// whether it runs there now; when llama.cpp will not take it, the request samples on
+    /// the host with a chain built again.
+    ///
+    /// [`wants_device`]: Request::wants_device
     pub(crate) fn try_device(&mut self, ctx: &mut Context<'m>, seq: SeqId, params: &SamplingParams) -> Result<bool> {
-        if !params.on_device() {
+        if !self.wants_device(params) {
             return Ok(false);
         }
         let Some(chain) = self.sampler.take() else { return Ok(true) };

@@ -558,6 +558,17 @@ pub enum SamplerPlacement {
     Device,
 }
 
+impl SamplerPlacement {
+    /// Whether a chain that can run on the device ([`Sampler::runs_on_device`]) goes there.
+    pub fn prefers_device(self) -> bool {
+        match self {
+            SamplerPlacement::Device => true,
+            // See `Auto`: the host measured faster everywhere so far.
+            SamplerPlacement::Auto | SamplerPlacement::Host => false,
+        }
+    }
+}
+
 impl Default for SamplingParams {
     fn default() -> Self {
         SamplingParams {
@@ -610,28 +621,6 @@ impl SamplingParams {
     /// Whether this picks the most likely token every time.
     pub fn is_greedy(&self) -> bool {
         self.temperature <= 0.0
-    }
-
-    /// Whether the chain these settings describe can run inside the decode graph (see
-    /// [`SamplerPlacement`]): no grammar, penalties, DRY or typical sampling.
-    pub fn device_capable(&self) -> bool {
-        self.grammar.is_none()
-            && self.repeat_penalty == 1.0
-            && self.frequency_penalty == 0.0
-            && self.presence_penalty == 0.0
-            && self.dry_multiplier == 0.0
-            && (self.is_greedy() || self.typical_p >= 1.0)
-    }
-
-    /// Whether a request with these settings samples on the device.
-    pub fn on_device(&self) -> bool {
-        self.device_capable()
-            && match self.placement {
-                SamplerPlacement::Host => false,
-                SamplerPlacement::Device => true,
-                // See `SamplerPlacement::Auto`: the host measured faster everywhere so far.
-                SamplerPlacement::Auto => false,
-            }
     }
 
     /// Builds the sampler chain for `model`.

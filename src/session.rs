@@ -5,7 +5,7 @@
 use crate::chat::{ChatMessage, ChatTemplate};
 use crate::context::{Context, ContextConfig};
 use crate::error::Result;
-use crate::generate::{format_chat, GenerateOptions, Generation};
+use crate::generate::{GenerateOptions, Generation};
 use crate::model::Model;
 use crate::request::SeqCache;
 use crate::vocab::Token;
@@ -77,8 +77,7 @@ impl<'m> Session<'m> {
     /// Generates from a text prompt (tokenized with BOS as the model wants and with control
     /// tokens parsed), reusing the longest prefix it shares with what sequence 0 holds.
     pub fn generate(&mut self, prompt: &str, opts: &GenerateOptions) -> Result<Generation<'_, 'm>> {
-        let tokens = self.ctx.model().vocab().tokenize(prompt, true, true)?;
-        self.generate_tokens(tokens, opts)
+        Generation::from_text(&mut self.ctx, Some(&mut self.cache), prompt, opts)
     }
 
     /// Formats `messages` with a chat template and generates the assistant's reply, reusing
@@ -89,8 +88,7 @@ impl<'m> Session<'m> {
         template: &ChatTemplate,
         opts: &GenerateOptions,
     ) -> Result<Generation<'_, 'm>> {
-        let prompt = format_chat(self.ctx.model(), messages, template)?;
-        self.generate(&prompt, opts)
+        Generation::from_chat(&mut self.ctx, Some(&mut self.cache), messages, template, opts)
     }
 
     /// Generates from prompt tokens, reusing the cached prefix.

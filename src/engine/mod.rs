@@ -22,7 +22,7 @@ pub use stream::AsyncTokenStream;
 pub use stream::TokenStream;
 use worker::{Command, Job, Worker};
 
-use crate::chat::{apply_template, ChatMessage, ChatTemplate};
+use crate::chat::{ChatMessage, ChatTemplate};
 use crate::context::{AbortHandle, Context, ContextConfig, FlashAttention};
 use crate::error::{Error, Result};
 use crate::generate::GenerateOptions;
@@ -279,8 +279,7 @@ impl EngineHandle {
         template: &ChatTemplate,
         options: &GenerateOptions,
     ) -> Result<TokenStream> {
-        let tmpl = template.resolve(&self.inner.model)?;
-        let prompt = apply_template(&tmpl, messages, true)?;
+        let prompt = template.prompt(&self.inner.model, messages)?;
         self.generate(&prompt, options)
     }
 

@@ -463,7 +463,6 @@ impl<'m> Worker<'m> {
     }
 }
 
-/// Samples one token for `a`; returns a stop reason when the request is finished.
 /// Decides where a newly admitted request samples and sets the slot's sequence up for it:
 /// the slot's device chain reused (reset) when the settings match, a new one attached, or
 /// none (host sampling).
@@ -473,7 +472,7 @@ fn place_sampler<'m>(
     request: &mut Request<'m>,
     params: &SamplingParams,
 ) -> Result<()> {
-    let wanted = params.on_device();
+    let wanted = request.wants_device(params);
     if wanted && slot.device_sampler.as_ref() == Some(params) && ctx.has_device_sampler(slot.seq) {
         ctx.reset_device_sampler(slot.seq)?;
         request.sampler = None;
@@ -494,6 +493,7 @@ enum Pick<'a> {
     Token(Token),
 }
 
+/// Samples one token for `a`; returns a stop reason when the request is finished.
 fn sample_one(a: &mut Active<'_>, pick: Pick<'_>, n_cached: usize, n_ctx: usize) -> Result<Option<StopReason>> {
     if a.request.budget_spent() {
         return Ok(Some(StopReason::MaxTokens));

@@ -137,16 +137,7 @@ pub fn bench(args: BenchArgs) -> AnyResult<()> {
         .greedy(args.greedy);
     let path = model_path(args.model.as_deref())?;
     let model = Arc::new(Model::load(&path, &load)?);
-    let spinner = indicatif::ProgressBar::new_spinner();
-    if crate::progress_allowed() {
-        spinner.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} [{elapsed}] {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-        );
-        spinner.enable_steady_tick(std::time::Duration::from_millis(200));
-    } else {
-        spinner.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let spinner = crate::spinner();
     let sp = spinner.clone();
     let report = rocm_llama::bench::run(&model, &cfg, &move |m| sp.set_message(m.to_string()));
     spinner.finish_and_clear();

@@ -163,15 +163,7 @@ pub fn show(args: ShowArgs) -> AnyResult<()> {
 pub fn pull(args: PullArgs) -> AnyResult<()> {
     let mut opts =
         rocm_llama::pull::PullOptions::new(args.dir.unwrap_or_else(inventory::model_dir)).sha256(args.sha256);
-    let bar = (!args.no_progress && crate::progress_allowed()).then(|| {
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
-        bar
-    });
+    let bar = crate::progress_bar(0, "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}", !args.no_progress);
     if let Some(b) = bar.clone() {
         opts = opts.progress(Arc::new(move |p: &rocm_llama::pull::Progress| {
             if let Some(t) = p.total {

@@ -84,8 +84,33 @@ pub fn color_allowed() -> bool {
 }
 
 /// Whether progress bars may be drawn: stderr is a terminal.
-pub fn progress_allowed() -> bool {
+fn progress_allowed() -> bool {
     std::io::IsTerminal::is_terminal(&std::io::stderr())
+}
+
+/// A progress bar of `len` steps drawn on stderr with `template`, unless the user turned it
+/// off or stderr is no terminal.
+pub fn progress_bar(len: u64, template: &str, wanted: bool) -> Option<indicatif::ProgressBar> {
+    (wanted && progress_allowed()).then(|| {
+        let style = indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> ");
+        indicatif::ProgressBar::new(len).with_style(style)
+    })
+}
+
+/// A spinner with a message and the time so far, drawn only when stderr is a terminal (it
+/// still takes messages otherwise).
+pub fn spinner() -> indicatif::ProgressBar {
+    if !progress_allowed() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let spinner = indicatif::ProgressBar::new_spinner().with_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed}] {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    spinner.enable_steady_tick(std::time::Duration::from_millis(200));
+    spinner
 }
 
 fn init_logging(verbose: u8) {

@@ -297,16 +297,10 @@ pub fn load_model(args: &ModelArgs, ctx: Option<&ContextArgs>) -> AnyResult<(Mod
         }
     };
     let mut config = LoadConfig::default().gpu_layers(gpu_layers).split_mode(split_mode).main_gpu(args.main_gpu);
-    let bar = (!args.no_progress && crate::progress_allowed()).then(|| {
-        let bar = indicatif::ProgressBar::new(100);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("loading {msg} [{bar:30}] {percent:>3}%")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
+    let bar = crate::progress_bar(100, "loading {msg} [{bar:30}] {percent:>3}%", !args.no_progress);
+    if let Some(bar) = &bar {
         bar.set_message(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
-        bar
-    });
+    }
     if let Some(bar) = bar.clone() {
         config = config.with_progress(move |p: f32| {
             bar.set_position((p * 100.0) as u64);

@@ -81,12 +81,7 @@ pub fn synth(args: SynthArgs) -> AnyResult<()> {
     let ty: SynthType = args.ty.into();
     let threads = args.threads.unwrap_or_else(rocm_llama::default_threads);
     let started = std::time::Instant::now();
-    let spinner = indicatif::ProgressBar::new_spinner();
-    if crate::progress_allowed() {
-        spinner.enable_steady_tick(std::time::Duration::from_millis(200));
-    } else {
-        spinner.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    let spinner = crate::spinner();
     let sp = spinner.clone();
     let path = rocm_llama::synth::synth(shape, ty, output, threads, args.seed, tokenizer.as_ref(), &move |msg| {
         sp.set_message(msg.to_string())

@@ -548,8 +548,8 @@ pub enum SamplerPlacement {
     /// Whichever measured faster: today the host. On an H200 with a synthetic llama3-8b
     /// (2026-11-28, `scripts/gpu-compare.sh`), the engine's parallel host sampling gave 3,735
     /// tokens/s at 64 streams against 2,560 on the device (default chain) and 3,765 against
-    /// 3,300 for greedy, and attaching a device chain delays the first token by about 35 ms
-    /// (llama.cpp plans its graph again).
+    /// 3,300 for greedy, and attaching a device chain delays the first token at one stream
+    /// by 19 to 37 ms (llama.cpp plans its graph again).
     #[default]
     Auto,
     /// Always on the host.

@@ -71,6 +71,9 @@ for label, bb_name, report in (("", "batched-bench.jsonl", rl), (" -kvu", "batch
         rows.append((f"{n} streams{label}: engine decode vs S_TG (t/s)", fmt(s_tg), fmt(c["engine_tokens_per_s"]), ratio(c["engine_tokens_per_s"], s_tg), ">= 1.0" if n == 64 and not label else "-"))
         rows.append((f"{n} x (128+128){label}: engine end to end vs T (ms)", fmt(t_ms, 0), fmt(c["engine_total_ms"], 0), ratio(c["engine_total_ms"], t_ms), "<= 1.05" if n == 64 and not label else "-"))
         rows.append((f"{n} streams{label}: engine TTFT median / max (ms)", "-", f"{fmt(c['engine_ttft_median_ms'], 0)} / {fmt(c['engine_ttft_max_ms'], 0)}", "-", "median <= 450" if n == 64 and not label else "-"))
+        if "engine_step_ms" in c:
+            split = f"{fmt(c['engine_step_ms'], 2)} ms: decode {c['engine_decode_share']:.0%}, sampling {c['engine_sample_share']:.0%}"
+            rows.append((f"{n} streams{label}: engine step, where the time goes", "-", split, "-", "-"))
 
 widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
 for k, r in enumerate(rows):

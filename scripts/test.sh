@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 ROCM_LLAMA_TEST_MODEL="$(bash scripts/test-model.sh)"
 export ROCM_LLAMA_TEST_MODEL
+# Published chat templates of many model families (other projects' files, fetched once).
+ROCM_LLAMA_TEST_TEMPLATES="$(bash scripts/test-templates.sh)"
+export ROCM_LLAMA_TEST_TEMPLATES
 echo "test model: $ROCM_LLAMA_TEST_MODEL" >&2
 
 # House rules first (seconds): formatting, and the core builds without the tools' crates.

@@ -146,6 +146,15 @@ pub struct ConcurrencyRow {
     pub engine_ttft_max_ms: f64,
     /// Through the engine, from submitting every request to the last token, ms.
     pub engine_total_ms: f64,
+    /// The engine's decode steps in that run.
+    pub engine_steps: u64,
+    /// Of the engine worker's busy time: the share in llama.cpp's decode until its outputs
+    /// were ready, and the share sampling and handing tokens out (the rest is scheduling).
+    pub engine_decode_share: f64,
+    /// See `engine_decode_share`.
+    pub engine_sample_share: f64,
+    /// Busy time per step, ms.
+    pub engine_step_ms: f64,
 }
 
 /// Everything one bench run measured.
@@ -190,13 +199,7 @@ fn tokens(model: &Model, n: usize, salt: usize) -> Vec<i32> {
 /// The index of the first largest value: a greedy pick straight from a logits row, as the
 /// raw baselines do it.
 pub fn argmax(row: &[f32]) -> i32 {
-    let mut best = 0;
-    for (i, &x) in row.iter().enumerate() {
-        if x > row[best] {
-            best = i;
-        }
-    }
-    best as i32
+    crate::sampler::first_max(row).unwrap_or(0) as i32
 }
 
 /// Prefill of `prompt` at positions `depth..` through the library; returns seconds.
@@ -410,6 +413,10 @@ pub fn run(shared: &Arc<Model>, cfg: &BenchConfig, progress: &dyn Fn(&str)) -> R
             engine_ttft_median_ms: e.ttft_median_ms,
             engine_ttft_max_ms: e.ttft_max_ms,
             engine_total_ms: e.total_ms,
+            engine_steps: e.stats.steps,
+            engine_decode_share: share(e.stats.decode_s, e.stats.busy_s),
+            engine_sample_share: share(e.stats.sample_s, e.stats.busy_s),
+            engine_step_ms: if e.stats.steps > 0 { e.stats.busy_s * 1e3 / e.stats.steps as f64 } else { 0.0 },
         });
     }
     Ok(BenchReport {
@@ -493,6 +500,16 @@ struct EngineRun {
     ttft_median_ms: f64,
     ttft_max_ms: f64,
     total_ms: f64,
+    stats: crate::engine::EngineStats,
+}
+
+/// `part / whole`, 0 when `whole` is 0.
+fn share(part: f64, whole: f64) -> f64 {
+    if whole > 0.0 {
+        part / whole
+    } else {
+        0.0
+    }
 }
 
 /// N requests through the engine with default sampling; decode-phase tokens/s (from the
@@ -545,6 +562,7 @@ fn through_engine(shared: &Arc<Model>, cfg: &BenchConfig, n: usize, fa: FlashAtt
         ttft_median_ms: ttft.get(ttft.len() / 2).copied().unwrap_or(0.0),
         ttft_max_ms: ttft.last().copied().unwrap_or(0.0),
         total_ms: (t1 - start).as_secs_f64() * 1e3,
+        stats: handle.stats(),
     })
 }
 
@@ -592,6 +610,17 @@ impl BenchReport {
                     r.engine_total_ms,
                     r.engine_ttft_median_ms,
                     r.engine_ttft_max_ms
+                ));
+            }
+            for r in &self.concurrency {
+                s.push_str(&format!(
+                    "engine at {} seqs: {} steps of {:.2} ms: decode {:.0}%, sampling {:.0}%, scheduling {:.0}%\n",
+                    r.sequences,
+                    r.engine_steps,
+                    r.engine_step_ms,
+                    r.engine_decode_share * 100.0,
+                    r.engine_sample_share * 100.0,
+                    (1.0 - r.engine_decode_share - r.engine_sample_share).max(0.0) * 100.0
                 ));
             }
         }

@@ -12,6 +12,7 @@ use crate::batch::{Batch, Pos, SeqId};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::sampler::Sampler;
+use crate::threads::CoreWatch;
 use crate::vocab::Token;
 
 /// Whether `samplers` holds a chain for sequence `seq`.
@@ -118,14 +119,7 @@ impl std::str::FromStr for KvType {
     }
 }
 
-/// The number of threads this process may use: the CPUs in its affinity mask / cgroup quota
-/// (`std::thread::available_parallelism`), or 1.
-///
-/// llama.cpp's own default of 4 threads on a 2-core machine made decoding about 90x slower
-/// (0.5 vs 45 tokens/s with gemma-3-270m), so the default never exceeds this.
-pub fn default_threads() -> u32 {
-    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
-}
+pub use crate::threads::default_threads;
 
 /// Settings for [`Context::new`].
 ///
@@ -151,7 +145,8 @@ pub struct ContextConfig {
     pub n_ubatch: u32,
     /// Number of sequences (default 1).
     pub n_seq_max: u32,
-    /// Threads for single-token decoding (default: [`default_threads`]).
+    /// Threads for single-token decoding (default: [`default_threads`], the cores other
+    /// processes leave free, followed while the context decodes: see [`crate::threads`]).
     pub threads: Option<u32>,
     /// Threads for prompt processing (default: same as `threads`).
     pub threads_batch: Option<u32>,
@@ -288,6 +283,18 @@ pub struct Context<'m> {
     abort: Arc<AtomicBool>,
     embeddings: bool,
     memory: MemoryBreakdown,
+    /// Thread counts now, and the core watch that moves the ones the caller left unset.
+    threads: Threads,
+}
+
+/// A context's thread counts, and which of them follow the free cores.
+#[derive(Debug)]
+struct Threads {
+    decode: u32,
+    batch: u32,
+    follow_decode: bool,
+    follow_batch: bool,
+    watch: Option<CoreWatch>,
 }
 
 // SAFETY: a `llama_context` may be used from any thread as long as only one uses it at a
@@ -334,6 +341,11 @@ impl<'m> Context<'m> {
     /// ```
     pub fn new(model: &'m Model, config: &ContextConfig) -> Result<Context<'m>> {
         crate::init::init();
+        if model.is_vocab_only() {
+            return Err(Error::InvalidConfig(
+                "the model was loaded with vocab_only: it has no weights to decode with".into(),
+            ));
+        }
         config.validate(model)?;
         // SAFETY: returns a plain struct by value.
         let mut p = unsafe { sys::llama_context_default_params() };
@@ -342,8 +354,18 @@ impl<'m> Context<'m> {
         p.n_ubatch = config.n_ubatch;
         p.n_seq_max = config.n_seq_max;
         let threads = config.threads.unwrap_or_else(default_threads);
+        let threads_batch = config.threads_batch.unwrap_or(threads);
         p.n_threads = threads as i32;
-        p.n_threads_batch = config.threads_batch.unwrap_or(threads) as i32;
+        p.n_threads_batch = threads_batch as i32;
+        let follow_decode = config.threads.is_none();
+        let follow_batch = config.threads_batch.is_none() && config.threads.is_none();
+        let threads = Threads {
+            decode: threads,
+            batch: threads_batch,
+            follow_decode,
+            follow_batch,
+            watch: if follow_decode || follow_batch { CoreWatch::new() } else { None },
+        };
         p.flash_attn_type = match config.flash_attention {
             FlashAttention::Auto => sys::LLAMA_FLASH_ATTN_TYPE_AUTO,
             FlashAttention::On => sys::LLAMA_FLASH_ATTN_TYPE_ENABLED,
@@ -403,6 +425,7 @@ impl<'m> Context<'m> {
             device_samplers: (0..n_seq_max).map(|_| None).collect(),
             abort,
             embeddings: config.embeddings,
+            threads,
         })
     }
 
@@ -454,14 +477,40 @@ impl<'m> Context<'m> {
         AbortHandle(self.abort.clone())
     }
 
-    /// Changes the thread counts. Wraps `llama_set_n_threads`.
+    /// Changes the thread counts; from then on they stay as set (they no longer follow the
+    /// free cores). Wraps `llama_set_n_threads`.
     pub fn set_threads(&mut self, threads: u32, threads_batch: u32) -> Result<()> {
         if threads == 0 || threads_batch == 0 || threads > 4096 || threads_batch > 4096 {
             return Err(Error::InvalidConfig("thread counts must be 1..=4096".into()));
         }
-        // SAFETY: live context, valid counts.
-        unsafe { sys::llama_set_n_threads(self.raw(), threads as i32, threads_batch as i32) };
+        self.threads.watch = None;
+        self.apply_threads(threads, threads_batch);
         Ok(())
+    }
+
+    /// The thread counts in use: (single-token decoding, prompt processing).
+    pub fn threads(&self) -> (u32, u32) {
+        (self.threads.decode, self.threads.batch)
+    }
+
+    fn apply_threads(&mut self, threads: u32, threads_batch: u32) {
+        // SAFETY: live context, counts checked by the callers (1..=4096).
+        unsafe { sys::llama_set_n_threads(self.raw(), threads as i32, threads_batch as i32) };
+        self.threads.decode = threads;
+        self.threads.batch = threads_batch;
+    }
+
+    /// Every few seconds, moves the thread counts the caller left unset to the cores other
+    /// processes leave free (see [`crate::threads`]).
+    fn follow_free_cores(&mut self) {
+        let t = &mut self.threads;
+        let Some(free) = t.watch.as_mut().and_then(|w| w.poll(crate::threads::RECHECK)) else { return };
+        let decode = if t.follow_decode { free } else { t.decode };
+        let batch = if t.follow_batch { free } else { t.batch };
+        if (decode, batch) != (t.decode, t.batch) {
+            tracing::debug!(decode, batch, "thread counts follow the free cores");
+            self.apply_threads(decode, batch);
+        }
     }
 
     /// Checks a sequence id against `n_seq_max`.
@@ -553,6 +602,7 @@ impl<'m> Context<'m> {
     /// [`Error::InvalidBatch`] (-1) and [`Error::Decode`] (others).
     pub fn decode(&mut self, batch: &Batch) -> Result<()> {
         self.check_batch(batch)?;
+        self.follow_free_cores();
         self.outputs.clear();
         // llama.cpp logs its reason for a rejected batch; capture it for the error.
         let (code, log) = crate::init::capture_log(|| {

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::batch::Batch;
-use crate::chat::{ChatMessage, ChatTemplate};
+use crate::chat::{ChatMessage, ChatOptions, ChatTemplate};
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::logprobs::TokenLogprobs;
 use crate::request::{check_prompt, Accepted, Request, SeqCache};
 use crate::sampler::SamplingParams;
 use crate::vocab::Token;
@@ -57,17 +58,33 @@ pub struct GenerateOptions {
     pub sampling: SamplingParams,
     /// Stops the generation from another thread.
     pub cancel: Option<CancelToken>,
+    /// How `chat` renders the conversation (tools, template variables such as
+    /// `enable_thinking`); unused by plain prompts.
+    pub chat: ChatOptions,
+    /// With each token, its log-probability and the `n_probs` most probable tokens (default
+    /// 0: none). Computed on the host from the raw logits, so a request that asks for them
+    /// samples on the host.
+    pub n_probs: usize,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { max_tokens: 256, stop: Vec::new(), sampling: SamplingParams::default(), cancel: None }
+        GenerateOptions {
+            max_tokens: 256,
+            stop: Vec::new(),
+            sampling: SamplingParams::default(),
+            cancel: None,
+            chat: ChatOptions::default(),
+            n_probs: 0,
+        }
     }
 }
 
 crate::config::setters!(GenerateOptions {
     max_tokens: usize,
     sampling: SamplingParams,
+    chat: ChatOptions,
+    n_probs: usize,
 } optional {
     cancel: CancelToken,
 });
@@ -139,6 +156,9 @@ pub enum Event {
         id: Token,
         /// Text released at this step.
         text: String,
+        /// Its log-probability and the most probable alternatives, when
+        /// [`GenerateOptions::n_probs`] asks for them.
+        logprobs: Option<TokenLogprobs>,
     },
     /// Held-back text released at the end, with no new token.
     Text(String),
@@ -316,8 +336,8 @@ impl<'c, 'm> Generation<'c, 'm> {
         template: &ChatTemplate,
         opts: &GenerateOptions,
     ) -> Result<Self> {
-        let prompt = template.prompt(ctx.model(), messages)?;
-        Generation::from_text(ctx, cache, &prompt, opts)
+        let tokens = template.tokens(ctx.model(), messages, &opts.chat)?;
+        Generation::new(ctx, cache, tokens, opts)
     }
 
     /// Runs to the end; returns the whole text and the summary.
@@ -401,7 +421,8 @@ impl<'c, 'm> Generation<'c, 'm> {
                                 Some(reason) => Phase::Finish(reason),
                                 None => Phase::Decode(id),
                             };
-                            return Ok(Some(Event::Token { id, text }));
+                            let logprobs = self.request.take_logprobs();
+                            return Ok(Some(Event::Token { id, text, logprobs }));
                         }
                     }
                 }

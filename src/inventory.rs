@@ -79,6 +79,11 @@ pub struct ModelSummary {
     pub has_chat_template: bool,
     /// The built-in template family it matches (`gemma`, `chatml`, `llama3`, ...).
     pub chat_template_family: Option<String>,
+    /// Whether the file's template renders a plain conversation with rocm-llama's Jinja
+    /// engine (`None` without a template).
+    pub chat_template_renders: Option<bool>,
+    /// Why it does not render.
+    pub chat_template_error: Option<String>,
     /// `general.license`.
     pub license: Option<String>,
 }
@@ -145,6 +150,20 @@ pub fn template_family(template: &str) -> Option<&'static str> {
     })
 }
 
+/// Renders a short conversation with `template` (with a system turn, then without one for
+/// templates that refuse it); `Ok` when either renders.
+pub fn template_renders(template: &str) -> std::result::Result<(), String> {
+    use crate::chat::{render_jinja, ChatMessage, ChatOptions};
+    let turns = [ChatMessage::user("Hi!"), ChatMessage::assistant("Hello."), ChatMessage::user("2+2?")];
+    let with_system: Vec<ChatMessage> =
+        std::iter::once(ChatMessage::system("Be brief.")).chain(turns.iter().cloned()).collect();
+    let options = ChatOptions::default();
+    render_jinja(template, &with_system, &options, "", "")
+        .or_else(|_| render_jinja(template, &turns, &options, "", ""))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 impl ModelSummary {
     /// Summarises a parsed header (`extra` = further shards' headers, for tensor counts).
     pub fn from_gguf(f: &GgufFile, extra: &[GgufFile]) -> ModelSummary {
@@ -172,6 +191,8 @@ impl ModelSummary {
             },
             has_chat_template: template.is_some(),
             chat_template_family: template.and_then(template_family).map(String::from),
+            chat_template_renders: template.map(|t| template_renders(t).is_ok()),
+            chat_template_error: template.and_then(|t| template_renders(t).err()),
             license: f.get_str("general.license").map(String::from),
             architecture: arch,
         }

@@ -51,11 +51,13 @@ pub mod engine;
 mod error;
 pub mod generate;
 pub mod init;
+pub mod logprobs;
 pub mod memory;
 pub mod model;
 mod request;
 pub mod sampler;
 pub mod session;
+pub mod threads;
 pub mod vocab;
 
 // What the core needs around llama.cpp: GGUF headers, GPUs and memory, fitting a model to them.
@@ -78,8 +80,11 @@ pub mod synth;
 pub use accounting::{process_memory, MemoryBreakdown, ProcessMemory};
 pub use batch::{Batch, Pos, SeqId};
 pub use build_info::{build_info, BuildInfo};
-pub use chat::{apply_template, builtin_templates, template_for_architecture, ChatMessage, ChatTemplate};
-pub use context::{default_threads, AbortHandle, Context, ContextConfig, FlashAttention, KvType};
+pub use chat::{
+    apply_template, builtin_templates, check_jinja, template_for_architecture, ChatMessage, ChatOptions, ChatTemplate,
+    TemplateSource,
+};
+pub use context::{AbortHandle, Context, ContextConfig, FlashAttention, KvType};
 pub use devices::{available, devices, DeviceReport};
 #[cfg(feature = "async")]
 pub use engine::AsyncTokenStream;
@@ -87,9 +92,11 @@ pub use engine::{Engine, EngineConfig, EngineHandle, EngineStats, TokenStream};
 pub use error::{Error, Result};
 pub use fit::{FitOptions, FitPlan};
 pub use generate::{CancelToken, Event, GenerateOptions, Generation, StopReason, Summary};
+pub use logprobs::{TokenLogprobs, TopLogprob};
 pub use model::{GpuLayers, LoadConfig, Model, ModelInfo, SplitMode};
 pub use sampler::{Sampler, SamplerBuilder, SamplerPlacement, SamplingParams};
 pub use session::Session;
+pub use threads::{available_threads, default_threads};
 pub use vocab::{Detokenizer, Token, Vocab};
 
 /// The raw llama.cpp bindings, for anything this crate does not wrap.

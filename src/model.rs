@@ -86,6 +86,10 @@ pub struct LoadConfig {
     /// for different batch sizes, so logits of the same sequence can differ slightly between
     /// batch shapes; turn this off for bit-stable CPU logits.
     pub cpu_repack: Option<bool>,
+    /// Load the vocabulary, chat templates and metadata only, no weights (llama.cpp's
+    /// `vocab_only`): tokenizing, detokenizing and rendering templates cost no weight memory.
+    /// Such a model cannot make a [`Context`](crate::Context).
+    pub vocab_only: bool,
 }
 
 impl std::fmt::Debug for LoadConfig {
@@ -97,6 +101,7 @@ impl std::fmt::Debug for LoadConfig {
             .field("use_mmap", &self.use_mmap)
             .field("progress", &self.progress.is_some())
             .field("cpu_repack", &self.cpu_repack)
+            .field("vocab_only", &self.vocab_only)
             .finish()
     }
 }
@@ -105,6 +110,7 @@ crate::config::setters!(LoadConfig {
     gpu_layers: GpuLayers,
     main_gpu: u32,
     split_mode: SplitMode,
+    vocab_only: bool,
 } optional {
     use_mmap: bool,
     progress: Arc<ProgressFn>,
@@ -129,6 +135,7 @@ pub struct Model {
     path: PathBuf,
     memory: MemoryBreakdown,
     output_on_gpu: bool,
+    vocab_only: bool,
 }
 
 // SAFETY: llama.cpp never mutates a `llama_model` after `llama_model_load_from_file` returns;
@@ -333,6 +340,7 @@ impl Model {
         if let Some(repack) = config.cpu_repack {
             params.use_extra_bufts = repack;
         }
+        params.vocab_only = config.vocab_only;
         let mut state = config.progress.clone().map(|f| ProgressState { f, cancelled: false, panic: None });
         if let Some(state) = state.as_mut() {
             params.progress_callback = Some(progress_trampoline);
@@ -359,7 +367,7 @@ impl Model {
                 crate::accounting::account(&memory, true);
                 // llama.cpp says so in its load log when it places the output layer on a GPU.
                 let output_on_gpu = log.iter().any(|l| l.contains("offloading output layer to GPU"));
-                Ok(Model { ptr, path: path.to_path_buf(), memory, output_on_gpu })
+                Ok(Model { ptr, path: path.to_path_buf(), memory, output_on_gpu, vocab_only: config.vocab_only })
             }
             None if state.is_some_and(|s| s.cancelled) => Err(Error::LoadCancelled),
             None => Err(Error::ModelLoad { path: path.to_path_buf(), reason: load_failure_reason(&log) }),
@@ -390,6 +398,11 @@ impl Model {
     /// would miss a CPU-only build).
     pub fn output_on_gpu(&self) -> bool {
         self.output_on_gpu
+    }
+
+    /// Whether only the vocabulary was loaded ([`LoadConfig::vocab_only`]).
+    pub fn is_vocab_only(&self) -> bool {
+        self.vocab_only
     }
 
     /// The file this model was loaded from.
@@ -504,6 +517,19 @@ impl Model {
         }
         // SAFETY: llama.cpp returns a NUL-terminated string owned by the model.
         Some(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+    }
+
+    /// A named chat template the file carries besides its default one
+    /// (`tokenizer.chat_template.NAME`, e.g. `tool_use`). Wraps `llama_model_chat_template`.
+    pub fn chat_template_named(&self, name: &str) -> Result<Option<String>> {
+        let c_name = crate::error::c_string("chat template name", name)?;
+        // SAFETY: the model pointer is valid; `c_name` lives for the call.
+        let p = unsafe { sys::llama_model_chat_template(self.raw(), c_name.as_ptr()) };
+        if p.is_null() {
+            return Ok(None);
+        }
+        // SAFETY: llama.cpp returns a NUL-terminated string owned by the model.
+        Ok(Some(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()))
     }
 
     /// A summary of the metadata above.

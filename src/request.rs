@@ -11,6 +11,7 @@ use crate::batch::SeqId;
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::generate::{GenerateOptions, StopMatcher, StopReason, Summary};
+use crate::logprobs::TokenLogprobs;
 use crate::model::Model;
 use crate::sampler::{Sampler, SamplingParams};
 use crate::vocab::{Detokenizer, Token, Vocab};
@@ -113,6 +114,10 @@ pub(crate) struct Request<'m> {
     pub(crate) started: Instant,
     prefill_done: Option<Instant>,
     first_token: Option<Instant>,
+    /// Log-probabilities to report with each token (0: none).
+    n_probs: usize,
+    /// Those of the token sampled last, until its event takes them.
+    logprobs: Option<TokenLogprobs>,
 }
 
 impl<'m> Request<'m> {
@@ -138,13 +143,17 @@ impl<'m> Request<'m> {
             started: submitted,
             prefill_done: None,
             first_token: None,
+            n_probs: opts.n_probs.min(model.vocab().n_tokens().max(0) as usize),
+            logprobs: None,
         })
     }
 
     /// Whether this request's chain goes to the device: its placement prefers it and every
     /// stage can run there.
     pub(crate) fn wants_device(&self, params: &SamplingParams) -> bool {
-        params.placement.prefers_device() && self.sampler.as_ref().is_some_and(Sampler::runs_on_device)
+        params.placement.prefers_device()
+            && self.n_probs == 0
+            && self.sampler.as_ref().is_some_and(Sampler::runs_on_device)
     }
 
     /// Moves the chain onto the device for sequence `seq` when [`wants_device`]. Returns
@@ -170,10 +179,37 @@ impl<'m> Request<'m> {
     /// Picks the next token from batch index `index` of the last decode: on the host from its
     /// logits, or the token the device sampler picked.
     pub(crate) fn sample(&mut self, ctx: &mut Context<'m>, index: i32) -> Result<Token> {
-        match self.sampler.as_mut() {
-            Some(s) => s.sample(ctx, index),
-            None => ctx.sampled_token(index),
+        let t = match self.sampler.as_mut() {
+            Some(s) => s.sample(ctx, index)?,
+            None => ctx.sampled_token(index)?,
+        };
+        if self.n_probs > 0 {
+            self.note_logprobs(ctx.logits(index)?, t)?;
         }
+        Ok(t)
+    }
+
+    /// Samples from a logits row on the host (the engine's sampling threads).
+    pub(crate) fn sample_logits(&mut self, row: &[f32]) -> Result<Token> {
+        let s = self
+            .sampler
+            .as_mut()
+            .ok_or_else(|| Error::Sampling("logits for a request sampled on the device".into()))?;
+        let t = s.sample_logits(row)?;
+        if self.n_probs > 0 {
+            self.note_logprobs(row, t)?;
+        }
+        Ok(t)
+    }
+
+    fn note_logprobs(&mut self, row: &[f32], t: Token) -> Result<()> {
+        self.logprobs = Some(crate::logprobs::logprobs(&self.vocab, row, t, self.n_probs)?);
+        Ok(())
+    }
+
+    /// The log-probabilities of the token sampled last, once.
+    pub(crate) fn take_logprobs(&mut self) -> Option<TokenLogprobs> {
+        self.logprobs.take()
     }
 
     /// Whether `max_tokens` are out (`max_tokens: 0` computes and caches the prompt and

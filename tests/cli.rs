@@ -403,3 +403,146 @@ fn devices_lists_the_cpu() {
     let out = bin().arg("devices").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("llama.cpp devices"));
 }
+
+#[test]
+fn tokenize_reads_the_vocabulary_alone() {
+    let Some(model) = common::model_path() else { return };
+    let out = bin().args(["tokenize", "--json", "Hello world", "--model"]).arg(&model).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tokens = v["tokens"].as_array().unwrap();
+    assert_eq!(v["count"], tokens.len());
+    assert_eq!(tokens[0]["id"], 2, "gemma's BOS first");
+    assert_eq!(tokens[0]["piece"], "<bos>");
+    let text: String = tokens[1..].iter().map(|t| t["piece"].as_str().unwrap()).collect();
+    assert_eq!(text.replace('▁', " ").trim(), "Hello world");
+
+    let out =
+        bin().args(["tokenize", "--ids", "--no-special", "--model"]).arg(&model).arg("Hello world").output().unwrap();
+    let ids: Vec<i64> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(|t| t.parse().unwrap()).collect();
+    let json_ids: Vec<i64> = tokens[1..].iter().map(|t| t["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, json_ids, "the same tokens without BOS");
+
+    // Control-token text is one token, or plain text with --no-parse-special.
+    let count = |extra: &[&str]| {
+        let out = bin()
+            .args(["tokenize", "--ids", "--no-special"])
+            .args(extra)
+            .arg("--model")
+            .arg(&model)
+            .arg("<start_of_turn>")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).split_whitespace().count()
+    };
+    assert_eq!(count(&[]), 1);
+    assert!(count(&["--no-parse-special"]) > 1);
+}
+
+#[test]
+fn chat_takes_a_jinja_template_file_and_its_variables() {
+    let Some(model) = common::model_path() else { return };
+    let templates = std::env::var("ROCM_LLAMA_TEST_TEMPLATES").map(std::path::PathBuf::from).unwrap_or_else(|_| {
+        let out = Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test-templates.sh"))
+            .output()
+            .unwrap();
+        std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    });
+    let gemma3 = templates.join("axolotl/gemma3.jinja");
+    let chat = |extra: &[&str]| {
+        bin()
+            .args([
+                "chat",
+                "Name a colour.",
+                "--system",
+                "Be brief.",
+                "--temp",
+                "0",
+                "-n",
+                "8",
+                "--threads",
+                "1",
+                "--json",
+            ])
+            .args(extra)
+            .arg("--model")
+            .arg(&model)
+            .output()
+            .unwrap()
+    };
+    // Gemma 3's own Jinja template gives the prompt llama.cpp's built-in format gives, so the
+    // same greedy reply.
+    let builtin = chat(&[]);
+    assert!(builtin.status.success(), "{}", String::from_utf8_lossy(&builtin.stderr));
+    let jinja = chat(&["--chat-template", gemma3.to_str().unwrap()]);
+    assert!(jinja.status.success(), "{}", String::from_utf8_lossy(&jinja.stderr));
+    let text = |o: &std::process::Output| {
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (v["text"].as_str().unwrap().to_string(), v["prompt_tokens"].clone())
+    };
+    assert_eq!(text(&builtin), text(&jinja));
+    // Template variables reach a Jinja template...
+    let kw =
+        chat(&["--chat-template", gemma3.to_str().unwrap(), "--chat-template-kwargs", r#"{"enable_thinking": false}"#]);
+    assert!(kw.status.success(), "{}", String::from_utf8_lossy(&kw.stderr));
+    // ...but a built-in format cannot take them, and bad arguments are clear errors.
+    for (args, says) in [
+        (vec!["--chat-template-kwargs", r#"{"enable_thinking": false}"#], "built-in"),
+        (vec!["--chat-template-kwargs", "[1]"], "JSON object"),
+        (vec!["--chat-template-kwargs", "{"], "not JSON"),
+        (vec!["--chat-template", "no-such-format"], "neither a file nor a built-in format"),
+    ] {
+        let out = chat(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    let bad = std::env::temp_dir().join(format!("rocm-llama-bad-template-{}.jinja", std::process::id()));
+    std::fs::write(&bad, "{% for m in messages %}\n{{ m.content }\n").unwrap();
+    let out = chat(&["--chat-template", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("line 2"), "{err}");
+    let _ = std::fs::remove_file(&bad);
+}
+
+#[test]
+fn logprobs_come_with_each_token_in_json() {
+    let Some(model) = common::model_path() else { return };
+    let out = bin()
+        .args([
+            "run",
+            "The capital of France is",
+            "--temp",
+            "0",
+            "-n",
+            "4",
+            "--threads",
+            "1",
+            "--json",
+            "--logprobs",
+            "3",
+            "--model",
+        ])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tokens = v["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 4);
+    let text: String = tokens.iter().map(|t| t["text"].as_str().unwrap()).collect();
+    assert_eq!(text, v["text"].as_str().unwrap());
+    for t in tokens {
+        let top = t["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        // Greedy: the chosen token is the most probable one.
+        assert_eq!(top[0]["id"], t["id"]);
+        assert_eq!(top[0]["logprob"], t["logprob"]);
+        assert!(t["logprob"].as_f64().unwrap() <= 0.0);
+    }
+    // --logprobs needs --json.
+    let out = bin().args(["run", "x", "--logprobs", "3", "--model"]).arg(&model).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

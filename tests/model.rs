@@ -17,7 +17,10 @@ fn metadata_describes_gemma3() {
     assert!(info.n_vocab > 200_000);
     // This GGUF carries no tokenizer.chat_template; the architecture picks the built-in one.
     assert!(!info.has_chat_template);
-    assert_eq!(rocm_llama::ChatTemplate::Model.resolve(model).unwrap(), "gemma");
+    assert_eq!(
+        rocm_llama::ChatTemplate::Model.source(model).unwrap(),
+        rocm_llama::TemplateSource::Builtin("gemma".into())
+    );
     assert!(model.meta_all().iter().any(|(k, _)| k == "general.architecture"));
     assert_eq!(model.meta("no.such.key"), None);
     assert_eq!(model.meta("bad\0key"), None);
@@ -444,5 +447,137 @@ fn sampling_copied_logits_matches_llama_cpp() {
             ctx.decode(&batch).unwrap();
             index = 0;
         }
+    }
+}
+
+/// Busy loops in other processes, stopped on drop (also when the test fails).
+struct Spinners(Vec<std::process::Child>);
+
+impl Spinners {
+    fn start(n: u32) -> Spinners {
+        let spawn = || std::process::Command::new("sh").args(["-c", "while :; do :; done"]).spawn().unwrap();
+        Spinners((0..n).map(|_| spawn()).collect())
+    }
+}
+
+impl Drop for Spinners {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn default_threads_leave_out_the_cores_other_processes_keep_busy_and_follow_them() {
+    let cpus = rocm_llama::available_threads();
+    if cpus < 2 {
+        eprintln!("one CPU: nothing to leave out");
+        return;
+    }
+    let model = Model::load(rocm_llama::synth::tiny_model().unwrap(), &LoadConfig::default()).unwrap();
+    let config = rocm_llama::ContextConfig::default().n_ctx(256);
+    let spinners = Spinners::start(cpus);
+    // Longer than a reading of the cores is reused, so the next context looks afresh.
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    let mut ctx = Context::new(&model, &config).unwrap();
+    let busy = ctx.threads();
+    let fixed = Context::new(&model, &config.clone().threads(cpus)).unwrap().threads();
+    drop(spinners);
+    assert_eq!(busy, (1, 1), "every core busy elsewhere: one thread, which never waits at a barrier");
+    assert_eq!(fixed, (cpus, cpus), "a count the caller sets is kept");
+    // Once the other work has stopped, the next decode after the recheck interval takes the
+    // cores back.
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    let tokens = model.vocab().tokenize("t1 t2", true, false).unwrap();
+    let mut batch = Batch::new(tokens.len(), 1).unwrap();
+    batch.add_sequence(&tokens, 0, 0, true).unwrap();
+    ctx.decode(&batch).unwrap();
+    assert_eq!(ctx.threads(), (cpus, cpus));
+    // Set by hand, they stay.
+    ctx.set_threads(1, 1).unwrap();
+    ctx.seq_remove(None, ..).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    ctx.decode(&batch).unwrap();
+    assert_eq!(ctx.threads(), (1, 1));
+}
+
+/// `log_softmax(row)[i]` in f64, the reference for the library's log-probabilities.
+fn log_softmax_at(row: &[f32], i: usize) -> f64 {
+    let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(f64::from(x)));
+    let z: f64 = row.iter().map(|&x| (f64::from(x) - max).exp()).sum();
+    f64::from(row[i]) - max - z.ln()
+}
+
+#[test]
+fn log_probabilities_agree_with_a_softmax_over_the_raw_logits() {
+    let model = require_model!();
+    let prompt = "The capital of France is";
+    let tokens = model.vocab().tokenize(prompt, true, true).unwrap();
+    // The reference: the raw logits of the prompt's last position.
+    let mut ctx = common::context(model);
+    let mut batch = Batch::new(tokens.len(), 1).unwrap();
+    batch.add_sequence(&tokens, 0, 0, true).unwrap();
+    ctx.decode(&batch).unwrap();
+    let row = ctx.logits(tokens.len() as i32 - 1).unwrap().to_vec();
+
+    let opts = GenerateOptions::greedy(6).n_probs(5);
+    let mut ctx = common::context(model);
+    let events: Vec<Event> = ctx.generate(prompt, &opts).unwrap().collect::<rocm_llama::Result<_>>().unwrap();
+    let steps: Vec<(i32, rocm_llama::TokenLogprobs)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Token { id, logprobs, .. } => Some((*id, logprobs.clone().expect("asked for"))),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(steps.len(), 6);
+    let (first, lp) = &steps[0];
+    assert!((f64::from(lp.logprob) - log_softmax_at(&row, *first as usize)).abs() < 1e-4, "{lp:?}");
+    for (k, top) in lp.top.iter().enumerate() {
+        assert!((f64::from(top.logprob) - log_softmax_at(&row, top.id as usize)).abs() < 1e-4, "{top:?}");
+        assert_eq!(top.text, String::from_utf8_lossy(&model.vocab().token_to_bytes(top.id, true).unwrap()));
+        if k > 0 {
+            assert!(top.logprob <= lp.top[k - 1].logprob);
+        }
+    }
+    for (id, lp) in &steps {
+        // Greedy picks the most probable token: the first of the top list, with its logprob.
+        assert_eq!(lp.top.len(), 5);
+        assert_eq!(lp.top[0].id, *id);
+        assert_eq!(lp.top[0].logprob, lp.logprob);
+        assert!(lp.logprob <= 0.0);
+        let mass: f32 = lp.top.iter().map(|t| t.logprob.exp()).sum();
+        assert!(mass <= 1.0 + 1e-5, "{mass}");
+    }
+    // Not asked, not computed.
+    let mut ctx = common::context(model);
+    let plain = ctx.generate(prompt, &GenerateOptions::greedy(2)).unwrap();
+    for e in plain {
+        if let Event::Token { logprobs, .. } = e.unwrap() {
+            assert!(logprobs.is_none());
+        }
+    }
+
+    // The engine reports the same tokens with the same log-probabilities (within what a
+    // different batch shape may change in the logits).
+    let engine = rocm_llama::Engine::start(
+        std::sync::Arc::new(Model::load(common::model_path().unwrap(), &LoadConfig::default()).unwrap()),
+        rocm_llama::EngineConfig::default().n_seq_max(2).n_ctx_per_seq(256).threads(common::config().threads),
+    )
+    .unwrap();
+    let stream = engine.generate(prompt, &opts).unwrap();
+    let from_engine: Vec<(i32, rocm_llama::TokenLogprobs)> = stream
+        .filter_map(|e| match e.unwrap() {
+            Event::Token { id, logprobs, .. } => Some((id, logprobs.expect("asked for"))),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(from_engine.iter().map(|s| s.0).collect::<Vec<_>>(), steps.iter().map(|s| s.0).collect::<Vec<_>>());
+    for ((_, a), (_, b)) in from_engine.iter().zip(&steps) {
+        assert!((a.logprob - b.logprob).abs() < 1e-2, "{a:?} vs {b:?}");
+        assert_eq!(a.top.len(), b.top.len());
     }
 }

@@ -97,12 +97,11 @@ fn a_real_tokenizer_carries_over() {
         assert_eq!(ids, b.tokenize(text, true, true).unwrap(), "{text:?}");
         assert_eq!(a.detokenize(&ids, false, true).unwrap(), b.detokenize(&ids, false, true).unwrap());
     }
-    let template = ChatTemplate::Model.resolve(&synthetic).unwrap();
-    assert_eq!(template, ChatTemplate::Model.resolve(real).unwrap());
+    assert_eq!(ChatTemplate::Model.source(&synthetic).unwrap(), ChatTemplate::Model.source(real).unwrap());
     let messages = [ChatMessage::system("Be brief."), ChatMessage::user("Hello?")];
     assert_eq!(
-        rocm_llama::apply_template(&template, &messages, true).unwrap(),
-        rocm_llama::apply_template(&ChatTemplate::Model.resolve(real).unwrap(), &messages, true).unwrap()
+        ChatTemplate::Model.prompt(&synthetic, &messages).unwrap(),
+        ChatTemplate::Model.prompt(real, &messages).unwrap()
     );
     let _ = std::fs::remove_file(&path);
 }

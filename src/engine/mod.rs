@@ -109,6 +109,15 @@ pub struct EngineStats {
     pub kv_cells_cached: usize,
     /// Generated tokens per second of busy engine time.
     pub tokens_per_s: f64,
+    /// Decode steps run since start.
+    pub steps: u64,
+    /// Seconds the worker was busy (steps, admission and bookkeeping included).
+    pub busy_s: f64,
+    /// Of `busy_s`, seconds in llama.cpp's decode until its outputs were ready (the GPU's
+    /// share on a GPU build).
+    pub decode_s: f64,
+    /// Of `busy_s`, seconds sampling on the host and handing tokens to the streams.
+    pub sample_s: f64,
 }
 
 #[derive(Default)]
@@ -126,6 +135,9 @@ pub(crate) struct SharedStats {
     pub(crate) kv_used: AtomicUsize,
     pub(crate) kv_cached: AtomicUsize,
     pub(crate) busy_ns: AtomicU64,
+    pub(crate) steps: AtomicU64,
+    pub(crate) decode_ns: AtomicU64,
+    pub(crate) sample_ns: AtomicU64,
 }
 
 struct HandleInner {
@@ -279,8 +291,8 @@ impl EngineHandle {
         template: &ChatTemplate,
         options: &GenerateOptions,
     ) -> Result<TokenStream> {
-        let prompt = template.prompt(&self.inner.model, messages)?;
-        self.generate(&prompt, options)
+        let tokens = template.tokens(&self.inner.model, messages, &options.chat)?;
+        self.generate_tokens(tokens, options)
     }
 
     /// Queues prompt tokens.
@@ -306,7 +318,7 @@ impl EngineHandle {
         let (events, stream) = stream::channel(cancel.clone());
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let job = Job { id, tokens, options: options.clone(), events, cancel, permit, submitted: Instant::now() };
-        if inner.tx.send(Command::Submit(job)).is_err() {
+        if inner.tx.send(Command::Submit(Box::new(job))).is_err() {
             inner.stats.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(Error::Cancelled);
         }
@@ -329,6 +341,10 @@ impl EngineHandle {
             kv_cells_used: s.kv_used.load(Ordering::Relaxed),
             kv_cells_cached: s.kv_cached.load(Ordering::Relaxed),
             tokens_per_s: if busy > 0.0 { generated as f64 / busy } else { 0.0 },
+            steps: s.steps.load(Ordering::Relaxed),
+            busy_s: busy,
+            decode_s: s.decode_ns.load(Ordering::Relaxed) as f64 / 1e9,
+            sample_s: s.sample_ns.load(Ordering::Relaxed) as f64 / 1e9,
         }
     }
 

@@ -72,7 +72,7 @@ impl Job {
 
 /// What handles send to the worker.
 pub(crate) enum Command {
-    Submit(Job),
+    Submit(Box<Job>),
     Shutdown,
 }
 
@@ -113,7 +113,9 @@ pub(crate) struct Worker<'m> {
     stats: Arc<SharedStats>,
     n_batch: usize,
     n_ctx_per_seq: usize,
-    sample_threads: usize,
+    /// Threads that sample many sequences at once (none on a single CPU, or when the pool
+    /// could not start: then one thread samples them all).
+    pool: Option<rayon::ThreadPool>,
     shutting_down: bool,
 }
 
@@ -131,10 +133,7 @@ impl<'m> Worker<'m> {
             stats,
             n_batch,
             n_ctx_per_seq: config.n_ctx_per_seq as usize,
-            sample_threads: config
-                .threads
-                .map(|t| t as usize)
-                .unwrap_or_else(|| crate::context::default_threads() as usize),
+            pool: sampling_pool(config.n_seq_max as usize),
             shutting_down: false,
         })
     }
@@ -171,7 +170,7 @@ impl<'m> Worker<'m> {
 
     fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Submit(job) => self.queue.push_back(job),
+            Command::Submit(job) => self.queue.push_back(*job),
             Command::Shutdown => self.shutting_down = true,
         }
     }
@@ -325,10 +324,16 @@ impl<'m> Worker<'m> {
             return;
         }
 
+        let t_decode = Instant::now();
+        // Waits for the outputs here, so the time splits into decode and sampling.
         if let Err(e) = self.ctx.decode(&self.batch) {
             self.fail_batch(&e);
             return;
         }
+        self.ctx.synchronize();
+        let t_sample = Instant::now();
+        self.stats.steps.fetch_add(1, Ordering::Relaxed);
+        self.stats.decode_ns.fetch_add((t_sample - t_decode).as_nanos() as u64, Ordering::Relaxed);
 
         // Record what went into the cache.
         let tokens = self.batch.tokens().to_vec();
@@ -357,7 +362,9 @@ impl<'m> Worker<'m> {
         // decode steps.
         // Sequences sampled on the device already have their token: read it first (the
         // context is borrowed mutably for that, then shared by the host samplers).
-        let Worker { ctx, slots, stats, n_ctx_per_seq, sample_threads, .. } = self;
+        let Worker { ctx, slots, stats, n_ctx_per_seq, pool, .. } = self;
+        // As many sampling threads as llama.cpp's: the cores free of other work.
+        let sample_threads = ctx.threads().0 as usize;
         let mut device_picks: Vec<Option<Result<Token>>> = (0..slots.len()).map(|_| None).collect();
         for (i, slot) in slots.iter_mut().enumerate() {
             let Some(a) = slot.active.as_mut().filter(|a| a.request.sampler.is_none()) else { continue };
@@ -391,25 +398,33 @@ impl<'m> Worker<'m> {
             let outcome = sample_one(a, pick, n_cached, n_ctx);
             a.outcome = Some(outcome);
         };
-        let threads = (*sample_threads).min(work.len()).max(1);
-        if threads == 1 {
-            for (slot, row) in work {
-                sample(slot, row);
-            }
-        } else {
-            let per = work.len().div_ceil(threads);
-            std::thread::scope(|s| {
+        let threads = sample_threads.min(work.len()).max(1);
+        match pool.as_ref().filter(|_| threads > 1) {
+            // The pool's threads stay alive between steps (spawning a thread per chunk every
+            // step cost about as much as sampling a few sequences).
+            Some(pool) => {
+                let per = work.len().div_ceil(threads);
+                let mut chunks: Vec<Vec<(&mut Slot<'m>, Pick<'_>)>> = Vec::with_capacity(threads);
                 let mut rest = work;
                 while !rest.is_empty() {
                     let tail = rest.split_off(per.min(rest.len()));
-                    let chunk = std::mem::replace(&mut rest, tail);
-                    s.spawn(|| {
-                        for (slot, row) in chunk {
-                            sample(slot, row);
-                        }
-                    });
+                    chunks.push(std::mem::replace(&mut rest, tail));
                 }
-            });
+                pool.scope(|s| {
+                    for chunk in chunks {
+                        s.spawn(|_| {
+                            for (slot, row) in chunk {
+                                sample(slot, row);
+                            }
+                        });
+                    }
+                });
+            }
+            None => {
+                for (slot, row) in work {
+                    sample(slot, row);
+                }
+            }
         }
         for slot in slots.iter_mut() {
             let Some(a) = slot.active.as_mut() else { continue };
@@ -431,6 +446,7 @@ impl<'m> Worker<'m> {
                 }
             }
         }
+        stats.sample_ns.fetch_add(t_sample.elapsed().as_nanos() as u64, Ordering::Relaxed);
     }
 
     /// A decode failed: fail only the sequences in this batch, free their cells, keep serving.
@@ -461,6 +477,21 @@ impl<'m> Worker<'m> {
             }
         }
     }
+}
+
+/// The sampling threads: one per CPU this process may use, at most one per sequence; none
+/// when that is one.
+fn sampling_pool(n_seq_max: usize) -> Option<rayon::ThreadPool> {
+    let n = (crate::threads::available_threads() as usize).min(n_seq_max);
+    if n < 2 {
+        return None;
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .thread_name(|i| format!("rocm-llama-sample-{i}"))
+        .build()
+        .map_err(|e| tracing::warn!("no sampling threads ({e}); sampling on the engine's thread"))
+        .ok()
 }
 
 /// Decides where a newly admitted request samples and sets the slot's sequence up for it:
@@ -498,15 +529,15 @@ fn sample_one(a: &mut Active<'_>, pick: Pick<'_>, n_cached: usize, n_ctx: usize)
     if a.request.budget_spent() {
         return Ok(Some(StopReason::MaxTokens));
     }
-    let t = match (pick, a.request.sampler.as_mut()) {
-        (Pick::Token(t), _) => t,
-        (Pick::Logits(row), Some(s)) => s.sample_logits(row)?,
-        (Pick::Logits(_), None) => return Err(Error::Sampling("logits for a request sampled on the device".into())),
+    let t = match pick {
+        Pick::Token(t) => t,
+        Pick::Logits(row) => a.request.sample_logits(row)?,
     };
     match a.request.accept(t, n_cached, n_ctx)? {
         Accepted::EndOfGeneration => Ok(Some(StopReason::Eos)),
         Accepted::Token { id, text, stop } => {
-            if a.job.events.send(Ok(Event::Token { id, text })).is_err() {
+            let logprobs = a.request.take_logprobs();
+            if a.job.events.send(Ok(Event::Token { id, text, logprobs })).is_err() {
                 // The stream was dropped: treat as a cancel.
                 return Ok(Some(StopReason::Cancelled));
             }

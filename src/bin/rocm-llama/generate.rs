@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use clap::Args;
-use rocm_llama::{CancelToken, ChatMessage, ChatTemplate, Context, Event, Generation, Model, Session, Summary};
+use rocm_llama::{
+    CancelToken, ChatMessage, ChatOptions, ChatTemplate, Context, Event, Generation, Model, Session, Summary,
+};
 
 use crate::options::{context_config, generate_options, load_model, ContextArgs, ModelArgs, SamplingArgs};
 use crate::{AnyResult, UserError};
@@ -34,6 +36,10 @@ pub struct GenerateArgs {
     /// Print one JSON object per reply (text and summary) to stdout instead of streaming.
     #[arg(long)]
     json: bool,
+    /// With --json, list every token with its log-probability and the N most probable
+    /// tokens at its step (the model's distribution before sampling).
+    #[arg(long, value_name = "N", requires = "json")]
+    logprobs: Option<usize>,
 }
 
 impl GenerateArgs {
@@ -62,11 +68,50 @@ pub struct ChatArgs {
     /// A system prompt.
     #[arg(long)]
     system: Option<String>,
-    /// A built-in chat template name (gemma, chatml, llama3, ...) instead of the model's.
-    #[arg(long)]
+    /// A Jinja chat template file, or one of llama.cpp's built-in formats by name (gemma,
+    /// chatml, llama3, ...), instead of the model's own template.
+    #[arg(long = "chat-template", visible_alias = "template", value_name = "FILE|NAME")]
     template: Option<String>,
+    /// Variables for the model's template, as a JSON object (e.g. '{"enable_thinking": false}').
+    #[arg(long, value_name = "JSON")]
+    chat_template_kwargs: Option<String>,
     #[command(flatten)]
     args: GenerateArgs,
+}
+
+/// `--chat-template`: a file holds a Jinja template; otherwise a built-in format's name.
+fn chat_template(arg: Option<String>) -> AnyResult<ChatTemplate> {
+    let Some(arg) = arg else { return Ok(ChatTemplate::Model) };
+    let path = std::path::Path::new(&arg);
+    if path.is_file() {
+        let source =
+            std::fs::read_to_string(path).map_err(|e| UserError::boxed(format!("--chat-template {arg}: {e}")))?;
+        rocm_llama::check_jinja(&source).map_err(|e| UserError::boxed(format!("--chat-template {arg}: {e}")))?;
+        return Ok(ChatTemplate::Jinja(source));
+    }
+    if rocm_llama::builtin_templates().contains(&arg) {
+        return Ok(ChatTemplate::Builtin(arg));
+    }
+    Err(UserError::boxed(format!(
+        "--chat-template {arg}: neither a file nor a built-in format ({})",
+        rocm_llama::builtin_templates().join(", ")
+    )))
+}
+
+/// `--chat-template-kwargs`: a JSON object of template variables.
+fn chat_options(kwargs: Option<&str>) -> AnyResult<ChatOptions> {
+    let mut options = ChatOptions::default();
+    if let Some(text) = kwargs {
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| UserError::boxed(format!("--chat-template-kwargs: not JSON ({e})")))?;
+        let serde_json::Value::Object(map) = value else {
+            return Err(UserError::boxed(
+                "--chat-template-kwargs: give a JSON object, e.g. '{\"enable_thinking\": false}'",
+            ));
+        };
+        options.kwargs = map;
+    }
+    Ok(options)
 }
 
 /// Ctrl-C presses while a reply is being written; any press outside one exits.
@@ -137,15 +182,20 @@ fn summary_json(text: &str, s: &Summary) -> serde_json::Value {
 
 /// Streams a generation to stdout (or collects it for --json); Ctrl-C cancels it through
 /// `cancel`. Returns the text and the summary.
-fn stream(gen: Generation<'_, '_>, cancel: &CancelToken, json: bool) -> AnyResult<(String, Summary)> {
+fn stream(gen: Generation<'_, '_>, cancel: &CancelToken, json: bool) -> AnyResult<Answer> {
     let _reply = Reply::start();
     let mut out = std::io::stdout().lock();
     let mut text = String::new();
+    let mut tokens = Vec::new();
     for ev in gen {
         if Reply::interrupted() {
             cancel.cancel();
         }
-        match ev? {
+        let ev = ev?;
+        if let Event::Token { id, text: t, logprobs: Some(lp) } = &ev {
+            tokens.push(serde_json::json!({"id": id, "text": t, "logprob": lp.logprob, "top_logprobs": lp.top}));
+        }
+        match ev {
             Event::Token { text: t, .. } | Event::Text(t) => {
                 if !json {
                     out.write_all(t.as_bytes())?;
@@ -153,15 +203,27 @@ fn stream(gen: Generation<'_, '_>, cancel: &CancelToken, json: bool) -> AnyResul
                 }
                 text.push_str(&t);
             }
-            Event::Done(s) => return Ok((text, s)),
+            Event::Done(summary) => return Ok(Answer { text, summary, tokens }),
         }
     }
     Err(UserError::boxed("generation ended without a summary"))
 }
 
-fn finish(text: &str, s: &Summary, json: bool) -> AnyResult<()> {
+/// What one reply gave: its text, its summary, and its tokens' log-probabilities when asked.
+struct Answer {
+    text: String,
+    summary: Summary,
+    tokens: Vec<serde_json::Value>,
+}
+
+fn finish(reply: &Answer, json: bool) -> AnyResult<()> {
+    let (text, s) = (&reply.text, &reply.summary);
     if json {
-        println!("{}", summary_json(text, s));
+        let mut v = summary_json(text, s);
+        if !reply.tokens.is_empty() {
+            v["tokens"] = serde_json::Value::Array(reply.tokens.clone());
+        }
+        println!("{v}");
     } else {
         println!();
         eprintln!("{}", summary_line(s));
@@ -187,13 +249,15 @@ pub fn run(RunArgs { mut args }: RunArgs) -> AnyResult<()> {
     }
     install_interrupt_handler();
     let cancel = CancelToken::new();
-    let opts = generate_options(&args.sampling)?.cancel(cancel.clone());
+    let opts = generate_options(&args.sampling)?.cancel(cancel.clone()).n_probs(args.logprobs.unwrap_or(0));
     let gen = ctx.generate(&prompt, &opts)?;
-    let (text, s) = stream(gen, &cancel, args.json)?;
-    finish(&text, &s, args.json)
+    let answer = stream(gen, &cancel, args.json)?;
+    finish(&answer, args.json)
 }
 
-pub fn chat(ChatArgs { system, template, mut args }: ChatArgs) -> AnyResult<()> {
+pub fn chat(ChatArgs { system, template, chat_template_kwargs, mut args }: ChatArgs) -> AnyResult<()> {
+    let template = chat_template(template)?;
+    let chat = chat_options(chat_template_kwargs.as_deref())?;
     let prompt = args.given_prompt()?;
     let (model, fitted_ctx) = load_model(&args.model, Some(&args.context))?;
     let mut session = Session::new(&model, &context_config(&model, fitted_ctx, &args.model, &args.context))?;
@@ -201,16 +265,15 @@ pub fn chat(ChatArgs { system, template, mut args }: ChatArgs) -> AnyResult<()> 
         eprintln!("{}", memory_line(&model, session.context()));
     }
     install_interrupt_handler();
-    let template = template.map(ChatTemplate::Named).unwrap_or_default();
-    let gen_opts = generate_options(&args.sampling)?;
+    let gen_opts = generate_options(&args.sampling)?.chat(chat).n_probs(args.logprobs.unwrap_or(0));
     let mut messages: Vec<ChatMessage> = system.into_iter().map(ChatMessage::system).collect();
 
     if let Some(p) = prompt {
         messages.push(ChatMessage::user(p));
         let cancel = CancelToken::new();
         let gen = session.chat(&messages, &template, &gen_opts.clone().cancel(cancel.clone()))?;
-        let (text, s) = stream(gen, &cancel, args.json)?;
-        return finish(&text, &s, args.json);
+        let answer = stream(gen, &cancel, args.json)?;
+        return finish(&answer, args.json);
     }
 
     // The REPL: one user message per line; the conversation is kept, and each turn reuses
@@ -253,10 +316,10 @@ pub fn chat(ChatArgs { system, template, mut args }: ChatArgs) -> AnyResult<()> 
                 continue;
             }
         };
-        let (text, s) = stream(gen, &cancel, args.json)?;
-        finish(&text, &s, args.json)?;
+        let answer = stream(gen, &cancel, args.json)?;
+        finish(&answer, args.json)?;
         // A reply cut short by Ctrl-C stays in the conversation as far as it got.
-        messages.push(ChatMessage::assistant(text));
+        messages.push(ChatMessage::assistant(answer.text));
     }
     Ok(())
 }

@@ -148,10 +148,23 @@ pub fn show(args: ShowArgs) -> AnyResult<()> {
     println!("  parameters      {}", human_count(summary.n_params));
     println!("  quantization    {}", summary.quantization());
     println!("  context length  {}", summary.context_length.map(|c| c.to_string()).unwrap_or_else(|| "-".into()));
-    println!(
-        "  chat template   {}",
-        summary.chat_template_family.as_deref().unwrap_or(if summary.has_chat_template { "custom" } else { "none" })
-    );
+    let template = match summary.chat_template_renders {
+        None => "none (llama.cpp's built-in format for the architecture is used)".to_string(),
+        Some(renders) => format!(
+            "{} (Jinja): {}",
+            summary
+                .chat_template_family
+                .as_deref()
+                .map(|f| format!("{f} family"))
+                .unwrap_or_else(|| "own format".into()),
+            if renders {
+                "renders".to_string()
+            } else {
+                format!("does not render: {}", summary.chat_template_error.as_deref().unwrap_or("?"))
+            }
+        ),
+    };
+    println!("  chat template   {template}");
     println!("  tensors         {} ({})", file.tensors.len(), gib(file.tensor_bytes()));
     println!("\n  metadata (GGUF v{}):", file.version);
     for (k, v) in &file.metadata {

@@ -9,6 +9,7 @@ mod generate;
 mod inventory;
 mod options;
 mod system;
+mod tokenize;
 
 use std::process::ExitCode;
 
@@ -56,6 +57,8 @@ enum Command {
     Run(generate::RunArgs),
     /// Chat with the model's template: one reply to PROMPT, or a conversation (REPL) when absent.
     Chat(generate::ChatArgs),
+    /// Split text into tokens with a model's vocabulary (no weights loaded): ids and pieces.
+    Tokenize(tokenize::TokenizeArgs),
     /// List the models in the model folder (like `ollama list`).
     Models(inventory::ModelsArgs),
     /// Show all metadata of a model (a path or a name from `models`).
@@ -142,6 +145,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => generate::run(args),
         Command::Chat(args) => generate::chat(args),
+        Command::Tokenize(args) => tokenize::tokenize(args),
         Command::Models(args) => inventory::models(args),
         Command::Show(args) => inventory::show(args),
         Command::Pull(args) => inventory::pull(args),

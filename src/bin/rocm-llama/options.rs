@@ -175,7 +175,8 @@ pub struct ModelArgs {
     /// The GPU for --split-mode none, among the GPUs llama.cpp uses (-mg).
     #[arg(long, default_value_t = 0)]
     pub main_gpu: u32,
-    /// CPU threads [default: the cores this process may use].
+    /// CPU threads [default: the cores this process may use that other processes leave idle,
+    /// followed while it runs].
     #[arg(short, long)]
     pub threads: Option<u32>,
     /// No progress bar while loading.

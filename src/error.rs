@@ -145,6 +145,9 @@ pub enum Error {
     /// A GBNF grammar failed to parse.
     #[error("grammar rejected by llama.cpp: {0}")]
     Grammar(String),
+    /// A JSON Schema the grammar converter cannot turn into a grammar (where, and why).
+    #[error("JSON schema {0}")]
+    JsonSchema(String),
     /// A chat template is missing or not supported.
     #[error("chat template: {0}")]
     ChatTemplate(String),

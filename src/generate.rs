@@ -65,6 +65,11 @@ pub struct GenerateOptions {
     /// 0: none). Computed on the host from the raw logits, so a request that asks for them
     /// samples on the host.
     pub n_probs: usize,
+    /// Output that is JSON valid under this JSON Schema: turned into a grammar
+    /// ([`schema::to_grammar`](crate::schema::to_grammar)) when the request starts; a schema
+    /// it cannot handle is [`Error::JsonSchema`]. Not together with a grammar of the
+    /// caller's in `sampling`.
+    pub json_schema: Option<serde_json::Value>,
 }
 
 impl Default for GenerateOptions {
@@ -76,6 +81,7 @@ impl Default for GenerateOptions {
             cancel: None,
             chat: ChatOptions::default(),
             n_probs: 0,
+            json_schema: None,
         }
     }
 }
@@ -87,6 +93,7 @@ crate::config::setters!(GenerateOptions {
     n_probs: usize,
 } optional {
     cancel: CancelToken,
+    json_schema: serde_json::Value,
 });
 
 impl GenerateOptions {

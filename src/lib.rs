@@ -56,6 +56,7 @@ pub mod memory;
 pub mod model;
 mod request;
 pub mod sampler;
+pub mod schema;
 pub mod session;
 pub mod threads;
 pub mod vocab;

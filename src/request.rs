@@ -120,6 +120,16 @@ pub(crate) struct Request<'m> {
     logprobs: Option<TokenLogprobs>,
 }
 
+/// The request's sampling settings, with the grammar of its JSON schema, if any.
+fn sampling_params(opts: &GenerateOptions) -> Result<std::borrow::Cow<'_, SamplingParams>> {
+    let Some(schema) = &opts.json_schema else { return Ok(std::borrow::Cow::Borrowed(&opts.sampling)) };
+    if opts.sampling.grammar.is_some() {
+        return Err(Error::InvalidConfig("give a grammar or a JSON schema, not both".into()));
+    }
+    let grammar = crate::schema::to_grammar(schema)?;
+    Ok(std::borrow::Cow::Owned(opts.sampling.clone().grammar(grammar)))
+}
+
 impl<'m> Request<'m> {
     /// Builds the sampler (a bad grammar or setting fails here) and the text state. The
     /// prompt must have passed [`check_prompt`].
@@ -133,7 +143,7 @@ impl<'m> Request<'m> {
         Ok(Request {
             prompt,
             max_tokens: opts.max_tokens,
-            sampler: Some(opts.sampling.build(model)?),
+            sampler: Some(sampling_params(opts)?.build(model)?),
             detok: vocab.detokenizer(false),
             stops: StopMatcher::new(&opts.stop),
             vocab,

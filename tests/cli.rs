@@ -546,3 +546,30 @@ fn logprobs_come_with_each_token_in_json() {
     let out = bin().args(["run", "x", "--logprobs", "3", "--model"]).arg(&model).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn json_schema_flag_constrains_the_output() {
+    let Some(model) = common::model_path() else { return };
+    let schema = r#"{"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "minimum": 1, "maximum": 9}}, "required": ["ok", "n"]}"#;
+    let file = std::env::temp_dir().join(format!("rocm-llama-schema-{}.json", std::process::id()));
+    std::fs::write(&file, schema).unwrap();
+    for arg in [schema, file.to_str().unwrap()] {
+        let out = bin()
+            .args(["run", "JSON:", "-n", "40", "--threads", "1", "--json", "-s", "1", "-j", arg, "--model"])
+            .arg(&model)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let reply: serde_json::Value = serde_json::from_str(v["text"].as_str().unwrap()).unwrap();
+        assert!(reply["ok"].is_boolean(), "{reply}");
+        assert!((1..=9).contains(&reply["n"].as_i64().unwrap()), "{reply}");
+    }
+    let _ = std::fs::remove_file(&file);
+    for (arg, says) in [(r#"{"type": "string", "pattern": "x"}"#, "pattern"), ("{nope", "neither a file nor JSON")] {
+        let out = bin().args(["run", "x", "-j", arg, "--model"]).arg(&model).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(says), "{err}");
+    }
+}

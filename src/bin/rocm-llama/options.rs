@@ -235,6 +235,9 @@ pub struct SamplingArgs {
     /// A GBNF grammar file that constrains the output (root rule `root`).
     #[arg(long)]
     pub grammar_file: Option<PathBuf>,
+    /// Constrain the output to JSON valid under this JSON Schema: inline JSON or a file.
+    #[arg(short = 'j', long, value_name = "SCHEMA|FILE", conflicts_with = "grammar_file")]
+    pub json_schema: Option<String>,
     /// RNG seed [default: random].
     #[arg(short, long)]
     pub seed: Option<u32>,
@@ -352,7 +355,27 @@ pub fn generate_options(s: &SamplingArgs) -> AnyResult<GenerateOptions> {
         sampling = sampling.grammar(g);
     }
     let max_tokens = if s.predict < 0 { usize::MAX } else { s.predict as usize };
-    Ok(GenerateOptions::default().max_tokens(max_tokens).stops(s.stop.iter().cloned()).sampling(sampling))
+    let json_schema = match &s.json_schema {
+        None => None,
+        Some(arg) => {
+            let path = std::path::Path::new(arg);
+            let text = if path.is_file() {
+                std::fs::read_to_string(path).map_err(|e| UserError::boxed(format!("--json-schema {arg}: {e}")))?
+            } else {
+                arg.clone()
+            };
+            let schema: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| UserError::boxed(format!("--json-schema: neither a file nor JSON ({e})")))?;
+            // Checked here, so a schema the converter cannot handle is a usage error at once.
+            rocm_llama::schema::to_grammar(&schema).map_err(|e| UserError::boxed(format!("--json-schema: {e}")))?;
+            Some(schema)
+        }
+    };
+    Ok(GenerateOptions::default()
+        .max_tokens(max_tokens)
+        .stops(s.stop.iter().cloned())
+        .sampling(sampling)
+        .json_schema(json_schema))
 }
 
 #[cfg(test)]

@@ -114,13 +114,10 @@ fn without_generation_tags(source: &str) -> std::borrow::Cow<'_, str> {
         let tag = &rest[start..start + len + 2];
         let inner = tag[2..tag.len() - 2].trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
         out.push_str(&rest[..start]);
-        let (open, close) = (
-            &tag[..2 + usize::from(tag[2..].starts_with(['-', '+']))],
-            &tag[tag.len() - 2 - usize::from(tag[..tag.len() - 2].ends_with(['-', '+']))..],
-        );
+        // The keyword is all the tag holds besides its delimiters, which stay as written.
         match inner {
-            "generation" => out.push_str(&format!("{open} if true {close}")),
-            "endgeneration" => out.push_str(&format!("{open} endif {close}")),
+            "generation" => out.push_str(&tag.replacen("generation", "if true", 1)),
+            "endgeneration" => out.push_str(&tag.replacen("endgeneration", "endif", 1)),
             _ => out.push_str(tag),
         }
         rest = &rest[start + len + 2..];

@@ -155,6 +155,9 @@ pub struct ConcurrencyRow {
     pub engine_sample_share: f64,
     /// Busy time per step, ms.
     pub engine_step_ms: f64,
+    /// Time in decode per step that computed no prompt tokens, ms (compare with the raw
+    /// loop's step, `sequences / raw_tokens_per_s`).
+    pub engine_decode_only_step_ms: f64,
 }
 
 /// Everything one bench run measured.
@@ -417,6 +420,14 @@ pub fn run(shared: &Arc<Model>, cfg: &BenchConfig, progress: &dyn Fn(&str)) -> R
             engine_decode_share: share(e.stats.decode_s, e.stats.busy_s),
             engine_sample_share: share(e.stats.sample_s, e.stats.busy_s),
             engine_step_ms: if e.stats.steps > 0 { e.stats.busy_s * 1e3 / e.stats.steps as f64 } else { 0.0 },
+            engine_decode_only_step_ms: {
+                let steps = e.stats.steps.saturating_sub(e.stats.prompt_steps);
+                if steps > 0 {
+                    (e.stats.decode_s - e.stats.prompt_decode_s) * 1e3 / steps as f64
+                } else {
+                    0.0
+                }
+            },
         });
     }
     Ok(BenchReport {
@@ -614,13 +625,16 @@ impl BenchReport {
             }
             for r in &self.concurrency {
                 s.push_str(&format!(
-                    "engine at {} seqs: {} steps of {:.2} ms: decode {:.0}%, sampling {:.0}%, scheduling {:.0}%\n",
+                    "engine at {} seqs: {} steps of {:.2} ms: decode {:.0}%, sampling {:.0}%, scheduling {:.0}%; \
+                     decode alone (no prompt tokens) {:.2} ms a step, raw {:.2} ms\n",
                     r.sequences,
                     r.engine_steps,
                     r.engine_step_ms,
                     r.engine_decode_share * 100.0,
                     r.engine_sample_share * 100.0,
-                    (1.0 - r.engine_decode_share - r.engine_sample_share).max(0.0) * 100.0
+                    (1.0 - r.engine_decode_share - r.engine_sample_share).max(0.0) * 100.0,
+                    r.engine_decode_only_step_ms,
+                    if r.raw_tokens_per_s > 0.0 { r.sequences as f64 * 1e3 / r.raw_tokens_per_s } else { 0.0 }
                 ));
             }
         }

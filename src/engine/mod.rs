@@ -118,6 +118,10 @@ pub struct EngineStats {
     pub decode_s: f64,
     /// Of `busy_s`, seconds sampling on the host and handing tokens to the streams.
     pub sample_s: f64,
+    /// Of `steps`, those that computed prompt tokens (alone or beside decode tokens).
+    pub prompt_steps: u64,
+    /// Of `decode_s`, the seconds of those steps.
+    pub prompt_decode_s: f64,
 }
 
 #[derive(Default)]
@@ -138,6 +142,8 @@ pub(crate) struct SharedStats {
     pub(crate) steps: AtomicU64,
     pub(crate) decode_ns: AtomicU64,
     pub(crate) sample_ns: AtomicU64,
+    pub(crate) prompt_steps: AtomicU64,
+    pub(crate) prompt_decode_ns: AtomicU64,
 }
 
 struct HandleInner {
@@ -345,6 +351,8 @@ impl EngineHandle {
             busy_s: busy,
             decode_s: s.decode_ns.load(Ordering::Relaxed) as f64 / 1e9,
             sample_s: s.sample_ns.load(Ordering::Relaxed) as f64 / 1e9,
+            prompt_steps: s.prompt_steps.load(Ordering::Relaxed),
+            prompt_decode_s: s.prompt_decode_ns.load(Ordering::Relaxed) as f64 / 1e9,
         }
     }
 

@@ -308,6 +308,7 @@ impl<'m> Worker<'m> {
             })
             .collect();
         let shares = prefill_shares(&waiting.iter().map(|&(_, left, id)| (left, id)).collect::<Vec<_>>(), budget);
+        let prompt_tokens: usize = shares.iter().sum();
         for (&(i, _, _), take) in waiting.iter().zip(shares) {
             if take == 0 {
                 continue;
@@ -332,8 +333,13 @@ impl<'m> Worker<'m> {
         }
         self.ctx.synchronize();
         let t_sample = Instant::now();
+        let decode_ns = (t_sample - t_decode).as_nanos() as u64;
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
-        self.stats.decode_ns.fetch_add((t_sample - t_decode).as_nanos() as u64, Ordering::Relaxed);
+        self.stats.decode_ns.fetch_add(decode_ns, Ordering::Relaxed);
+        if prompt_tokens > 0 {
+            self.stats.prompt_steps.fetch_add(1, Ordering::Relaxed);
+            self.stats.prompt_decode_ns.fetch_add(decode_ns, Ordering::Relaxed);
+        }
 
         // Record what went into the cache.
         let tokens = self.batch.tokens().to_vec();

@@ -175,6 +175,7 @@ impl ModelSummary {
             }
         }
         let template = f.get_str("tokenizer.chat_template");
+        let renders = template.map(template_renders);
         ModelSummary {
             display_name: f.get_str("general.name").map(String::from),
             n_params: f.n_params() + extra.iter().map(|e| e.n_params()).sum::<u64>(),
@@ -191,8 +192,8 @@ impl ModelSummary {
             },
             has_chat_template: template.is_some(),
             chat_template_family: template.and_then(template_family).map(String::from),
-            chat_template_renders: template.map(|t| template_renders(t).is_ok()),
-            chat_template_error: template.and_then(|t| template_renders(t).err()),
+            chat_template_renders: renders.as_ref().map(Result::is_ok),
+            chat_template_error: renders.and_then(Result::err),
             license: f.get_str("general.license").map(String::from),
             architecture: arch,
         }

@@ -90,15 +90,7 @@ mod jinja {
     use rocm_llama::{ChatMessage, ChatOptions, Error};
 
     fn templates() -> PathBuf {
-        if let Ok(dir) = std::env::var("ROCM_LLAMA_TEST_TEMPLATES") {
-            return PathBuf::from(dir);
-        }
-        let out = std::process::Command::new("bash")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test-templates.sh"))
-            .output()
-            .expect("bash runs scripts/test-templates.sh");
-        assert!(out.status.success(), "scripts/test-templates.sh failed: {}", String::from_utf8_lossy(&out.stderr));
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+        super::common::templates_dir()
     }
 
     fn source(name: &str) -> String {

@@ -442,13 +442,7 @@ fn tokenize_reads_the_vocabulary_alone() {
 #[test]
 fn chat_takes_a_jinja_template_file_and_its_variables() {
     let Some(model) = common::model_path() else { return };
-    let templates = std::env::var("ROCM_LLAMA_TEST_TEMPLATES").map(std::path::PathBuf::from).unwrap_or_else(|_| {
-        let out = Command::new("bash")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test-templates.sh"))
-            .output()
-            .unwrap();
-        std::path::PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-    });
+    let templates = common::templates_dir();
     let gemma3 = templates.join("axolotl/gemma3.jinja");
     let chat = |extra: &[&str]| {
         bin()

@@ -47,6 +47,20 @@ pub fn context(model: &Model) -> Context<'_> {
     Context::new(model, &config()).expect("context")
 }
 
+/// The folder of published chat templates (`ROCM_LLAMA_TEST_TEMPLATES`, else fetched once by
+/// scripts/test-templates.sh).
+pub fn templates_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("ROCM_LLAMA_TEST_TEMPLATES") {
+        return PathBuf::from(dir);
+    }
+    let out = std::process::Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test-templates.sh"))
+        .output()
+        .expect("bash runs scripts/test-templates.sh");
+    assert!(out.status.success(), "scripts/test-templates.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
 /// Returns early from a test when the model is absent (never under CI).
 #[macro_export]
 macro_rules! require_model {

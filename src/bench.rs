@@ -158,6 +158,17 @@ pub struct ConcurrencyRow {
     /// Time in decode per step that computed no prompt tokens, ms (compare with the raw
     /// loop's step, `sequences / raw_tokens_per_s`).
     pub engine_decode_only_step_ms: f64,
+    /// Of `engine_steps`, those that computed prompt tokens (beside decode tokens or alone).
+    pub engine_prompt_steps: u64,
+    /// Time in decode per step with prompt tokens, ms.
+    pub engine_prompt_step_ms: f64,
+    /// Of the engine's `engine_steps`, the graphs llama.cpp reused instead of building them
+    /// again (a step with prompt tokens can run several graphs).
+    pub engine_graphs_reused: u64,
+    /// The raw loop's decode steps.
+    pub raw_steps: u64,
+    /// Of `raw_steps`, those whose graph llama.cpp reused.
+    pub raw_graphs_reused: u64,
 }
 
 /// Everything one bench run measured.
@@ -402,8 +413,9 @@ pub fn run(shared: &Arc<Model>, cfg: &BenchConfig, progress: &dyn Fn(&str)) -> R
     for &n in &cfg.concurrency {
         progress(&format!("{n} concurrent sequences"));
         let fa = *cfg.flash_attention.last().unwrap_or(&FlashAttention::Auto);
-        let (raw, raw_total) = raw_batched(model, cfg, n, fa, false)?;
-        let (raw_greedy, _) = raw_batched(model, cfg, n, fa, true)?;
+        let raw_run = raw_batched(model, cfg, n, fa, false)?;
+        let (raw, raw_total) = (raw_run.tokens_per_s, raw_run.total_s);
+        let raw_greedy = raw_batched(model, cfg, n, fa, true)?.tokens_per_s;
         let e = through_engine(shared, cfg, n, fa)?;
         concurrency.push(ConcurrencyRow {
             sequences: n,
@@ -428,6 +440,15 @@ pub fn run(shared: &Arc<Model>, cfg: &BenchConfig, progress: &dyn Fn(&str)) -> R
                     0.0
                 }
             },
+            engine_prompt_steps: e.stats.prompt_steps,
+            engine_prompt_step_ms: if e.stats.prompt_steps > 0 {
+                e.stats.prompt_decode_s * 1e3 / e.stats.prompt_steps as f64
+            } else {
+                0.0
+            },
+            engine_graphs_reused: e.stats.graphs_reused,
+            raw_steps: raw_run.steps,
+            raw_graphs_reused: raw_run.graphs_reused,
         });
     }
     Ok(BenchReport {
@@ -451,7 +472,7 @@ fn per_seq_ctx(cfg: &BenchConfig) -> u32 {
 /// tokens/s, and the whole run (prefill plus decode) in seconds. With `pick`, each next token
 /// is the arg-max of its logits (a serial host loop, as a simple server would do); without,
 /// the same token is fed again (no sampling at all).
-fn raw_batched(model: &Model, cfg: &BenchConfig, n: usize, fa: FlashAttention, pick: bool) -> Result<(f64, f64)> {
+fn raw_batched(model: &Model, cfg: &BenchConfig, n: usize, fa: FlashAttention, pick: bool) -> Result<RawRun> {
     let mut cc = ContextConfig::default()
         .n_ctx(per_seq_ctx(cfg) * n as u32)
         .n_seq_max(n as u32)
@@ -484,6 +505,7 @@ fn raw_batched(model: &Model, cfg: &BenchConfig, n: usize, fa: FlashAttention, p
     // step: microseconds against a decode's milliseconds).
     let mut next: Vec<i32> = (0..n).map(|s| ctx.logits(last[s]).map(argmax)).collect::<Result<_>>()?;
     let mut step_batch = Batch::new(n, 1)?;
+    let reused_before = ctx.perf().n_reused;
     let t = Instant::now();
     for step in 0..cfg.concurrent_gen.saturating_sub(1) {
         step_batch.clear();
@@ -501,7 +523,25 @@ fn raw_batched(model: &Model, cfg: &BenchConfig, n: usize, fa: FlashAttention, p
         }
     }
     let decode_secs = t.elapsed().as_secs_f64();
-    Ok(((n * cfg.concurrent_gen.saturating_sub(1)) as f64 / decode_secs, started.elapsed().as_secs_f64()))
+    let steps = cfg.concurrent_gen.saturating_sub(1);
+    Ok(RawRun {
+        tokens_per_s: (n * steps) as f64 / decode_secs,
+        total_s: started.elapsed().as_secs_f64(),
+        steps: steps as u64,
+        graphs_reused: (ctx.perf().n_reused - reused_before).max(0) as u64,
+    })
+}
+
+/// What one raw batched run measured.
+struct RawRun {
+    /// Decode-phase tokens/s.
+    tokens_per_s: f64,
+    /// Prefill and decode, seconds.
+    total_s: f64,
+    /// Decode steps.
+    steps: u64,
+    /// Of those, the steps whose compute graph llama.cpp reused.
+    graphs_reused: u64,
 }
 
 /// What one engine run measured.
@@ -626,7 +666,8 @@ impl BenchReport {
             for r in &self.concurrency {
                 s.push_str(&format!(
                     "engine at {} seqs: {} steps of {:.2} ms: decode {:.0}%, sampling {:.0}%, scheduling {:.0}%; \
-                     decode alone (no prompt tokens) {:.2} ms a step, raw {:.2} ms\n",
+                     decode alone (no prompt tokens) {:.2} ms a step, raw {:.2} ms; \
+                     {} steps with prompt tokens, {:.2} ms each; graphs reused {} (raw {} of {})\n",
                     r.sequences,
                     r.engine_steps,
                     r.engine_step_ms,
@@ -634,7 +675,12 @@ impl BenchReport {
                     r.engine_sample_share * 100.0,
                     (1.0 - r.engine_decode_share - r.engine_sample_share).max(0.0) * 100.0,
                     r.engine_decode_only_step_ms,
-                    if r.raw_tokens_per_s > 0.0 { r.sequences as f64 * 1e3 / r.raw_tokens_per_s } else { 0.0 }
+                    if r.raw_tokens_per_s > 0.0 { r.sequences as f64 * 1e3 / r.raw_tokens_per_s } else { 0.0 },
+                    r.engine_prompt_steps,
+                    r.engine_prompt_step_ms,
+                    r.engine_graphs_reused,
+                    r.raw_graphs_reused,
+                    r.raw_steps
                 ));
             }
         }

@@ -122,6 +122,10 @@ pub struct EngineStats {
     pub prompt_steps: u64,
     /// Of `decode_s`, the seconds of those steps.
     pub prompt_decode_s: f64,
+    /// Compute graphs llama.cpp reused from the step before instead of building them again
+    /// (its `n_reused` counter); a decode step whose batch has the shape of the last one
+    /// reuses its graph.
+    pub graphs_reused: u64,
 }
 
 #[derive(Default)]
@@ -144,6 +148,7 @@ pub(crate) struct SharedStats {
     pub(crate) sample_ns: AtomicU64,
     pub(crate) prompt_steps: AtomicU64,
     pub(crate) prompt_decode_ns: AtomicU64,
+    pub(crate) graphs_reused: AtomicU64,
 }
 
 struct HandleInner {
@@ -353,6 +358,7 @@ impl EngineHandle {
             sample_s: s.sample_ns.load(Ordering::Relaxed) as f64 / 1e9,
             prompt_steps: s.prompt_steps.load(Ordering::Relaxed),
             prompt_decode_s: s.prompt_decode_ns.load(Ordering::Relaxed) as f64 / 1e9,
+            graphs_reused: s.graphs_reused.load(Ordering::Relaxed),
         }
     }
 

@@ -340,6 +340,7 @@ impl<'m> Worker<'m> {
             self.stats.prompt_steps.fetch_add(1, Ordering::Relaxed);
             self.stats.prompt_decode_ns.fetch_add(decode_ns, Ordering::Relaxed);
         }
+        self.stats.graphs_reused.store(self.ctx.perf().n_reused.max(0) as u64, Ordering::Relaxed);
 
         // Record what went into the cache.
         let tokens = self.batch.tokens().to_vec();

@@ -14,7 +14,7 @@ use crate::{AnyResult, UserError};
 /// Where sampling runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum PlacementArg {
-    /// On the GPU when the chain can run there and the output layer is on a GPU.
+    /// Whichever measured faster (today the host; see the library's `SamplerPlacement`).
     Auto,
     /// On the host.
     Host,

@@ -17,9 +17,7 @@ fi
 python=${PYTHON:-python3}
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-echo "test-templates: downloading the llama-cpp-python sdist for llama.cpp's models/templates (77 MB, once)" >&2
-"$python" -m pip download --quiet --no-deps --no-binary :all: llama-cpp-python -d "$tmp" >&2
-sdist="$(ls "$tmp"/llama_cpp_python-*.tar.gz)"
+sdist="$(bash "$(dirname "$0")/llama-cpp-python-sdist.sh")"
 tar xzf "$sdist" -C "$tmp" --wildcards '*/vendor/llama.cpp/models/templates/*'
 rm -rf "$dir.new" && mkdir -p "$dir.new"
 cp "$tmp"/llama_cpp_python-*/vendor/llama.cpp/models/templates/* "$dir.new/"

@@ -10,6 +10,9 @@ export ROCM_LLAMA_TEST_MODEL
 # Published chat templates of many model families (other projects' files, fetched once).
 ROCM_LLAMA_TEST_TEMPLATES="$(bash scripts/test-templates.sh)"
 export ROCM_LLAMA_TEST_TEMPLATES
+# llama.cpp's own llama-embedding, the reference for the embedding tests (built once, ~4 min).
+ROCM_LLAMA_LLAMA_EMBEDDING="$(bash scripts/llama-embedding.sh)"
+export ROCM_LLAMA_LLAMA_EMBEDDING
 echo "test model: $ROCM_LLAMA_TEST_MODEL" >&2
 
 # House rules first (seconds): formatting, and the core builds without the tools' crates.

@@ -9,6 +9,7 @@ use llama_cpp_sys_2 as sys;
 
 use crate::accounting::MemoryBreakdown;
 use crate::batch::{Batch, Pos, SeqId};
+use crate::embed::Pooling;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::sampler::Sampler;
@@ -158,6 +159,8 @@ pub struct ContextConfig {
     pub type_v: KvType,
     /// Also compute embeddings.
     pub embeddings: bool,
+    /// How embeddings are pooled per sequence (default: what the model declares).
+    pub pooling: Pooling,
     /// Keep the KV cache on the GPU (default true).
     pub offload_kqv: bool,
     /// One KV buffer shared by all sequences (default true; helps shared prefixes).
@@ -177,6 +180,7 @@ impl Default for ContextConfig {
             type_k: KvType::F16,
             type_v: KvType::F16,
             embeddings: false,
+            pooling: Pooling::Model,
             offload_kqv: true,
             kv_unified: true,
         }
@@ -190,6 +194,7 @@ crate::config::setters!(ContextConfig {
     type_k: KvType,
     type_v: KvType,
     embeddings: bool,
+    pooling: Pooling,
     offload_kqv: bool,
     kv_unified: bool,
 } optional {
@@ -282,6 +287,8 @@ pub struct Context<'m> {
     device_samplers: Vec<Option<Sampler<'m>>>,
     abort: Arc<AtomicBool>,
     embeddings: bool,
+    /// The pooling llama.cpp applies (the model's when the config left it open).
+    pooling: Pooling,
     memory: MemoryBreakdown,
     /// Thread counts now, and the core watch that moves the ones the caller left unset.
     threads: Threads,
@@ -374,6 +381,7 @@ impl<'m> Context<'m> {
         p.type_k = config.type_k.ggml();
         p.type_v = config.type_v.ggml();
         p.embeddings = config.embeddings;
+        p.pooling_type = config.pooling.raw();
         p.offload_kqv = config.offload_kqv;
         p.kv_unified = config.kv_unified;
         p.no_perf = false;
@@ -406,6 +414,8 @@ impl<'m> Context<'m> {
                 sys::llama_n_seq_max(ptr.as_ptr()),
             )
         };
+        // SAFETY: `ptr` is a live context.
+        let pooling = Pooling::from_raw(unsafe { sys::llama_pooling_type(ptr.as_ptr()) });
         let mut memory = MemoryBreakdown::from_log(&log);
         memory.weights.clear();
         crate::accounting::account(&memory, true);
@@ -425,6 +435,7 @@ impl<'m> Context<'m> {
             device_samplers: (0..n_seq_max).map(|_| None).collect(),
             abort,
             embeddings: config.embeddings,
+            pooling,
             threads,
         })
     }
@@ -777,6 +788,48 @@ impl<'m> Context<'m> {
             let n = sys::llama_model_n_embd_out(self.model.raw());
             Ok(std::slice::from_raw_parts(p, usize::try_from(n).unwrap_or(0)))
         }
+    }
+
+    /// The pooled embedding of sequence `seq` from the last decode (contexts made with
+    /// `embeddings: true` and a pooling other than [`Pooling::None`]): `n_embd_out` floats, or
+    /// with [`Pooling::Rank`] the classifier's `n_cls_out` scores. Wraps
+    /// `llama_get_embeddings_seq`; a sequence the last decode did not compute is an error.
+    pub fn sequence_embedding(&self, seq: SeqId) -> Result<&[f32]> {
+        if !self.embeddings {
+            return Err(Error::InvalidConfig("this context was created without embeddings".into()));
+        }
+        if self.pooling == Pooling::None {
+            return Err(Error::InvalidConfig(
+                "this context pools nothing (pooling none): read each token's row with `embeddings`".into(),
+            ));
+        }
+        self.check_seq(seq)?;
+        // SAFETY: live context; llama.cpp looks the sequence up and returns null when absent.
+        let p = unsafe { sys::llama_get_embeddings_seq(self.raw(), seq) };
+        if p.is_null() {
+            return Err(Error::Embedding(format!("sequence {seq} has no embedding from the last decode")));
+        }
+        // SAFETY: a pooled row holds `n_cls_out` floats for rank pooling and `n_embd_out`
+        // otherwise; it lives until the next decode, which needs `&mut self`.
+        unsafe {
+            let n = if self.pooling == Pooling::Rank {
+                sys::llama_model_n_cls_out(self.model.raw()) as usize
+            } else {
+                usize::try_from(sys::llama_model_n_embd_out(self.model.raw())).unwrap_or(0)
+            };
+            Ok(std::slice::from_raw_parts(p, n))
+        }
+    }
+
+    /// The pooling this context applies to embeddings (the model's own when the config
+    /// left it to the model). Wraps `llama_pooling_type`.
+    pub fn pooling(&self) -> Pooling {
+        self.pooling
+    }
+
+    /// Whether this context computes embeddings (`ContextConfig::embeddings`).
+    pub fn computes_embeddings(&self) -> bool {
+        self.embeddings
     }
 
     /// Whether batch index `index` of the last decode has logits (an output of a sequence

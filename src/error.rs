@@ -148,6 +148,10 @@ pub enum Error {
     /// A JSON Schema the grammar converter cannot turn into a grammar (where, and why).
     #[error("JSON schema {0}")]
     JsonSchema(String),
+    /// Embeddings, reranking or classification cannot do what was asked (empty or
+    /// over-long input, a pooling the model cannot give, labels that tokenize to nothing).
+    #[error("embedding: {0}")]
+    Embedding(String),
     /// A chat template is missing or not supported.
     #[error("chat template: {0}")]
     ChatTemplate(String),

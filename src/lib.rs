@@ -45,8 +45,10 @@
 // llama.cpp's concepts, in the order a program meets them.
 pub mod batch;
 pub mod chat;
+pub mod classify;
 mod config;
 pub mod context;
+pub mod embed;
 pub mod engine;
 mod error;
 pub mod generate;
@@ -85,8 +87,10 @@ pub use chat::{
     apply_template, builtin_templates, check_jinja, template_for_architecture, ChatMessage, ChatOptions, ChatTemplate,
     TemplateSource,
 };
+pub use classify::{Classification, Classifier, ClassifyConfig};
 pub use context::{AbortHandle, Context, ContextConfig, FlashAttention, KvType};
 pub use devices::{available, devices, DeviceReport};
+pub use embed::{EmbedConfig, Embedder, Pooling};
 #[cfg(feature = "async")]
 pub use engine::AsyncTokenStream;
 pub use engine::{Engine, EngineConfig, EngineHandle, EngineStats, TokenStream};

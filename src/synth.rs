@@ -398,17 +398,41 @@ pub fn synth(
 /// # }
 /// ```
 pub fn tiny_model() -> Result<PathBuf> {
+    cached_example("tiny", || Ok(f16_writer(find_shape("tiny")?, 1, None)))
+}
+
+/// A tiny reranker for examples and tests: the `tiny-qwen3` shape with rank pooling and a
+/// two-label classifier head (`cls.output.weight`, labels "yes" and "no"), random F16
+/// weights; written once into the temp folder like [`tiny_model`]. Its scores are noise, but
+/// they go through llama.cpp's rank pooling like a real reranker's.
+pub fn tiny_reranker() -> Result<PathBuf> {
+    cached_example("tiny-reranker", || {
+        let shape = find_shape("tiny-qwen3")?;
+        let a = shape.arch;
+        let labels = vec![Value::String("yes".into()), Value::String("no".into())];
+        let n = shape.n_embd * 2;
+        Ok(f16_writer(shape, 1, None)
+            .meta_u32(&format!("{a}.pooling_type"), 4)
+            .meta(
+                &format!("{a}.classifier.output_labels"),
+                Value::Array { elem: ValueType::String, len: 2, values: Some(labels) },
+            )
+            .tensor_generated("cls.output.weight", &[shape.n_embd, 2], 1, n * 2, f16_data(n, seed_of("cls", 1), false)))
+    })
+}
+
+/// Writes the example model `name` once into the temp folder and returns its path.
+fn cached_example(name: &str, writer: impl FnOnce() -> Result<Writer>) -> Result<PathBuf> {
     let dir = std::env::temp_dir().join("rocm-llama-examples");
-    let path = dir.join(format!("tiny-f16-v{}.gguf", env!("CARGO_PKG_VERSION")));
+    let path = dir.join(format!("{name}-f16-v{}.gguf", env!("CARGO_PKG_VERSION")));
     if path.exists() {
         return Ok(path);
     }
     std::fs::create_dir_all(&dir).map_err(|e| Error::Io { path: dir.clone(), source: e })?;
     // Written under a name of its own and renamed, so processes racing here never read a
     // half-written file.
-    let tmp = dir.join(format!("tiny.{}.{:?}.tmp", std::process::id(), std::thread::current().id()));
-    let shape = find_shape("tiny")?;
-    f16_writer(shape, 1, None).write_to(&tmp).map_err(|e| Error::Io { path: tmp.clone(), source: e })?;
+    let tmp = dir.join(format!("{name}.{}.{:?}.tmp", std::process::id(), std::thread::current().id()));
+    writer()?.write_to(&tmp).map_err(|e| Error::Io { path: tmp.clone(), source: e })?;
     std::fs::rename(&tmp, &path).map_err(|e| Error::Io { path: path.clone(), source: e })?;
     Ok(path)
 }

@@ -63,6 +63,12 @@ impl<'m> Vocab<'m> {
         Some(unsafe { sys::llama_vocab_eos(self.raw()) }).filter(|&t| t >= 0)
     }
 
+    /// Separator token (BERT's `[SEP]`), if the model has one. Wraps `llama_vocab_sep`.
+    pub fn sep(&self) -> Option<Token> {
+        // SAFETY: valid vocab pointer.
+        Some(unsafe { sys::llama_vocab_sep(self.raw()) }).filter(|&t| t >= 0)
+    }
+
     /// Whether `token` ends generation (EOS, EOT, ...). Wraps `llama_vocab_is_eog`.
     /// Invalid ids are simply not end-of-generation.
     pub fn is_eog(&self, token: Token) -> bool {

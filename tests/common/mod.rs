@@ -61,6 +61,20 @@ pub fn templates_dir() -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
+/// llama.cpp's own `llama-embedding` tool built from the pinned source
+/// (`ROCM_LLAMA_LLAMA_EMBEDDING`, else built once by scripts/llama-embedding.sh).
+pub fn llama_embedding_tool() -> PathBuf {
+    if let Ok(path) = std::env::var("ROCM_LLAMA_LLAMA_EMBEDDING") {
+        return PathBuf::from(path);
+    }
+    let out = std::process::Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/llama-embedding.sh"))
+        .output()
+        .expect("bash runs scripts/llama-embedding.sh");
+    assert!(out.status.success(), "scripts/llama-embedding.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
 /// Returns early from a test when the model is absent (never under CI).
 #[macro_export]
 macro_rules! require_model {

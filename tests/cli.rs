@@ -567,3 +567,62 @@ fn json_schema_flag_constrains_the_output() {
         assert!(err.contains(says), "{err}");
     }
 }
+
+/// Runs the binary with `stdin` as standard input.
+fn with_input(args: &[&str], model: &std::path::Path, stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = bin()
+        .args(args)
+        .args(["--threads", "1", "--no-progress", "--model"])
+        .arg(model)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn jsonl(out: &std::process::Output) -> Vec<serde_json::Value> {
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn embed_classify_and_rerank_read_lines_and_write_jsonl() {
+    let Some(model) = common::model_path() else { return };
+    let v = jsonl(&with_input(&["embed", "--pooling", "mean"], &model, "first text\nsecond text\nthird\n"));
+    assert_eq!(v.len(), 3);
+    assert_eq!(v[2]["index"], 2);
+    let e = v[0]["embedding"].as_array().unwrap();
+    let norm: f64 = e.iter().map(|x| x.as_f64().unwrap().powi(2)).sum::<f64>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-3, "{norm}");
+    // JSONL input: strings or objects with "text".
+    let v = jsonl(&with_input(&["embed", "--pooling", "last", "--jsonl"], &model, "\"a\"\n{\"text\": \"b\"}\n"));
+    assert_eq!(v.len(), 2);
+    // The model declares no pooling: a clear error, exit status 1, nothing on stdout.
+    let out = with_input(&["embed"], &model, "x\n");
+    assert!(!out.status.success() && out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("declares no pooling"));
+    let out = with_input(&["embed", "--pooling", "mean", "--jsonl"], &model, "{\"txt\": 1}\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 1"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let v = jsonl(&with_input(
+        &["classify", "--labels", "positive,negative", "--chat"],
+        &model,
+        "I loved it, wonderful!\nTerrible. I want my money back.\n",
+    ));
+    assert_eq!(v.len(), 2);
+    let p: f64 = v[0]["probs"].as_object().unwrap().values().map(|x| x.as_f64().unwrap()).sum();
+    assert!((p - 1.0).abs() < 1e-9);
+    assert_eq!((v[0]["label"].as_str(), v[1]["label"].as_str()), (Some("positive"), Some("negative")));
+    let out = with_input(&["classify", "--labels", "a,a"], &model, "x\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("twice"));
+
+    let reranker = rocm_llama::synth::tiny_reranker().unwrap();
+    let v = jsonl(&with_input(&["rerank", "--query", "t1 t2", "--n-gpu-layers", "0"], &reranker, "t3 t4\nt5\nt6 t7 t8\n"));
+    assert_eq!(v.iter().map(|x| x["index"].as_u64().unwrap()).collect::<Vec<_>>(), vec![0, 1, 2]);
+    let out = with_input(&["rerank", "--query", "q"], &model, "d\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("classifier head"));
+}

@@ -5,6 +5,7 @@
 //! holds the flags they share.
 
 mod bench;
+mod embed;
 mod generate;
 mod inventory;
 mod options;
@@ -57,6 +58,12 @@ enum Command {
     Run(generate::RunArgs),
     /// Chat with the model's template: one reply to PROMPT, or a conversation (REPL) when absent.
     Chat(generate::ChatArgs),
+    /// One vector per text (lines or JSONL from files or stdin), JSONL out.
+    Embed(embed::EmbedArgs),
+    /// Score documents (lines or JSONL) against a query with a reranker model, JSONL out.
+    Rerank(embed::RerankArgs),
+    /// Score labels for each text (lines or JSONL) by likelihood, JSONL out.
+    Classify(embed::ClassifyArgs),
     /// Split text into tokens with a model's vocabulary (no weights loaded): ids and pieces.
     Tokenize(tokenize::TokenizeArgs),
     /// List the models in the model folder (like `ollama list`).
@@ -145,6 +152,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => generate::run(args),
         Command::Chat(args) => generate::chat(args),
+        Command::Embed(args) => embed::embed(args),
+        Command::Rerank(args) => embed::rerank(args),
+        Command::Classify(args) => embed::classify(args),
         Command::Tokenize(args) => tokenize::tokenize(args),
         Command::Models(args) => inventory::models(args),
         Command::Show(args) => inventory::show(args),

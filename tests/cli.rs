@@ -621,7 +621,8 @@ fn embed_classify_and_rerank_read_lines_and_write_jsonl() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("twice"));
 
     let reranker = rocm_llama::synth::tiny_reranker().unwrap();
-    let v = jsonl(&with_input(&["rerank", "--query", "t1 t2", "--n-gpu-layers", "0"], &reranker, "t3 t4\nt5\nt6 t7 t8\n"));
+    let v =
+        jsonl(&with_input(&["rerank", "--query", "t1 t2", "--n-gpu-layers", "0"], &reranker, "t3 t4\nt5\nt6 t7 t8\n"));
     assert_eq!(v.iter().map(|x| x["index"].as_u64().unwrap()).collect::<Vec<_>>(), vec![0, 1, 2]);
     let out = with_input(&["rerank", "--query", "q"], &model, "d\n");
     assert!(String::from_utf8_lossy(&out.stderr).contains("classifier head"));

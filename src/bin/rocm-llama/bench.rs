@@ -354,3 +354,82 @@ mod tests {
         assert_eq!(test_sizes("engine"), (0, 0));
     }
 }
+
+#[derive(Args)]
+pub struct BenchEmbedArgs {
+    /// A GGUF file or a model name.
+    #[arg(short, long, env = "ROCM_LLAMA_MODEL")]
+    model: Option<String>,
+    /// Layers on the GPU: a number or `all`.
+    #[arg(long = "n-gpu-layers", visible_alias = "gpu-layers", value_name = "N|all", value_parser = parse_ngl, default_value = "all")]
+    ngl: NglArg,
+    /// Texts per decode, one run each (1..=256).
+    #[arg(long, value_delimiter = ',', default_value = "1,8,64,256")]
+    batches: Vec<usize>,
+    /// Texts embedded per run.
+    #[arg(long, default_value_t = 256)]
+    texts: usize,
+    /// Tokens per text.
+    #[arg(long, default_value_t = 32)]
+    text_tokens: usize,
+    /// Pooling of the embedding runs.
+    #[arg(long, default_value = "mean")]
+    pooling: rocm_llama::Pooling,
+    /// Texts to classify (0: skip), shared prefix against each label its own prompt.
+    #[arg(long, default_value_t = 1000)]
+    classify: usize,
+    /// Labels per text in the classification run (1..=8).
+    #[arg(long, default_value_t = 4)]
+    labels: usize,
+    /// Flash attention.
+    #[arg(long = "flash-attn", short = 'f', value_enum, default_value_t = FaArg::Auto)]
+    flash_attn: FaArg,
+    /// CPU threads [default: the cores other processes leave idle].
+    #[arg(short, long)]
+    threads: Option<u32>,
+    /// Print the whole report as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Also save the JSON report to this file.
+    #[arg(long)]
+    save: Option<PathBuf>,
+}
+
+pub fn bench_embed(args: BenchEmbedArgs) -> AnyResult<()> {
+    use rocm_llama::bench::embed::EmbedBenchConfig;
+    let gpu_layers = match args.ngl {
+        NglArg::Fixed(l) => l,
+        NglArg::Auto => return Err(UserError::boxed("bench-embed takes a fixed -ngl (a number or all), not auto")),
+    };
+    let cfg = EmbedBenchConfig::default()
+        .batches(args.batches)
+        .texts(args.texts)
+        .text_tokens(args.text_tokens)
+        .pooling(args.pooling)
+        .classify_texts(args.classify)
+        .labels(args.labels)
+        .flash_attention(args.flash_attn.into())
+        .threads(args.threads);
+    let path = model_path(args.model.as_deref())?;
+    let model = Model::load(&path, &LoadConfig::default().gpu_layers(gpu_layers))?;
+    let spinner = crate::spinner();
+    let sp = spinner.clone();
+    let report = rocm_llama::bench::embed::run(&model, &cfg, &move |m| sp.set_message(m.to_string()));
+    spinner.finish_and_clear();
+    let report = report?;
+    let whole = serde_json::json!({
+        "report": report,
+        "build": rocm_llama::build_info(),
+        "devices": rocm_llama::devices().backend_devices,
+    });
+    if let Some(p) = &args.save {
+        std::fs::write(p, serde_json::to_string_pretty(&whole)?)
+            .map_err(|e| UserError::boxed(format!("{}: {e}", p.display())))?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&whole)?);
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(())
+}

@@ -107,9 +107,11 @@ fn read_texts(input: &InputArgs) -> AnyResult<Vec<String>> {
                 .map_err(|e| UserError::boxed(format!("{name}: line {}: not JSON: {e}", n + 1)))?;
             let text = match &value {
                 serde_json::Value::String(s) => s.clone(),
-                serde_json::Value::Object(o) => o.get("text").and_then(|t| t.as_str()).map(str::to_string).ok_or_else(
-                    || UserError::boxed(format!("{name}: line {}: an object without a \"text\" string", n + 1)),
-                )?,
+                serde_json::Value::Object(o) => {
+                    o.get("text").and_then(|t| t.as_str()).map(str::to_string).ok_or_else(|| {
+                        UserError::boxed(format!("{name}: line {}: an object without a \"text\" string", n + 1))
+                    })?
+                }
                 _ => return Err(UserError::boxed(format!("{name}: line {}: neither a string nor an object", n + 1))),
             };
             texts.push(text);
@@ -129,7 +131,11 @@ fn read_texts(input: &InputArgs) -> AnyResult<Vec<String>> {
 
 /// A progress bar for `total` texts when there are enough to wait for.
 fn texts_bar(total: usize, no_progress: bool) -> Option<indicatif::ProgressBar> {
-    crate::progress_bar(total as u64, "{msg} [{bar:30}] {pos}/{len} texts, {per_sec}, eta {eta}", !no_progress && total >= 64)
+    crate::progress_bar(
+        total as u64,
+        "{msg} [{bar:30}] {pos}/{len} texts, {per_sec}, eta {eta}",
+        !no_progress && total >= 64,
+    )
 }
 
 fn write_lines(lines: impl Iterator<Item = serde_json::Value>) -> AnyResult<()> {

@@ -74,6 +74,9 @@ enum Command {
     Pull(inventory::PullArgs),
     /// Measure prefill, decode, time to first token and engine concurrency (llama-bench style).
     Bench(bench::BenchArgs),
+    /// Measure embeddings (texts/s by batch, against a raw-FFI loop) and shared-prefix
+    /// classification (against each label its own prompt).
+    BenchEmbed(bench::BenchEmbedArgs),
     /// Write a synthetic model: a real architecture's shapes, random weights, quantized.
     Synth(system::SynthArgs),
     /// List GPUs (AMD through sysfs and HIP, and every device llama.cpp can use) with free VRAM.
@@ -160,6 +163,7 @@ fn main() -> ExitCode {
         Command::Show(args) => inventory::show(args),
         Command::Pull(args) => inventory::pull(args),
         Command::Bench(args) => bench::bench(args),
+        Command::BenchEmbed(args) => bench::bench_embed(args),
         Command::Synth(args) => system::synth(args),
         Command::Devices(args) => system::devices(args),
         Command::Info(args) => system::info(args),

@@ -8,6 +8,10 @@
 //!   decode step that the library adds.
 //! - concurrency: aggregate decode tokens/s of N sequences through the engine (default
 //!   sampling) against N sequences decoded together with plain `llama_decode` and arg-max.
+//!
+//! Embeddings and classification have their own run in [`embed`] (`rocm-llama bench-embed`).
+
+pub mod embed;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -229,28 +229,11 @@ impl<'m> Embedder<'m> {
     /// A text's tokens as [`embed`](Self::embed) computes them (the model's special tokens
     /// added); empty text is an error, over-long text one too unless `truncate` is set.
     pub fn tokenize(&self, text: &str) -> Result<Vec<Token>> {
-        if text.is_empty() {
-            return Err(Error::Embedding("the text is empty".into()));
-        }
-        let tokens = self.ctx.model().vocab().tokenize(text, true, true)?;
-        self.fit(tokens)
+        tokenize_text(self.ctx.model(), text, &self.config)
     }
 
-    fn fit(&self, mut tokens: Vec<Token>) -> Result<Vec<Token>> {
-        let max = self.config.n_batch as usize;
-        if tokens.is_empty() {
-            return Err(Error::Embedding("the text has no tokens".into()));
-        }
-        if tokens.len() > max {
-            if !self.config.truncate {
-                return Err(Error::Embedding(format!(
-                    "a text of {} tokens is longer than n_batch = {max} (raise n_batch or set truncate)",
-                    tokens.len()
-                )));
-            }
-            tokens.truncate(max);
-        }
-        Ok(tokens)
+    fn fit(&self, tokens: Vec<Token>) -> Result<Vec<Token>> {
+        fit_tokens(tokens, &self.config)
     }
 
     /// One pooled vector per text, in order.
@@ -264,11 +247,7 @@ impl<'m> Embedder<'m> {
         texts: &[S],
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Vec<Vec<f32>>> {
-        let inputs = texts
-            .iter()
-            .enumerate()
-            .map(|(i, t)| self.tokenize(t.as_ref()).map_err(|e| at_text(i, e)))
-            .collect::<Result<Vec<_>>>()?;
+        let inputs = tokenize_texts(self.ctx.model(), texts, &self.config)?;
         self.embed_tokens(&inputs, progress)
     }
 
@@ -423,7 +402,7 @@ impl<'m> Embedder<'m> {
         Ok(tokens)
     }
 
-    fn require_pooled(&self) -> Result<()> {
+    pub(crate) fn require_pooled(&self) -> Result<()> {
         if self.pooling == Pooling::None {
             return Err(Error::Embedding(if self.config.pooling == Pooling::Model {
                 "the model declares no pooling (it is not an embedding model): pick one (mean, cls, last) or read \
@@ -435,6 +414,41 @@ impl<'m> Embedder<'m> {
         }
         Ok(())
     }
+}
+
+/// A text's tokens for embedding under `config` (see [`Embedder::tokenize`]).
+pub(crate) fn tokenize_text(model: &Model, text: &str, config: &EmbedConfig) -> Result<Vec<Token>> {
+    if text.is_empty() {
+        return Err(Error::Embedding("the text is empty".into()));
+    }
+    fit_tokens(model.vocab().tokenize(text, true, true)?, config)
+}
+
+/// Every text's tokens, errors naming the text.
+pub(crate) fn tokenize_texts<S: AsRef<str>>(
+    model: &Model,
+    texts: &[S],
+    config: &EmbedConfig,
+) -> Result<Vec<Vec<Token>>> {
+    texts.iter().enumerate().map(|(i, t)| tokenize_text(model, t.as_ref(), config).map_err(|e| at_text(i, e))).collect()
+}
+
+/// Checks a token list's length against `n_batch` (cut to it with `truncate`).
+fn fit_tokens(mut tokens: Vec<Token>, config: &EmbedConfig) -> Result<Vec<Token>> {
+    let max = config.n_batch as usize;
+    if tokens.is_empty() {
+        return Err(Error::Embedding("the text has no tokens".into()));
+    }
+    if tokens.len() > max {
+        if !config.truncate {
+            return Err(Error::Embedding(format!(
+                "a text of {} tokens is longer than n_batch = {max} (raise n_batch or set truncate)",
+                tokens.len()
+            )));
+        }
+        tokens.truncate(max);
+    }
+    Ok(tokens)
 }
 
 /// Names the text an error belongs to.

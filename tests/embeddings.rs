@@ -245,3 +245,33 @@ fn bad_classification_input_is_a_clear_error() {
     assert!(c.classify(&[long.as_str()]).unwrap_err().to_string().contains("n_batch"));
     assert_eq!(c.classify(&["still works"]).unwrap().len(), 1);
 }
+
+#[test]
+fn embeddings_through_the_engine_share_the_model_with_generation() {
+    use rocm_llama::{Engine, EngineConfig, GenerateOptions};
+    let model = require_model!();
+    let path = common::model_path().unwrap();
+    let shared = std::sync::Arc::new(Model::load(&path, &LoadConfig::default()).unwrap());
+    let engine =
+        Engine::start(shared.clone(), EngineConfig::default().n_seq_max(2).n_ctx_per_seq(512).threads(1)).unwrap();
+    // A generation in flight while embeddings are asked for.
+    let stream = engine.generate("Once upon a time", &GenerateOptions::greedy(24)).unwrap();
+    let config = EmbedConfig::default().pooling(Pooling::Mean);
+    let through_engine = engine.embed(&TEXTS, &config).unwrap();
+    let (text, summary) = stream.collect_text().unwrap();
+    assert!(!text.is_empty() && summary.generated_tokens > 0);
+    let mut direct = Embedder::new(model, &embed_config(Pooling::Mean)).unwrap();
+    for (a, b) in through_engine.iter().zip(direct.embed(&TEXTS).unwrap()) {
+        assert!(cosine(a, &b) > 0.998);
+    }
+    assert_eq!(engine.stats().texts_embedded, TEXTS.len() as u64);
+    // Bad requests fail alone; the engine keeps serving both kinds.
+    assert!(engine.embed(&["ok", ""], &config).unwrap_err().to_string().contains("text 1"));
+    let e = engine.embed(&["x"], &EmbedConfig::default()).unwrap_err().to_string();
+    assert!(e.contains("declares no pooling"), "{e}");
+    assert_eq!(engine.embed(&["again"], &config.clone().pooling(Pooling::Last)).unwrap().len(), 1);
+    let (_, summary) = engine.generate("And then", &GenerateOptions::greedy(4)).unwrap().collect_text().unwrap();
+    assert!(summary.generated_tokens > 0);
+    engine.shutdown();
+    assert!(matches!(engine.embed(&["late"], &config), Err(Error::Cancelled)));
+}

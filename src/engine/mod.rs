@@ -24,6 +24,7 @@ use worker::{Command, Job, Worker};
 
 use crate::chat::{ChatMessage, ChatTemplate};
 use crate::context::{AbortHandle, Context, ContextConfig, FlashAttention};
+use crate::embed::EmbedConfig;
 use crate::error::{Error, Result};
 use crate::generate::GenerateOptions;
 use crate::model::Model;
@@ -126,6 +127,8 @@ pub struct EngineStats {
     /// (its `n_reused` counter); a decode step whose batch has the shape of the last one
     /// reuses its graph.
     pub graphs_reused: u64,
+    /// Texts embedded since start ([`EngineHandle::embed`]).
+    pub texts_embedded: u64,
 }
 
 #[derive(Default)]
@@ -149,6 +152,7 @@ pub(crate) struct SharedStats {
     pub(crate) prompt_steps: AtomicU64,
     pub(crate) prompt_decode_ns: AtomicU64,
     pub(crate) graphs_reused: AtomicU64,
+    pub(crate) texts_embedded: AtomicU64,
 }
 
 struct HandleInner {
@@ -336,6 +340,48 @@ impl EngineHandle {
         Ok(stream)
     }
 
+    /// One pooled vector per text, computed by the engine's worker beside generation (one
+    /// decode of embeddings per step) in a context of its own on the same model, so
+    /// embedding and generation requests share one copy of the weights. From `config` the
+    /// engine takes the pooling, normalisation and truncation; the batch size, sequences per
+    /// decode (at most 64), threads and flash attention are the engine's. Texts are checked
+    /// here first (empty or longer than the engine's `n_batch`: [`Error::Embedding`]).
+    /// Blocks until the vectors are ready.
+    ///
+    /// ```
+    /// # fn main() -> rocm_llama::Result<()> {
+    /// use std::sync::Arc;
+    /// use rocm_llama::{EmbedConfig, Engine, EngineConfig, LoadConfig, Model, Pooling};
+    ///
+    /// let model = Arc::new(Model::load(rocm_llama::synth::tiny_model()?, &LoadConfig::default())?);
+    /// let engine = Engine::start(model, EngineConfig::default().n_ctx_per_seq(256))?;
+    /// let vectors = engine.embed(&["one text", "another"], &EmbedConfig::default().pooling(Pooling::Mean))?;
+    /// assert_eq!(vectors.len(), 2);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn embed<S: AsRef<str>>(&self, texts: &[S], config: &EmbedConfig) -> Result<Vec<Vec<f32>>> {
+        let inner = &self.inner;
+        if inner.stopped.load(Ordering::SeqCst) {
+            return Err(Error::Cancelled);
+        }
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let config = config
+            .clone()
+            .n_batch(inner.config.n_batch)
+            .n_seq_max(inner.config.n_seq_max.clamp(1, 64).min(inner.config.n_batch))
+            .threads(inner.config.threads)
+            .flash_attention(inner.config.flash_attention);
+        let inputs = crate::embed::tokenize_texts(&inner.model, texts, &config)?;
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        if inner.tx.send(Command::Embed(Box::new(worker::EmbedJob { inputs, config, reply }))).is_err() {
+            return Err(Error::Cancelled);
+        }
+        answer.recv().map_err(|_| Error::Cancelled)?
+    }
+
     /// A snapshot of the engine's counters.
     pub fn stats(&self) -> EngineStats {
         let s = &self.inner.stats;
@@ -359,6 +405,7 @@ impl EngineHandle {
             prompt_steps: s.prompt_steps.load(Ordering::Relaxed),
             prompt_decode_s: s.prompt_decode_ns.load(Ordering::Relaxed) as f64 / 1e9,
             graphs_reused: s.graphs_reused.load(Ordering::Relaxed),
+            texts_embedded: s.texts_embedded.load(Ordering::Relaxed),
         }
     }
 

@@ -11,6 +11,7 @@ use super::stream::EventSender;
 use super::{EngineConfig, SharedStats};
 use crate::batch::{Batch, SeqId};
 use crate::context::Context;
+use crate::embed::{EmbedConfig, Embedder};
 use crate::error::{Error, Result};
 use crate::generate::{CancelToken, Event, GenerateOptions, StopReason};
 use crate::request::{cancelled_before_start, Accepted, Request, SeqCache};
@@ -70,9 +71,24 @@ impl Job {
     }
 }
 
+/// An embedding request: texts already tokenized and checked on the caller's thread.
+pub(crate) struct EmbedJob {
+    pub(crate) inputs: Vec<Vec<Token>>,
+    /// The embedder's settings (pooling, normalisation from the caller; sizes from the engine).
+    pub(crate) config: EmbedConfig,
+    pub(crate) reply: crossbeam_channel::Sender<Result<Vec<Vec<f32>>>>,
+}
+
+/// An embedding request in progress: one decode of it per engine step.
+struct EmbedWork {
+    job: EmbedJob,
+    done: Vec<Vec<f32>>,
+}
+
 /// What handles send to the worker.
 pub(crate) enum Command {
     Submit(Box<Job>),
+    Embed(Box<EmbedJob>),
     Shutdown,
 }
 
@@ -116,6 +132,10 @@ pub(crate) struct Worker<'m> {
     /// Threads that sample many sequences at once (none on a single CPU, or when the pool
     /// could not start: then one thread samples them all).
     pool: Option<rayon::ThreadPool>,
+    /// The context for embedding requests, made on the first one (and again when a request
+    /// asks for another pooling): its own small KV cache beside the generation context's.
+    embedder: Option<Embedder<'m>>,
+    embeds: VecDeque<EmbedWork>,
     shutting_down: bool,
 }
 
@@ -134,13 +154,15 @@ impl<'m> Worker<'m> {
             n_batch,
             n_ctx_per_seq: config.n_ctx_per_seq as usize,
             pool: sampling_pool(config.n_seq_max as usize),
+            embedder: None,
+            embeds: VecDeque::new(),
             shutting_down: false,
         })
     }
 
     pub(crate) fn run(&mut self, rx: Receiver<Command>) {
         loop {
-            let idle = self.queue.is_empty() && self.slots.iter().all(|s| s.active.is_none());
+            let idle = self.queue.is_empty() && self.embeds.is_empty() && self.slots.iter().all(|s| s.active.is_none());
             if idle {
                 match rx.recv() {
                     Ok(cmd) => self.command(cmd),
@@ -162,6 +184,9 @@ impl<'m> Worker<'m> {
                 return;
             }
             let t0 = Instant::now();
+            // Embedding requests take one decode per step beside generation, so neither
+            // starves the other.
+            self.embed_step();
             self.step();
             self.stats.busy_ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
             self.publish();
@@ -171,11 +196,49 @@ impl<'m> Worker<'m> {
     fn command(&mut self, cmd: Command) {
         match cmd {
             Command::Submit(job) => self.queue.push_back(*job),
+            Command::Embed(job) => self.embeds.push_back(EmbedWork { job: *job, done: Vec::new() }),
             Command::Shutdown => self.shutting_down = true,
         }
     }
 
+    /// One decode of the oldest embedding request; answers it when it is complete.
+    fn embed_step(&mut self) {
+        let Some(work) = self.embeds.front_mut() else { return };
+        if self.embedder.as_ref().is_none_or(|e| e.config() != &work.job.config) {
+            self.embedder = None;
+            match Embedder::new(self.ctx.model(), &work.job.config).and_then(|e| e.require_pooled().map(|()| e)) {
+                Ok(e) => self.embedder = Some(e),
+                Err(e) => {
+                    let _ = work.job.reply.send(Err(e));
+                    self.embeds.pop_front();
+                    return;
+                }
+            }
+        }
+        let Some(embedder) = self.embedder.as_mut() else { return };
+        let start = work.done.len();
+        let n = embedder.fitting(&work.job.inputs[start..]);
+        match embedder.embed_chunk(&work.job.inputs[start..start + n]) {
+            Ok(vectors) => {
+                work.done.extend(vectors);
+                self.stats.texts_embedded.fetch_add(n as u64, Ordering::Relaxed);
+                if work.done.len() == work.job.inputs.len() {
+                    let done = std::mem::take(&mut work.done);
+                    let _ = work.job.reply.send(Ok(done));
+                    self.embeds.pop_front();
+                }
+            }
+            Err(e) => {
+                let _ = work.job.reply.send(Err(e));
+                self.embeds.pop_front();
+            }
+        }
+    }
+
     fn fail_all(&mut self) {
+        for work in self.embeds.drain(..) {
+            let _ = work.job.reply.send(Err(Error::Cancelled));
+        }
         for mut job in self.queue.drain(..) {
             self.stats.queued.fetch_sub(1, Ordering::SeqCst);
             job.end(Err(Error::Cancelled));

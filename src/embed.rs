@@ -300,7 +300,6 @@ impl<'m> Embedder<'m> {
             }
             out.push(v);
         }
-        self.ctx.clear_memory();
         Ok(out)
     }
 

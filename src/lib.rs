@@ -77,6 +77,8 @@ pub mod bench;
 pub mod inventory;
 #[cfg(feature = "tools")]
 pub mod pull;
+#[cfg(feature = "server")]
+pub mod server;
 #[cfg(feature = "tools")]
 pub mod synth;
 

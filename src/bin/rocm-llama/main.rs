@@ -9,6 +9,7 @@ mod embed;
 mod generate;
 mod inventory;
 mod options;
+mod serve;
 mod system;
 mod tokenize;
 
@@ -58,6 +59,8 @@ enum Command {
     Run(generate::RunArgs),
     /// Chat with the model's template: one reply to PROMPT, or a conversation (REPL) when absent.
     Chat(generate::ChatArgs),
+    /// Serve the OpenAI API (chat, completions, embeddings) on the engine over HTTP.
+    Serve(serve::ServeArgs),
     /// One vector per text (lines or JSONL from files or stdin), JSONL out.
     Embed(embed::EmbedArgs),
     /// Score documents (lines or JSONL) against a query with a reranker model, JSONL out.
@@ -155,6 +158,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => generate::run(args),
         Command::Chat(args) => generate::chat(args),
+        Command::Serve(args) => serve::serve(args),
         Command::Embed(args) => embed::embed(args),
         Command::Rerank(args) => embed::rerank(args),
         Command::Classify(args) => embed::classify(args),

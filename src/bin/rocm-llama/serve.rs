@@ -1,0 +1,139 @@
+//! `serve`: the OpenAI-compatible HTTP API (`rocm_llama::server`) on an engine, until Ctrl-C
+//! or SIGTERM, after which requests in flight get a bounded time to finish.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use rocm_llama::server::{router, ServerConfig};
+use rocm_llama::{Engine, EngineConfig, FlashAttention, Pooling};
+
+use crate::options::{load_model, model_path, FaArg, ModelArgs};
+use crate::{AnyResult, UserError};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Address to listen on. Anything but loopback exposes the API to the network.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on.
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Requests decoded together (slots).
+    #[arg(long = "parallel", visible_alias = "np", default_value_t = 8)]
+    parallel: u32,
+    /// Context length of each slot in tokens.
+    #[arg(short = 'c', long = "ctx-size", default_value_t = 4096)]
+    ctx_size: u32,
+    /// Token budget of one engine step (decode tokens plus prompt chunks).
+    #[arg(short = 'b', long = "batch-size", default_value_t = 2048)]
+    batch_size: u32,
+    /// Requests that may wait for a slot; beyond them requests get 503 with Retry-After.
+    #[arg(long, default_value_t = 64)]
+    queue: usize,
+    /// Require `Authorization: Bearer KEY` on every /v1 route (or set ROCM_LLAMA_API_KEY).
+    #[arg(long, env = "ROCM_LLAMA_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// The model id clients use [default: the file name without .gguf].
+    #[arg(long)]
+    alias: Option<String>,
+    /// Pooling for /v1/embeddings: model (the model's own), mean, cls, last, rank.
+    #[arg(long, default_value = "model")]
+    pooling: Pooling,
+    /// Flash attention.
+    #[arg(long = "flash-attn", short = 'f', value_enum, default_value_t = FaArg::Auto)]
+    flash_attn: FaArg,
+    /// Seconds requests in flight may take to finish after Ctrl-C or SIGTERM.
+    #[arg(long, default_value_t = 30)]
+    drain_timeout: u64,
+}
+
+pub fn serve(args: ServeArgs) -> AnyResult<()> {
+    let path = model_path(args.model.model.as_deref())?;
+    let name = args.alias.clone().unwrap_or_else(|| {
+        path.file_name().map(|n| n.to_string_lossy().trim_end_matches(".gguf").to_string()).unwrap_or_default()
+    });
+    let (model, _) = load_model(&args.model, None)?;
+    let model = Arc::new(model);
+    let fa: FlashAttention = args.flash_attn.into();
+    let engine = Engine::start(
+        model,
+        EngineConfig::default()
+            .n_seq_max(args.parallel)
+            .n_ctx_per_seq(args.ctx_size)
+            .n_batch(args.batch_size)
+            .queue_capacity(args.queue)
+            .threads(args.model.threads)
+            .flash_attention(fa),
+    )?;
+    let config = ServerConfig::default().model_name(name.clone()).api_key(args.api_key.clone()).pooling(args.pooling);
+    let app = router(engine.clone(), config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| UserError::boxed(format!("cannot start the async runtime: {e}")))?;
+    let addr = format!("{}:{}", args.host, args.port);
+    let drain = Duration::from_secs(args.drain_timeout);
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|e| UserError::boxed(format!("cannot listen on {addr}: {e}")))?;
+        let local = listener.local_addr().map(|a| a.to_string()).unwrap_or(addr.clone());
+        let loopback = listener.local_addr().map(|a| a.ip().is_loopback()).unwrap_or(false);
+        eprintln!(
+            "serving {name} on http://{local}/v1 ({} slots of {} tokens, queue {}{})",
+            args.parallel,
+            args.ctx_size,
+            args.queue,
+            if args.api_key.is_some() { ", API key required" } else { "" }
+        );
+        if !loopback && args.api_key.is_none() {
+            eprintln!(
+                "warning: listening beyond this machine without --api-key: anyone who can reach {local} can use it"
+            );
+        }
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let server = axum::serve(listener, app).with_graceful_shutdown({
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|&s| s).await;
+            }
+        });
+        let mut server = std::pin::pin!(std::future::IntoFuture::into_future(server));
+        tokio::select! {
+            r = &mut server => return r.map_err(|e| UserError::boxed(format!("server: {e}"))),
+            () = shutdown_signal() => {}
+        }
+        eprintln!("stopping: no new connections; {}s for requests in flight", drain.as_secs());
+        let _ = stop_tx.send(true);
+        if tokio::time::timeout(drain, &mut server).await.is_err() {
+            eprintln!("requests still running after {}s: cancelling them", drain.as_secs());
+        }
+        engine.shutdown();
+        Ok(())
+    })
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,197 @@
+//! The OpenAI API's request and response shapes that the server reads and writes, and its
+//! error object.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::chat::ChatMessage;
+use crate::error::Error;
+use crate::generate::{StopReason, Summary};
+
+/// `stop`: one string or a list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// The sampling and length fields both endpoints share.
+#[derive(Debug, Deserialize, Default)]
+pub(crate) struct Common {
+    pub(crate) model: Option<String>,
+    #[serde(default)]
+    pub(crate) stream: bool,
+    pub(crate) stream_options: Option<StreamOptions>,
+    pub(crate) max_tokens: Option<u32>,
+    pub(crate) max_completion_tokens: Option<u32>,
+    pub(crate) temperature: Option<f32>,
+    pub(crate) top_p: Option<f32>,
+    pub(crate) stop: Option<Stop>,
+    pub(crate) seed: Option<i64>,
+    pub(crate) n: Option<u32>,
+    pub(crate) frequency_penalty: Option<f32>,
+    pub(crate) presence_penalty: Option<f32>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub(crate) struct StreamOptions {
+    #[serde(default)]
+    pub(crate) include_usage: bool,
+}
+
+/// `POST /v1/chat/completions`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ChatRequest {
+    pub(crate) messages: Vec<Value>,
+    #[serde(flatten)]
+    pub(crate) common: Common,
+    #[serde(default)]
+    pub(crate) logprobs: bool,
+    pub(crate) top_logprobs: Option<u32>,
+    pub(crate) response_format: Option<Value>,
+    pub(crate) tools: Option<Value>,
+    pub(crate) chat_template_kwargs: Option<serde_json::Map<String, Value>>,
+}
+
+/// `POST /v1/completions`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct CompletionRequest {
+    pub(crate) prompt: Value,
+    #[serde(flatten)]
+    pub(crate) common: Common,
+    /// Legacy completions: the number of top log-probabilities per token.
+    pub(crate) logprobs: Option<u32>,
+}
+
+/// `POST /v1/embeddings`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct EmbeddingRequest {
+    pub(crate) input: Value,
+    pub(crate) model: Option<String>,
+    pub(crate) encoding_format: Option<String>,
+}
+
+/// An OpenAI message (content a string, a list of parts or null) as a chat message.
+pub(crate) fn chat_message(v: Value) -> Result<ChatMessage, ApiError> {
+    let Value::Object(mut o) = v else { return Err(ApiError::invalid("each message must be an object", "messages")) };
+    let role = match o.remove("role") {
+        Some(Value::String(r)) => r,
+        _ => return Err(ApiError::invalid("a message has no role", "messages")),
+    };
+    let content = match o.remove("content") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s,
+        Some(Value::Array(parts)) => {
+            let mut text = String::new();
+            for p in parts {
+                match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                    (Some("text"), Some(t)) => text.push_str(t),
+                    _ => return Err(ApiError::invalid("only text content parts are supported", "messages")),
+                }
+            }
+            text
+        }
+        Some(_) => {
+            return Err(ApiError::invalid("a message's content must be a string or a list of parts", "messages"))
+        }
+    };
+    let mut m = ChatMessage::new(role, content);
+    m.extra = o;
+    Ok(m)
+}
+
+/// OpenAI's `finish_reason`.
+pub(crate) fn finish_reason(reason: &StopReason) -> &'static str {
+    match reason {
+        StopReason::MaxTokens | StopReason::ContextFull => "length",
+        _ => "stop",
+    }
+}
+
+/// llama-server's `timings`.
+pub(crate) fn timings(s: &Summary) -> Value {
+    let ttft_ms = s.time_to_first_token.as_secs_f64() * 1e3;
+    let total_ms = s.total_time.as_secs_f64() * 1e3;
+    json!({
+        "prompt_n": s.prompt_tokens - s.cached_prompt_tokens,
+        "prompt_ms": ttft_ms,
+        "prompt_per_second": s.prefill_tokens_per_s,
+        "predicted_n": s.generated_tokens,
+        "predicted_ms": (total_ms - ttft_ms).max(0.0),
+        "predicted_per_second": s.decode_tokens_per_s,
+        "cache_n": s.cached_prompt_tokens,
+    })
+}
+
+/// An error answered as OpenAI's error object.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    pub(crate) status: StatusCode,
+    pub(crate) message: String,
+    pub(crate) kind: &'static str,
+    pub(crate) param: Option<&'static str>,
+    pub(crate) code: Option<&'static str>,
+    pub(crate) retry_after: Option<u32>,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, message: message.into(), kind, param: None, code: None, retry_after: None }
+    }
+
+    pub(crate) fn invalid(message: impl Into<String>, param: &'static str) -> ApiError {
+        ApiError { param: Some(param), ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", message) }
+    }
+
+    /// A library error of a request, mapped to its status.
+    pub(crate) fn from_error(e: Error, retry_after: u32) -> ApiError {
+        match e {
+            Error::Busy { .. } => ApiError {
+                retry_after: Some(retry_after),
+                code: Some("server_busy"),
+                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", e.to_string())
+            },
+            Error::ContextOverflow { .. } => ApiError {
+                code: Some("context_length_exceeded"),
+                param: Some("messages"),
+                ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", e.to_string())
+            },
+            Error::JsonSchema(_) => ApiError {
+                param: Some("response_format"),
+                ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", e.to_string())
+            },
+            Error::Grammar(_)
+            | Error::ChatTemplate(_)
+            | Error::Embedding(_)
+            | Error::InvalidConfig(_)
+            | Error::Sampling(_)
+            | Error::Tokenize(_)
+            | Error::InvalidToken { .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", e.to_string())
+            }
+            Error::Cancelled => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "the server is shutting down")
+            }
+            other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", other.to_string()),
+        }
+    }
+
+    pub(crate) fn body(&self) -> Value {
+        json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, axum::Json(self.body())).into_response();
+        if let Some(s) = self.retry_after {
+            if let Ok(v) = axum::http::HeaderValue::from_str(&s.to_string()) {
+                r.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+            }
+        }
+        r
+    }
+}

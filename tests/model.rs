@@ -489,13 +489,22 @@ fn default_threads_leave_out_the_cores_other_processes_keep_busy_and_follow_them
     assert_eq!(busy, (1, 1), "every core busy elsewhere: one thread, which never waits at a barrier");
     assert_eq!(fixed, (cpus, cpus), "a count the caller sets is kept");
     // Once the other work has stopped, the next decode after the recheck interval takes the
-    // cores back.
-    std::thread::sleep(std::time::Duration::from_millis(2200));
+    // cores back. Work outside this test (another build on the machine) holds cores too, so
+    // a few rechecks are allowed for it to pass.
     let tokens = model.vocab().tokenize("t1 t2", true, false).unwrap();
     let mut batch = Batch::new(tokens.len(), 1).unwrap();
     batch.add_sequence(&tokens, 0, 0, true).unwrap();
-    ctx.decode(&batch).unwrap();
-    assert_eq!(ctx.threads(), (cpus, cpus));
+    let mut taken_back = false;
+    for _ in 0..5 {
+        std::thread::sleep(std::time::Duration::from_millis(2200));
+        ctx.seq_remove(None, ..).unwrap();
+        ctx.decode(&batch).unwrap();
+        if ctx.threads() == (cpus, cpus) {
+            taken_back = true;
+            break;
+        }
+    }
+    assert!(taken_back, "the cores were not taken back: {:?}", ctx.threads());
     // Set by hand, they stay.
     ctx.set_threads(1, 1).unwrap();
     ctx.seq_remove(None, ..).unwrap();

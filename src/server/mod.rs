@@ -7,6 +7,7 @@
 //! engine's queue cannot take is answered 503 with `Retry-After` at once; a client that goes
 //! away cancels its generation at the engine's next step (its stream is dropped).
 
+mod metrics;
 mod openai;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,18 +79,24 @@ struct AppState {
     engine: EngineHandle,
     config: ServerConfig,
     next_id: AtomicU64,
+    metrics: metrics::Metrics,
 }
 
 /// The routes, serving `engine`.
 pub fn router(engine: EngineHandle, config: ServerConfig) -> Router {
-    let state = Arc::new(AppState { engine, config, next_id: AtomicU64::new(1) });
+    let state = Arc::new(AppState { engine, config, next_id: AtomicU64::new(1), metrics: metrics::Metrics::new() });
     let api = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
-    Router::new().route("/health", get(health)).merge(api).fallback(not_found).with_state(state)
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
+        .merge(api)
+        .fallback(not_found)
+        .with_state(state)
 }
 
 async fn require_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
@@ -115,6 +122,11 @@ async fn not_found() -> ApiError {
 async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
     let s = state.engine.stats();
     Json(json!({"status": "ok", "slots_running": s.running, "queued": s.queued}))
+}
+
+async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
+    let body = state.metrics.render(&state.engine.stats());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
 async fn models(State(state): State<Arc<AppState>>) -> Json<Value> {
@@ -147,6 +159,14 @@ impl AppState {
             }
             _ => Ok(()),
         }
+    }
+
+    /// A request's error, counting rejections for a full queue.
+    fn reject(&self, e: crate::Error) -> ApiError {
+        if matches!(e, crate::Error::Busy { .. }) {
+            self.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+        }
+        ApiError::from_error(e, self.config.retry_after_s)
     }
 
     fn id(&self, prefix: &str) -> String {
@@ -251,6 +271,7 @@ fn sum_usage(summaries: &[&Summary]) -> Value {
 }
 
 async fn chat_completions(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    state.metrics.chat.fetch_add(1, Ordering::Relaxed);
     let req: ChatRequest = parse(&body)?;
     state.check_model(req.common.model.as_deref())?;
     if req.messages.is_empty() {
@@ -259,8 +280,7 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: axum::body::
     let messages = req.messages.into_iter().map(openai::chat_message).collect::<Result<Vec<_>, _>>()?;
     let top = if req.logprobs { req.top_logprobs.unwrap_or(0).min(20) as usize } else { 0 };
     let mut opts = options(&req.common, if req.logprobs { top.max(1) } else { 0 })?;
-    let mut chat = ChatOptions::default();
-    chat.tools = req.tools;
+    let mut chat = ChatOptions::default().tools(req.tools);
     if let Some(k) = req.chat_template_kwargs {
         chat.kwargs = k;
     }
@@ -286,7 +306,7 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: axum::body::
     let streams = (0..n)
         .map(|_| state.engine.chat(&messages, &ChatTemplate::Model, &opts).map(|s| s.into_async()))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ApiError::from_error(e, retry))?;
+        .map_err(|e| state.reject(e))?;
     let id = state.id("chatcmpl");
     let model = state.config.model_name.clone();
     let created = now();
@@ -299,7 +319,7 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: axum::body::
             }
             c
         };
-        return Ok(sse(streams, include_usage, top, move |index, piece| match piece {
+        return Ok(sse(state.clone(), streams, include_usage, top, move |index, piece| match piece {
             Piece::Start => chunk(
                 json!([{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]),
                 None,
@@ -327,6 +347,7 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: axum::body::
         out.push(collect(s).await.map_err(|e| ApiError::from_error(e, retry))?);
     }
     let summaries: Vec<&Summary> = out.iter().filter_map(|c| c.summary.as_ref()).collect();
+    summaries.iter().for_each(|s| state.metrics.finished(s));
     let usage = sum_usage(&summaries);
     let timings = summaries.first().map(|s| openai::timings(s)).unwrap_or(Value::Null);
     let choices: Vec<Value> = out
@@ -349,6 +370,7 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: axum::body::
 }
 
 async fn completions(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    state.metrics.completions.fetch_add(1, Ordering::Relaxed);
     let req: CompletionRequest = parse(&body)?;
     state.check_model(req.common.model.as_deref())?;
     let prompt = match &req.prompt {
@@ -363,14 +385,14 @@ async fn completions(State(state): State<Arc<AppState>>, body: axum::body::Bytes
     let streams = (0..n)
         .map(|_| state.engine.generate(&prompt, &opts).map(|s| s.into_async()))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ApiError::from_error(e, retry))?;
+        .map_err(|e| state.reject(e))?;
     let id = state.id("cmpl");
     let model = state.config.model_name.clone();
     let created = now();
     if req.common.stream {
         let include_usage = req.common.stream_options.as_ref().is_some_and(|o| o.include_usage);
         let chunk = move |choices: Value| json!({"id": id, "object": "text_completion", "created": created, "model": model, "choices": choices});
-        return Ok(sse(streams, include_usage, top, move |index, piece| match piece {
+        return Ok(sse(state.clone(), streams, include_usage, top, move |index, piece| match piece {
             Piece::Start => chunk(json!([])),
             Piece::Text(text, _) => {
                 chunk(json!([{"index": index, "text": text, "finish_reason": null, "logprobs": null}]))
@@ -394,6 +416,7 @@ async fn completions(State(state): State<Arc<AppState>>, body: axum::body::Bytes
         out.push(collect(s).await.map_err(|e| ApiError::from_error(e, retry))?);
     }
     let summaries: Vec<&Summary> = out.iter().filter_map(|c| c.summary.as_ref()).collect();
+    summaries.iter().for_each(|s| state.metrics.finished(s));
     let usage = sum_usage(&summaries);
     let choices: Vec<Value> = out
         .iter()
@@ -428,6 +451,7 @@ enum Piece<'a> {
 /// each piece shaped by `shape(choice index, piece)`, then usage when asked, then `[DONE]`.
 /// Dropping the response (the client went away) drops the streams, which cancels them.
 fn sse(
+    state: Arc<AppState>,
     streams: Vec<AsyncTokenStream>,
     include_usage: bool,
     top: usize,
@@ -452,6 +476,7 @@ fn sse(
             }
             Ok(Event::Text(text)) => (!text.is_empty()).then(|| shape2(i, Piece::Text(text, None))),
             Ok(Event::Done(summary)) => {
+                state.metrics.finished(&summary);
                 let v = shape2(i, Piece::End(&summary));
                 if let Ok(mut s) = sums.lock() {
                     s.push(summary);
@@ -483,6 +508,7 @@ fn sse_response(s: impl Stream<Item = Result<SseEvent, std::convert::Infallible>
 }
 
 async fn embeddings(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Result<Response, ApiError> {
+    state.metrics.embeddings.fetch_add(1, Ordering::Relaxed);
     let req: EmbeddingRequest = parse(&body)?;
     state.check_model(req.model.as_deref())?;
     if req.encoding_format.as_deref().is_some_and(|f| f != "float") {

@@ -1,0 +1,254 @@
+//! `rocm-llama serve` end to end over plain HTTP/1.1 (a client of std's TcpStream, so the
+//! test needs nothing else): routes, errors, streaming, a full queue, a client that goes away,
+//! SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Option<Server> {
+        let model = common::model_path()?;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rocm-llama"))
+            .args(["serve", "--port", "0", "--threads", "1", "--no-progress", "-c", "512", "--model"])
+            .arg(model)
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let port = loop {
+            let line = lines.next().expect("serve printed its address").unwrap();
+            if let Some(rest) = line.split("http://127.0.0.1:").nth(1) {
+                break rest.split('/').next().unwrap().parse().unwrap();
+            }
+        };
+        // Keep draining its log so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Some(Server { child, port })
+    }
+
+    /// One request; the status, the headers (lower-case names) and the body.
+    fn request(&self, method: &str, path: &str, key: Option<&str>, body: &str) -> (u16, String, String) {
+        let mut s = self.send(method, path, key, body);
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+        let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            unchunk(body)
+        } else {
+            body.to_string()
+        };
+        (status, head.to_ascii_lowercase(), body)
+    }
+
+    fn send(&self, method: &str, path: &str, key: Option<&str>, body: &str) -> TcpStream {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        s
+    }
+
+    fn json(&self, path: &str, key: Option<&str>, body: &str) -> (u16, serde_json::Value) {
+        let (status, _, body) = self.request("POST", path, key, body);
+        (status, serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}")))
+    }
+
+    fn health(&self) -> serde_json::Value {
+        serde_json::from_str(&self.request("GET", "/health", None, "").2).unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn unchunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+#[test]
+fn routes_errors_and_streaming() {
+    let Some(server) = Server::start(&["--api-key", "k1", "--pooling", "mean", "--alias", "gemma"]) else { return };
+    let key = Some("k1");
+    assert_eq!(server.health()["status"], "ok");
+    let (status, _, _) = server.request("GET", "/v1/models", None, "");
+    assert_eq!(status, 401);
+    let (status, _, body) = server.request("GET", "/v1/models", key, "");
+    assert_eq!(status, 200);
+    assert!(body.contains("\"gemma\""), "{body}");
+
+    let chat = r#"{"messages":[{"role":"user","content":"Say hello."}],"max_tokens":8,"temperature":0}"#;
+    let (status, v) = server.json("/v1/chat/completions", key, chat);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(v["usage"]["completion_tokens"], 8);
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    // Greedy is deterministic: the same request, the same text.
+    let (_, again) = server.json("/v1/chat/completions", key, chat);
+    assert_eq!(again["choices"][0]["message"], v["choices"][0]["message"]);
+
+    // Streamed completion: chunks, the usage chunk, then [DONE].
+    let (status, head, body) = server.request(
+        "POST",
+        "/v1/completions",
+        key,
+        r#"{"prompt":"The capital of France is","max_tokens":5,"temperature":0,"stream":true,"stream_options":{"include_usage":true}}"#,
+    );
+    assert_eq!(status, 200);
+    assert!(head.contains("text/event-stream"), "{head}");
+    let events: Vec<&str> = body.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert_eq!(events.last(), Some(&"[DONE]"));
+    let chunks: Vec<serde_json::Value> =
+        events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 5);
+    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["text"].as_str()).collect();
+    assert!(!text.is_empty());
+
+    // JSON schema output.
+    let (status, v) = server.json(
+        "/v1/chat/completions",
+        key,
+        r#"{"messages":[{"role":"user","content":"Give a name."}],"max_tokens":40,"response_format":{"type":"json_schema","json_schema":{"name":"n","schema":{"type":"object","properties":{"name":{"type":"string","maxLength":10}},"required":["name"]}}}}"#,
+    );
+    assert_eq!(status, 200, "{v}");
+    if v["choices"][0]["finish_reason"] == "stop" {
+        let content: serde_json::Value =
+            serde_json::from_str(v["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
+        assert!(content["name"].is_string());
+    }
+    // Log-probabilities.
+    let (_, v) = server.json(
+        "/v1/chat/completions",
+        key,
+        r#"{"messages":[{"role":"user","content":"Hi"}],"max_tokens":3,"temperature":0,"logprobs":true,"top_logprobs":2}"#,
+    );
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(content.len(), 3);
+    assert!(content[0]["logprob"].as_f64().unwrap() <= 0.0);
+    assert_eq!(content[0]["top_logprobs"].as_array().unwrap().len(), 2);
+
+    // Embeddings.
+    let (status, v) = server.json("/v1/embeddings", key, r#"{"input":["a text","another"]}"#);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["data"].as_array().unwrap().len(), 2);
+
+    // Prometheus metrics, without the key like /health.
+    let (status, head, metrics) = server.request("GET", "/metrics", None, "");
+    assert_eq!(status, 200);
+    assert!(head.contains("text/plain"), "{head}");
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && !l.starts_with('#'))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from\n{metrics}"))
+    };
+    assert!(value("rocm_llama_requests_total{route=\"chat_completions\"}") >= 4.0);
+    assert!(value("rocm_llama_generated_tokens_total") >= 16.0);
+    assert!(value("rocm_llama_time_to_first_token_seconds_count") >= 4.0);
+    assert_eq!(value("rocm_llama_texts_embedded_total"), 2.0);
+    assert_eq!(value("rocm_llama_requests_running"), 0.0);
+
+    // Errors: OpenAI-style objects with the right status.
+    let (status, v) = server.json("/v1/chat/completions", key, "not json");
+    assert_eq!((status, v["error"]["type"].as_str()), (400, Some("invalid_request_error")));
+    let (status, v) =
+        server.json("/v1/chat/completions", key, r#"{"model":"gpt-4","messages":[{"role":"user","content":"x"}]}"#);
+    assert_eq!((status, v["error"]["code"].as_str()), (404, Some("model_not_found")));
+    let long = "word ".repeat(2000);
+    let (status, v) = server.json("/v1/completions", key, &format!(r#"{{"prompt":"{long}"}}"#));
+    assert_eq!(status, 400, "{v}");
+    let (status, v) = server.json(
+        "/v1/chat/completions",
+        key,
+        r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema","json_schema":{"schema":{"type":"object","patternProperties":{"a":{}}}}}}"#,
+    );
+    assert_eq!((status, v["error"]["param"].as_str()), (400, Some("response_format")), "{v}");
+    let (status, _) =
+        server.json("/v1/chat/completions", key, r#"{"messages":[{"role":"user","content":"x"}],"temperature":7}"#);
+    assert_eq!(status, 400);
+}
+
+#[test]
+fn a_full_queue_answers_503_and_a_client_that_leaves_frees_its_slot() {
+    let Some(server) = Server::start(&["--parallel", "1", "--queue", "1"]) else { return };
+    // One long streamed request holds the only slot.
+    let mut holder =
+        server.send("POST", "/v1/completions", None, r#"{"prompt":"Once upon a time","max_tokens":400,"stream":true}"#);
+    let mut first = [0u8; 256];
+    let _ = holder.read(&mut first).unwrap();
+    // A second one waits in the one place of the queue; a third finds no room.
+    let waiting = server.send("POST", "/v1/completions", None, r#"{"prompt":"x","max_tokens":400,"stream":true}"#);
+    let t = Instant::now();
+    let in_flight = |h: serde_json::Value| h["slots_running"].as_u64().unwrap() + h["queued"].as_u64().unwrap();
+    while in_flight(server.health()) != 2 {
+        assert!(t.elapsed() < Duration::from_secs(10), "the second request never queued");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, head, body) = server.request("POST", "/v1/completions", None, r#"{"prompt":"x","max_tokens":2}"#);
+    assert_eq!(status, 503, "{body}");
+    assert!(head.contains("retry-after"), "{head}");
+    assert_eq!(in_flight(server.health()), 2);
+    // The clients go away: their requests are cancelled at the engine's next step.
+    drop(holder);
+    drop(waiting);
+    let t = Instant::now();
+    while in_flight(server.health()) != 0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "the slot stayed busy after the client left");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, _, _) = server.request("POST", "/v1/completions", None, r#"{"prompt":"x","max_tokens":2}"#);
+    assert_eq!(status, 200);
+    let metrics = server.request("GET", "/metrics", None, "").2;
+    assert!(metrics.lines().any(|l| l == "rocm_llama_requests_rejected_total 1"), "{metrics}");
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    let Some(mut server) = Server::start(&[]) else { return };
+    let (status, _, _) = server.request("POST", "/v1/completions", None, r#"{"prompt":"x","max_tokens":2}"#);
+    assert_eq!(status, 200);
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let t = Instant::now();
+    let code = loop {
+        if let Some(code) = server.child.try_wait().unwrap() {
+            break code;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "serve did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(code.success(), "{code:?}");
+}

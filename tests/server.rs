@@ -204,12 +204,13 @@ fn routes_errors_and_streaming() {
 fn a_full_queue_answers_503_and_a_client_that_leaves_frees_its_slot() {
     let Some(server) = Server::start(&["--parallel", "1", "--queue", "1"]) else { return };
     // One long streamed request holds the only slot.
-    let mut holder =
-        server.send("POST", "/v1/completions", None, r#"{"prompt":"Once upon a time","max_tokens":400,"stream":true}"#);
+    // A schema keeps it from ending early: no end of generation before a 300-character string.
+    let long = r#"{"messages":[{"role":"user","content":"Write."}],"max_tokens":400,"stream":true,"response_format":{"type":"json_schema","json_schema":{"schema":{"type":"object","properties":{"a":{"type":"string","minLength":300}},"required":["a"]}}}}"#;
+    let mut holder = server.send("POST", "/v1/chat/completions", None, long);
     let mut first = [0u8; 256];
     let _ = holder.read(&mut first).unwrap();
     // A second one waits in the one place of the queue; a third finds no room.
-    let waiting = server.send("POST", "/v1/completions", None, r#"{"prompt":"x","max_tokens":400,"stream":true}"#);
+    let waiting = server.send("POST", "/v1/chat/completions", None, long);
     let t = Instant::now();
     let in_flight = |h: serde_json::Value| h["slots_running"].as_u64().unwrap() + h["queued"].as_u64().unwrap();
     while in_flight(server.health()) != 2 {

@@ -354,6 +354,7 @@ impl<'m> Context<'m> {
             ));
         }
         config.validate(model)?;
+        model.check_remote()?;
         // SAFETY: returns a plain struct by value.
         let mut p = unsafe { sys::llama_context_default_params() };
         p.n_ctx = config.n_ctx.unwrap_or(0);
@@ -395,6 +396,14 @@ impl<'m> Context<'m> {
             // flag outlives the context because the context holds the `Arc`.
             unsafe { sys::llama_init_from_model(model.as_ptr(), p) }
         });
+        // A server lost while the buffers were made: its error, not a generic one.
+        if let Err(e) = model.check_remote() {
+            if let Some(ptr) = NonNull::new(raw) {
+                // SAFETY: a context llama.cpp just returned and nothing else refers to.
+                unsafe { sys::llama_free(ptr.as_ptr()) };
+            }
+            return Err(e);
+        }
         let ptr = NonNull::new(raw).ok_or_else(|| {
             Error::ContextCreate(format!(
                 "n_ctx {:?}, n_seq_max {}, flash attention {:?}: {}",
@@ -417,6 +426,7 @@ impl<'m> Context<'m> {
         // SAFETY: `ptr` is a live context.
         let pooling = Pooling::from_raw(unsafe { sys::llama_pooling_type(ptr.as_ptr()) });
         let mut memory = MemoryBreakdown::from_log(&log);
+        crate::rpc::name_buffers(&mut memory);
         memory.weights.clear();
         crate::accounting::account(&memory, true);
         Ok(Context {
@@ -611,8 +621,13 @@ impl<'m> Context<'m> {
     /// vocabulary, positions outside the context and sequence ids outside `n_seq_max` are
     /// errors. Return codes map to [`Error::NoKvSlot`] (1), [`Error::Aborted`] (2),
     /// [`Error::InvalidBatch`] (-1) and [`Error::Decode`] (others).
+    ///
+    /// With part of the model on an RPC server that has failed, this is [`Error::Rpc`]
+    /// before llama.cpp is called, or after it returns when the server failed during the
+    /// call (its results are then discarded).
     pub fn decode(&mut self, batch: &Batch) -> Result<()> {
         self.check_batch(batch)?;
+        self.model.check_remote()?;
         self.follow_free_cores();
         self.outputs.clear();
         // llama.cpp logs its reason for a rejected batch; capture it for the error.
@@ -624,6 +639,7 @@ impl<'m> Context<'m> {
         if code == 2 {
             self.abort.store(false, Ordering::SeqCst);
         }
+        self.model.check_remote()?;
         Error::check_decode(code, &log)?;
         // Reuses the vector's capacity: this runs after every decode. An output's sequences
         // agree on device sampling (`check_batch`), so the first one decides.

@@ -201,6 +201,17 @@ pub enum Error {
     /// The engine failed this request (e.g. a decode error in its batch); the engine keeps serving.
     #[error("engine: {0}")]
     Engine(String),
+
+    /// An RPC server (a remote device) cannot be reached, stopped answering, or answered
+    /// with something that is not the RPC protocol. A model that used it keeps returning
+    /// this; load it again once the server is back.
+    #[error("RPC server {endpoint}: {reason}")]
+    Rpc {
+        /// `HOST:PORT` as given (empty when the RPC backend itself is missing).
+        endpoint: String,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// The crate's result type.

@@ -178,6 +178,9 @@ pub struct FitOptions {
     /// `None` (default): its layers are spread over every GPU, as llama.cpp's default layer
     /// split does, in shares of their free memory.
     pub single_gpu: Option<u32>,
+    /// RPC servers whose devices take part ([`LoadConfig::rpc`]): planned before the local
+    /// GPUs, as llama.cpp orders them, with the free memory each server reports.
+    pub rpc: Vec<String>,
 }
 
 crate::config::setters!(FitOptions {
@@ -189,6 +192,7 @@ crate::config::setters!(FitOptions {
     type_k: KvType,
     type_v: KvType,
     flash_attention: bool,
+    rpc: Vec<String>,
 } optional {
     n_ctx: u32,
     single_gpu: u32,
@@ -207,6 +211,7 @@ impl Default for FitOptions {
             type_v: KvType::F16,
             flash_attention: false,
             single_gpu: None,
+            rpc: Vec::new(),
         }
     }
 }
@@ -431,6 +436,11 @@ impl LoadConfig {
         let shape = ModelShape::from_gguf(&file)?;
         let report = crate::devices::devices();
         let mut gpus = report.split_gpus();
+        if !opts.rpc.is_empty() {
+            let remote = crate::rpc::devices(&opts.rpc, crate::rpc::DEFAULT_TIMEOUT)?;
+            let named = remote.into_iter().map(|d| (format!("{} ({})", d.name, d.remote.unwrap_or_default()), d.free));
+            gpus = named.chain(gpus).collect();
+        }
         if let Some(i) = opts.single_gpu.filter(|_| !gpus.is_empty()) {
             let n = gpus.len();
             let one = gpus.get(i as usize).cloned().ok_or_else(|| {
@@ -456,7 +466,8 @@ impl LoadConfig {
             Some(i) => (SplitMode::None, i),
             None => (SplitMode::default(), 0),
         };
-        Ok((LoadConfig::default().gpu_layers(gpu_layers).split_mode(split_mode).main_gpu(main_gpu), plan))
+        let config = LoadConfig::default().gpu_layers(gpu_layers).split_mode(split_mode).main_gpu(main_gpu);
+        Ok((config.rpc(opts.rpc.clone()), plan))
     }
 }
 

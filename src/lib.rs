@@ -69,6 +69,7 @@ mod build_info;
 pub mod devices;
 pub mod fit;
 pub mod gguf;
+pub mod rpc;
 
 // Tools (feature `tools`, on in the binary): inventory, downloads, synthetic models, benchmarks.
 #[cfg(feature = "tools")]

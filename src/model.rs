@@ -90,6 +90,12 @@ pub struct LoadConfig {
     /// `vocab_only`): tokenizing, detokenizing and rendering templates cost no weight memory.
     /// Such a model cannot make a [`Context`](crate::Context).
     pub vocab_only: bool,
+    /// RPC servers (`HOST:PORT`, see [`crate::rpc`]) whose devices take part in the layer
+    /// split, before the local GPUs, in shares of their free memory (default: none).
+    pub rpc: Vec<String>,
+    /// How long an RPC server may take to answer one command before the model counts it as
+    /// failed (default [`rpc::DEFAULT_TIMEOUT`](crate::rpc::DEFAULT_TIMEOUT), 30 s).
+    pub rpc_timeout: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for LoadConfig {
@@ -102,6 +108,8 @@ impl std::fmt::Debug for LoadConfig {
             .field("progress", &self.progress.is_some())
             .field("cpu_repack", &self.cpu_repack)
             .field("vocab_only", &self.vocab_only)
+            .field("rpc", &self.rpc)
+            .field("rpc_timeout", &self.rpc_timeout)
             .finish()
     }
 }
@@ -111,10 +119,12 @@ crate::config::setters!(LoadConfig {
     main_gpu: u32,
     split_mode: SplitMode,
     vocab_only: bool,
+    rpc: Vec<String>,
 } optional {
     use_mmap: bool,
     progress: Arc<ProgressFn>,
     cpu_repack: bool,
+    rpc_timeout: std::time::Duration,
 });
 
 impl LoadConfig {
@@ -136,6 +146,8 @@ pub struct Model {
     memory: MemoryBreakdown,
     output_on_gpu: bool,
     vocab_only: bool,
+    /// The RPC servers the weights went to: every use checks they still answer.
+    rpc: Vec<Arc<crate::rpc::Link>>,
 }
 
 // SAFETY: llama.cpp never mutates a `llama_model` after `llama_model_load_from_file` returns;
@@ -317,8 +329,22 @@ impl Model {
             GpuLayers::All => -1,
             GpuLayers::Count(n) => i32::try_from(n).unwrap_or(i32::MAX),
         };
+        let rpc = if config.vocab_only {
+            Vec::new()
+        } else {
+            crate::rpc::attach(&config.rpc, config.rpc_timeout.unwrap_or(crate::rpc::DEFAULT_TIMEOUT))?
+        };
+        // Named devices when any RPC server is known to this process, so that one model's
+        // servers stay out of another's load (a null-terminated list that outlives the load).
+        let mut devices = crate::rpc::load_devices(&rpc);
+        if let Some(list) = devices.as_mut() {
+            params.devices = list.as_mut_ptr();
+        }
         if config.split_mode == SplitMode::None {
-            let n = crate::devices::offload_devices(&crate::devices::backend_devices()).len();
+            let n = match &devices {
+                Some(list) => list.len() - 1,
+                None => crate::devices::offload_devices(&crate::devices::backend_devices()).len(),
+            };
             if n > 0 && config.main_gpu as usize >= n {
                 return Err(Error::InvalidConfig(format!(
                     "main_gpu {} does not exist: this process has {n} GPU{}",
@@ -359,19 +385,39 @@ impl Model {
             }
             std::panic::resume_unwind(payload);
         }
+        drop(devices);
+        if let Err(e) = crate::rpc::check(&rpc) {
+            if let Some(ptr) = NonNull::new(raw) {
+                // SAFETY: a model llama.cpp just returned and nothing else refers to.
+                unsafe { sys::llama_model_free(ptr.as_ptr()) };
+            }
+            return Err(e);
+        }
         match NonNull::new(raw) {
             Some(ptr) => {
                 let mut memory = MemoryBreakdown::from_log(&log);
+                crate::rpc::name_buffers(&mut memory);
                 memory.kv.clear();
                 memory.compute.clear();
                 crate::accounting::account(&memory, true);
                 // llama.cpp says so in its load log when it places the output layer on a GPU.
                 let output_on_gpu = log.iter().any(|l| l.contains("offloading output layer to GPU"));
-                Ok(Model { ptr, path: path.to_path_buf(), memory, output_on_gpu, vocab_only: config.vocab_only })
+                Ok(Model { ptr, path: path.to_path_buf(), memory, output_on_gpu, vocab_only: config.vocab_only, rpc })
             }
             None if state.is_some_and(|s| s.cancelled) => Err(Error::LoadCancelled),
             None => Err(Error::ModelLoad { path: path.to_path_buf(), reason: load_failure_reason(&log) }),
         }
+    }
+
+    /// `Err` when an RPC server that holds part of this model has failed
+    /// ([`Error::Rpc`]): the model cannot compute any more.
+    pub fn check_remote(&self) -> Result<()> {
+        crate::rpc::check(&self.rpc)
+    }
+
+    /// The RPC servers (`HOST:PORT`) that hold part of this model.
+    pub fn rpc_servers(&self) -> Vec<&str> {
+        self.rpc.iter().map(|l| l.remote.as_str()).collect()
     }
 
     /// The raw pointer, for calls this crate does not wrap.

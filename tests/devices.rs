@@ -257,6 +257,7 @@ fn backend(index: usize, name: &str, kind: DeviceKind, free: u64) -> BackendDevi
         kind,
         free,
         total: 16 * GIB,
+        remote: None,
     }
 }
 

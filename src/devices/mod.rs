@@ -50,12 +50,17 @@ pub struct BackendDevice {
     pub free: u64,
     /// Total bytes.
     pub total: u64,
+    /// For a device on an RPC server ([`crate::rpc`]): the server, `HOST:PORT`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<String>,
 }
 
-/// The devices llama.cpp offloads to by default, in its order: every discrete GPU, or the
-/// integrated ones when there is none.
+/// The local devices llama.cpp offloads to by default, in its order: every discrete GPU, or
+/// the integrated ones when there is none. Remote devices ([`crate::rpc`]) are not among
+/// them: a model uses those only when its [`LoadConfig::rpc`](crate::LoadConfig::rpc) names
+/// their server.
 pub fn offload_devices(devices: &[BackendDevice]) -> Vec<&BackendDevice> {
-    let of_kind = |kind| devices.iter().filter(|d| d.kind == kind).collect::<Vec<_>>();
+    let of_kind = |kind| devices.iter().filter(|d| d.kind == kind && d.remote.is_none()).collect::<Vec<_>>();
     let discrete = of_kind(DeviceKind::Gpu);
     if discrete.is_empty() {
         of_kind(DeviceKind::IntegratedGpu)
@@ -82,6 +87,11 @@ pub fn backend_devices() -> Vec<BackendDevice> {
             // SAFETY: `i < count`.
             let dev = unsafe { sys::ggml_backend_dev_get(i) };
             if dev.is_null() {
+                return None;
+            }
+            // A device on an RPC server: named by its server; one whose server failed is gone.
+            let link = crate::rpc::link_of_device(dev);
+            if link.as_ref().is_some_and(|l| l.failure().is_some()) {
                 return None;
             }
             let (mut free, mut total) = (0usize, 0usize);
@@ -111,11 +121,14 @@ pub fn backend_devices() -> Vec<BackendDevice> {
             Some(BackendDevice {
                 index: i,
                 name: text(name),
-                description: text(desc),
+                // ggml describes a remote device by the relay's local address; the server is
+                // what a user knows.
+                description: link.as_ref().map_or_else(|| text(desc), |l| format!("device on {}", l.remote)),
                 backend,
                 kind,
                 free: free as u64,
                 total: total as u64,
+                remote: link.map(|l| l.remote.clone()),
             })
         })
         .collect()

@@ -543,7 +543,14 @@ impl<'m> Worker<'m> {
             slot.cached.clear();
             if let Some(mut a) = slot.active.take() {
                 release(&self.stats, cells, false);
-                a.job.end(Err(Error::Engine(format!("decode failed: {e}"))));
+                // A lost RPC server keeps its type: callers tell it from a local failure.
+                let err = match e {
+                    Error::Rpc { endpoint, reason } => {
+                        Error::Rpc { endpoint: endpoint.clone(), reason: reason.clone() }
+                    }
+                    _ => Error::Engine(format!("decode failed: {e}")),
+                };
+                a.job.end(Err(err));
             }
         }
     }

@@ -172,6 +172,12 @@ impl ApiError {
             | Error::InvalidToken { .. } => {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", e.to_string())
             }
+            // The model's remote device is gone: nothing this server can do until it is
+            // restarted with the RPC server back.
+            Error::Rpc { .. } => ApiError {
+                code: Some("rpc_server_failed"),
+                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", e.to_string())
+            },
             Error::Cancelled => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "the server is shutting down")
             }

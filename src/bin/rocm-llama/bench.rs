@@ -84,6 +84,9 @@ pub struct BenchArgs {
     /// The GPU for --split-mode none (-mg).
     #[arg(long, default_value_t = 0)]
     main_gpu: u32,
+    /// RPC servers whose devices take part in the layer split (-rpc).
+    #[arg(long, value_name = "HOST:PORT[,HOST:PORT...]", value_delimiter = ',')]
+    rpc: Vec<String>,
     /// CPU threads.
     #[arg(short, long)]
     threads: Option<u32>,
@@ -119,7 +122,11 @@ pub fn bench(args: BenchArgs) -> AnyResult<()> {
         NglArg::Fixed(l) => l,
         NglArg::Auto => return Err(UserError::boxed("bench takes a fixed -ngl (a number or all), not auto")),
     };
-    let load = LoadConfig::default().gpu_layers(gpu_layers).split_mode(args.split_mode.into()).main_gpu(args.main_gpu);
+    let load = LoadConfig::default()
+        .gpu_layers(gpu_layers)
+        .split_mode(args.split_mode.into())
+        .main_gpu(args.main_gpu)
+        .rpc(args.rpc.clone());
     let cfg = BenchConfig::default()
         .n_prompt(args.n_prompt)
         .n_gen(args.n_gen)
@@ -142,6 +149,8 @@ pub fn bench(args: BenchArgs) -> AnyResult<()> {
     let report = rocm_llama::bench::run(&model, &cfg, &move |m| sp.set_message(m.to_string()));
     spinner.finish_and_clear();
     let report = report?;
+    // The raw-FFI loops call llama.cpp directly: numbers taken after a server failed are void.
+    model.check_remote()?;
     if let Some(p) = &args.plot {
         std::fs::write(p, report.svg()).map_err(|e| UserError::boxed(format!("{}: {e}", p.display())))?;
         eprintln!("plot written to {}", p.display());

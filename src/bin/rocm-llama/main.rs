@@ -9,6 +9,7 @@ mod embed;
 mod generate;
 mod inventory;
 mod options;
+mod rpc;
 mod serve;
 mod system;
 mod tokenize;
@@ -75,6 +76,9 @@ enum Command {
     Show(inventory::ShowArgs),
     /// Download a model: an http(s) URL, hf:ORG/REPO/FILE.gguf or hf:ORG/REPO[:QUANT].
     Pull(inventory::PullArgs),
+    /// Offer this machine's GPU (or CPU) to other machines' `--rpc` (llama.cpp's RPC protocol:
+    /// no authentication, loopback unless --host says otherwise).
+    RpcServer(rpc::RpcServerArgs),
     /// Measure prefill, decode, time to first token and engine concurrency (llama-bench style).
     Bench(bench::BenchArgs),
     /// Measure embeddings (texts/s by batch, against a raw-FFI loop) and shared-prefix
@@ -83,7 +87,7 @@ enum Command {
     /// Write a synthetic model: a real architecture's shapes, random weights, quantized.
     Synth(system::SynthArgs),
     /// List GPUs (AMD through sysfs and HIP, and every device llama.cpp can use) with free VRAM.
-    Devices(system::JsonArg),
+    Devices(system::DevicesArgs),
     /// Show how this binary was built (backends, llama.cpp version, GPU targets, CPU features).
     Info(system::JsonArg),
     /// Print a shell completion script (e.g. `rocm-llama completions bash > ~/.local/share/bash-completion/completions/rocm-llama`).
@@ -166,6 +170,7 @@ fn main() -> ExitCode {
         Command::Models(args) => inventory::models(args),
         Command::Show(args) => inventory::show(args),
         Command::Pull(args) => inventory::pull(args),
+        Command::RpcServer(args) => rpc::rpc_server(args),
         Command::Bench(args) => bench::bench(args),
         Command::BenchEmbed(args) => bench::bench_embed(args),
         Command::Synth(args) => system::synth(args),

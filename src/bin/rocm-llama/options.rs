@@ -24,6 +24,7 @@ const LLAMA_FLAGS: &[(&str, &str)] = &[
     ("-sm", "--split-mode"),
     ("-mg", "--main-gpu"),
     ("-kvu", "--kv-unified"),
+    ("-rpc", "--rpc"),
 ];
 
 /// Rewrites `-ngl 99`, `-ngl=99` and the like to their long forms. Arguments after `--`
@@ -182,6 +183,10 @@ pub struct ModelArgs {
     /// No progress bar while loading.
     #[arg(long)]
     pub no_progress: bool,
+    /// RPC servers whose devices take part in the layer split, before the local GPUs
+    /// (`rocm-llama rpc-server` or llama.cpp's; no authentication: trusted networks only).
+    #[arg(long, value_name = "HOST:PORT[,HOST:PORT...]", value_delimiter = ',')]
+    pub rpc: Vec<String>,
 }
 
 /// The context (`run`, `chat`).
@@ -280,7 +285,9 @@ pub fn load_model(args: &ModelArgs, ctx: Option<&ContextArgs>) -> AnyResult<(Mod
     let gpu_layers = match args.ngl {
         NglArg::Fixed(layers) => layers,
         NglArg::Auto => {
-            let mut fit = FitOptions::default().single_gpu((split_mode == SplitMode::None).then_some(args.main_gpu));
+            let mut fit = FitOptions::default()
+                .single_gpu((split_mode == SplitMode::None).then_some(args.main_gpu))
+                .rpc(args.rpc.clone());
             if let Some(c) = ctx {
                 fit = fit.n_ctx(c.ctx_size).max_ctx(c.max_ctx).flash_attention(c.flash_attn == FaArg::On);
             }
@@ -300,7 +307,11 @@ pub fn load_model(args: &ModelArgs, ctx: Option<&ContextArgs>) -> AnyResult<(Mod
             cfg.gpu_layers
         }
     };
-    let mut config = LoadConfig::default().gpu_layers(gpu_layers).split_mode(split_mode).main_gpu(args.main_gpu);
+    let mut config = LoadConfig::default()
+        .gpu_layers(gpu_layers)
+        .split_mode(split_mode)
+        .main_gpu(args.main_gpu)
+        .rpc(args.rpc.clone());
     let bar = crate::progress_bar(100, "loading {msg} [{bar:30}] {percent:>3}%", !args.no_progress);
     if let Some(bar) = &bar {
         bar.set_message(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());

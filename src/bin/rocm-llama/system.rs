@@ -100,12 +100,28 @@ pub fn synth(args: SynthArgs) -> AnyResult<()> {
     Ok(())
 }
 
-pub fn devices(args: JsonArg) -> AnyResult<()> {
+#[derive(Args)]
+pub struct DevicesArgs {
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    /// Also list the devices of these RPC servers (`rocm-llama rpc-server` or llama.cpp's).
+    #[arg(long, value_name = "HOST:PORT[,HOST:PORT...]", value_delimiter = ',')]
+    rpc: Vec<String>,
+}
+
+pub fn devices(args: DevicesArgs) -> AnyResult<()> {
+    // Attach the servers first: their devices then appear in the report.
+    let remote = rocm_llama::rpc::devices(&args.rpc, rocm_llama::rpc::DEFAULT_TIMEOUT)?;
     let report = rocm_llama::devices();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.table());
+        for d in &remote {
+            let server = d.remote.as_deref().unwrap_or("?");
+            println!("remote: {} on {server}: {} free of {} (with --rpc {server})", d.name, gib(d.free), gib(d.total));
+        }
     }
     Ok(())
 }

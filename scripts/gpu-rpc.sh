@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Issue 16 on a 2-GPU machine: one process using both GPUs directly against two
+# `rocm-llama rpc-server` processes (one GPU each, on loopback) plus a client that sees no GPU
+# of its own, on the synthetic llama3-8b Q4_K_M, flash attention on, every layer offloaded.
+#   rocm-llama bench: pp512, tg128 (one stream), engine throughput at 8 and 64 streams
+#   llama-bench (same llama.cpp source): pp512 and tg128, directly and with --rpc to the same
+#   servers: llama.cpp's own client, without rocm-llama's relay, as the baseline for the relay
+# Needs .dev from scripts/gpu-compare-prepare.sh (carry .dev). STAGE=build stops after the
+# build and the model; STAGE=bench runs the measurements on a machine kept warm.
+set -uo pipefail
+source scripts/gpu-env.sh
+STAGE="${STAGE:-all}"
+nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+
+if ! [ -x "$W/build/bin/llama-bench" ]; then
+    log "building llama.cpp (CUDA, RPC, shared) with llama-bench"
+    rm -rf "$W/llama.cpp" "$W/build"
+    tar xzf .dev/llama.cpp.tar.gz -C "$W"
+    tar xzf .dev/llama-tools.tar.gz -C "$W/llama.cpp"
+    cmake -S "$W/llama.cpp" -B "$W/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+        -DBUILD_SHARED_LIBS=ON -DGGML_CUDA=ON -DGGML_RPC=ON -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}" \
+        -DGGML_NATIVE=OFF -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=OFF \
+        -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_CURL=OFF \
+        > "$W/cmake.log" 2>&1 &&
+        cmake --build "$W/build" -j "$(nproc)" --target llama llama-bench >> "$W/cmake.log" 2>&1 ||
+        { echo "llama.cpp build failed:" >&2; tail -60 "$W/cmake.log" | tee "$OUT/cmake-tail.txt" >&2; exit 1; }
+fi
+libdir="$(dirname "$(find "$W/build" -name 'libllama.so*' | head -1)")"
+export LD_LIBRARY_PATH="$libdir:$(dirname "$(find "$W/build" -name 'libggml.so*' | head -1)"):${LD_LIBRARY_PATH:-}"
+LB="$(find "$W/build" -name llama-bench -type f | head -1)"
+B="$PWD/.dev/rocm-llama"
+chmod +x "$B"
+"$B" info > "$OUT/info.txt" 2>&1
+MODEL="$W/llama3-8b-q4_k_m.gguf"
+[ -f "$MODEL" ] || { log "synthesizing llama3-8b Q4_K_M"; "$B" synth --shape llama3-8b --type q4_k_m -o "$MODEL" --threads "$(nproc)" >> "$OUT/run.log" 2>&1; }
+[ "$STAGE" = build ] && { log "built"; exit 0; }
+
+BENCH=(-m "$MODEL" -ngl all -fa on -p 512 -n 128 -d 0 -r 3 --concurrency 8,64 --concurrent-tokens 128)
+log "direct: both GPUs in one process"
+"$B" devices > "$OUT/devices-direct.txt" 2>&1
+"$B" bench "${BENCH[@]}" --save "$OUT/direct.json" > "$OUT/direct.txt" 2>> "$OUT/run.log"
+"$LB" -m "$MODEL" -ngl 99 -fa on -p 512 -n 128 -r 5 -o jsonl > "$OUT/llama-bench-direct.jsonl" 2>> "$OUT/run.log"
+
+log "rpc: two rpc-server processes, one GPU each; a client without GPUs"
+CUDA_VISIBLE_DEVICES=0 "$B" rpc-server --port 50052 > "$OUT/rpc-server-0.log" 2>&1 &
+s0=$!
+CUDA_VISIBLE_DEVICES=1 "$B" rpc-server --port 50053 > "$OUT/rpc-server-1.log" 2>&1 &
+s1=$!
+for p in 50052 50053; do
+    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.2; done
+done
+RPC=127.0.0.1:50052,127.0.0.1:50053
+CUDA_VISIBLE_DEVICES= "$B" devices --rpc "$RPC" > "$OUT/devices-rpc.txt" 2>&1
+CUDA_VISIBLE_DEVICES= "$B" bench "${BENCH[@]}" --rpc "$RPC" --save "$OUT/rpc.json" > "$OUT/rpc.txt" 2>> "$OUT/run.log"
+CUDA_VISIBLE_DEVICES= "$LB" -m "$MODEL" -ngl 99 -fa on -p 512 -n 128 -r 5 --rpc "$RPC" -o jsonl \
+    > "$OUT/llama-bench-rpc.jsonl" 2>> "$OUT/run.log"
+kill -INT $s0 $s1
+wait $s0 $s1
+tail -n 2 "$OUT/rpc-server-0.log" > "$OUT/rpc-server-stop.txt"
+
+python3 - "$OUT" <<'EOF'
+import json, sys, os
+out = sys.argv[1]
+def ours(name):
+    try:
+        r = json.load(open(os.path.join(out, name)))["report"]
+    except Exception:
+        return {}
+    got = {}
+    for m in r.get("measurements", []):
+        if m.get("unit") == "tok/s":
+            got[m["test"]] = m["mean"]
+    for c in r.get("concurrency", []):
+        got[f"engine x{c['sequences']}"] = c["engine_tokens_per_s"]
+        got[f"raw x{c['sequences']}"] = c["raw_tokens_per_s"]
+    return got
+def lb(name):
+    got = {}
+    try:
+        for l in open(os.path.join(out, name)):
+            j = json.loads(l)
+            got["pp512" if j["n_prompt"] else "tg128"] = j["avg_ts"]
+    except Exception:
+        pass
+    return got
+d, r, ld, lr = ours("direct.json"), ours("rpc.json"), lb("llama-bench-direct.jsonl"), lb("llama-bench-rpc.jsonl")
+print(f"{'test':<16}{'direct t/s':>12}{'rpc t/s':>12}{'rpc/direct':>12}")
+for k in sorted(set(d) | set(r)):
+    a, b = d.get(k), r.get(k)
+    ratio = f"{b / a:.3f}" if a and b else "-"
+    print(f"{'rocm ' + k:<16}{a or 0:>12.1f}{b or 0:>12.1f}{ratio:>12}")
+for k in sorted(set(ld) | set(lr)):
+    a, b = ld.get(k), lr.get(k)
+    ratio = f"{b / a:.3f}" if a and b else "-"
+    print(f"{'llama ' + k:<16}{a or 0:>12.1f}{b or 0:>12.1f}{ratio:>12}")
+EOF

@@ -1,0 +1,85 @@
+//! `rpc-server`: offers one of this machine's devices to other machines' rocm-llama or
+//! llama.cpp (their `--rpc HOST:PORT`).
+
+use std::path::PathBuf;
+
+use clap::Args;
+use rocm_llama::accounting::gib;
+use rocm_llama::rpc::{Server, ServerConfig, DEFAULT_PORT};
+
+use crate::AnyResult;
+
+#[derive(Args)]
+pub struct RpcServerArgs {
+    /// The address to listen on. The RPC protocol has no authentication or encryption:
+    /// anything but loopback lets whoever reaches the port use the device.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// The port to listen on.
+    #[arg(short, long, default_value_t = DEFAULT_PORT)]
+    port: u16,
+    /// The device to offer, by its index in `rocm-llama devices` (llama.cpp's list) [default:
+    /// the first GPU, or the CPU].
+    #[arg(short, long)]
+    device: Option<usize>,
+    /// CPU threads when the device is the CPU [default: the cores this process may use].
+    #[arg(short, long)]
+    threads: Option<u32>,
+    /// Keep large tensors sent by clients in this folder, by hash, so that loading the same
+    /// model again sends only hashes.
+    #[arg(short, long)]
+    cache: Option<PathBuf>,
+}
+
+/// Whether clients can reach `host` only from this machine.
+fn is_loopback(host: &str) -> bool {
+    host == "localhost" || host.parse::<std::net::Ipv4Addr>().is_ok_and(|a| a.is_loopback())
+}
+
+pub fn rpc_server(args: RpcServerArgs) -> AnyResult<()> {
+    let mut config = ServerConfig::default().host(args.host.clone()).port(args.port);
+    config = config.device(args.device).threads(args.threads).cache_dir(args.cache.clone());
+    let server = Server::new(&config)?;
+    let d = server.device();
+    eprintln!(
+        "rpc-server: offering {} ({}, {} free of {}) on {} (Ctrl-C stops it)",
+        d.name,
+        d.description,
+        gib(d.free),
+        gib(d.total),
+        server.endpoint()
+    );
+    if !is_loopback(&args.host) {
+        eprintln!(
+            "warning: {} is not a loopback address. The RPC protocol has no authentication and no encryption: anyone \
+             who reaches this port can run code on this device and read what it holds. Serve only inside a network \
+             you trust.",
+            args.host
+        );
+    }
+    // A client that leaves while the server writes to it must not end the server (ggml sends
+    // without MSG_NOSIGNAL); Ctrl-C and SIGTERM are taken by a thread of their own, which
+    // ends the process at once: ggml's server loop cannot be asked to return.
+    // SAFETY: dispositions and masks set before any thread is started here.
+    let set = unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: waits for the signals blocked above.
+        unsafe { libc::sigwait(&set, &mut sig) };
+        let name = if sig == libc::SIGTERM { "SIGTERM" } else { "Ctrl-C" };
+        eprintln!("rpc-server: stopped ({name})");
+        // SAFETY: ends the process without running C++ static destructors while ggml's
+        // server thread may still be inside them.
+        unsafe { libc::_exit(0) };
+    })?;
+    server.run()?;
+    Ok(())
+}

@@ -1,0 +1,310 @@
+//! The relay that keeps a lost server from killing this process.
+//!
+//! ggml's RPC client aborts the whole process when a server fails to answer
+//! (`GGML_ABORT("Remote RPC server crashed or returned malformed response")`), and it waits
+//! forever on a server that stops answering. So ggml never talks to a server directly: each
+//! server gets a [`Link`], a listener on `127.0.0.1` that ggml connects to instead, and a
+//! thread per connection that passes every command on, with a time limit on each answer and a
+//! check of each answer's length. When the server closes, resets, times out or answers with
+//! the wrong length, the link records why, and from then on answers ggml itself with
+//! stand-ins of the right shape ([`wire::stand_in_answer`]): ggml's call finishes (with
+//! meaningless numbers, no buffer from an allocation), and the model that uses the link
+//! returns [`Error::Rpc`](crate::Error::Rpc) from its next call and every call after. A failed
+//! link stays failed; the next load with the same server makes a new one.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::wire;
+
+/// Requests up to this size are read whole before they go on; larger ones (weights in
+/// `set_tensor`, large graphs) are passed on in chunks of this size.
+const CHUNK: usize = 1 << 20;
+/// The longest a connection attempt waits, whatever the answer time limit.
+const CONNECT_LIMIT: Duration = Duration::from_secs(10);
+
+/// One server as this process reaches it (see the module's documentation).
+pub(crate) struct Link {
+    /// The server as the caller named it (`HOST:PORT`).
+    pub(crate) remote: String,
+    addrs: Vec<SocketAddr>,
+    /// Where ggml connects: the relay's own listener.
+    pub(crate) local: SocketAddr,
+    /// The server's protocol version, from the first greeting.
+    version: (u8, u8, u8),
+    timeout_ms: AtomicU64,
+    failed: AtomicBool,
+    failure: Mutex<Option<String>>,
+    /// ggml's devices for this server (`ggml_backend_dev_t` as addresses), once registered.
+    pub(crate) devices: Mutex<Vec<usize>>,
+}
+
+impl Link {
+    /// Reaches the server once (connect, greeting, version), then starts the relay's
+    /// listener. `Err` says why the server cannot be used.
+    pub(crate) fn open(remote: &str, timeout: Duration) -> Result<Arc<Link>, String> {
+        let addrs: Vec<SocketAddr> = remote
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve the address: {e}"))?
+            .filter(SocketAddr::is_ipv4)
+            .collect();
+        if addrs.is_empty() {
+            return Err("the name has no IPv4 address (ggml's RPC connects over IPv4)".into());
+        }
+        let (stream, version) = connect(&addrs, timeout)?;
+        drop(stream);
+        let listener =
+            TcpListener::bind(("127.0.0.1", 0)).map_err(|e| format!("cannot open the relay's local listener: {e}"))?;
+        let local = listener.local_addr().map_err(|e| format!("the relay's local listener: {e}"))?;
+        let link = Arc::new(Link {
+            remote: remote.to_string(),
+            addrs,
+            local,
+            version,
+            timeout_ms: AtomicU64::new(millis(timeout)),
+            failed: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            devices: Mutex::new(Vec::new()),
+        });
+        let accepting = Arc::clone(&link);
+        std::thread::Builder::new()
+            .name("rpc-relay".into())
+            .spawn(move || {
+                for client in listener.incoming().flatten() {
+                    let link = Arc::clone(&accepting);
+                    let spawned = std::thread::Builder::new().name("rpc-relay-conn".into()).spawn(move || {
+                        relay(&link, client);
+                    });
+                    if let Err(e) = spawned {
+                        tracing::warn!("rpc: cannot start a relay thread: {e}");
+                    }
+                }
+            })
+            .map_err(|e| format!("cannot start the relay thread: {e}"))?;
+        tracing::debug!("rpc: {remote} (protocol {}.{}.{}) relayed through {local}", version.0, version.1, version.2);
+        Ok(link)
+    }
+
+    /// Why the server can no longer be used, once it cannot.
+    pub(crate) fn failure(&self) -> Option<String> {
+        if !self.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        self.failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Sets the time limit on each answer from now on.
+    pub(crate) fn set_timeout(&self, timeout: Duration) {
+        self.timeout_ms.store(millis(timeout), Ordering::Relaxed);
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms.load(Ordering::Relaxed))
+    }
+
+    /// Records the first reason the server failed.
+    fn fail(&self, reason: String) {
+        let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        if failure.is_none() {
+            tracing::warn!("rpc: server {} failed: {reason}", self.remote);
+            *failure = Some(reason);
+        }
+        self.failed.store(true, Ordering::Release);
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// Connects to the first address that answers and greets the server: its protocol version.
+fn connect(addrs: &[SocketAddr], timeout: Duration) -> Result<(TcpStream, (u8, u8, u8)), String> {
+    let mut last = String::new();
+    for addr in addrs {
+        match TcpStream::connect_timeout(addr, timeout.min(CONNECT_LIMIT)) {
+            Ok(mut stream) => {
+                let setup = stream
+                    .set_nodelay(true)
+                    .and_then(|_| stream.set_read_timeout(Some(timeout)))
+                    .and_then(|_| stream.set_write_timeout(Some(timeout)));
+                setup.map_err(|e| format!("cannot set up the connection: {e}"))?;
+                let version = greet(&mut stream, timeout)?;
+                return Ok((stream, version));
+            }
+            Err(e) => last = format!("cannot connect: {}", describe(&e, "connect", timeout)),
+        }
+    }
+    Err(last)
+}
+
+/// Sends the greeting and reads the server's version.
+fn greet(stream: &mut TcpStream, timeout: Duration) -> Result<(u8, u8, u8), String> {
+    let not_rpc = |e: &io::Error| {
+        format!(
+            "{} at the RPC greeting (not a llama.cpp RPC server, or one busy with another client)",
+            describe(e, "hello", timeout)
+        )
+    };
+    stream.write_all(&wire::hello_request()).map_err(|e| not_rpc(&e))?;
+    let mut len = [0u8; 8];
+    stream.read_exact(&mut len).map_err(|e| not_rpc(&e))?;
+    let len = u64::from_le_bytes(len);
+    let mut payload = vec![0u8; if len == wire::HELLO_ANSWER_LEN as u64 { wire::HELLO_ANSWER_LEN } else { 0 }];
+    stream.read_exact(&mut payload).map_err(|e| not_rpc(&e))?;
+    wire::parse_hello_answer(len, &payload)
+}
+
+/// An I/O error in words a user can act on.
+fn describe(e: &io::Error, what: &str, timeout: Duration) -> String {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            format!("no answer to {what} within {:.1} s", timeout.as_secs_f64())
+        }
+        io::ErrorKind::UnexpectedEof => format!("the server closed the connection during {what}"),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => {
+            format!("the connection was reset during {what} (the server stopped?)")
+        }
+        io::ErrorKind::ConnectionRefused => "connection refused (no server on that port?)".to_string(),
+        _ => format!("{what}: {e}"),
+    }
+}
+
+/// Serves one connection from ggml's client until it closes.
+fn relay(link: &Link, mut client: TcpStream) {
+    let _ = client.set_nodelay(true);
+    let mut server = if link.failure().is_some() {
+        None
+    } else {
+        match connect(&link.addrs, link.timeout()) {
+            Ok((stream, _)) => Some(stream),
+            Err(e) => {
+                link.fail(format!("reconnecting: {e}"));
+                None
+            }
+        }
+    };
+    let mut head = [0u8; 9];
+    let mut buf = Vec::new();
+    while client.read_exact(&mut head).is_ok() {
+        let cmd = head[0];
+        let len = u64::from_le_bytes(head[1..].try_into().unwrap_or_default());
+        let Ok(len) = usize::try_from(len) else { break };
+        if cmd == wire::CMD_HELLO {
+            // Every connection starts so; the relay already greeted the server.
+            buf.resize(len.min(CHUNK), 0);
+            if len > CHUNK || client.read_exact(&mut buf).is_err() {
+                break;
+            }
+            if answer(&mut client, &wire::hello_answer(link.version)).is_err() {
+                break;
+            }
+            continue;
+        }
+        let answer_len = if len <= CHUNK {
+            buf.resize(len, 0);
+            if client.read_exact(&mut buf).is_err() {
+                break;
+            }
+            if let Some(s) = server.as_mut() {
+                if let Err(e) = s.write_all(&head).and_then(|_| s.write_all(&buf)) {
+                    link.fail(describe(&e, wire::command_name(cmd), link.timeout()));
+                    server = None;
+                }
+            }
+            wire::answer_len(cmd, &buf)
+        } else {
+            buf.clear();
+            if !pass_on_large(link, &mut client, &mut server, &head, len) {
+                break;
+            }
+            wire::answer_len(cmd, &[])
+        };
+        let answer_len = match answer_len {
+            Ok(n) => n,
+            Err(e) => {
+                // Cannot happen with the pinned llama.cpp; if it does, the client's answer
+                // lengths are unknown, so the server cannot be followed any more.
+                link.fail(format!("unreadable request from ggml: {e}"));
+                server = None;
+                None
+            }
+        };
+        let Some(n) = answer_len else { continue };
+        let reply = match server.as_mut().map(|s| read_answer(s, cmd, n, link.timeout())) {
+            Some(Ok(reply)) => reply,
+            Some(Err(reason)) => {
+                link.fail(reason);
+                server = None;
+                wire::stand_in_answer(cmd, &buf, n)
+            }
+            None => wire::stand_in_answer(cmd, &buf, n),
+        };
+        if answer(&mut client, &reply).is_err() {
+            break;
+        }
+    }
+    if let Some(s) = server {
+        let _ = s.shutdown(Shutdown::Both);
+    }
+}
+
+/// Passes a large request on in chunks; keeps reading it from the client when the server
+/// fails part way. `false` when the client is gone.
+fn pass_on_large(link: &Link, client: &mut TcpStream, server: &mut Option<TcpStream>, head: &[u8], len: usize) -> bool {
+    let cmd = head[0];
+    if let Some(s) = server.as_mut() {
+        if let Err(e) = s.write_all(head) {
+            link.fail(describe(&e, wire::command_name(cmd), link.timeout()));
+            *server = None;
+        }
+    }
+    let mut chunk = vec![0u8; CHUNK];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(CHUNK);
+        if client.read_exact(&mut chunk[..n]).is_err() {
+            return false;
+        }
+        if let Some(s) = server.as_mut() {
+            if let Err(e) = s.write_all(&chunk[..n]) {
+                link.fail(describe(&e, wire::command_name(cmd), link.timeout()));
+                *server = None;
+            }
+        }
+        left -= n;
+    }
+    true
+}
+
+/// Reads the server's answer to `cmd`, which must be `n` bytes long.
+fn read_answer(server: &mut TcpStream, cmd: u8, n: usize, timeout: Duration) -> Result<Vec<u8>, String> {
+    let name = wire::command_name(cmd);
+    let mut len = [0u8; 8];
+    server.read_exact(&mut len).map_err(|e| describe(&e, name, timeout))?;
+    let len = u64::from_le_bytes(len);
+    if len != n as u64 {
+        return Err(format!(
+            "it answered {name} with {len} bytes where the protocol has {n} (not a matching RPC server?)"
+        ));
+    }
+    let mut reply = vec![0u8; n];
+    server.read_exact(&mut reply).map_err(|e| describe(&e, name, timeout))?;
+    Ok(reply)
+}
+
+/// Sends an answer to ggml's client.
+fn answer(client: &mut TcpStream, payload: &[u8]) -> io::Result<()> {
+    let len = (payload.len() as u64).to_le_bytes();
+    if payload.len() > CHUNK {
+        // Tensor reads can be tens of MB: no copy.
+        client.write_all(&len)?;
+        return client.write_all(payload);
+    }
+    let mut msg = Vec::with_capacity(8 + payload.len());
+    msg.extend_from_slice(&len);
+    msg.extend_from_slice(payload);
+    client.write_all(&msg)
+}

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Issue 16 on a 2-GPU machine: one process using both GPUs directly against two
-# `rocm-llama rpc-server` processes (one GPU each, on loopback) plus a client that sees no GPU
-# of its own, on the synthetic llama3-8b Q4_K_M, flash attention on, every layer offloaded.
+# Issue 16 on a GPU machine: one process using every GPU directly against one
+# `rocm-llama rpc-server` process per GPU (on loopback) plus a client that sees no GPU of its
+# own (meant for 2 GPUs; on one it measures the RPC path to the same GPU), on the synthetic llama3-8b Q4_K_M, flash attention on, every layer offloaded.
 #   rocm-llama bench: pp512, tg128 (one stream), engine throughput at 8 and 64 streams
 #   llama-bench (same llama.cpp source): pp512 and tg128, directly and with --rpc to the same
 #   servers: llama.cpp's own client, without rocm-llama's relay, as the baseline for the relay
 # Needs .dev from scripts/gpu-compare-prepare.sh (carry .dev). STAGE=build stops after the
-# build and the model; STAGE=bench runs the measurements on a machine kept warm.
+# build and the model; STAGE=bench runs the measurements on a machine kept warm. At most 8
+# files land in $OUT (what the device tool brings back): run.log, table.txt, the two bench
+# reports (--save) with their tables, and llama-bench's two JSONL files.
 set -uo pipefail
 source scripts/gpu-env.sh
 STAGE="${STAGE:-all}"
-nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/run.log"
 
 if ! [ -x "$W/build/bin/llama-bench" ]; then
     log "building llama.cpp (CUDA, RPC, shared) with llama-bench"
@@ -30,35 +32,37 @@ export LD_LIBRARY_PATH="$libdir:$(dirname "$(find "$W/build" -name 'libggml.so*'
 LB="$(find "$W/build" -name llama-bench -type f | head -1)"
 B="$PWD/.dev/rocm-llama"
 chmod +x "$B"
-"$B" info > "$OUT/info.txt" 2>&1
+"$B" info >> "$OUT/run.log" 2>&1
 MODEL="$W/llama3-8b-q4_k_m.gguf"
 [ -f "$MODEL" ] || { log "synthesizing llama3-8b Q4_K_M"; "$B" synth --shape llama3-8b --type q4_k_m -o "$MODEL" --threads "$(nproc)" >> "$OUT/run.log" 2>&1; }
 [ "$STAGE" = build ] && { log "built"; exit 0; }
 
-BENCH=(-m "$MODEL" -ngl all -fa on -p 512 -n 128 -d 0 -r 3 --concurrency 8,64 --concurrent-tokens 128)
+BENCH=(-m "$MODEL" -ngl all -fa on -p 512 -n 128 -d 0 -r "${REPS:-3}" --concurrency 8,64 --concurrent-tokens 128)
 log "direct: both GPUs in one process"
-"$B" devices > "$OUT/devices-direct.txt" 2>&1
+"$B" devices >> "$OUT/run.log" 2>&1
 "$B" bench "${BENCH[@]}" --save "$OUT/direct.json" > "$OUT/direct.txt" 2>> "$OUT/run.log"
 "$LB" -m "$MODEL" -ngl 99 -fa on -p 512 -n 128 -r 5 -o jsonl > "$OUT/llama-bench-direct.jsonl" 2>> "$OUT/run.log"
 
-log "rpc: two rpc-server processes, one GPU each; a client without GPUs"
-CUDA_VISIBLE_DEVICES=0 "$B" rpc-server --port 50052 > "$OUT/rpc-server-0.log" 2>&1 &
-s0=$!
-CUDA_VISIBLE_DEVICES=1 "$B" rpc-server --port 50053 > "$OUT/rpc-server-1.log" 2>&1 &
-s1=$!
-for p in 50052 50053; do
-    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.2; done
+NGPU="$(nvidia-smi -L | wc -l)"
+log "rpc: $NGPU rpc-server processes, one GPU each; a client without GPUs"
+pids=()
+RPC=""
+for g in $(seq 0 $((NGPU - 1))); do
+    port=$((50052 + g))
+    CUDA_VISIBLE_DEVICES=$g "$B" rpc-server --port $port > "$W/rpc-server-$g.log" 2>&1 &
+    pids+=($!)
+    RPC="${RPC:+$RPC,}127.0.0.1:$port"
+    for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.2; done
 done
-RPC=127.0.0.1:50052,127.0.0.1:50053
-CUDA_VISIBLE_DEVICES= "$B" devices --rpc "$RPC" > "$OUT/devices-rpc.txt" 2>&1
+CUDA_VISIBLE_DEVICES= "$B" devices --rpc "$RPC" >> "$OUT/run.log" 2>&1
 CUDA_VISIBLE_DEVICES= "$B" bench "${BENCH[@]}" --rpc "$RPC" --save "$OUT/rpc.json" > "$OUT/rpc.txt" 2>> "$OUT/run.log"
 CUDA_VISIBLE_DEVICES= "$LB" -m "$MODEL" -ngl 99 -fa on -p 512 -n 128 -r 5 --rpc "$RPC" -o jsonl \
     > "$OUT/llama-bench-rpc.jsonl" 2>> "$OUT/run.log"
-kill -INT $s0 $s1
-wait $s0 $s1
-tail -n 2 "$OUT/rpc-server-0.log" > "$OUT/rpc-server-stop.txt"
+kill -INT "${pids[@]}"
+wait "${pids[@]}"
+tail -n 2 "$W/rpc-server-0.log" >> "$OUT/run.log"
 
-python3 - "$OUT" <<'EOF'
+python3 - "$OUT" <<'EOF' | tee "$OUT/table.txt"
 import json, sys, os
 out = sys.argv[1]
 def ours(name):

@@ -229,6 +229,9 @@ fn lib_prefill(ctx: &mut Context<'_>, batch: &mut Batch, prompt: &[i32], depth: 
         batch.add_sequence(chunk, (depth + k * n_batch) as i32, 0, (k + 1) * n_batch >= prompt.len())?;
         ctx.decode(batch)?;
     }
+    // `decode` returns once the work is queued on an asynchronous backend (a GPU, an RPC
+    // server); the clock stops when it is done, as llama-bench's does.
+    ctx.synchronize();
     Ok(t.elapsed().as_secs_f64())
 }
 
@@ -258,6 +261,7 @@ fn raw_prefill(
             let rc = sys::llama_decode(c, b);
             debug_assert_eq!(rc, 0);
         }
+        sys::llama_synchronize(c);
         t.elapsed().as_secs_f64()
     }
 }

@@ -63,6 +63,10 @@ pub fn rpc_server(args: RpcServerArgs) -> AnyResult<()> {
     // SAFETY: dispositions and masks set before any thread is started here.
     let set = unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        // A shell starts background jobs with SIGINT ignored, and an ignored signal never
+        // reaches sigwait: take both back to their default first.
+        libc::signal(libc::SIGINT, libc::SIG_DFL);
+        libc::signal(libc::SIGTERM, libc::SIG_DFL);
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);

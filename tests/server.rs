@@ -1,6 +1,7 @@
-//! `rocm-llama serve` end to end over plain HTTP/1.1 (a client of std's TcpStream, so the
-//! test needs nothing else): routes, errors, streaming, a full queue, a client that goes away,
-//! SIGTERM.
+//! `rocm-llama serve` end to end: over plain HTTP/1.1 (a client of std's TcpStream) routes,
+//! errors, streaming, a full queue, a client that goes away, a storm of 300 streams cut at
+//! random points, SIGTERM; and through clients no one here wrote: the `openai` Python package
+//! (`tests/openai_client.py`) and curl.
 
 mod common;
 
@@ -252,4 +253,150 @@ fn sigterm_drains_and_exits_zero() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(code.success(), "{code:?}");
+}
+
+/// A Python that has the `openai` package: `ROCM_LLAMA_PYTHON`, else `python3`. Under CI
+/// (`scripts/test.sh` installs the package) its absence fails; elsewhere the test skips.
+fn python_with_openai() -> Option<String> {
+    let python = std::env::var("ROCM_LLAMA_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = Command::new(&python).args(["-c", "import openai"]).output().is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(python);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{python} lacks the openai package under CI (scripts/test.sh installs it)");
+    }
+    eprintln!("SKIPPED: {python} has no openai package (pip install openai)");
+    None
+}
+
+#[test]
+fn the_openai_python_package_and_curl_speak_to_it() {
+    let Some(python) = python_with_openai() else { return };
+    let Some(server) = Server::start(&["--api-key", "sekrit", "--parallel", "4", "--pooling", "mean"]) else { return };
+    let base = format!("http://127.0.0.1:{}/v1", server.port);
+    let out = Command::new(&python)
+        .args([concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py"), &base, "sekrit"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("all openai checks passed"), "{stdout}");
+
+    // curl: a streamed chat ends with [DONE]; the key is required; models lists the model.
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl").args(["-sS", "--max-time", "120"]).args(args).output().expect("curl runs");
+        assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let body = r#"{"messages":[{"role":"user","content":"Say hello."}],"max_tokens":8,"stream":true}"#;
+    let url = format!("{base}/chat/completions");
+    let sse =
+        curl(&["-N", "-H", "Authorization: Bearer sekrit", "-H", "Content-Type: application/json", "-d", body, &url]);
+    let events: Vec<&str> = sse.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+    assert_eq!(events.last(), Some(&"[DONE]"), "{sse}");
+    assert!(events.len() > 2, "{sse}");
+    for e in &events[..events.len() - 1] {
+        let v: serde_json::Value = serde_json::from_str(e).unwrap_or_else(|err| panic!("{err}: {e}"));
+        assert_eq!(v["object"], "chat.completion.chunk");
+    }
+    let code = curl(&["-o", "/dev/null", "-w", "%{http_code}", &format!("{base}/models")]);
+    assert_eq!(code, "401");
+    let models = curl(&["-H", "Authorization: Bearer sekrit", &format!("{base}/models")]);
+    let v: serde_json::Value = serde_json::from_str(&models).unwrap();
+    assert_eq!(v["data"].as_array().map(Vec::len), Some(1), "{models}");
+}
+
+/// A gauge or counter's value from the Prometheus text.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+/// The server process's resident memory in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Waits until nothing runs, nothing waits and no KV cell is held; the metrics then.
+fn wait_idle(server: &Server, what: &str) -> String {
+    let t = Instant::now();
+    loop {
+        let m = server.request("GET", "/metrics", None, "").2;
+        let busy = metric(&m, "rocm_llama_requests_running")
+            + metric(&m, "rocm_llama_queue_depth")
+            + metric(&m, "rocm_llama_kv_cells_used");
+        if busy == 0.0 {
+            return m;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "{what}: still busy a minute later:\n{m}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Streams cut after a random number of events (zero: while still queued), `n` of them,
+/// `at_once` at a time.
+fn cut_streams(server: &Server, n: usize, at_once: usize, seed: u64) {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for worker in 0..at_once {
+            let next = &next;
+            s.spawn(move || {
+                let mut state = seed ^ (worker as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                    state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                    let keep = (state >> 33) % 24;
+                    let chat = (state >> 20) & 1 == 0;
+                    let (path, body) = if chat {
+                        (
+                            "/v1/chat/completions",
+                            r#"{"messages":[{"role":"user","content":"Tell a story."}],"max_tokens":64,"stream":true}"#,
+                        )
+                    } else {
+                        ("/v1/completions", r#"{"prompt":"Once upon a time","max_tokens":64,"stream":true}"#)
+                    };
+                    let stream = server.send("POST", path, None, body);
+                    let mut reader = BufReader::new(stream);
+                    let mut events = 0;
+                    let mut line = String::new();
+                    while events < keep {
+                        line.clear();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) if line.starts_with("data: ") => events += 1,
+                            Ok(_) => {}
+                        }
+                    }
+                    // Dropping the reader closes the connection mid-stream.
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn a_disconnect_storm_leaves_no_slot_or_kv_cell_in_use_and_memory_flat() {
+    let Some(server) = Server::start(&["--parallel", "8", "--queue", "512"]) else { return };
+    // A first round brings every slot, buffer and thread to its working size.
+    cut_streams(&server, 48, 16, 1);
+    wait_idle(&server, "after the warm-up");
+    let before = rss_kib(server.child.id());
+    cut_streams(&server, 300, 32, 2);
+    let m = wait_idle(&server, "after the storm");
+    let after = rss_kib(server.child.id());
+    // Streams cut before their request was read never reach the server; most do.
+    let requests = metric(&m, "rocm_llama_requests_total{route=\"chat_completions\"}")
+        + metric(&m, "rocm_llama_requests_total{route=\"completions\"}");
+    assert!(requests >= 300.0, "{m}");
+    assert!(metric(&m, "rocm_llama_requests_completed_total") >= 250.0, "{m}");
+    assert_eq!(metric(&m, "rocm_llama_requests_rejected_total"), 0.0, "{m}");
+    eprintln!("resident memory: {before} KiB before the storm, {after} KiB after");
+    assert!(after < before + 64 * 1024, "resident memory grew from {before} KiB to {after} KiB over 300 cut streams");
+    // And it still answers.
+    let (status, _, _) = server.request("POST", "/v1/completions", None, r#"{"prompt":"x","max_tokens":2}"#);
+    assert_eq!(status, 200);
 }

@@ -511,9 +511,17 @@ async fn embeddings(State(state): State<Arc<AppState>>, body: axum::body::Bytes)
     state.metrics.embeddings.fetch_add(1, Ordering::Relaxed);
     let req: EmbeddingRequest = parse(&body)?;
     state.check_model(req.model.as_deref())?;
-    if req.encoding_format.as_deref().is_some_and(|f| f != "float") {
-        return Err(ApiError::invalid("only encoding_format \"float\" is supported", "encoding_format"));
-    }
+    // The `openai` Python package asks for base64 unless told otherwise.
+    let base64 = match req.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                format!("encoding_format must be \"float\" or \"base64\", not {other:?}"),
+                "encoding_format",
+            ))
+        }
+    };
     let texts: Vec<String> = match req.input {
         Value::String(s) => vec![s],
         Value::Array(a) if a.iter().all(Value::is_string) && !a.is_empty() => {
@@ -533,7 +541,10 @@ async fn embeddings(State(state): State<Arc<AppState>>, body: axum::body::Bytes)
     let data: Vec<Value> = vectors
         .into_iter()
         .enumerate()
-        .map(|(i, v)| json!({"object": "embedding", "index": i, "embedding": v}))
+        .map(|(i, v)| {
+            let embedding = if base64 { Value::from(openai::base64_f32(&v)) } else { json!(v) };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
         .collect();
     Ok(Json(json!({
         "object": "list", "data": data, "model": state.config.model_name,

@@ -161,6 +161,17 @@ impl AppState {
         }
     }
 
+    /// The request's `n` generations, each started by `start`; the first refusal answers
+    /// for all (the ones already started are cancelled as they drop).
+    fn start(
+        &self,
+        common: &Common,
+        start: impl Fn() -> crate::Result<crate::TokenStream>,
+    ) -> Result<Vec<AsyncTokenStream>, ApiError> {
+        let n = choices(common)?;
+        (0..n).map(|_| start().map(|s| s.into_async())).collect::<Result<Vec<_>, _>>().map_err(|e| self.reject(e))
+    }
+
     /// A request's error, counting rejections for a full queue.
     fn reject(&self, e: crate::Error) -> ApiError {
         if matches!(e, crate::Error::Busy { .. }) {
@@ -301,12 +312,8 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: axum::body::
             }
         }
     }
-    let n = choices(&req.common)?;
     let retry = state.config.retry_after_s;
-    let streams = (0..n)
-        .map(|_| state.engine.chat(&messages, &ChatTemplate::Model, &opts).map(|s| s.into_async()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| state.reject(e))?;
+    let streams = state.start(&req.common, || state.engine.chat(&messages, &ChatTemplate::Model, &opts))?;
     let id = state.id("chatcmpl");
     let model = state.config.model_name.clone();
     let created = now();
@@ -342,7 +349,7 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: axum::body::
             Piece::Usage(usage) => chunk(json!([]), Some(usage)),
         }));
     }
-    let mut out = Vec::with_capacity(n);
+    let mut out = Vec::with_capacity(streams.len());
     for s in streams {
         out.push(collect(s).await.map_err(|e| ApiError::from_error(e, retry))?);
     }
@@ -380,12 +387,8 @@ async fn completions(State(state): State<Arc<AppState>>, body: axum::body::Bytes
     };
     let top = req.logprobs.unwrap_or(0).min(20) as usize;
     let opts = options(&req.common, top)?;
-    let n = choices(&req.common)?;
     let retry = state.config.retry_after_s;
-    let streams = (0..n)
-        .map(|_| state.engine.generate(&prompt, &opts).map(|s| s.into_async()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| state.reject(e))?;
+    let streams = state.start(&req.common, || state.engine.generate(&prompt, &opts))?;
     let id = state.id("cmpl");
     let model = state.config.model_name.clone();
     let created = now();
@@ -411,7 +414,7 @@ async fn completions(State(state): State<Arc<AppState>>, body: axum::body::Bytes
             }
         }));
     }
-    let mut out = Vec::with_capacity(n);
+    let mut out = Vec::with_capacity(streams.len());
     for s in streams {
         out.push(collect(s).await.map_err(|e| ApiError::from_error(e, retry))?);
     }

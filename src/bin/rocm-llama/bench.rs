@@ -155,17 +155,7 @@ pub fn bench(args: BenchArgs) -> AnyResult<()> {
         std::fs::write(p, report.svg()).map_err(|e| UserError::boxed(format!("{}: {e}", p.display())))?;
         eprintln!("plot written to {}", p.display());
     }
-    let whole = serde_json::json!({
-        "report": report,
-        "build": rocm_llama::build_info(),
-        "devices": rocm_llama::devices().backend_devices,
-    });
-    if let Some(p) = &args.save {
-        std::fs::write(p, serde_json::to_string_pretty(&whole)?)
-            .map_err(|e| UserError::boxed(format!("{}: {e}", p.display())))?;
-    }
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&whole)?);
+    if save_report(&report, args.save.as_deref(), args.json)? {
         return Ok(());
     }
     let rows = || rows(&model, &report, gpu_layers, args.split_mode, args.main_gpu);
@@ -426,19 +416,26 @@ pub fn bench_embed(args: BenchEmbedArgs) -> AnyResult<()> {
     let report = rocm_llama::bench::embed::run(&model, &cfg, &move |m| sp.set_message(m.to_string()));
     spinner.finish_and_clear();
     let report = report?;
+    if !save_report(&report, args.save.as_deref(), args.json)? {
+        print!("{}", report.table());
+    }
+    Ok(())
+}
+
+/// The whole report with the build and the devices beside it: saved to `save` when given,
+/// printed when `json`. Returns whether it was printed.
+fn save_report(report: &impl serde::Serialize, save: Option<&std::path::Path>, json: bool) -> AnyResult<bool> {
     let whole = serde_json::json!({
         "report": report,
         "build": rocm_llama::build_info(),
         "devices": rocm_llama::devices().backend_devices,
     });
-    if let Some(p) = &args.save {
+    if let Some(p) = save {
         std::fs::write(p, serde_json::to_string_pretty(&whole)?)
             .map_err(|e| UserError::boxed(format!("{}: {e}", p.display())))?;
     }
-    if args.json {
+    if json {
         println!("{}", serde_json::to_string_pretty(&whole)?);
-    } else {
-        print!("{}", report.table());
     }
-    Ok(())
+    Ok(json)
 }

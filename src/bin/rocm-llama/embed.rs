@@ -130,12 +130,31 @@ fn read_texts(input: &InputArgs) -> AnyResult<Vec<String>> {
 }
 
 /// A progress bar for `total` texts when there are enough to wait for.
-fn texts_bar(total: usize, no_progress: bool) -> Option<indicatif::ProgressBar> {
-    crate::progress_bar(
+/// Runs `work` with a progress bar over `total` texts (drawn from 64 texts on, unless
+/// turned off); `work` reports the texts done through the callback it is given.
+fn with_texts_bar<T>(
+    total: usize,
+    no_progress: bool,
+    message: &'static str,
+    work: impl FnOnce(&mut dyn FnMut(usize, usize)) -> T,
+) -> T {
+    let bar = crate::progress_bar(
         total as u64,
         "{msg} [{bar:30}] {pos}/{len} texts, {per_sec}, eta {eta}",
         !no_progress && total >= 64,
-    )
+    );
+    if let Some(b) = &bar {
+        b.set_message(message);
+    }
+    let result = work(&mut |done, _| {
+        if let Some(b) = &bar {
+            b.set_position(done as u64);
+        }
+    });
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    result
 }
 
 fn write_lines(lines: impl Iterator<Item = serde_json::Value>) -> AnyResult<()> {
@@ -171,18 +190,9 @@ pub fn embed(args: EmbedArgs) -> AnyResult<()> {
             rows.into_iter().enumerate().map(|(i, r)| serde_json::json!({"index": i, "token_embeddings": r})),
         );
     }
-    let bar = texts_bar(texts.len(), args.model.no_progress);
-    if let Some(b) = &bar {
-        b.set_message("embedding");
-    }
-    let vectors = embedder.embed_with_progress(&texts, &mut |done, _| {
-        if let Some(b) = &bar {
-            b.set_position(done as u64);
-        }
+    let vectors = with_texts_bar(texts.len(), args.model.no_progress, "embedding", |progress| {
+        embedder.embed_with_progress(&texts, progress)
     });
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
     write_lines(vectors?.into_iter().enumerate().map(|(i, v)| serde_json::json!({"index": i, "embedding": v})))
 }
 
@@ -214,18 +224,9 @@ pub fn classify(args: ClassifyArgs) -> AnyResult<()> {
     }
     let (model, _) = load_model(&args.model, None)?;
     let mut classifier = Classifier::new(&model, &args.labels, &config)?;
-    let bar = texts_bar(texts.len(), args.model.no_progress);
-    if let Some(b) = &bar {
-        b.set_message("classifying");
-    }
-    let results = classifier.classify_with_progress(&texts, &mut |done, _| {
-        if let Some(b) = &bar {
-            b.set_position(done as u64);
-        }
+    let results = with_texts_bar(texts.len(), args.model.no_progress, "classifying", |progress| {
+        classifier.classify_with_progress(&texts, progress)
     });
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
     let labels = classifier.labels().to_vec();
     write_lines(results?.into_iter().enumerate().map(|(i, r)| {
         let probs: serde_json::Map<String, serde_json::Value> =

@@ -18,21 +18,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 # STAGE=build stops after the build and the model (a machine kept warm between two calls
 # keeps them in $W); STAGE=bench skips what is already there.
 STAGE="${STAGE:-all}"
-if ! [ -x "$W/build/bin/llama-batched-bench" ]; then
-log "building llama.cpp (CUDA, shared) with llama-bench and llama-batched-bench"
-rm -rf "$W/llama.cpp" "$W/build"
-tar xzf .dev/llama.cpp.tar.gz -C "$W"
-tar xzf .dev/llama-tools.tar.gz -C "$W/llama.cpp"
-cmake -S "$W/llama.cpp" -B "$W/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-    -DBUILD_SHARED_LIBS=ON -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}" \
-    -DGGML_NATIVE=OFF -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=OFF \
-    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_CURL=OFF \
-    > "$W/cmake.log" 2>&1 &&
-    cmake --build "$W/build" -j "$(nproc)" --target llama llama-bench llama-batched-bench >> "$W/cmake.log" 2>&1 ||
-    { echo "llama.cpp build failed:" >&2; tail -60 "$W/cmake.log" | tee "$OUT/cmake-tail.txt" >&2; exit 1; }
-fi
-libdir="$(dirname "$(find "$W/build" -name 'libllama.so*' | head -1)")"
-export LD_LIBRARY_PATH="$libdir:$(dirname "$(find "$W/build" -name 'libggml.so*' | head -1)"):${LD_LIBRARY_PATH:-}"
+TOOLS="llama-bench llama-batched-bench"
+source scripts/gpu-build-tools.sh
 LB="$(find "$W/build" -name llama-bench -type f | head -1)"
 BB="$(find "$W/build" -name llama-batched-bench -type f | head -1)"
 B="$PWD/.dev/rocm-llama"

@@ -241,6 +241,17 @@ struct Collected {
     summary: Option<Summary>,
 }
 
+/// Every generation of a whole (not streamed) answer, in order, each one's summary counted
+/// in the metrics; the first failure answers for all.
+async fn collect_all(state: &AppState, streams: Vec<AsyncTokenStream>, retry: u32) -> Result<Vec<Collected>, ApiError> {
+    let mut out = Vec::with_capacity(streams.len());
+    for s in streams {
+        out.push(collect(s).await.map_err(|e| ApiError::from_error(e, retry))?);
+    }
+    out.iter().filter_map(|c| c.summary.as_ref()).for_each(|s| state.metrics.finished(s));
+    Ok(out)
+}
+
 async fn collect(mut stream: AsyncTokenStream) -> Result<Collected, crate::Error> {
     let mut c = Collected::default();
     while let Some(event) = stream.next().await {
@@ -349,12 +360,8 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: axum::body::
             Piece::Usage(usage) => chunk(json!([]), Some(usage)),
         }));
     }
-    let mut out = Vec::with_capacity(streams.len());
-    for s in streams {
-        out.push(collect(s).await.map_err(|e| ApiError::from_error(e, retry))?);
-    }
+    let out = collect_all(&state, streams, retry).await?;
     let summaries: Vec<&Summary> = out.iter().filter_map(|c| c.summary.as_ref()).collect();
-    summaries.iter().for_each(|s| state.metrics.finished(s));
     let usage = sum_usage(&summaries);
     let timings = summaries.first().map(|s| openai::timings(s)).unwrap_or(Value::Null);
     let choices: Vec<Value> = out
@@ -414,12 +421,8 @@ async fn completions(State(state): State<Arc<AppState>>, body: axum::body::Bytes
             }
         }));
     }
-    let mut out = Vec::with_capacity(streams.len());
-    for s in streams {
-        out.push(collect(s).await.map_err(|e| ApiError::from_error(e, retry))?);
-    }
+    let out = collect_all(&state, streams, retry).await?;
     let summaries: Vec<&Summary> = out.iter().filter_map(|c| c.summary.as_ref()).collect();
-    summaries.iter().for_each(|s| state.metrics.finished(s));
     let usage = sum_usage(&summaries);
     let choices: Vec<Value> = out
         .iter()

@@ -9,6 +9,8 @@ if ! (for t in $TOOLS; do [ -x "$W/build/bin/$t" ] || exit 1; done) ||
     rm -rf "$W/llama.cpp" "$W/build"
     tar xzf .dev/llama.cpp.tar.gz -C "$W"
     tar xzf .dev/llama-tools.tar.gz -C "$W/llama.cpp"
+    # A hook that prepares the tree (gpu-serve-compare.sh: llama-server's UI placeholders).
+    if [ -n "${PRE_BUILD:-}" ]; then "$PRE_BUILD"; fi
     # shellcheck disable=SC2086
     cmake -S "$W/llama.cpp" -B "$W/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
         -DBUILD_SHARED_LIBS=ON -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}" \

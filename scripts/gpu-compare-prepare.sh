@@ -14,7 +14,10 @@ trap 'rm -rf "$tmp"' EXIT
 python3 -m pip download --quiet --no-deps --no-binary :all: llama-cpp-python -d "$tmp"
 sdist="$(ls "$tmp"/llama_cpp_python-*.tar.gz)"
 tar xzf "$sdist" -C "$tmp" --wildcards '*/vendor/llama.cpp/tools/*'
-# The web UI's assets are only for the server, which the comparison does not build.
-tar czf .dev/llama-tools.tar.gz -C "$tmp"/llama_cpp_python-*/vendor/llama.cpp --exclude tools/ui tools
+# The web UI's sources stay out (llama-server is built with placeholder assets, see
+# gpu-serve-compare.sh); its CMake files and the asset script come along.
+tar xzf "$sdist" -C "$tmp" --wildcards '*/vendor/llama.cpp/scripts/ui-assets.cmake'
+tar czf .dev/llama-tools.tar.gz -C "$tmp"/llama_cpp_python-*/vendor/llama.cpp \
+    --exclude 'tools/ui/*' tools tools/ui/CMakeLists.txt scripts/ui-assets.cmake
 basename "$sdist" > .dev/llama-tools.source
 ls -la .dev

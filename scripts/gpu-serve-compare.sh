@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Issue 17's measurement: `rocm-llama serve` against llama-server built from the same llama.cpp
+# source, on the synthetic llama3-8b Q4_K_M, 64 slots, flash attention on, every layer on the
+# GPU, driven by one load generator (scripts/loadgen.py: streamed completions, 128-token
+# prompts, 128 tokens each, default sampling) at 1, 8 and 64 concurrent clients.
+# Needs .dev from scripts/gpu-compare-prepare.sh (carry .dev). STAGE=build stops after the
+# build and the model. At most 8 files land in $OUT: run.log, the two servers' results and
+# logs' tails, table.txt.
+set -uo pipefail
+source scripts/gpu-env.sh
+STAGE="${STAGE:-all}"
+CLIENTS="${CLIENTS:-1,8,64}"
+ROUNDS="${ROUNDS:-2}"
+nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/run.log"
+
+# llama-server embeds its web UI; the benchmark needs none, so the asset step gets placeholder
+# files of the names it checks for (no network here to fetch or build the real ones).
+ui_placeholders() {
+    local d="$W/llama.cpp/tools/ui/dist"
+    mkdir -p "$d"
+    echo '<!doctype html><title>llama-server</title><p>web UI not built (benchmark build)</p>' > "$d/index.html"
+    for f in manifest.webmanifest build.json version.json; do echo '{}' > "$d/$f"; done
+    for f in sw.js bundle.0.js bundle.0.css workbox-0.js; do : > "$d/$f"; done
+}
+TOOLS="llama-server" CMAKE_EXTRA="-DLLAMA_BUILD_SERVER=ON" PRE_BUILD=ui_placeholders
+source scripts/gpu-build-tools.sh
+LS="$(find "$W/build" -name llama-server -type f | head -1)"
+B="$PWD/.dev/rocm-llama"
+chmod +x "$B"
+"$B" info >> "$OUT/run.log" 2>&1
+MODEL="$W/llama3-8b-q4_k_m.gguf"
+[ -f "$MODEL" ] || { log "synthesizing llama3-8b Q4_K_M"; "$B" synth --shape llama3-8b --type q4_k_m -o "$MODEL" --threads "$(nproc)" >> "$OUT/run.log" 2>&1; }
+[ "$STAGE" = build ] && { log "built"; exit 0; }
+
+wait_ready() {
+    for _ in $(seq 600); do
+        python3 -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:$1/v1/models').status != 200)" \
+            2>/dev/null && return 0
+        sleep 0.5
+    done
+    return 1
+}
+run_server() { # name port command...
+    local name="$1" port="$2"
+    shift 2
+    log "$name: $*"
+    "$@" > "$W/$name.log" 2>&1 &
+    local pid=$!
+    if wait_ready "$port"; then
+        python3 scripts/loadgen.py "http://127.0.0.1:$port" --clients "$CLIENTS" --rounds "$ROUNDS" \
+            --prompt-tokens 128 --max-tokens 128 --label "$name" --json "$OUT/$name.json" 2>> "$OUT/run.log"
+    else
+        log "$name never answered"
+    fi
+    kill -TERM $pid
+    wait $pid
+    tail -n 20 "$W/$name.log" > "$OUT/$name.log.tail"
+}
+# llama.cpp's server at its fastest for this load: 64 slots of 256 tokens, continuous batching
+# (its default), flash attention, every layer on the GPU.
+run_server llama-server 8081 "$LS" -m "$MODEL" -ngl 99 -fa on -np 64 -c $((64 * 256)) -b 2048 -ub 512 \
+    --host 127.0.0.1 --port 8081
+run_server rocm-llama 8082 "$B" serve -m "$MODEL" -ngl all -fa on --parallel 64 -c 256 -b 2048 \
+    --host 127.0.0.1 --port 8082
+
+python3 - "$OUT" <<'PY' | tee "$OUT/table.txt"
+import json, os, sys
+out = sys.argv[1]
+def load(name):
+    try:
+        return {r["clients"]: r for r in json.load(open(os.path.join(out, name + ".json")))}
+    except Exception:
+        return {}
+l, r = load("llama-server"), load("rocm-llama")
+print(f"{'clients':>7} {'llama-server t/s':>17} {'rocm-llama t/s':>15} {'ratio':>6} {'ttft med/max llama-server':>26} {'ttft med/max rocm-llama':>24}")
+for c in sorted(set(l) | set(r)):
+    a, b = l.get(c, {}), r.get(c, {})
+    ratio = f"{b['tokens_per_s'] / a['tokens_per_s']:.2f}" if a and b else "-"
+    ta = f"{a.get('ttft_median_ms', 0):.0f}/{a.get('ttft_max_ms', 0):.0f} ms" if a else "-"
+    tb = f"{b.get('ttft_median_ms', 0):.0f}/{b.get('ttft_max_ms', 0):.0f} ms" if b else "-"
+    print(f"{c:>7} {a.get('tokens_per_s', 0):>17.1f} {b.get('tokens_per_s', 0):>15.1f} {ratio:>6} {ta:>26} {tb:>24}")
+PY

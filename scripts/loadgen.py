@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""One load generator for any OpenAI-compatible server (rocm-llama serve, llama-server):
+streamed /v1/completions from N concurrent clients, aggregate tokens/s and time to first token.
+
+    python3 scripts/loadgen.py http://127.0.0.1:8080 --clients 1,8,64 --prompt-tokens 128 \
+        --max-tokens 128 --rounds 2 --json out.json
+
+Standard library only (the GPU machine has no network to install packages). Each client sends
+`rounds` requests one after another; a level's clock runs from the first request sent to the
+last stream ended. The prompt is calibrated once to --prompt-tokens with the server's own
+`usage.prompt_tokens` (non-streamed, max_tokens 1). Generated tokens are the final usage
+chunk's `completion_tokens` when the server sends one, else the number of content chunks.
+Default sampling; `ignore_eos` asks both servers (they accept it) to generate max_tokens.
+"""
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+
+async def post(url, body, on_event=None):
+    """POSTs JSON; returns (status, body) or, with on_event, calls it per SSE data line."""
+    u = urllib.parse.urlsplit(url)
+    reader, writer = await asyncio.open_connection(u.hostname, u.port or 80)
+    data = json.dumps(body).encode()
+    head = (
+        f"POST {u.path} HTTP/1.1\r\nHost: {u.hostname}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n"
+    )
+    writer.write(head.encode() + data)
+    await writer.drain()
+    status_line = await reader.readline()
+    status = int(status_line.split()[1])
+    chunked = False
+    while True:
+        line = await reader.readline()
+        if line in (b"\r\n", b"\n", b""):
+            break
+        k, _, v = line.decode("latin-1").partition(":")
+        if k.strip().lower() == "transfer-encoding" and "chunked" in v.lower():
+            chunked = True
+
+    async def body_pieces():
+        if not chunked:
+            while True:
+                b = await reader.read(65536)
+                if not b:
+                    return
+                yield b
+        while True:
+            size = int((await reader.readline()).strip() or b"0", 16)
+            if size == 0:
+                return
+            yield await reader.readexactly(size)
+            await reader.readline()
+
+    out = b""
+    pending = b""
+    async for piece in body_pieces():
+        if on_event is None:
+            out += piece
+            continue
+        pending += piece
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            line = line.strip()
+            if line.startswith(b"data:"):
+                on_event(line[5:].strip())
+    writer.close()
+    return status, out
+
+
+def calibrate(base, model, target):
+    """A prompt of about `target` tokens by the server's own count."""
+    words = "the quick brown fox jumps over a lazy dog while seven wise owls count stars".split()
+
+    def count(n):
+        text = " ".join(words[i % len(words)] for i in range(n))
+        status, body = asyncio.run(
+            post(f"{base}/v1/completions", {"model": model, "prompt": text, "max_tokens": 1})
+        )
+        if status != 200:
+            raise SystemExit(f"calibration request failed: {status} {body[:300]!r}")
+        return text, json.loads(body)["usage"]["prompt_tokens"]
+
+    lo, hi = 1, target * 2
+    best = count(target)
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        text, n = count(mid)
+        if abs(n - target) < abs(best[1] - target):
+            best = (text, n)
+        if n == target:
+            break
+        if n < target:
+            lo = mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
+async def one_request(base, model, prompt, max_tokens):
+    t0 = time.perf_counter()
+    first = None
+    chunks = 0
+    usage_tokens = None
+
+    def on_event(data):
+        nonlocal first, chunks, usage_tokens
+        if data == b"[DONE]":
+            return
+        try:
+            j = json.loads(data)
+        except ValueError:
+            return
+        if j.get("usage") and j["usage"].get("completion_tokens") is not None:
+            usage_tokens = j["usage"]["completion_tokens"]
+        for c in j.get("choices") or []:
+            if c.get("text"):
+                chunks += 1
+                if first is None:
+                    first = time.perf_counter()
+
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "ignore_eos": True,
+    }
+    status, _ = await post(f"{base}/v1/completions", body, on_event)
+    if status != 200:
+        raise RuntimeError(f"status {status}")
+    tokens = usage_tokens if usage_tokens is not None else chunks
+    return {"ttft_ms": ((first or time.perf_counter()) - t0) * 1000, "tokens": tokens}
+
+
+async def level(base, model, prompt, max_tokens, clients, rounds):
+    results = []
+
+    async def client():
+        for _ in range(rounds):
+            results.append(await one_request(base, model, prompt, max_tokens))
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    wall = time.perf_counter() - t0
+    ttft = [r["ttft_ms"] for r in results]
+    tokens = sum(r["tokens"] for r in results)
+    return {
+        "clients": clients,
+        "requests": len(results),
+        "tokens": tokens,
+        "wall_s": round(wall, 3),
+        "tokens_per_s": round(tokens / wall, 1),
+        "ttft_median_ms": round(statistics.median(ttft), 1),
+        "ttft_max_ms": round(max(ttft), 1),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("base", help="http://HOST:PORT")
+    ap.add_argument("--clients", default="1,8,64")
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--model", default=None, help="default: the first of /v1/models")
+    ap.add_argument("--label", default="")
+    ap.add_argument("--json", help="write the results here")
+    a = ap.parse_args()
+    base = a.base.rstrip("/")
+    model = a.model
+    if model is None:
+        with urllib.request.urlopen(f"{base}/v1/models") as r:
+            model = json.load(r)["data"][0]["id"]
+    prompt, n = calibrate(base, model, a.prompt_tokens)
+    print(f"{a.label}: prompt of {n} tokens (asked {a.prompt_tokens})", file=sys.stderr)
+    # One request first, so that neither server's first-use costs land in a level.
+    asyncio.run(one_request(base, model, prompt, 8))
+    levels = []
+    for c in [int(x) for x in a.clients.split(",")]:
+        r = asyncio.run(level(base, model, prompt, a.max_tokens, c, a.rounds))
+        r["prompt_tokens"] = n
+        r["label"] = a.label
+        print(json.dumps(r), flush=True)
+        levels.append(r)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(levels, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

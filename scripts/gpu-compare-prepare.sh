@@ -17,7 +17,9 @@ tar xzf "$sdist" -C "$tmp" --wildcards '*/vendor/llama.cpp/tools/*'
 # The web UI's sources stay out (llama-server is built with placeholder assets, see
 # gpu-serve-compare.sh); its CMake files and the asset script come along.
 tar xzf "$sdist" -C "$tmp" --wildcards '*/vendor/llama.cpp/scripts/ui-assets.cmake'
-tar czf .dev/llama-tools.tar.gz -C "$tmp"/llama_cpp_python-*/vendor/llama.cpp \
-    --exclude 'tools/ui/*' tools tools/ui/CMakeLists.txt scripts/ui-assets.cmake
+src_tree="$(echo "$tmp"/llama_cpp_python-*/vendor/llama.cpp)"
+tar cf "$tmp/tools.tar" -C "$src_tree" --exclude 'tools/ui/*' tools
+tar rf "$tmp/tools.tar" -C "$src_tree" tools/ui/CMakeLists.txt scripts/ui-assets.cmake
+gzip -c "$tmp/tools.tar" > .dev/llama-tools.tar.gz
 basename "$sdist" > .dev/llama-tools.source
 ls -la .dev

@@ -13,16 +13,22 @@ CLIENTS="${CLIENTS:-1,8,64}"
 ROUNDS="${ROUNDS:-2}"
 nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/run.log"
 
-# llama-server embeds its web UI; the benchmark needs none, so the asset step gets placeholder
-# files of the names it checks for (no network here to fetch or build the real ones).
-ui_placeholders() {
+# Two adaptations of the tree before the build (checked on CPU 2026-12-02, where llama-server
+# then built and answered scripts/loadgen.py): llama-server embeds its web UI, which the
+# benchmark does not need, so the asset step gets placeholder files of the names it checks for
+# (no network here to fetch or build the real ones); and the sdist's server-mcp.cpp opens its
+# MCP config file with a helper the pinned `common` does not have, so that one line opens it
+# with std::ifstream directly.
+prepare_server_tree() {
+    sed -i 's/std::ifstream f = fs_open_ifstream(params.mcp_servers_config, std::ios::in);/std::ifstream f(params.mcp_servers_config, std::ios::in);/' \
+        "$W/llama.cpp/tools/server/server-mcp.cpp"
     local d="$W/llama.cpp/tools/ui/dist"
     mkdir -p "$d"
     echo '<!doctype html><title>llama-server</title><p>web UI not built (benchmark build)</p>' > "$d/index.html"
     for f in manifest.webmanifest build.json version.json; do echo '{}' > "$d/$f"; done
     for f in sw.js bundle.0.js bundle.0.css workbox-0.js; do : > "$d/$f"; done
 }
-TOOLS="llama-server" CMAKE_EXTRA="-DLLAMA_BUILD_SERVER=ON" PRE_BUILD=ui_placeholders
+TOOLS="llama-server" CMAKE_EXTRA="-DLLAMA_BUILD_SERVER=ON" PRE_BUILD=prepare_server_tree
 source scripts/gpu-build-tools.sh
 LS="$(find "$W/build" -name llama-server -type f | head -1)"
 B="$PWD/.dev/rocm-llama"

@@ -277,3 +277,53 @@ fn rpc_server_on_the_command_line_says_where_warns_off_loopback_and_stops_on_ctr
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen there"));
 }
+
+/// One HTTP/1.1 request to 127.0.0.1:`port`; the status and the body.
+fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    (head.split(' ').nth(1).unwrap().parse().unwrap(), body.to_string())
+}
+
+#[test]
+fn serve_over_rpc_answers_503_and_reports_unhealthy_once_the_server_is_gone() {
+    use std::io::BufRead;
+    let Some(path) = common::model_path() else { return };
+    let mut rpc = RpcServer::start();
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_rocm-llama"))
+        .args(["serve", "--port", "0", "-t", "1", "--no-progress", "-c", "512", "--rpc", &rpc.endpoint, "-m"])
+        .arg(&path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(serve.stderr.take().unwrap()).lines();
+    let port: u16 = loop {
+        let line = lines.next().expect("serve printed its address").unwrap();
+        if let Some(rest) = line.split("http://127.0.0.1:").nth(1) {
+            break rest.split('/').next().unwrap().parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let completion = r#"{"prompt":"Hello","max_tokens":4}"#;
+    assert_eq!(http(port, "GET", "/health", "").0, 200);
+    assert_eq!(http(port, "POST", "/v1/completions", completion).0, 200);
+
+    rpc.kill();
+    let (status, body) = http(port, "POST", "/v1/completions", completion);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("rpc_server_failed") && body.contains(&rpc.endpoint), "{body}");
+    let (status, body) = http(port, "GET", "/health", "");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"status\":\"error\""), "{body}");
+    let _ = serve.kill();
+    let _ = serve.wait();
+}

@@ -119,9 +119,19 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", "no such route")
 }
 
-async fn health(State(state): State<Arc<AppState>>) -> Json<Value> {
+/// `{"status": "ok", ...}`, or 503 with `"status": "error"` and the reason once an RPC server
+/// holding part of the model has failed (every generation would fail: a load balancer should
+/// send the traffic elsewhere).
+async fn health(State(state): State<Arc<AppState>>) -> Response {
     let s = state.engine.stats();
-    Json(json!({"status": "ok", "slots_running": s.running, "queued": s.queued}))
+    match state.engine.model().check_remote() {
+        Ok(()) => Json(json!({"status": "ok", "slots_running": s.running, "queued": s.queued})).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "error", "error": e.to_string(), "slots_running": s.running, "queued": s.queued})),
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {

@@ -20,15 +20,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 STAGE="${STAGE:-all}"
 TOOLS="llama-bench llama-batched-bench"
 source scripts/gpu-build-tools.sh
+source scripts/gpu-llama3.sh
 LB="$(find "$W/build" -name llama-bench -type f | head -1)"
 BB="$(find "$W/build" -name llama-batched-bench -type f | head -1)"
-B="$PWD/.dev/rocm-llama"
-chmod +x "$B"
 "$B" info > "$OUT/info.txt" 2>&1
 cat .dev/llama-tools.source >> "$OUT/info.txt" 2>/dev/null
 
-MODEL="$W/llama3-8b-q4_k_m.gguf"
-[ -f "$MODEL" ] || { log "synthesizing llama3-8b Q4_K_M"; "$B" synth --shape llama3-8b --type q4_k_m -o "$MODEL" --threads "$(nproc)" >> "$OUT/run.log" 2>&1; }
 [ "$STAGE" = build ] && { log "built"; exit 0; }
 
 log "llama-bench"

@@ -16,12 +16,9 @@ nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,nohea
 
 TOOLS="llama-bench" CMAKE_EXTRA="-DGGML_RPC=ON"
 source scripts/gpu-build-tools.sh
+source scripts/gpu-llama3.sh
 LB="$(find "$W/build" -name llama-bench -type f | head -1)"
-B="$PWD/.dev/rocm-llama"
-chmod +x "$B"
 "$B" info >> "$OUT/run.log" 2>&1
-MODEL="$W/llama3-8b-q4_k_m.gguf"
-[ -f "$MODEL" ] || { log "synthesizing llama3-8b Q4_K_M"; "$B" synth --shape llama3-8b --type q4_k_m -o "$MODEL" --threads "$(nproc)" >> "$OUT/run.log" 2>&1; }
 [ "$STAGE" = build ] && { log "built"; exit 0; }
 
 BENCH=(-m "$MODEL" -ngl all -fa on -p 512 -n 128 -d 0 -r "${REPS:-3}" --concurrency 8,64 --concurrent-tokens 128)

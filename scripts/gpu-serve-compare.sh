@@ -30,12 +30,9 @@ prepare_server_tree() {
 }
 TOOLS="llama-server" CMAKE_EXTRA="-DLLAMA_BUILD_SERVER=ON" PRE_BUILD=prepare_server_tree
 source scripts/gpu-build-tools.sh
+source scripts/gpu-llama3.sh
 LS="$(find "$W/build" -name llama-server -type f | head -1)"
-B="$PWD/.dev/rocm-llama"
-chmod +x "$B"
 "$B" info >> "$OUT/run.log" 2>&1
-MODEL="$W/llama3-8b-q4_k_m.gguf"
-[ -f "$MODEL" ] || { log "synthesizing llama3-8b Q4_K_M"; "$B" synth --shape llama3-8b --type q4_k_m -o "$MODEL" --threads "$(nproc)" >> "$OUT/run.log" 2>&1; }
 [ "$STAGE" = build ] && { log "built"; exit 0; }
 
 wait_ready() {

@@ -343,7 +343,7 @@ impl Model {
         if config.split_mode == SplitMode::None {
             let n = match &devices {
                 Some(list) => list.len() - 1,
-                None => crate::devices::offload_devices(&crate::devices::backend_devices()).len(),
+                None => crate::devices::offload_devices(&crate::devices::backend_devices_unmeasured()).len(),
             };
             if n > 0 && config.main_gpu as usize >= n {
                 return Err(Error::InvalidConfig(format!(

@@ -71,6 +71,16 @@ pub fn offload_devices(devices: &[BackendDevice]) -> Vec<&BackendDevice> {
 
 /// The devices of ggml's backend registry. Wraps `ggml_backend_dev_count`/`_get`/`_memory`.
 pub fn backend_devices() -> Vec<BackendDevice> {
+    registry(true)
+}
+
+/// The registry's devices without their memory (`free` and `total` 0): asking a remote
+/// device's memory is a round trip to its server, which picking devices does not need.
+pub(crate) fn backend_devices_unmeasured() -> Vec<BackendDevice> {
+    registry(false)
+}
+
+fn registry(with_memory: bool) -> Vec<BackendDevice> {
     crate::init::init();
     let text = |p: *const std::ffi::c_char| {
         if p.is_null() {
@@ -97,7 +107,9 @@ pub fn backend_devices() -> Vec<BackendDevice> {
             let (mut free, mut total) = (0usize, 0usize);
             // SAFETY: `dev` is a registered device; the out pointers are valid.
             let (name, desc, kind, reg) = unsafe {
-                sys::ggml_backend_dev_memory(dev, &mut free, &mut total);
+                if with_memory {
+                    sys::ggml_backend_dev_memory(dev, &mut free, &mut total);
+                }
                 (
                     sys::ggml_backend_dev_name(dev),
                     sys::ggml_backend_dev_description(dev),

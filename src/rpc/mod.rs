@@ -194,16 +194,11 @@ pub(crate) fn name_buffers(memory: &mut crate::MemoryBreakdown) {
 pub fn devices(endpoints: &[String], timeout: Duration) -> Result<Vec<BackendDevice>> {
     let links = attach(endpoints, timeout)?;
     let all = crate::devices::backend_devices();
-    let mut out = Vec::new();
-    for link in &links {
-        let devs = link.devices.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        for dev in devs {
-            // SAFETY: plain registry query.
-            let index = (0..unsafe { sys::ggml_backend_dev_count() })
-                .find(|&i| unsafe { sys::ggml_backend_dev_get(i) } as usize == dev);
-            out.extend(all.iter().filter(|d| Some(d.index) == index).cloned());
-        }
-    }
+    // Failed links' devices are not listed, so a server's name picks its live devices.
+    let out = links
+        .iter()
+        .flat_map(|l| all.iter().filter(move |d| d.remote.as_deref() == Some(l.remote.as_str())).cloned())
+        .collect();
     check(&links)?;
     Ok(out)
 }
@@ -221,7 +216,7 @@ pub(crate) fn load_devices(links: &[Arc<Link>]) -> Option<Vec<sys::ggml_backend_
             link.devices.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|&d| d as sys::ggml_backend_dev_t),
         );
     }
-    let local = crate::devices::backend_devices();
+    let local = crate::devices::backend_devices_unmeasured();
     for d in crate::devices::offload_devices(&local) {
         // SAFETY: `index` came from the registry, which only grows.
         list.push(unsafe { sys::ggml_backend_dev_get(d.index) });

@@ -19,8 +19,9 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 # keeps them in $W); STAGE=bench skips what is already there.
 STAGE="${STAGE:-all}"
 TOOLS="llama-bench llama-batched-bench"
-source scripts/gpu-build-tools.sh
 source scripts/gpu-llama3.sh
+source scripts/gpu-build-tools.sh
+model_ready
 LB="$(find "$W/build" -name llama-bench -type f | head -1)"
 BB="$(find "$W/build" -name llama-batched-bench -type f | head -1)"
 "$B" info > "$OUT/info.txt" 2>&1

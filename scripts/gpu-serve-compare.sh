@@ -29,8 +29,9 @@ prepare_server_tree() {
     for f in sw.js bundle.0.js bundle.0.css workbox-0.js; do : > "$d/$f"; done
 }
 TOOLS="llama-server" CMAKE_EXTRA="-DLLAMA_BUILD_SERVER=ON" PRE_BUILD=prepare_server_tree
-source scripts/gpu-build-tools.sh
 source scripts/gpu-llama3.sh
+source scripts/gpu-build-tools.sh
+model_ready
 LS="$(find "$W/build" -name llama-server -type f | head -1)"
 "$B" info >> "$OUT/run.log" 2>&1
 [ "$STAGE" = build ] && { log "built"; exit 0; }
@@ -59,11 +60,12 @@ run_server() { # name port command...
     wait $pid
     tail -n 20 "$W/$name.log" > "$OUT/$name.log.tail"
 }
-# llama.cpp's server at its fastest for this load: 64 slots of 256 tokens, continuous batching
+# llama.cpp's server at its fastest for this load: 64 slots of 320 tokens (128 in, 128 out and room
+# for a prompt a few tokens over 128), continuous batching
 # (its default), flash attention, every layer on the GPU.
-run_server llama-server 8081 "$LS" -m "$MODEL" -ngl 99 -fa on -np 64 -c $((64 * 256)) -b 2048 -ub 512 \
+run_server llama-server 8081 "$LS" -m "$MODEL" -ngl 99 -fa on -np 64 -c $((64 * 320)) -b 2048 -ub 512 \
     --host 127.0.0.1 --port 8081
-run_server rocm-llama 8082 "$B" serve -m "$MODEL" -ngl all -fa on --parallel 64 -c 256 -b 2048 \
+run_server rocm-llama 8082 "$B" serve -m "$MODEL" -ngl all -fa on --parallel 64 -c 320 -b 2048 \
     --host 127.0.0.1 --port 8082
 
 python3 - "$OUT" <<'PY' | tee "$OUT/table.txt"

@@ -8,8 +8,10 @@ streamed /v1/completions from N concurrent clients, aggregate tokens/s and time 
 Standard library only (the GPU machine has no network to install packages). Each client sends
 `rounds` requests one after another; a level's clock runs from the first request sent to the
 last stream ended. The prompt is calibrated once to --prompt-tokens with the server's own
-`usage.prompt_tokens` (non-streamed, max_tokens 1). Generated tokens are the final usage
-chunk's `completion_tokens` when the server sends one, else the number of content chunks.
+`usage.prompt_tokens` (non-streamed, max_tokens 1); each request puts its own number in front
+of it (so no prompt cache answers it; calibration counts with such a number), and the levels
+report the median prompt they saw. Generated tokens are the final usage chunk's
+`completion_tokens` when the server sends one, else the number of content chunks.
 Default sampling; `ignore_eos` asks both servers (they accept it) to generate max_tokens.
 """
 
@@ -76,24 +78,31 @@ async def post(url, body, on_event=None):
 
 
 def calibrate(base, model, target):
-    """A prompt of about `target` tokens by the server's own count."""
+    """A prompt of about `target` tokens by the server's own count. The number of tokens a word
+    takes depends on the vocabulary (a synthetic model's made-up one takes several per word), so
+    this searches the number of words, counting a prompt the server refuses as too long."""
     words = "the quick brown fox jumps over a lazy dog while seven wise owls count stars".split()
 
     def count(n):
         text = " ".join(words[i % len(words)] for i in range(n))
         status, body = asyncio.run(
-            post(f"{base}/v1/completions", {"model": model, "prompt": text, "max_tokens": 1})
+            post(f"{base}/v1/completions", {"model": model, "prompt": f"1. {text}", "max_tokens": 1})
         )
+        if status == 400:
+            return text, None  # longer than the server's context
         if status != 200:
             raise SystemExit(f"calibration request failed: {status} {body[:300]!r}")
         return text, json.loads(body)["usage"]["prompt_tokens"]
 
     lo, hi = 1, target * 2
-    best = count(target)
+    best = None
     while lo <= hi:
         mid = (lo + hi) // 2
         text, n = count(mid)
-        if abs(n - target) < abs(best[1] - target):
+        if n is None:
+            hi = mid - 1
+            continue
+        if best is None or abs(n - target) < abs(best[1] - target):
             best = (text, n)
         if n == target:
             break
@@ -101,17 +110,28 @@ def calibrate(base, model, target):
             lo = mid + 1
         else:
             hi = mid - 1
+    if best is None:
+        raise SystemExit("calibration: the server refused even a one-word prompt")
     return best
 
 
+REQUESTS = 0
+
+
 async def one_request(base, model, prompt, max_tokens):
+    # Each request's prompt starts with its own number, so no server answers it from a prompt
+    # cache left by an earlier one: every request pays for its prefill.
+    global REQUESTS
+    REQUESTS += 1
+    prompt = f"{REQUESTS}. {prompt}"
+    prompt_tokens = None
     t0 = time.perf_counter()
     first = None
     chunks = 0
     usage_tokens = None
 
     def on_event(data):
-        nonlocal first, chunks, usage_tokens
+        nonlocal first, chunks, usage_tokens, prompt_tokens
         if data == b"[DONE]":
             return
         try:
@@ -120,6 +140,7 @@ async def one_request(base, model, prompt, max_tokens):
             return
         if j.get("usage") and j["usage"].get("completion_tokens") is not None:
             usage_tokens = j["usage"]["completion_tokens"]
+            prompt_tokens = j["usage"].get("prompt_tokens")
         for c in j.get("choices") or []:
             if c.get("text"):
                 chunks += 1
@@ -138,7 +159,8 @@ async def one_request(base, model, prompt, max_tokens):
     if status != 200:
         raise RuntimeError(f"status {status}")
     tokens = usage_tokens if usage_tokens is not None else chunks
-    return {"ttft_ms": ((first or time.perf_counter()) - t0) * 1000, "tokens": tokens}
+    ttft = ((first or time.perf_counter()) - t0) * 1000
+    return {"ttft_ms": ttft, "tokens": tokens, "prompt_tokens": prompt_tokens}
 
 
 async def level(base, model, prompt, max_tokens, clients, rounds):
@@ -161,6 +183,9 @@ async def level(base, model, prompt, max_tokens, clients, rounds):
         "tokens_per_s": round(tokens / wall, 1),
         "ttft_median_ms": round(statistics.median(ttft), 1),
         "ttft_max_ms": round(max(ttft), 1),
+        "prompt_tokens_median": statistics.median(
+            [r["prompt_tokens"] for r in results if r["prompt_tokens"] is not None] or [0]
+        ),
     }
 
 
@@ -187,7 +212,6 @@ def main():
     levels = []
     for c in [int(x) for x in a.clients.split(",")]:
         r = asyncio.run(level(base, model, prompt, a.max_tokens, c, a.rounds))
-        r["prompt_tokens"] = n
         r["label"] = a.label
         print(json.dumps(r), flush=True)
         levels.append(r)

@@ -11,7 +11,7 @@ use llama_cpp_sys_2 as sys;
 
 use crate::accounting::MemoryBreakdown;
 use crate::error::{c_string, Error, Result};
-use crate::vocab::Vocab;
+use crate::vocab::{Token, Vocab};
 
 /// How many of the model's layers to place on the GPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -148,6 +148,8 @@ pub struct Model {
     vocab_only: bool,
     /// The RPC servers the weights went to: every use checks they still answer.
     rpc: Vec<Arc<crate::rpc::Link>>,
+    /// The end-of-generation tokens, found on first use (a scan of the vocabulary).
+    eog: std::sync::OnceLock<Vec<Token>>,
 }
 
 // SAFETY: llama.cpp never mutates a `llama_model` after `llama_model_load_from_file` returns;
@@ -402,7 +404,15 @@ impl Model {
                 crate::accounting::account(&memory, true);
                 // llama.cpp says so in its load log when it places the output layer on a GPU.
                 let output_on_gpu = log.iter().any(|l| l.contains("offloading output layer to GPU"));
-                Ok(Model { ptr, path: path.to_path_buf(), memory, output_on_gpu, vocab_only: config.vocab_only, rpc })
+                Ok(Model {
+                    ptr,
+                    path: path.to_path_buf(),
+                    memory,
+                    output_on_gpu,
+                    vocab_only: config.vocab_only,
+                    rpc,
+                    eog: std::sync::OnceLock::new(),
+                })
             }
             None if state.is_some_and(|s| s.cancelled) => Err(Error::LoadCancelled),
             None => Err(Error::ModelLoad { path: path.to_path_buf(), reason: load_failure_reason(&log) }),
@@ -461,6 +471,15 @@ impl Model {
         // SAFETY: the model pointer is valid; the vocab lives as long as the model.
         let ptr = unsafe { sys::llama_model_get_vocab(self.raw()) };
         Vocab::new(NonNull::new(ptr as *mut _).expect("llama.cpp returned a null vocab for a loaded model"))
+    }
+
+    /// Every end-of-generation token of the vocabulary (EOS, EOT, ...), in id order: those
+    /// [`Vocab::is_eog`](crate::Vocab::is_eog) says yes to. Found by one scan on first use.
+    pub fn eog_tokens(&self) -> &[Token] {
+        self.eog.get_or_init(|| {
+            let vocab = self.vocab();
+            (0..vocab.n_tokens()).filter(|&t| vocab.is_eog(t)).collect()
+        })
     }
 
     /// A metadata value as a string (`general.architecture`, `general.name`, ...).

@@ -38,6 +38,8 @@ pub struct Sampler<'m> {
     /// (which aborts the process when it reaches Rust) when it is made to accept a token it
     /// does not allow, so every token is checked against this stage before it is accepted.
     grammar_stage: Option<i32>,
+    /// Tokens never picked (sorted): their logits count as -inf before the chain sees them.
+    banned: Vec<Token>,
     _model: PhantomData<&'m Model>,
 }
 
@@ -64,6 +66,7 @@ impl<'m> Sampler<'m> {
                 prefilter_k: None,
                 n_vocab: usize::try_from(model.vocab().n_tokens()).unwrap_or(0),
                 grammar_stage: None,
+                banned: Vec::new(),
                 _model: PhantomData,
             }),
             model,
@@ -71,6 +74,7 @@ impl<'m> Sampler<'m> {
             stages: Vec::new(),
             first_top_k: None,
             grammar_stage: None,
+            banned: Vec::new(),
         }
     }
 
@@ -87,7 +91,7 @@ impl<'m> Sampler<'m> {
         if !ctx.has_output(index) {
             return Err(Error::NoOutput { index });
         }
-        if self.grammar_stage.is_some() {
+        if self.grammar_stage.is_some() || !self.banned.is_empty() {
             return self.sample_logits(ctx.logits(index)?);
         }
         // SAFETY: live sampler and context; `index` produced logits in the last decode.
@@ -113,25 +117,56 @@ impl<'m> Sampler<'m> {
         if self.greedy_only {
             // Greedy alone needs no candidate array: the first maximum, as llama.cpp's greedy
             // sampler picks it.
-            let t = first_max(logits).ok_or_else(|| Error::Sampling("no logits to sample from".into()))?;
-            self.accept(t as Token)?;
-            return Ok(t as Token);
+            let t = self.first_allowed_max(logits)?;
+            self.accept(t)?;
+            return Ok(t);
         }
         let mut data = std::mem::take(&mut self.scratch);
         data.clear();
-        match self.prefilter_k.filter(|&k| k < logits.len()) {
+        match self.prefilter_k.filter(|&k| k + self.banned.len() < logits.len()) {
             // The first stage keeps only the k best logits anyway: find them in one pass and
-            // let the chain work on k candidates instead of the whole vocabulary.
-            Some(k) => top_k_into(logits, k, &mut data),
-            None => data.extend(logits.iter().enumerate().map(|(i, &logit)| sys::llama_token_data {
-                id: i as Token,
-                logit,
-                p: 0.0,
-            })),
+            // let the chain work on k candidates instead of the whole vocabulary (k more than
+            // that when some tokens are banned, which then leave).
+            Some(k) => {
+                top_k_into(logits, k + self.banned.len(), &mut data);
+                if !self.banned.is_empty() {
+                    data.retain(|d| self.banned.binary_search(&d.id).is_err());
+                    data.truncate(k);
+                }
+            }
+            None => {
+                data.extend(logits.iter().enumerate().map(|(i, &logit)| sys::llama_token_data {
+                    id: i as Token,
+                    logit,
+                    p: 0.0,
+                }));
+                for &b in &self.banned {
+                    data[b as usize].logit = f32::NEG_INFINITY;
+                }
+            }
         }
         let result = self.apply_and_pick(&mut data);
         self.scratch = data;
         result
+    }
+
+    /// Greedy's pick with the banned tokens left out: the row's first maximum, or, in the rare
+    /// step where that is a banned token, the first maximum of a copy without them.
+    fn first_allowed_max(&self, logits: &[f32]) -> Result<Token> {
+        let none = || Error::Sampling("no logits to sample from".into());
+        let t = first_max(logits).ok_or_else(none)? as Token;
+        if self.banned.binary_search(&t).is_err() {
+            return Ok(t);
+        }
+        let mut row = logits.to_vec();
+        for &b in &self.banned {
+            row[b as usize] = f32::NEG_INFINITY;
+        }
+        let t = first_max(&row).ok_or_else(none)? as Token;
+        if self.banned.binary_search(&t).is_ok() {
+            return Err(Error::Sampling("every token with a finite logit is banned".into()));
+        }
+        Ok(t)
     }
 
     fn apply_and_pick(&mut self, data: &mut [sys::llama_token_data]) -> Result<Token> {
@@ -298,6 +333,8 @@ pub struct SamplerBuilder<'m> {
     first_top_k: Option<usize>,
     /// The chain index of the grammar stage.
     grammar_stage: Option<i32>,
+    /// Tokens the chain never picks.
+    banned: Vec<Token>,
 }
 
 impl<'m> SamplerBuilder<'m> {
@@ -483,6 +520,22 @@ impl<'m> SamplerBuilder<'m> {
         self.push(s, "grammar")
     }
 
+    /// Never picks these tokens: their logits count as -inf before any stage sees them (as a
+    /// logit bias of -inf would, without giving up the top-k shortcut). A token outside the
+    /// vocabulary is [`Error::InvalidToken`]. A chain with banned tokens runs on the host.
+    pub fn ban(mut self, tokens: &[Token]) -> Self {
+        let n_vocab = self.model.vocab().n_tokens();
+        for &t in tokens {
+            if !(0..n_vocab).contains(&t) {
+                return self.fail(Error::InvalidToken { token: t, n_vocab });
+            }
+            self.banned.push(t);
+        }
+        self.banned.sort_unstable();
+        self.banned.dedup();
+        self
+    }
+
     /// Finishes the chain, or returns the first error any stage hit.
     pub fn build(self) -> Result<Sampler<'m>> {
         if let Some(e) = self.error {
@@ -493,9 +546,11 @@ impl<'m> SamplerBuilder<'m> {
             .ok_or_else(|| Error::Llama { call: "llama_sampler_chain_init", reason: "no sampler chain".into() })?;
         chain.greedy_only = self.stages == ["greedy"];
         chain.device_capable = self.stages.iter().all(|s| DEVICE_STAGES.contains(s))
-            && matches!(self.stages.last(), Some(&"greedy" | &"dist"));
+            && matches!(self.stages.last(), Some(&"greedy" | &"dist"))
+            && self.banned.is_empty();
         chain.prefilter_k = self.first_top_k;
         chain.grammar_stage = self.grammar_stage;
+        chain.banned = self.banned;
         Ok(chain)
     }
 }
@@ -550,6 +605,10 @@ pub struct SamplingParams {
     /// Where the chain runs: on the host after each decode, or inside the decode graph on the
     /// model's output device (see [`SamplerPlacement`]).
     pub placement: SamplerPlacement,
+    /// Never pick an end-of-generation token, so generation runs to its token budget (or a
+    /// stop string, or the context's end): for benchmarks that need a fixed length. llama-server
+    /// calls it `ignore_eos`. Such a chain runs on the host.
+    pub ignore_eos: bool,
 }
 
 /// Where a request's sampler chain runs.
@@ -608,6 +667,7 @@ impl Default for SamplingParams {
             seed: 0xFFFF_FFFF,
             grammar: None,
             placement: SamplerPlacement::Auto,
+            ignore_eos: false,
         }
     }
 }
@@ -628,6 +688,7 @@ crate::config::setters!(SamplingParams {
     dry_penalty_last_n: i32,
     seed: u32,
     placement: SamplerPlacement,
+    ignore_eos: bool,
 } optional {
     grammar: String,
 });
@@ -646,6 +707,9 @@ impl SamplingParams {
     /// Builds the sampler chain for `model`.
     pub fn build<'m>(&self, model: &'m Model) -> Result<Sampler<'m>> {
         let mut b = Sampler::builder(model);
+        if self.ignore_eos {
+            b = b.ban(model.eog_tokens());
+        }
         if let Some(g) = &self.grammar {
             b = b.grammar(g, "root");
         }

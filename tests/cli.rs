@@ -228,6 +228,9 @@ fn llama_cpp_flags_are_understood() {
     let reason = unlimited["stop_reason"].as_str().unwrap();
     assert!(reason == "Eos" || reason == "ContextFull", "{unlimited}");
     assert!(unlimited["generated_tokens"].as_u64().unwrap() > 0);
+    // --ignore-eos: nothing ends it but the context.
+    let to_the_end = greedy(&["Say OK.", "-c", "64", "--ignore-eos"]);
+    assert_eq!(to_the_end["stop_reason"], "ContextFull", "{to_the_end}");
 }
 
 #[test]

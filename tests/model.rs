@@ -656,3 +656,66 @@ fn json_schema_output_always_validates() {
         .json_schema(serde_json::json!({"type": "null"}));
     assert!(matches!(ctx.generate("x", &both).err(), Some(Error::InvalidConfig(_))));
 }
+
+/// `ignore_eos` (and `SamplerBuilder::ban`): an end-of-generation token is never picked, on
+/// every sampling path (greedy's arg-max, the top-k prefilter, the whole vocabulary, and
+/// `sample` from the context), and generation runs to its budget.
+#[test]
+fn ignore_eos_never_picks_an_end_token() {
+    let model = require_model!();
+    let vocab = model.vocab();
+    let eog = model.eog_tokens();
+    let eos = vocab.eos().expect("gemma has an EOS token");
+    assert!(eog.contains(&eos), "{eog:?}");
+    assert!(eog.windows(2).all(|w| w[0] < w[1]) && eog.iter().all(|&t| vocab.is_eog(t)));
+
+    // A row whose best token is EOS and second best an ordinary token.
+    let ordinary = vocab.tokenize("Hello", false, false).unwrap()[0];
+    let mut row = vec![0.0f32; vocab.n_tokens() as usize];
+    row[eos as usize] = 40.0;
+    row[ordinary as usize] = 30.0;
+    assert_eq!(Sampler::greedy(model).unwrap().sample_logits(&row).unwrap(), eos);
+    let chains = [
+        ("greedy", Sampler::builder(model).ban(eog).greedy().build().unwrap()),
+        ("top-k first", Sampler::builder(model).ban(eog).top_k(40).temperature(0.5).dist(1).build().unwrap()),
+        ("whole vocabulary", Sampler::builder(model).ban(eog).top_p(0.9, 1).temperature(0.5).dist(1).build().unwrap()),
+    ];
+    for (name, mut s) in chains {
+        assert_eq!(s.sample_logits(&row).unwrap(), ordinary, "{name}");
+        assert!(!s.runs_on_device(), "{name}: a chain with bans stays on the host");
+    }
+    assert!(matches!(
+        Sampler::builder(model).ban(&[vocab.n_tokens()]).greedy().build(),
+        Err(Error::InvalidToken { .. })
+    ));
+
+    // A turn the model ends by itself (a grammar that lets it stop after each "Yes", "." or "!"),
+    // then the same with ignore_eos: the same start, and generation goes on to the budget.
+    let prompt =
+        vocab.tokenize("<start_of_turn>user\nSay yes.<end_of_turn>\n<start_of_turn>model\n", true, true).unwrap();
+    let words = SamplingParams::greedy().grammar(r#"root ::= "Yes" ("." | "!" | " yes")*"#.to_string());
+    let mut ctx = common::context(model);
+    let opts = GenerateOptions::greedy(64).sampling(words.clone());
+    let (free, s) = ctx.generate_tokens(prompt.clone(), &opts).unwrap().collect_text().unwrap();
+    assert_eq!(s.stop_reason, StopReason::Eos, "{free:?}");
+    for sampling in [words.clone(), words.temperature(0.8).seed(3)] {
+        let opts = GenerateOptions::greedy(64).sampling(sampling.clone().ignore_eos(true));
+        let mut tokens = Vec::new();
+        let mut summary = None;
+        for ev in ctx.generate_tokens(prompt.clone(), &opts).unwrap() {
+            match ev.unwrap() {
+                Event::Token { id, .. } => tokens.push(id),
+                Event::Text(_) => {}
+                Event::Done(s) => summary = Some(s),
+            }
+        }
+        let summary = summary.unwrap();
+        assert_eq!(summary.stop_reason, StopReason::MaxTokens, "{sampling:?}");
+        assert_eq!((summary.generated_tokens, tokens.len()), (64, 64));
+        assert!(tokens.iter().all(|t| !vocab.is_eog(*t)));
+        if sampling.is_greedy() {
+            let text = ctx.generate_tokens(prompt.clone(), &opts).unwrap().collect_text().unwrap().0;
+            assert!(text.starts_with(&free) && text.len() > free.len(), "{free:?} then {text:?}");
+        }
+    }
+}

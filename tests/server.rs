@@ -199,6 +199,12 @@ fn routes_errors_and_streaming() {
     let (status, _) =
         server.json("/v1/chat/completions", key, r#"{"messages":[{"role":"user","content":"x"}],"temperature":7}"#);
     assert_eq!(status, 400);
+    // llama-server's ignore_eos: read (a wrong type is a 400), and a run goes to its budget.
+    let (status, _) = server.json("/v1/completions", key, r#"{"prompt":"Hi","ignore_eos":"yes"}"#);
+    assert_eq!(status, 400);
+    let (status, v) =
+        server.json("/v1/completions", key, r#"{"prompt":"Hi","max_tokens":12,"ignore_eos":true,"seed":4}"#);
+    assert_eq!((status, v["usage"]["completion_tokens"].as_u64()), (200, Some(12)), "{v}");
 }
 
 #[test]

@@ -219,6 +219,7 @@ fn options(c: &Common, n_probs: usize) -> Result<GenerateOptions, ApiError> {
     if let Some(p) = c.presence_penalty {
         sampling = sampling.presence_penalty(p);
     }
+    sampling = sampling.ignore_eos(c.ignore_eos);
     let mut o = GenerateOptions::default().sampling(sampling).n_probs(n_probs);
     if let Some(m) = c.max_completion_tokens.or(c.max_tokens) {
         o = o.max_tokens(m as usize);
@@ -567,4 +568,21 @@ async fn embeddings(State(state): State<Arc<AppState>>, body: axum::body::Bytes)
         "usage": {"prompt_tokens": counted, "total_tokens": counted},
     }))
     .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_fields_reach_the_sampling_params() {
+        let c: Common =
+            serde_json::from_str(r#"{"temperature":0.5,"top_p":0.9,"seed":7,"ignore_eos":true,"max_tokens":3}"#)
+                .unwrap();
+        let o = options(&c, 0).unwrap();
+        assert!(o.sampling.ignore_eos);
+        assert_eq!((o.sampling.temperature, o.sampling.top_p, o.sampling.seed), (0.5, 0.9, 7));
+        assert_eq!(o.max_tokens, 3);
+        assert!(!options(&Common::default(), 0).unwrap().sampling.ignore_eos);
+    }
 }

@@ -34,6 +34,9 @@ pub(crate) struct Common {
     pub(crate) n: Option<u32>,
     pub(crate) frequency_penalty: Option<f32>,
     pub(crate) presence_penalty: Option<f32>,
+    /// llama-server's extension: never end at an end-of-generation token.
+    #[serde(default)]
+    pub(crate) ignore_eos: bool,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -249,6 +249,9 @@ pub struct SamplingArgs {
     /// Stop when this text appears (repeatable); it is not printed.
     #[arg(long)]
     pub stop: Vec<String>,
+    /// Never pick an end-of-generation token: generate until -n (or the context) runs out.
+    #[arg(long)]
+    pub ignore_eos: bool,
 }
 
 /// The model file to use: `--model` (or ROCM_LLAMA_MODEL, which clap reads into it), else the
@@ -361,6 +364,7 @@ pub fn generate_options(s: &SamplingArgs) -> AnyResult<GenerateOptions> {
         .top_p(s.top_p)
         .min_p(s.min_p)
         .repeat_penalty(s.repeat_penalty)
+        .ignore_eos(s.ignore_eos)
         .seed(seed);
     if let Some(g) = grammar {
         sampling = sampling.grammar(g);

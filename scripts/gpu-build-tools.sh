@@ -1,8 +1,9 @@
-# Sourced by gpu-compare.sh and gpu-rpc.sh: builds llama.cpp's shared libraries with CUDA from
-# the pinned source (.dev/llama.cpp.tar.gz) with the tools' sources of the llama-cpp-python
-# sdist laid over it (.dev/llama-tools.tar.gz, see gpu-compare-prepare.sh), and the tools named
-# in $TOOLS, into $W/build (once per machine: a build that has them with the same $CMAKE_EXTRA
-# options is kept). Puts the libraries on LD_LIBRARY_PATH.
+# Sourced by gpu-setup.sh (for gpu-compare.sh, gpu-rpc.sh and gpu-serve-compare.sh): builds
+# llama.cpp's shared libraries with CUDA from the pinned source (.dev/llama.cpp.tar.gz) with
+# the tools' sources of the llama-cpp-python sdist laid over it (.dev/llama-tools.tar.gz, see
+# gpu-compare-prepare.sh), and the tools named in $TOOLS, into $W/build (once per machine: a
+# build that has them with the same $CMAKE_EXTRA options is kept). Puts the libraries on
+# LD_LIBRARY_PATH.
 if ! (for t in $TOOLS; do [ -x "$W/build/bin/$t" ] || exit 1; done) ||
     [ "$(cat "$W/build/.cmake-extra" 2>/dev/null)" != "${CMAKE_EXTRA:-}" ]; then
     log "building llama.cpp (CUDA, shared${CMAKE_EXTRA:+, $CMAKE_EXTRA}) with $TOOLS"

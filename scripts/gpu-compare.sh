@@ -19,15 +19,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 # keeps them in $W); STAGE=bench skips what is already there.
 STAGE="${STAGE:-all}"
 TOOLS="llama-bench llama-batched-bench"
-source scripts/gpu-llama3.sh
-source scripts/gpu-build-tools.sh
-model_ready
-LB="$(find "$W/build" -name llama-bench -type f | head -1)"
-BB="$(find "$W/build" -name llama-batched-bench -type f | head -1)"
-"$B" info > "$OUT/info.txt" 2>&1
-cat .dev/llama-tools.source >> "$OUT/info.txt" 2>/dev/null
-
-[ "$STAGE" = build ] && { log "built"; exit 0; }
+INFO="$OUT/info.txt"
+cat .dev/llama-tools.source >> "$INFO" 2>/dev/null
+source scripts/gpu-setup.sh
+LB="$(tool llama-bench)"
+BB="$(tool llama-batched-bench)"
 
 log "llama-bench"
 "$LB" -m "$MODEL" -ngl 99 -fa on -p 128 -n 128 -r 5 -o jsonl > "$OUT/llama-bench.jsonl" 2>> "$OUT/run.log"

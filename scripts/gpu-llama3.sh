@@ -1,5 +1,5 @@
-# Sourced by gpu-compare.sh, gpu-rpc.sh and gpu-serve-compare.sh before the llama.cpp build:
-# the binary carried in .dev ($B) and the synthetic llama3-8b Q4_K_M they all measure
+# Sourced by gpu-setup.sh before the llama.cpp build: the binary carried in .dev ($B) and the
+# synthetic llama3-8b Q4_K_M that gpu-compare.sh, gpu-rpc.sh and gpu-serve-compare.sh measure
 # ($MODEL, made once per machine with `rocm-llama synth`). When .dev holds the statically
 # linked CPU binary too (rocm-llama-cpu, see gpu-compare-prepare.sh), the model is made with it
 # in the background while llama.cpp builds (it needs no shared libraries); `model_ready`, called

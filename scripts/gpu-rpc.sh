@@ -15,12 +15,8 @@ STAGE="${STAGE:-all}"
 nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/run.log"
 
 TOOLS="llama-bench" CMAKE_EXTRA="-DGGML_RPC=ON"
-source scripts/gpu-llama3.sh
-source scripts/gpu-build-tools.sh
-model_ready
-LB="$(find "$W/build" -name llama-bench -type f | head -1)"
-"$B" info >> "$OUT/run.log" 2>&1
-[ "$STAGE" = build ] && { log "built"; exit 0; }
+source scripts/gpu-setup.sh
+LB="$(tool llama-bench)"
 
 BENCH=(-m "$MODEL" -ngl all -fa on -p 512 -n 128 -d 0 -r "${REPS:-3}" --concurrency 8,64 --concurrent-tokens 128)
 log "direct: both GPUs in one process"

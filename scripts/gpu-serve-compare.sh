@@ -29,12 +29,8 @@ prepare_server_tree() {
     for f in sw.js bundle.0.js bundle.0.css workbox-0.js; do : > "$d/$f"; done
 }
 TOOLS="llama-server" CMAKE_EXTRA="-DLLAMA_BUILD_SERVER=ON" PRE_BUILD=prepare_server_tree
-source scripts/gpu-llama3.sh
-source scripts/gpu-build-tools.sh
-model_ready
-LS="$(find "$W/build" -name llama-server -type f | head -1)"
-"$B" info >> "$OUT/run.log" 2>&1
-[ "$STAGE" = build ] && { log "built"; exit 0; }
+source scripts/gpu-setup.sh
+LS="$(tool llama-server)"
 
 wait_ready() {
     for _ in $(seq 600); do

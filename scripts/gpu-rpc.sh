@@ -6,9 +6,12 @@
 #   llama-bench (same llama.cpp source): pp512 and tg128, directly and with --rpc to the same
 #   servers: llama.cpp's own client, without rocm-llama's relay, as the baseline for the relay
 # Needs .dev from scripts/gpu-compare-prepare.sh (carry .dev). STAGE=build stops after the
-# build and the model; STAGE=bench runs the measurements on a machine kept warm. At most 8
-# files land in $OUT (what the device tool brings back): run.log, table.txt, the two bench
-# reports (--save) with their tables, and llama-bench's two JSONL files.
+# build and the model; STAGE=bench runs the measurements on a machine kept warm. Each way also
+# runs engine throughput with `--sampling device` (one token per sequence comes back instead of
+# its logits). When .dev/rocm-llama-alt exists (a client built from another commit, $ALT names
+# it), it runs the RPC measurements again against the same servers. At most 8 files land in
+# $OUT (what the device tool brings back): run.log (with the human tables), table.txt, the
+# bench reports (--save) and llama-bench's rows in one JSONL file.
 set -uo pipefail
 source scripts/gpu-env.sh
 STAGE="${STAGE:-all}"
@@ -21,8 +24,10 @@ LB="$(tool llama-bench)"
 BENCH=(-m "$MODEL" -ngl all -fa on -p 512 -n 128 -d 0 -r "${REPS:-3}" --concurrency 8,64 --concurrent-tokens 128)
 log "direct: both GPUs in one process"
 "$B" devices >> "$OUT/run.log" 2>&1
-"$B" bench "${BENCH[@]}" --save "$OUT/direct.json" > "$OUT/direct.txt" 2>> "$OUT/run.log"
-"$LB" -m "$MODEL" -ngl 99 -fa on -p 512 -n 128 -r 5 -o jsonl > "$OUT/llama-bench-direct.jsonl" 2>> "$OUT/run.log"
+DEVICE=(-m "$MODEL" -ngl all -fa on -p 0 -n 0 -d 0 -r "${REPS:-3}" --concurrency 8,64 --concurrent-tokens 128 --sampling device)
+"$B" bench "${BENCH[@]}" --save "$OUT/direct.json" >> "$OUT/run.log" 2>&1
+"$B" bench "${DEVICE[@]}" --save "$OUT/direct-device.json" >> "$OUT/run.log" 2>&1
+"$LB" -m "$MODEL" -ngl 99 -fa on -p 512 -n 128 -r 5 -o jsonl > "$W/llama-bench-direct.jsonl" 2>> "$OUT/run.log"
 
 NGPU="$(nvidia-smi -L | wc -l)"
 log "rpc: $NGPU rpc-server processes, one GPU each; a client without GPUs"
@@ -36,9 +41,19 @@ for g in $(seq 0 $((NGPU - 1))); do
     for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.2; done
 done
 CUDA_VISIBLE_DEVICES= "$B" devices --rpc "$RPC" >> "$OUT/run.log" 2>&1
-CUDA_VISIBLE_DEVICES= "$B" bench "${BENCH[@]}" --rpc "$RPC" --save "$OUT/rpc.json" > "$OUT/rpc.txt" 2>> "$OUT/run.log"
+CUDA_VISIBLE_DEVICES= "$B" bench "${BENCH[@]}" --rpc "$RPC" --save "$OUT/rpc.json" >> "$OUT/run.log" 2>&1
+CUDA_VISIBLE_DEVICES= "$B" bench "${DEVICE[@]}" --rpc "$RPC" --save "$OUT/rpc-device.json" >> "$OUT/run.log" 2>&1
+if [ -x .dev/rocm-llama-alt ]; then
+    log "rpc with the client of ${ALT:-another commit}"
+    CUDA_VISIBLE_DEVICES= .dev/rocm-llama-alt bench "${BENCH[@]}" --rpc "$RPC" --save "$OUT/rpc-alt.json" >> "$OUT/run.log" 2>&1
+fi
 CUDA_VISIBLE_DEVICES= "$LB" -m "$MODEL" -ngl 99 -fa on -p 512 -n 128 -r 5 --rpc "$RPC" -o jsonl \
-    > "$OUT/llama-bench-rpc.jsonl" 2>> "$OUT/run.log"
+    > "$W/llama-bench-rpc.jsonl" 2>> "$OUT/run.log"
+# llama-bench's rows in one file, each marked with the way it ran.
+python3 -c 'import json, sys
+for way in ("direct", "rpc"):
+    for line in open(sys.argv[1] + "/llama-bench-" + way + ".jsonl"):
+        row = json.loads(line); row["way"] = way; print(json.dumps(row))' "$W" > "$OUT/llama-bench.jsonl"
 kill -INT "${pids[@]}"
 wait "${pids[@]}"
 tail -n 2 "$W/rpc-server-0.log" >> "$OUT/run.log"
@@ -46,7 +61,7 @@ tail -n 2 "$W/rpc-server-0.log" >> "$OUT/run.log"
 python3 - "$OUT" <<'EOF' | tee "$OUT/table.txt"
 import json, sys, os
 out = sys.argv[1]
-def ours(name):
+def ours(name, suffix=""):
     try:
         r = json.load(open(os.path.join(out, name)))["report"]
     except Exception:
@@ -54,28 +69,33 @@ def ours(name):
     got = {}
     for m in r.get("measurements", []):
         if m.get("unit") == "tok/s":
-            got[m["test"]] = m["mean"]
+            got[m["test"] + suffix] = m["mean"]
     for c in r.get("concurrency", []):
-        got[f"engine x{c['sequences']}"] = c["engine_tokens_per_s"]
-        got[f"raw x{c['sequences']}"] = c["raw_tokens_per_s"]
+        got[f"engine x{c['sequences']}{suffix}"] = c["engine_tokens_per_s"]
+        got[f"raw x{c['sequences']}{suffix}"] = c["raw_tokens_per_s"]
     return got
-def lb(name):
+def llama_bench(way):
     got = {}
     try:
-        for l in open(os.path.join(out, name)):
-            j = json.loads(l)
-            got["pp512" if j["n_prompt"] else "tg128"] = j["avg_ts"]
+        for line in open(os.path.join(out, "llama-bench.jsonl")):
+            j = json.loads(line)
+            if j["way"] == way:
+                got["pp512" if j["n_prompt"] else "tg128"] = j["avg_ts"]
     except Exception:
         pass
     return got
-d, r, ld, lr = ours("direct.json"), ours("rpc.json"), lb("llama-bench-direct.jsonl"), lb("llama-bench-rpc.jsonl")
-print(f"{'test':<16}{'direct t/s':>12}{'rpc t/s':>12}{'rpc/direct':>12}")
-for k in sorted(set(d) | set(r)):
-    a, b = d.get(k), r.get(k)
-    ratio = f"{b / a:.3f}" if a and b else "-"
-    print(f"{'rocm ' + k:<16}{a or 0:>12.1f}{b or 0:>12.1f}{ratio:>12}")
-for k in sorted(set(ld) | set(lr)):
-    a, b = ld.get(k), lr.get(k)
-    ratio = f"{b / a:.3f}" if a and b else "-"
-    print(f"{'llama ' + k:<16}{a or 0:>12.1f}{b or 0:>12.1f}{ratio:>12}")
+direct = {**ours("direct.json"), **ours("direct-device.json", " (device sampling)")}
+rpc = {**ours("rpc.json"), **ours("rpc-device.json", " (device sampling)")}
+alt = ours("rpc-alt.json")
+head = f"{'test':<34}{'direct t/s':>12}{'rpc t/s':>12}{'rpc/direct':>12}"
+print(head + (f"{'alt rpc t/s':>13}{'alt/direct':>12}" if alt else ""))
+def row(name, a, b, c=None):
+    line = f"{name:<34}{a or 0:>12.1f}{b or 0:>12.1f}" + (f"{b / a:>12.3f}" if a and b else f"{'-':>12}")
+    if alt:
+        line += f"{c or 0:>13.1f}" + (f"{c / a:>12.3f}" if a and c else f"{'-':>12}")
+    print(line)
+for k in sorted(set(direct) | set(rpc)):
+    row("rocm " + k, direct.get(k), rpc.get(k), alt.get(k))
+for k in sorted(set(llama_bench("direct")) | set(llama_bench("rpc"))):
+    row("llama " + k, llama_bench("direct").get(k), llama_bench("rpc").get(k))
 EOF

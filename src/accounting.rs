@@ -103,7 +103,8 @@ impl MemoryBreakdown {
         self.weight_bytes() + self.kv_bytes() + self.compute_bytes()
     }
 
-    /// One line like `weights 4.6 GiB on ROCm0, KV 0.5 GiB, compute 0.3 GiB`.
+    /// One line like `weights 4.6 GiB on ROCm0, KV 0.5 GiB, compute 0.3 GiB` (the weights alone
+    /// while no context has been made).
     pub fn summary(&self) -> String {
         let where_ = |bufs: &[Buffer]| {
             let mut names: Vec<&str> = bufs.iter().filter(|b| b.bytes > 0).map(|b| b.name.as_str()).collect();
@@ -114,6 +115,9 @@ impl MemoryBreakdown {
                 format!(" on {}", names.join("+"))
             }
         };
+        if self.kv.is_empty() && self.compute.is_empty() {
+            return format!("weights {}{}", gib(self.weight_bytes()), where_(&self.weights));
+        }
         format!(
             "weights {}{}, KV {}{}, compute {}{}",
             gib(self.weight_bytes()),
@@ -204,6 +208,8 @@ mod tests {
         assert_eq!(m.host_bytes(), mib(235.16) + mib(12.66) + mib(1.0) + mib(10.01));
         let s = m.summary();
         assert!(s.starts_with("weights 4.5 GiB on CPU_Mapped+CPU_REPACK+ROCm0, KV 18 MiB on ROCm0"), "{s}");
+        let weights_only = MemoryBreakdown { weights: m.weights.clone(), ..Default::default() };
+        assert_eq!(weights_only.summary(), "weights 4.5 GiB on CPU_Mapped+CPU_REPACK+ROCm0");
     }
 
     #[test]

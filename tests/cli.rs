@@ -329,6 +329,28 @@ fn bench_prints_llama_bench_formats() {
     assert!(md.contains("| pp16 |"), "{md}");
 }
 
+/// `-p 0` and `-n 0` skip the single-stream tests (as llama-bench's), leaving the engine's
+/// concurrency test alone; with nothing left to measure it is a clear error, not empty rows.
+#[test]
+fn bench_zero_skips_tests() {
+    let model = rocm_llama::synth::tiny_model().unwrap();
+    let base = ["bench", "-p", "0", "-n", "0", "-r", "1", "-fa", "on", "-t", "1", "--concurrent-tokens", "4"];
+    let out = bin().args(base).args(["--concurrency", "2", "--json", "-m"]).arg(&model).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let whole: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = &whole["report"];
+    assert_eq!(report["measurements"].as_array().map(Vec::len), Some(0), "{report}");
+    assert_eq!(report["host_overhead_us"].as_array().map(Vec::len), Some(0), "{report}");
+    let rows = report["concurrency"].as_array().unwrap();
+    assert_eq!(rows.len(), 1);
+    assert!(rows[0]["engine_tokens_per_s"].as_f64().unwrap() > 0.0, "{report}");
+
+    let out = bin().args(base).args(["--concurrency", "0", "-m"]).arg(&model).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nothing to measure"), "{err}");
+}
+
 #[test]
 fn no_color_means_no_escape_codes() {
     // Errors and logs on stderr carry no ANSI escapes when NO_COLOR is set (and none when

@@ -37,9 +37,9 @@ use crate::sampler::SamplingParams;
 #[derive(Debug, Clone, serde::Serialize)]
 #[non_exhaustive]
 pub struct BenchConfig {
-    /// Prompt lengths for `pp` and `ttft`.
+    /// Prompt lengths for `pp` and `ttft`; a 0 is skipped (as llama-bench's `-p 0`).
     pub n_prompt: Vec<usize>,
-    /// Tokens for `tg`.
+    /// Tokens for `tg`; 0 skips it.
     pub n_gen: usize,
     /// KV depths at which `pp` of the first prompt length is repeated.
     pub depths: Vec<usize>,
@@ -269,12 +269,20 @@ fn raw_prefill(
 /// Runs the whole bench on `model`; `progress` hears each step.
 pub fn run(shared: &Arc<Model>, cfg: &BenchConfig, progress: &dyn Fn(&str)) -> Result<BenchReport> {
     let model: &Model = shared;
-    if cfg.n_prompt.is_empty() || cfg.repetitions == 0 {
-        return Err(Error::InvalidConfig("bench needs at least one prompt length and one repetition".into()));
+    if cfg.repetitions == 0 {
+        return Err(Error::InvalidConfig("bench needs at least one repetition".into()));
     }
-    let max_prompt = *cfg.n_prompt.iter().max().unwrap_or(&512);
-    let max_depth = *cfg.depths.iter().max().unwrap_or(&0);
-    let n_ctx = (max_prompt.max(cfg.n_prompt[0] + max_depth) + cfg.n_gen + 16).next_multiple_of(256) as u32;
+    let prompts: Vec<usize> = cfg.n_prompt.iter().copied().filter(|&n| n > 0).collect();
+    let single_stream = !prompts.is_empty() || cfg.n_gen > 0;
+    if !single_stream && cfg.concurrency.iter().all(|&n| n == 0) {
+        return Err(Error::InvalidConfig(
+            "nothing to measure: every prompt length, the generated tokens and the concurrency levels are 0".into(),
+        ));
+    }
+    let first_prompt = prompts.first().copied().unwrap_or(0);
+    let max_prompt = prompts.iter().copied().max().unwrap_or(0);
+    let max_depth = if prompts.is_empty() { 0 } else { cfg.depths.iter().copied().max().unwrap_or(0) };
+    let n_ctx = (max_prompt.max(first_prompt + max_depth) + cfg.n_gen + 16).next_multiple_of(256) as u32;
     let mut measurements = Vec::new();
     let mut host_overhead_us = Vec::new();
     let mut memory = model.memory().clone();
@@ -282,7 +290,7 @@ pub fn run(shared: &Arc<Model>, cfg: &BenchConfig, progress: &dyn Fn(&str)) -> R
         let (mean, stddev) = stats(&runs);
         m.push(Measurement { test, flash_attention: fa, depth, mean, stddev, unit, runs });
     };
-    for &fa in &cfg.flash_attention {
+    for &fa in cfg.flash_attention.iter().filter(|_| single_stream) {
         let mut cc = ContextConfig::default().n_ctx(n_ctx).n_batch(cfg.n_batch).flash_attention(fa);
         cc.n_ubatch = 512.min(cfg.n_batch);
         cc.type_k = cfg.kv_type;
@@ -299,11 +307,11 @@ pub fn run(shared: &Arc<Model>, cfg: &BenchConfig, progress: &dyn Fn(&str)) -> R
         // SAFETY: allocation of a plain batch; freed below.
         let raw_batch = unsafe { sys::llama_batch_init(n_batch as i32, 0, 1) };
 
-        for &np in &cfg.n_prompt {
+        for &np in &prompts {
             let prompt = tokens(model, np, np);
             {
                 let label = "pp";
-                let depths = if np == cfg.n_prompt[0] { cfg.depths.clone() } else { vec![0] };
+                let depths = if np == first_prompt { cfg.depths.clone() } else { vec![0] };
                 for depth in depths {
                     progress(&format!("{label}{np} depth {depth}, flash attention {fa:?}"));
                     let fill = tokens(model, depth, 7);
@@ -343,76 +351,78 @@ pub fn run(shared: &Arc<Model>, cfg: &BenchConfig, progress: &dyn Fn(&str)) -> R
             push(&mut measurements, format!("ttft{np}"), fa, 0, "ms", ttft);
         }
 
-        // Token generation after a short prompt, library vs raw.
-        progress(&format!("tg{}, flash attention {fa:?}", cfg.n_gen));
-        let prompt = tokens(model, 16, 3);
-        // The library with greedy sampling inside the decode graph: only the token comes back.
-        let mut device = Vec::new();
-        for rep in 0..=cfg.repetitions {
-            ctx.clear_memory();
-            lib_prefill(&mut ctx, &mut batch, &prompt, 0)?;
-            let mut tok = argmax(ctx.logits(batch.len() as i32 - 1)?);
-            ctx.set_device_sampler(0, crate::sampler::Sampler::greedy(model)?)?;
-            let t = Instant::now();
-            for i in 0..cfg.n_gen {
-                batch.clear();
-                batch.add(tok, (prompt.len() + i) as i32, &[0], true)?;
-                ctx.decode(&batch)?;
-                tok = ctx.sampled_token(0)?;
-            }
-            let s = t.elapsed().as_secs_f64();
-            ctx.clear_device_sampler(0)?;
-            if rep > 0 {
-                device.push(cfg.n_gen as f64 / s);
-            }
-        }
-        push(&mut measurements, format!("tg{} device", cfg.n_gen), fa, 0, "tok/s", device);
-        let (mut lib, mut raw, mut lib_step, mut raw_step) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for rep in 0..=cfg.repetitions {
-            ctx.clear_memory();
-            lib_prefill(&mut ctx, &mut batch, &prompt, 0)?;
-            let mut tok = argmax(ctx.logits(batch.len() as i32 - 1)?);
-            let t = Instant::now();
-            for i in 0..cfg.n_gen {
-                batch.clear();
-                batch.add(tok, (prompt.len() + i) as i32, &[0], true)?;
-                ctx.decode(&batch)?;
-                tok = argmax(ctx.logits(0)?);
-            }
-            let s = t.elapsed().as_secs_f64();
-            ctx.clear_memory();
-            lib_prefill(&mut ctx, &mut batch, &prompt, 0)?;
-            let mut tok = argmax(ctx.logits(batch.len() as i32 - 1)?);
-            // SAFETY: as in `raw_prefill`; logits of index 0 exist after each decode.
-            let r = unsafe {
-                let c = ctx.as_ptr();
-                let n_vocab = model.vocab().n_tokens() as usize;
+        if cfg.n_gen > 0 {
+            // Token generation after a short prompt, library vs raw.
+            progress(&format!("tg{}, flash attention {fa:?}", cfg.n_gen));
+            let prompt = tokens(model, 16, 3);
+            // The library with greedy sampling inside the decode graph: only the token comes back.
+            let mut device = Vec::new();
+            for rep in 0..=cfg.repetitions {
+                ctx.clear_memory();
+                lib_prefill(&mut ctx, &mut batch, &prompt, 0)?;
+                let mut tok = argmax(ctx.logits(batch.len() as i32 - 1)?);
+                ctx.set_device_sampler(0, crate::sampler::Sampler::greedy(model)?)?;
                 let t = Instant::now();
                 for i in 0..cfg.n_gen {
-                    let mut b = raw_batch;
-                    b.n_tokens = 1;
-                    *b.token = tok;
-                    *b.pos = (prompt.len() + i) as i32;
-                    *b.n_seq_id = 1;
-                    **b.seq_id = 0;
-                    *b.logits = 1;
-                    sys::llama_decode(c, b);
-                    tok = argmax(std::slice::from_raw_parts(sys::llama_get_logits_ith(c, 0), n_vocab));
+                    batch.clear();
+                    batch.add(tok, (prompt.len() + i) as i32, &[0], true)?;
+                    ctx.decode(&batch)?;
+                    tok = ctx.sampled_token(0)?;
                 }
-                t.elapsed().as_secs_f64()
-            };
-            if rep > 0 {
-                lib.push(cfg.n_gen as f64 / s);
-                raw.push(cfg.n_gen as f64 / r);
-                lib_step.push(s / cfg.n_gen as f64);
-                raw_step.push(r / cfg.n_gen as f64);
+                let s = t.elapsed().as_secs_f64();
+                ctx.clear_device_sampler(0)?;
+                if rep > 0 {
+                    device.push(cfg.n_gen as f64 / s);
+                }
             }
+            push(&mut measurements, format!("tg{} device", cfg.n_gen), fa, 0, "tok/s", device);
+            let (mut lib, mut raw, mut lib_step, mut raw_step) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for rep in 0..=cfg.repetitions {
+                ctx.clear_memory();
+                lib_prefill(&mut ctx, &mut batch, &prompt, 0)?;
+                let mut tok = argmax(ctx.logits(batch.len() as i32 - 1)?);
+                let t = Instant::now();
+                for i in 0..cfg.n_gen {
+                    batch.clear();
+                    batch.add(tok, (prompt.len() + i) as i32, &[0], true)?;
+                    ctx.decode(&batch)?;
+                    tok = argmax(ctx.logits(0)?);
+                }
+                let s = t.elapsed().as_secs_f64();
+                ctx.clear_memory();
+                lib_prefill(&mut ctx, &mut batch, &prompt, 0)?;
+                let mut tok = argmax(ctx.logits(batch.len() as i32 - 1)?);
+                // SAFETY: as in `raw_prefill`; logits of index 0 exist after each decode.
+                let r = unsafe {
+                    let c = ctx.as_ptr();
+                    let n_vocab = model.vocab().n_tokens() as usize;
+                    let t = Instant::now();
+                    for i in 0..cfg.n_gen {
+                        let mut b = raw_batch;
+                        b.n_tokens = 1;
+                        *b.token = tok;
+                        *b.pos = (prompt.len() + i) as i32;
+                        *b.n_seq_id = 1;
+                        **b.seq_id = 0;
+                        *b.logits = 1;
+                        sys::llama_decode(c, b);
+                        tok = argmax(std::slice::from_raw_parts(sys::llama_get_logits_ith(c, 0), n_vocab));
+                    }
+                    t.elapsed().as_secs_f64()
+                };
+                if rep > 0 {
+                    lib.push(cfg.n_gen as f64 / s);
+                    raw.push(cfg.n_gen as f64 / r);
+                    lib_step.push(s / cfg.n_gen as f64);
+                    raw_step.push(r / cfg.n_gen as f64);
+                }
+            }
+            push(&mut measurements, format!("tg{}", cfg.n_gen), fa, 0, "tok/s", lib);
+            push(&mut measurements, format!("raw tg{}", cfg.n_gen), fa, 0, "tok/s", raw);
+            let (ls, _) = stats(&lib_step);
+            let (rs, _) = stats(&raw_step);
+            host_overhead_us.push((fa, (ls - rs) * 1e6));
         }
-        push(&mut measurements, format!("tg{}", cfg.n_gen), fa, 0, "tok/s", lib);
-        push(&mut measurements, format!("raw tg{}", cfg.n_gen), fa, 0, "tok/s", raw);
-        let (ls, _) = stats(&lib_step);
-        let (rs, _) = stats(&raw_step);
-        host_overhead_us.push((fa, (ls - rs) * 1e6));
         // SAFETY: allocated above, freed once.
         unsafe { sys::llama_batch_free(raw_batch) };
     }
@@ -628,7 +638,10 @@ fn through_engine(shared: &Arc<Model>, cfg: &BenchConfig, n: usize, fa: FlashAtt
 impl BenchReport {
     /// A terminal table.
     pub fn table(&self) -> String {
-        let mut s = format!("model: {}\n\n{:<12} {:<6} {:>6} {:>22}\n", self.model, "test", "fa", "depth", "result");
+        let mut s = format!("model: {}\n", self.model);
+        if !self.measurements.is_empty() {
+            s.push_str(&format!("\n{:<12} {:<6} {:>6} {:>22}\n", "test", "fa", "depth", "result"));
+        }
         for m in &self.measurements {
             s.push_str(&format!(
                 "{:<12} {:<6} {:>6} {:>14.2} ± {:<6.2} {}\n",
@@ -771,7 +784,7 @@ impl BenchReport {
                 ("raw batched decode", "#1f77b4", conc(|r| r.raw_tokens_per_s)),
             ],
         );
-        let first = self.config.n_prompt.first().copied().unwrap_or(512);
+        let first = self.config.n_prompt.iter().copied().find(|&n| n > 0).unwrap_or(512);
         let pp = |fa: FlashAttention| {
             self.measurements
                 .iter()

@@ -51,10 +51,10 @@ pub struct BenchArgs {
     /// A GGUF file or a model name.
     #[arg(short, long, env = "ROCM_LLAMA_MODEL")]
     model: Option<String>,
-    /// Prompt lengths (pp and ttft).
+    /// Prompt lengths (pp and ttft; 0 skips them).
     #[arg(short = 'p', long = "n-prompt", visible_alias = "prompt", value_delimiter = ',', default_value = "512,2048")]
     n_prompt: Vec<usize>,
-    /// Generated tokens (tg).
+    /// Generated tokens (tg; 0 skips it).
     #[arg(short = 'n', long = "n-gen", visible_alias = "gen", default_value_t = 128)]
     n_gen: usize,
     /// KV depths for the first prompt length (-d).

@@ -233,6 +233,13 @@ fn relay(link: &Link, mut client: TcpStream) {
             }
         };
         let Some(n) = answer_len else { continue };
+        if n > CHUNK && server.is_some() {
+            // Tensor reads (logits) go on as they arrive instead of whole.
+            if stream_answer(link, &mut server, &mut client, cmd, n).is_err() {
+                break;
+            }
+            continue;
+        }
         let reply = match server.as_mut().map(|s| read_answer(s, cmd, n, link.timeout())) {
             Some(Ok(reply)) => reply,
             Some(Err(reason)) => {
@@ -277,6 +284,62 @@ fn pass_on_large(link: &Link, client: &mut TcpStream, server: &mut Option<TcpStr
         left -= n;
     }
     true
+}
+
+/// Passes a large answer on in chunks as it arrives, after checking its length. When the
+/// server fails part way, the rest is zeros (the client is owed `n` bytes) and the link is
+/// failed. `Err` only when the client is gone.
+fn stream_answer(
+    link: &Link,
+    server: &mut Option<TcpStream>,
+    client: &mut TcpStream,
+    cmd: u8,
+    n: usize,
+) -> io::Result<()> {
+    let name = wire::command_name(cmd);
+    let timeout = link.timeout();
+    let Some(s) = server.as_mut() else { return answer(client, &vec![0u8; n]) };
+    let mut len = [0u8; 8];
+    let header = s.read_exact(&mut len).map_err(|e| describe(&e, name, timeout)).and_then(|_| {
+        let len = u64::from_le_bytes(len);
+        if len == n as u64 {
+            Ok(())
+        } else {
+            Err(format!("it answered {name} with {len} bytes where the protocol has {n} (not a matching RPC server?)"))
+        }
+    });
+    if let Err(reason) = header {
+        link.fail(reason);
+        *server = None;
+        return answer(client, &vec![0u8; n]);
+    }
+    client.write_all(&(n as u64).to_le_bytes())?;
+    let mut chunk = vec![0u8; CHUNK];
+    let mut left = n;
+    while left > 0 {
+        let want = left.min(CHUNK);
+        let got = match server.as_mut().map(|s| s.read(&mut chunk[..want])) {
+            Some(Ok(0)) => Err("the server closed the connection".to_string()),
+            Some(Ok(k)) => Ok(k),
+            Some(Err(e)) => Err(describe(&e, name, timeout)),
+            None => {
+                chunk[..want].fill(0);
+                Ok(want)
+            }
+        };
+        let k = match got {
+            Ok(k) => k,
+            Err(reason) => {
+                link.fail(format!("{reason} (during {name})"));
+                *server = None;
+                chunk[..want].fill(0);
+                want
+            }
+        };
+        client.write_all(&chunk[..k])?;
+        left -= k;
+    }
+    Ok(())
 }
 
 /// Reads the server's answer to `cmd`, which must be `n` bytes long.

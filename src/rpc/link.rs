@@ -371,3 +371,110 @@ fn answer(client: &mut TcpStream, payload: &[u8]) -> io::Result<()> {
     msg.extend_from_slice(payload);
     client.write_all(&msg)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link() -> Link {
+        Link {
+            remote: "test:1".into(),
+            addrs: Vec::new(),
+            local: SocketAddr::from(([127, 0, 0, 1], 1)),
+            version: (wire::PROTO_MAJOR, 0, 0),
+            timeout_ms: AtomicU64::new(2_000),
+            failed: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            devices: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Two ends of one loopback connection.
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let near = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (far, _) = listener.accept().unwrap();
+        (near, far)
+    }
+
+    /// Relays a `get_tensor` answer of `n` bytes from a server that behaves as `serve` says;
+    /// what ggml's side reads (length prefix checked) and the link's failure.
+    fn relayed(n: usize, serve: impl FnOnce(TcpStream) + Send + 'static) -> (Vec<u8>, Option<String>) {
+        let (server_near, server_far) = pair();
+        let (mut client_near, mut client_far) = pair();
+        server_near.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let server = std::thread::spawn(move || serve(server_far));
+        let ggml = std::thread::spawn(move || {
+            let mut len = [0u8; 8];
+            client_far.read_exact(&mut len).unwrap();
+            let mut got = vec![0u8; u64::from_le_bytes(len) as usize];
+            client_far.read_exact(&mut got).unwrap();
+            got
+        });
+        let link = link();
+        let mut server_end = Some(server_near);
+        stream_answer(&link, &mut server_end, &mut client_near, wire::CMD_GET_TENSOR, n).unwrap();
+        assert_eq!(server_end.is_none(), link.failure().is_some(), "a failed link drops the server");
+        server.join().unwrap();
+        (ggml.join().unwrap(), link.failure())
+    }
+
+    fn pattern(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i % 251) as u8).collect()
+    }
+
+    #[test]
+    fn a_large_answer_passes_on_whole_in_pieces() {
+        let n = 3 * CHUNK + 12_345;
+        let (got, failure) = relayed(n, move |mut s| {
+            s.write_all(&(n as u64).to_le_bytes()).unwrap();
+            // In uneven pieces with pauses, as a busy server's socket delivers them.
+            for piece in pattern(n).chunks(700_001) {
+                s.write_all(piece).unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        assert_eq!(failure, None);
+        assert!(got == pattern(n), "the bytes changed on the way");
+    }
+
+    #[test]
+    fn a_wrong_length_fails_the_link_and_ggml_still_gets_its_bytes() {
+        let n = 2 * CHUNK;
+        let (got, failure) = relayed(n, move |mut s| {
+            s.write_all(&(n as u64 + 1).to_le_bytes()).unwrap();
+            s.write_all(&pattern(n + 1)).ok();
+        });
+        assert!(failure.unwrap().contains("not a matching RPC server"));
+        assert_eq!(got.len(), n);
+        assert!(got.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn a_server_lost_part_way_fails_the_link_and_the_rest_is_zeros() {
+        let n = 2 * CHUNK + 7;
+        let sent = CHUNK + 3;
+        let (got, failure) = relayed(n, move |mut s| {
+            s.write_all(&(n as u64).to_le_bytes()).unwrap();
+            s.write_all(&pattern(n)[..sent]).unwrap();
+            s.shutdown(Shutdown::Both).unwrap();
+        });
+        assert!(failure.unwrap().contains("during get_tensor"));
+        assert_eq!(got.len(), n);
+        assert!(got[..sent] == pattern(n)[..sent]);
+        assert!(got[sent..].iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn a_silent_server_is_a_timeout_not_a_hang() {
+        let n = 2 * CHUNK;
+        let (got, failure) = relayed(n, move |mut s| {
+            s.write_all(&(n as u64).to_le_bytes()).unwrap();
+            s.write_all(&[1; 100]).unwrap();
+            // Then nothing, past the relay's time limit, with the connection open.
+            std::thread::sleep(Duration::from_millis(1_500));
+        });
+        assert!(failure.unwrap().contains("no answer"), "a silent server times out");
+        assert_eq!(got.len(), n);
+    }
+}

@@ -12,7 +12,7 @@
 //! returns [`Error::Rpc`](crate::Error::Rpc) from its next call and every call after. A failed
 //! link stays failed; the next load with the same server makes a new one.
 
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,8 +23,6 @@ use super::wire;
 /// Requests up to this size are read whole before they go on; larger ones (weights in
 /// `set_tensor`, large graphs) are passed on in chunks of this size.
 const CHUNK: usize = 1 << 20;
-/// What the relay reads ahead from each socket: a decode step's small commands in one read.
-const READ_BUFFER: usize = 64 << 10;
 /// The longest a connection attempt waits, whatever the answer time limit.
 const CONNECT_LIMIT: Duration = Duration::from_secs(10);
 
@@ -174,89 +172,14 @@ fn describe(e: &io::Error, what: &str, timeout: Duration) -> String {
     }
 }
 
-/// The relay's connection to the server. Commands gather in `pending` until the relay is
-/// about to wait (for an answer, or for ggml's next command), then go as one write: a decode
-/// step's dozen small `set_tensor`s cross loopback once instead of two writes each.
-struct Upstream {
-    stream: TcpStream,
-    reader: BufReader<TcpStream>,
-    pending: Vec<u8>,
-}
-
-impl Upstream {
-    fn new(stream: TcpStream) -> io::Result<Upstream> {
-        let reader = BufReader::with_capacity(READ_BUFFER, stream.try_clone()?);
-        Ok(Upstream { stream, reader, pending: Vec::new() })
-    }
-
-    /// Queues `bytes`; a chunk of `CHUNK` or more goes at once, after what is queued.
-    fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        if self.pending.len() + bytes.len() > CHUNK {
-            self.flush()?;
-        }
-        if bytes.len() >= CHUNK {
-            return self.stream.write_all(bytes);
-        }
-        self.pending.extend_from_slice(bytes);
-        Ok(())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let sent = self.stream.write_all(&self.pending);
-        self.pending.clear();
-        sent
-    }
-}
-
-impl Read for Upstream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.reader.read(buf)
-    }
-}
-
-/// Sends `bytes` on to the server, if it is still there; a failure fails the link.
-fn send(link: &Link, server: &mut Option<Upstream>, bytes: &[u8], during: &str) {
-    if let Some(s) = server.as_mut() {
-        if let Err(e) = s.send(bytes) {
-            link.fail(describe(&e, during, link.timeout()));
-            *server = None;
-        }
-    }
-}
-
-/// Sends what is queued for the server; a failure fails the link.
-fn flush(link: &Link, server: &mut Option<Upstream>, during: &str) {
-    if let Some(s) = server.as_mut() {
-        if let Err(e) = s.flush() {
-            link.fail(describe(&e, during, link.timeout()));
-            *server = None;
-        }
-    }
-}
-
 /// Serves one connection from ggml's client until it closes.
-fn relay(link: &Link, client: TcpStream) {
+fn relay(link: &Link, mut client: TcpStream) {
     let _ = client.set_nodelay(true);
-    let reading = match client.try_clone() {
-        Ok(reading) => reading,
-        Err(e) => {
-            // ggml sees its connection close and aborts: say why first.
-            tracing::error!("rpc: cannot relay a connection to {}: {e}", link.remote);
-            return;
-        }
-    };
-    let mut from_ggml = BufReader::with_capacity(READ_BUFFER, reading);
-    let mut to_ggml = client;
     let mut server = if link.failure().is_some() {
         None
     } else {
-        match connect(&link.addrs, link.timeout())
-            .and_then(|(stream, _)| Upstream::new(stream).map_err(|e| format!("cannot set up the connection: {e}")))
-        {
-            Ok(upstream) => Some(upstream),
+        match connect(&link.addrs, link.timeout()) {
+            Ok((stream, _)) => Some(stream),
             Err(e) => {
                 link.fail(format!("reconnecting: {e}"));
                 None
@@ -265,41 +188,36 @@ fn relay(link: &Link, client: TcpStream) {
     };
     let mut head = [0u8; 9];
     let mut buf = Vec::new();
-    let mut last = "hello";
-    loop {
-        if from_ggml.buffer().is_empty() {
-            // About to wait for ggml: what is queued for the server goes now.
-            flush(link, &mut server, last);
-        }
-        if from_ggml.read_exact(&mut head).is_err() {
-            break;
-        }
+    while client.read_exact(&mut head).is_ok() {
         let cmd = head[0];
-        last = wire::command_name(cmd);
         let len = u64::from_le_bytes(head[1..].try_into().unwrap_or_default());
         let Ok(len) = usize::try_from(len) else { break };
         if cmd == wire::CMD_HELLO {
             // Every connection starts so; the relay already greeted the server.
             buf.resize(len.min(CHUNK), 0);
-            if len > CHUNK || from_ggml.read_exact(&mut buf).is_err() {
+            if len > CHUNK || client.read_exact(&mut buf).is_err() {
                 break;
             }
-            if answer(&mut to_ggml, &wire::hello_answer(link.version)).is_err() {
+            if answer(&mut client, &wire::hello_answer(link.version)).is_err() {
                 break;
             }
             continue;
         }
         let answer_len = if len <= CHUNK {
             buf.resize(len, 0);
-            if from_ggml.read_exact(&mut buf).is_err() {
+            if client.read_exact(&mut buf).is_err() {
                 break;
             }
-            send(link, &mut server, &head, last);
-            send(link, &mut server, &buf, last);
+            if let Some(s) = server.as_mut() {
+                if let Err(e) = s.write_all(&head).and_then(|_| s.write_all(&buf)) {
+                    link.fail(describe(&e, wire::command_name(cmd), link.timeout()));
+                    server = None;
+                }
+            }
             wire::answer_len(cmd, &buf)
         } else {
             buf.clear();
-            if !pass_on_large(link, &mut from_ggml, &mut server, &head, len) {
+            if !pass_on_large(link, &mut client, &mut server, &head, len) {
                 break;
             }
             wire::answer_len(cmd, &[])
@@ -315,10 +233,9 @@ fn relay(link: &Link, client: TcpStream) {
             }
         };
         let Some(n) = answer_len else { continue };
-        flush(link, &mut server, last);
         if n > CHUNK && server.is_some() {
             // Tensor reads (logits) go on as they arrive instead of whole.
-            if stream_answer(link, &mut server, &mut to_ggml, cmd, n).is_err() {
+            if stream_answer(link, &mut server, &mut client, cmd, n).is_err() {
                 break;
             }
             continue;
@@ -332,20 +249,25 @@ fn relay(link: &Link, client: TcpStream) {
             }
             None => wire::stand_in_answer(cmd, &buf, n),
         };
-        if answer(&mut to_ggml, &reply).is_err() {
+        if answer(&mut client, &reply).is_err() {
             break;
         }
     }
     if let Some(s) = server {
-        let _ = s.stream.shutdown(Shutdown::Both);
+        let _ = s.shutdown(Shutdown::Both);
     }
 }
 
 /// Passes a large request on in chunks; keeps reading it from the client when the server
 /// fails part way. `false` when the client is gone.
-fn pass_on_large(link: &Link, client: &mut impl Read, server: &mut Option<Upstream>, head: &[u8], len: usize) -> bool {
-    let name = wire::command_name(head[0]);
-    send(link, server, head, name);
+fn pass_on_large(link: &Link, client: &mut TcpStream, server: &mut Option<TcpStream>, head: &[u8], len: usize) -> bool {
+    let cmd = head[0];
+    if let Some(s) = server.as_mut() {
+        if let Err(e) = s.write_all(head) {
+            link.fail(describe(&e, wire::command_name(cmd), link.timeout()));
+            *server = None;
+        }
+    }
     let mut chunk = vec![0u8; CHUNK];
     let mut left = len;
     while left > 0 {
@@ -353,7 +275,12 @@ fn pass_on_large(link: &Link, client: &mut impl Read, server: &mut Option<Upstre
         if client.read_exact(&mut chunk[..n]).is_err() {
             return false;
         }
-        send(link, server, &chunk[..n], name);
+        if let Some(s) = server.as_mut() {
+            if let Err(e) = s.write_all(&chunk[..n]) {
+                link.fail(describe(&e, wire::command_name(cmd), link.timeout()));
+                *server = None;
+            }
+        }
         left -= n;
     }
     true
@@ -364,7 +291,7 @@ fn pass_on_large(link: &Link, client: &mut impl Read, server: &mut Option<Upstre
 /// failed. `Err` only when the client is gone.
 fn stream_answer(
     link: &Link,
-    server: &mut Option<Upstream>,
+    server: &mut Option<TcpStream>,
     client: &mut TcpStream,
     cmd: u8,
     n: usize,
@@ -416,7 +343,7 @@ fn stream_answer(
 }
 
 /// Reads the server's answer to `cmd`, which must be `n` bytes long.
-fn read_answer(server: &mut impl Read, cmd: u8, n: usize, timeout: Duration) -> Result<Vec<u8>, String> {
+fn read_answer(server: &mut TcpStream, cmd: u8, n: usize, timeout: Duration) -> Result<Vec<u8>, String> {
     let name = wire::command_name(cmd);
     let mut len = [0u8; 8];
     server.read_exact(&mut len).map_err(|e| describe(&e, name, timeout))?;
@@ -485,7 +412,7 @@ mod tests {
             got
         });
         let link = link();
-        let mut server_end = Some(Upstream::new(server_near).unwrap());
+        let mut server_end = Some(server_near);
         stream_answer(&link, &mut server_end, &mut client_near, wire::CMD_GET_TENSOR, n).unwrap();
         assert_eq!(server_end.is_none(), link.failure().is_some(), "a failed link drops the server");
         server.join().unwrap();
@@ -536,84 +463,6 @@ mod tests {
         assert_eq!(got.len(), n);
         assert!(got[..sent] == pattern(n)[..sent]);
         assert!(got[sent..].iter().all(|&b| b == 0));
-    }
-
-    /// A command as the fake server below got it.
-    type Received = (u8, Vec<u8>);
-
-    /// A server that answers the greeting, then reports each command it gets and answers
-    /// `get_alignment` (command 1) with 64.
-    fn fake_server() -> (SocketAddr, std::sync::mpsc::Receiver<Received>) {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().unwrap();
-            let mut greeting = vec![0u8; wire::hello_request().len()];
-            s.read_exact(&mut greeting).unwrap();
-            let hello = wire::hello_answer((wire::PROTO_MAJOR, 0, 0));
-            s.write_all(&(hello.len() as u64).to_le_bytes()).unwrap();
-            s.write_all(&hello).unwrap();
-            let mut head = [0u8; 9];
-            while s.read_exact(&mut head).is_ok() {
-                let mut payload = vec![0u8; u64::from_le_bytes(head[1..].try_into().unwrap()) as usize];
-                s.read_exact(&mut payload).unwrap();
-                if head[0] == 1 {
-                    s.write_all(&8u64.to_le_bytes()).unwrap();
-                    s.write_all(&64u64.to_le_bytes()).unwrap();
-                }
-                if tx.send((head[0], payload)).is_err() {
-                    break;
-                }
-            }
-        });
-        (addr, rx)
-    }
-
-    fn command(cmd: u8, payload: &[u8]) -> Vec<u8> {
-        let mut out = vec![cmd];
-        out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        out.extend_from_slice(payload);
-        out
-    }
-
-    /// Commands without answers wait to go on together, but never past the moment ggml goes
-    /// quiet; a burst of them arrives whole and in order before the command that is answered.
-    #[test]
-    fn queued_commands_go_on_in_order_and_before_the_relay_waits() {
-        const SET_TENSOR: u8 = 6;
-        const GET_ALIGNMENT: u8 = 1;
-        let (addr, received) = fake_server();
-        let link = Arc::new(Link { addrs: vec![addr], ..link() });
-        let (mut ggml, relay_end) = pair();
-        let relaying = Arc::clone(&link);
-        std::thread::spawn(move || relay(&relaying, relay_end));
-        let mut hello = command(wire::CMD_HELLO, &[0; wire::HELLO_REQUEST_LEN]);
-        ggml.write_all(&hello).unwrap();
-        hello.resize(8 + wire::HELLO_ANSWER_LEN, 0);
-        ggml.read_exact(&mut hello).unwrap();
-
-        // One command without an answer, then ggml says nothing more: it still goes on.
-        ggml.write_all(&command(SET_TENSOR, &[7; 300])).unwrap();
-        let got = received.recv_timeout(Duration::from_secs(5)).expect("held back while ggml was quiet");
-        assert_eq!(got, (SET_TENSOR, vec![7; 300]));
-
-        // A step's burst in one write: a dozen set_tensors, then a command with an answer.
-        let mut burst = Vec::new();
-        for i in 0..12u8 {
-            burst.extend(command(SET_TENSOR, &vec![i; 100 + usize::from(i) * 50]));
-        }
-        burst.extend(command(GET_ALIGNMENT, &0u32.to_le_bytes()));
-        ggml.write_all(&burst).unwrap();
-        let mut reply = [0u8; 16];
-        ggml.read_exact(&mut reply).unwrap();
-        assert_eq!(reply[8..], 64u64.to_le_bytes());
-        for i in 0..12u8 {
-            let got = received.recv_timeout(Duration::from_secs(5)).unwrap();
-            assert_eq!(got, (SET_TENSOR, vec![i; 100 + usize::from(i) * 50]));
-        }
-        assert_eq!(received.recv_timeout(Duration::from_secs(5)).unwrap().0, GET_ALIGNMENT);
-        assert_eq!(link.failure(), None);
     }
 
     #[test]

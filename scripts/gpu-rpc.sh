@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Issue 16 on a GPU machine: one process using every GPU directly against one
 # `rocm-llama rpc-server` process per GPU (on loopback) plus a client that sees no GPU of its
-# own (meant for 2 GPUs; on one it measures the RPC path to the same GPU), on the synthetic llama3-8b Q4_K_M, flash attention on, every layer offloaded.
+# own (meant for 2 GPUs; on one it measures the RPC path to the same GPU), on the synthetic
+# llama3-8b Q4_K_M, flash attention on, every layer offloaded.
 #   rocm-llama bench: pp512, tg128 (one stream), engine throughput at 8 and 64 streams
 #   llama-bench (same llama.cpp source): pp512 and tg128, and llama-batched-bench: 8 and 64
 #   sequences of 128 + 128 tokens, each directly and with --rpc to the same servers: llama.cpp's
 #   own client, without rocm-llama's relay, as the baseline for the relay
 # Needs .dev from scripts/gpu-compare-prepare.sh (carry .dev). STAGE=build stops after the
 # build and the model; STAGE=bench runs the measurements on a machine kept warm. Each way also
-# runs engine throughput with `--sampling device` (one token per sequence comes back instead of
-# its logits). When .dev/rocm-llama-alt exists (a client built from another commit, $ALT names
+# runs engine throughput with `--sampling device` (sampling inside the decode graph). When .dev/rocm-llama-alt exists (a client built from another commit, $ALT names
 # it), it runs the RPC measurements again against the same servers. At most 8 files land in
 # $OUT (what the device tool brings back): run.log (with the human tables), table.txt, the
 # bench reports (--save) and llama.cpp's tools' rows in one JSONL file (llama.jsonl).
@@ -25,7 +25,7 @@ BB="$(tool llama-batched-bench)"
 BATCHED=(-m "$MODEL" -ngl 99 -fa on -c $((64 * 256)) -b 2048 -ub 512 -npp 128 -ntg 128 -npl 8,64 --output-format jsonl)
 
 BENCH=(-m "$MODEL" -ngl all -fa on -p 512 -n 128 -d 0 -r "${REPS:-3}" --concurrency 8,64 --concurrent-tokens 128)
-log "direct: both GPUs in one process"
+log "direct: every GPU in one process"
 "$B" devices >> "$OUT/run.log" 2>&1
 DEVICE=(-m "$MODEL" -ngl all -fa on -p 0 -n 0 -d 0 -r "${REPS:-3}" --concurrency 8,64 --concurrent-tokens 128 --sampling device)
 "$B" bench "${BENCH[@]}" --save "$OUT/direct.json" >> "$OUT/run.log" 2>&1

@@ -345,6 +345,18 @@ fn bench_zero_skips_tests() {
     assert_eq!(rows.len(), 1);
     assert!(rows[0]["engine_tokens_per_s"].as_f64().unwrap() > 0.0, "{report}");
 
+    // The table: no empty single-stream header, and the engine's settings beside its rows.
+    let out = bin()
+        .args(base)
+        .args(["--concurrency", "2", "--sampling", "host", "--greedy", "-m"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(!table.contains("depth"), "{table}");
+    assert!(table.contains("engine sampling: host, greedy"), "{table}");
+
     let out = bin().args(base).args(["--concurrency", "0", "-m"]).arg(&model).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);

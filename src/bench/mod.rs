@@ -658,8 +658,10 @@ impl BenchReport {
         }
         if !self.concurrency.is_empty() {
             s.push_str(&format!(
-                "\nKV layout: {}\n{:>5} {:>11} {:>11} {:>13} {:>12} {:>7} {:>11} {:>11} {:>13}\n",
+                "\nKV layout: {}; engine sampling: {}, {}\n{:>5} {:>11} {:>11} {:>13} {:>12} {:>7} {:>11} {:>11} {:>13}\n",
                 if self.config.kv_unified { "unified" } else { "one buffer per sequence" },
+                format!("{:?}", self.config.placement).to_lowercase(),
+                if self.config.greedy { "greedy" } else { "default chain" },
                 "seqs",
                 "raw tok/s",
                 "raw total",

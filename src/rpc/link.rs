@@ -299,16 +299,7 @@ fn stream_answer(
     let name = wire::command_name(cmd);
     let timeout = link.timeout();
     let Some(s) = server.as_mut() else { return answer(client, &vec![0u8; n]) };
-    let mut len = [0u8; 8];
-    let header = s.read_exact(&mut len).map_err(|e| describe(&e, name, timeout)).and_then(|_| {
-        let len = u64::from_le_bytes(len);
-        if len == n as u64 {
-            Ok(())
-        } else {
-            Err(format!("it answered {name} with {len} bytes where the protocol has {n} (not a matching RPC server?)"))
-        }
-    });
-    if let Err(reason) = header {
+    if let Err(reason) = read_answer_len(s, cmd, n, timeout) {
         link.fail(reason);
         *server = None;
         return answer(client, &vec![0u8; n]);
@@ -342,8 +333,8 @@ fn stream_answer(
     Ok(())
 }
 
-/// Reads the server's answer to `cmd`, which must be `n` bytes long.
-fn read_answer(server: &mut TcpStream, cmd: u8, n: usize, timeout: Duration) -> Result<Vec<u8>, String> {
+/// Reads the length that starts the server's answer to `cmd`, which must be `n`.
+fn read_answer_len(server: &mut TcpStream, cmd: u8, n: usize, timeout: Duration) -> Result<(), String> {
     let name = wire::command_name(cmd);
     let mut len = [0u8; 8];
     server.read_exact(&mut len).map_err(|e| describe(&e, name, timeout))?;
@@ -353,6 +344,13 @@ fn read_answer(server: &mut TcpStream, cmd: u8, n: usize, timeout: Duration) -> 
             "it answered {name} with {len} bytes where the protocol has {n} (not a matching RPC server?)"
         ));
     }
+    Ok(())
+}
+
+/// Reads the server's answer to `cmd`, which must be `n` bytes long.
+fn read_answer(server: &mut TcpStream, cmd: u8, n: usize, timeout: Duration) -> Result<Vec<u8>, String> {
+    read_answer_len(server, cmd, n, timeout)?;
+    let name = wire::command_name(cmd);
     let mut reply = vec![0u8; n];
     server.read_exact(&mut reply).map_err(|e| describe(&e, name, timeout))?;
     Ok(reply)

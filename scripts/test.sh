@@ -13,6 +13,9 @@ export ROCM_LLAMA_TEST_MODEL
 # Published chat templates of many model families (other projects' files, fetched once).
 ROCM_LLAMA_TEST_TEMPLATES="$(bash scripts/test-templates.sh)"
 export ROCM_LLAMA_TEST_TEMPLATES
+# llama.cpp's tokenizer test vocabularies and reference tokenizations (the same sdist).
+ROCM_LLAMA_TEST_VOCABS="$(bash scripts/test-vocabs.sh)"
+export ROCM_LLAMA_TEST_VOCABS
 # llama.cpp's own llama-embedding, the reference for the embedding tests (built once, ~4 min).
 ROCM_LLAMA_LLAMA_EMBEDDING="$(bash scripts/llama-embedding.sh)"
 export ROCM_LLAMA_LLAMA_EMBEDDING

@@ -525,7 +525,7 @@ impl<'m> Context<'m> {
     /// processes leave free (see [`crate::threads`]).
     fn follow_free_cores(&mut self) {
         let t = &mut self.threads;
-        let Some(free) = t.watch.as_mut().and_then(|w| w.poll(crate::threads::RECHECK)) else { return };
+        let Some(free) = t.watch.as_mut().and_then(|w| w.poll()) else { return };
         let decode = if t.follow_decode { free } else { t.decode };
         let batch = if t.follow_batch { free } else { t.batch };
         if (decode, batch) != (t.decode, t.batch) {
@@ -890,6 +890,32 @@ mod tests {
         assert_eq!("Q8_0".parse::<KvType>().unwrap(), KvType::Q8_0);
         assert!("q9".parse::<KvType>().is_err());
         assert!(KvType::Q4_0.is_quantized() && !KvType::F16.is_quantized());
+    }
+
+    /// The thread counts follow the cores other processes leave free, read from a scripted
+    /// watch (a test must not depend on how busy its machine is); counts the caller set stay.
+    #[test]
+    fn unset_thread_counts_follow_the_free_cores_and_set_ones_stay() {
+        let model = crate::Model::load(crate::synth::tiny_model().unwrap(), &Default::default()).unwrap();
+        let tokens = model.vocab().tokenize("t1 t2", true, false).unwrap();
+        let mut batch = crate::Batch::new(tokens.len(), 1).unwrap();
+        batch.add_sequence(&tokens, 0, 0, true).unwrap();
+        let all = crate::threads::available_threads().min(2);
+        let mut ctx = Context::new(&model, &ContextConfig::default().n_ctx(64)).unwrap();
+        ctx.threads.watch = Some(crate::threads::scripted_watch(2, &[2.0, 0.0]));
+        ctx.decode(&batch).unwrap();
+        assert_eq!(ctx.threads(), (1, 1), "every core busy elsewhere: one thread");
+        ctx.seq_remove(None, ..).unwrap();
+        ctx.decode(&batch).unwrap();
+        assert_eq!(ctx.threads(), (all, all), "the cores taken back");
+        // Set by hand, they stay.
+        ctx.set_threads(1, 1).unwrap();
+        ctx.seq_remove(None, ..).unwrap();
+        ctx.decode(&batch).unwrap();
+        assert_eq!(ctx.threads(), (1, 1));
+        let fixed = Context::new(&model, &ContextConfig::default().n_ctx(64).threads(all)).unwrap();
+        assert!(fixed.threads.watch.is_none());
+        assert_eq!(fixed.threads(), (all, all), "a count the caller sets is kept");
     }
 
     #[test]

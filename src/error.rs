@@ -15,8 +15,9 @@ pub enum Error {
         /// The operating system's error.
         source: std::io::Error,
     },
-    /// The file is not a GGUF model (wrong magic, too short).
-    #[error("{path}: not a GGUF file ({reason})")]
+    /// The file is not a GGUF model that can be loaded safely: wrong magic, too short, or
+    /// contents on which llama.cpp would abort (the reason says which).
+    #[error("{path}: not a valid GGUF model ({reason})")]
     NotGguf {
         /// The file.
         path: PathBuf,

@@ -51,6 +51,7 @@ pub mod context;
 pub mod embed;
 pub mod engine;
 mod error;
+mod gbnf;
 pub mod generate;
 pub mod init;
 pub mod logprobs;

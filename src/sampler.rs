@@ -509,12 +509,29 @@ impl<'m> SamplerBuilder<'m> {
         if self.grammar_stage.is_some() {
             return self.fail(Error::Grammar("a chain takes one grammar".into()));
         }
+        if let Err(e) = crate::gbnf::check(gbnf) {
+            return self.fail(e);
+        }
         let vocab = self.model.vocab().raw();
         // SAFETY: the vocab lives for 'm; the strings are valid C strings for the call.
-        let s = unsafe { sys::llama_sampler_init_grammar(vocab, g.as_ptr(), r.as_ptr()) };
+        let (s, log) =
+            crate::init::capture_log(|| unsafe { sys::llama_sampler_init_grammar(vocab, g.as_ptr(), r.as_ptr()) });
         if s.is_null() {
-            return self
-                .fail(Error::Grammar("llama.cpp could not parse the grammar (see the llama_cpp log target)".into()));
+            // llama.cpp's parser prints where it failed on stderr, not to its log; what the log
+            // has beyond "failed to parse grammar" goes to the caller.
+            let why: Vec<&str> = log
+                .iter()
+                .map(|l| l.trim())
+                .filter(|l| !l.is_empty() && !l.contains("failed to parse grammar"))
+                .collect();
+            let why: String = why.join("; ").chars().take(600).collect();
+            return self.fail(Error::Grammar(if why.is_empty() {
+                "llama.cpp's GBNF parser refused it (rules are `name ::= ...` with quoted literals, [classes] \
+                 and balanced parentheses)"
+                    .into()
+            } else {
+                format!("llama.cpp's GBNF parser refused it: {why}")
+            }));
         }
         self.grammar_stage = i32::try_from(self.stages.len()).ok();
         self.push(s, "grammar")

@@ -24,6 +24,14 @@ use crate::error::{Error, Result};
 const MAX_DIGITS: u32 = 15;
 /// Fraction digits of a bounded number.
 const FRACTION_DIGITS: u32 = 6;
+/// Schemas nested deeper than this are refused (the converter recurses once per level).
+pub const MAX_DEPTH: usize = 64;
+/// The largest `minItems`, `maxItems`, `minLength` or `maxLength` accepted: llama.cpp's grammar
+/// writes out one rule per repetition, refuses a minimum above 2,000 and reads a larger
+/// maximum as none at all (which would let more through than the schema allows).
+pub const MAX_REPEAT: u64 = 2000;
+/// The largest grammar a schema may become, in bytes.
+pub const MAX_GRAMMAR_BYTES: usize = 1 << 20;
 
 /// The GBNF grammar (root rule `root`) that generates exactly JSON texts valid under `schema`
 /// (within the supported subset above).
@@ -38,14 +46,33 @@ const FRACTION_DIGITS: u32 = 6;
 /// assert!(grammar.starts_with("root ::="));
 /// # Ok::<(), rocm_llama::Error>(())
 /// ```
+///
+/// Every sub-schema becomes a rule of its own that its parent names, so the grammar grows in
+/// proportion to the schema (an array's items appear twice in its rule, which doubled the text
+/// per level of nesting when they were written out in place). Schemas nested deeper than
+/// [`MAX_DEPTH`], counts above [`MAX_REPEAT`] and grammars over [`MAX_GRAMMAR_BYTES`] are
+/// errors.
 pub fn to_grammar(schema: &Value) -> Result<String> {
-    let mut c = Converter { root: schema, rules: BTreeMap::new(), refs: BTreeMap::new() };
+    let mut c = Converter {
+        root: schema,
+        rules: BTreeMap::new(),
+        refs: BTreeMap::new(),
+        named: BTreeMap::new(),
+        depth: 0,
+        bytes: 0,
+    };
     let body = c.visit(schema, "#")?;
     let mut out = format!("root ::= {body}\n");
     for (name, rule) in &c.rules {
         let _ = writeln!(out, "{name} ::= {rule}");
     }
     out.push_str(COMMON_RULES);
+    if out.len() > MAX_GRAMMAR_BYTES {
+        return Err(Error::JsonSchema(format!(
+            "the schema makes a grammar of {} bytes, more than the {MAX_GRAMMAR_BYTES} accepted",
+            out.len()
+        )));
+    }
     Ok(out)
 }
 
@@ -65,6 +92,12 @@ struct Converter<'s> {
     rules: BTreeMap<String, String>,
     /// `$ref` target -> rule name.
     refs: BTreeMap<String, String>,
+    /// Rule body -> the name it was given (one rule for equal sub-schemas).
+    named: BTreeMap<String, String>,
+    /// How deep `visit` is.
+    depth: usize,
+    /// Bytes of rules made so far.
+    bytes: usize,
 }
 
 fn unsupported(at: &str, what: impl std::fmt::Display) -> Error {
@@ -94,7 +127,40 @@ fn json_literal(v: &Value) -> String {
 }
 
 impl<'s> Converter<'s> {
+    /// The rule for `schema`, by name unless it is a single word.
     fn visit(&mut self, schema: &'s Value, at: &str) -> Result<String> {
+        if self.depth >= MAX_DEPTH {
+            return Err(unsupported(at, format!("schemas nested deeper than {MAX_DEPTH} levels are not supported")));
+        }
+        self.depth += 1;
+        let body = self.visit_in_place(schema, at);
+        self.depth -= 1;
+        self.name(body?)
+    }
+
+    /// `body` as a named rule (the same name for the same body), or as it is when it is one
+    /// word (a rule name or a literal without spaces), which is no longer than a name.
+    fn name(&mut self, body: String) -> Result<String> {
+        if !body.contains(' ') {
+            return Ok(body);
+        }
+        if let Some(name) = self.named.get(&body) {
+            return Ok(name.clone());
+        }
+        self.bytes += body.len();
+        if self.bytes > MAX_GRAMMAR_BYTES {
+            return Err(Error::JsonSchema(format!(
+                "the schema makes a grammar of more than the {MAX_GRAMMAR_BYTES} bytes accepted"
+            )));
+        }
+        let name = format!("s-{}", self.named.len());
+        self.named.insert(body.clone(), name.clone());
+        self.rules.insert(name.clone(), body);
+        Ok(name)
+    }
+
+    /// The rule for `schema` written out (its parts by name).
+    fn visit_in_place(&mut self, schema: &'s Value, at: &str) -> Result<String> {
         let obj = match schema {
             Value::Bool(true) => return Ok("json-value".into()),
             Value::Bool(false) => return Err(unsupported(at, "`false` accepts nothing")),
@@ -230,7 +296,7 @@ impl<'s> Converter<'s> {
         }
         // Required properties in order, then each optional one or not, in order.
         let body = if req.is_empty() {
-            optional_list(&opt)
+            optional_list(self, &opt)?
         } else {
             let mut s = req.join(" \",\" ws ");
             for p in &opt {
@@ -285,29 +351,31 @@ impl<'s> Converter<'s> {
     }
 }
 
-/// Every way of writing some of `props` in order, comma-separated (none included).
-fn optional_list(props: &[String]) -> String {
-    if props.is_empty() {
-        return String::new();
+/// Every way of writing some of `props` in order, comma-separated (none included), in rules
+/// that grow in proportion to the number of properties: `tail-i` is "then, optionally, property
+/// i, then tail-(i+1)", and the list starts with whichever property comes first.
+fn optional_list(c: &mut Converter<'_>, props: &[String]) -> Result<String> {
+    let Some(last) = props.last() else { return Ok(String::new()) };
+    // tail after the last property: nothing.
+    let mut tail = String::new();
+    let mut starts = vec![last.clone()];
+    for i in (1..props.len()).rev() {
+        let body = format!("(\",\" ws {})? {tail}", props[i]);
+        tail = c.name(body.trim_end().to_string())?;
+        starts.push(format!("{} {tail}", props[i - 1]));
     }
-    let starts: Vec<String> = (0..props.len())
-        .map(|i| {
-            let mut s = props[i].clone();
-            for p in &props[i + 1..] {
-                let _ = write!(s, " (\",\" ws {p})?");
-            }
-            s
-        })
-        .collect();
-    format!("({})?", starts.join(" | "))
+    starts.reverse();
+    Ok(format!("({})?", starts.join(" | ")))
 }
 
 fn count(obj: &serde_json::Map<String, Value>, key: &str, at: &str) -> Result<Option<u64>> {
     match obj.get(key) {
         None => Ok(None),
-        Some(v) => {
-            v.as_u64().map(Some).ok_or_else(|| unsupported(at, format!("`{key}` must be a non-negative integer")))
-        }
+        Some(v) => match v.as_u64() {
+            Some(n) if n <= MAX_REPEAT => Ok(Some(n)),
+            Some(n) => Err(unsupported(at, format!("`{key}` {n} is above the {MAX_REPEAT} supported"))),
+            None => Err(unsupported(at, format!("`{key}` must be a non-negative integer"))),
+        },
     }
 }
 
@@ -496,6 +564,41 @@ mod tests {
             let want: Vec<u64> = (lo..=hi).collect();
             assert_eq!(got, want, "{lo}..={hi}: {:?}", digit_ranges(lo, hi));
         }
+    }
+
+    /// `levels` arrays, each the items of the one around it.
+    fn nested_arrays(levels: usize) -> Value {
+        let mut schema = serde_json::json!({"type": "string"});
+        for _ in 0..levels {
+            schema = serde_json::json!({"type": "array", "items": schema, "minItems": 1});
+        }
+        schema
+    }
+
+    #[test]
+    fn grammars_grow_in_proportion_to_the_schema() {
+        // Nested arrays doubled the grammar per level when items were written out in place
+        // (24 levels: 604 MB); each level is now one small rule.
+        let g40 = to_grammar(&nested_arrays(40)).unwrap();
+        let g60 = to_grammar(&nested_arrays(60)).unwrap();
+        let per_level = (g60.len() - g40.len()) / 20;
+        assert!(per_level < 100, "{per_level} bytes per level");
+        let m = match to_grammar(&nested_arrays(MAX_DEPTH + 1)) {
+            Err(Error::JsonSchema(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        assert!(m.contains("nested deeper"), "{m}");
+        // Optional properties: every subset in order, in rules linear in their number.
+        let props = |n: usize| -> Value {
+            let p: serde_json::Map<String, Value> =
+                (0..n).map(|i| (format!("p{i}"), serde_json::json!({"type": "integer"}))).collect();
+            serde_json::json!({"type": "object", "properties": p})
+        };
+        let (g50, g100) = (to_grammar(&props(50)).unwrap(), to_grammar(&props(100)).unwrap());
+        assert!(g100.len() < 2 * g50.len() + 2000, "{} then {}", g50.len(), g100.len());
+        // Counts past what llama.cpp's grammar honours are refused, not silently unbounded.
+        let m = format!("{:?}", to_grammar(&serde_json::json!({"type": "array", "maxItems": 5000})));
+        assert!(m.contains("maxItems") && m.contains("2000"), "{m}");
     }
 
     #[test]

@@ -58,38 +58,56 @@ pub fn default_threads() -> u32 {
 }
 
 /// Follows how many cores other processes leave free, from one look to the next.
-#[derive(Debug)]
 pub(crate) struct CoreWatch {
     cpus: Vec<usize>,
     last: Sample,
     at: Instant,
+    /// The shortest time between two looks.
+    every: Duration,
+    /// Where the counters come from: `/proc` ([`Sample::read`]), or a script in tests, so
+    /// that what a test asserts never depends on how busy its machine is.
+    read: ReadCounters,
+}
+
+/// Reads the counters of the given CPUs.
+type ReadCounters = Box<dyn FnMut(&[usize]) -> Option<Sample> + Send>;
+
+impl std::fmt::Debug for CoreWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoreWatch").field("cpus", &self.cpus).field("last", &self.last).finish_non_exhaustive()
+    }
 }
 
 /// Counters at one moment, in the kernel's clock ticks.
 #[derive(Debug, Clone, Copy)]
-struct Sample {
+pub(crate) struct Sample {
     /// Busy time of the allowed CPUs, all processes.
-    busy: u64,
+    pub(crate) busy: u64,
     /// All time of the allowed CPUs (busy and idle).
-    total: u64,
+    pub(crate) total: u64,
     /// This process's own CPU time.
-    own: u64,
+    pub(crate) own: u64,
 }
 
 impl CoreWatch {
-    /// Starts watching the CPUs in this process's affinity mask; `None` where `/proc` is
-    /// missing or unreadable.
+    /// Starts watching the CPUs in this process's affinity mask, looking again at most every
+    /// [`RECHECK`]; `None` where `/proc` is missing or unreadable.
     pub(crate) fn new() -> Option<CoreWatch> {
         let status = std::fs::read_to_string("/proc/self/status").ok()?;
         let list = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
         let cpus = parse_cpu_list(list.trim())?;
-        let last = Sample::read(&cpus)?;
-        Some(CoreWatch { cpus, last, at: Instant::now() })
+        CoreWatch::with_source(cpus, RECHECK, Box::new(Sample::read))
     }
 
-    /// The thread count for the time since the last look, when at least `every` has passed.
-    pub(crate) fn poll(&mut self, every: Duration) -> Option<u32> {
-        if self.at.elapsed() < every {
+    /// A watch over `cpus` whose counters come from `read`, looking again at most `every`.
+    pub(crate) fn with_source(cpus: Vec<usize>, every: Duration, mut read: ReadCounters) -> Option<CoreWatch> {
+        let last = read(&cpus)?;
+        Some(CoreWatch { cpus, last, at: Instant::now(), every, read })
+    }
+
+    /// The thread count for the time since the last look, once the interval has passed.
+    pub(crate) fn poll(&mut self) -> Option<u32> {
+        if self.at.elapsed() < self.every {
             return None;
         }
         self.free_since_last()
@@ -98,7 +116,7 @@ impl CoreWatch {
     /// Free cores since the last look (rounded as [`BUSY_MARGIN`] says, at least 1, at most
     /// [`available_threads`]), and starts the next period.
     fn free_since_last(&mut self) -> Option<u32> {
-        let now = Sample::read(&self.cpus)?;
+        let now = (self.read)(&self.cpus)?;
         let last = std::mem::replace(&mut self.last, now);
         self.at = Instant::now();
         let total = now.total.checked_sub(last.total)?;
@@ -108,6 +126,25 @@ impl CoreWatch {
         let others = now.busy.saturating_sub(last.busy).saturating_sub(now.own.saturating_sub(last.own));
         Some(free_cores(self.cpus.len(), others as f64 * self.cpus.len() as f64 / total as f64))
     }
+}
+
+/// A scripted watch for tests: each look reports the next of `busy_elsewhere` (cores kept
+/// busy by other processes, over 100 ticks per CPU), then nothing.
+#[cfg(test)]
+pub(crate) fn scripted_watch(cpus: usize, busy_elsewhere: &[f64]) -> CoreWatch {
+    let script: Vec<f64> = busy_elsewhere.to_vec();
+    let mut script = script.into_iter();
+    let mut at = Sample { busy: 0, total: 0, own: 0 };
+    let read = move |cpus: &[usize]| {
+        let first = at.total == 0;
+        if !first {
+            let busy = script.next()?;
+            at.busy += (busy * 100.0) as u64;
+        }
+        at.total += 100 * cpus.len() as u64;
+        Some(at)
+    };
+    CoreWatch::with_source((0..cpus).collect(), Duration::ZERO, Box::new(read)).unwrap()
 }
 
 /// The thread count for `cpus` CPUs of which others keep `busy` (in cores) occupied.
@@ -193,6 +230,16 @@ mod tests {
     }
 
     #[test]
+    fn a_watch_follows_what_other_processes_keep_busy() {
+        let n = available_threads().min(2);
+        let mut watch = scripted_watch(2, &[2.0, 1.0, 0.0]);
+        assert_eq!(watch.poll(), Some(1), "every core busy elsewhere: one thread");
+        assert_eq!(watch.poll(), Some(1));
+        assert_eq!(watch.poll(), Some(n), "all free again: all of them");
+        assert_eq!(watch.poll(), None, "no reading, no change");
+    }
+
+    #[test]
     fn the_default_is_between_one_and_the_available_cpus() {
         let n = default_threads();
         assert!(n >= 1 && n <= available_threads(), "{n}");
@@ -212,7 +259,8 @@ mod tests {
             })
         };
         std::thread::sleep(Duration::from_millis(300));
-        let free = watch.poll(Duration::ZERO);
+        watch.every = Duration::ZERO;
+        let free = watch.poll();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         spinner.join().unwrap();
         // Other processes (the test harness's neighbours) may take cores, so only the bounds

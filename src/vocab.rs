@@ -12,6 +12,21 @@ use crate::model::Model;
 /// A token id.
 pub type Token = i32;
 
+/// Texts of at most this many bytes are tokenized on the caller's own thread; longer ones on a
+/// thread whose stack is sized for them (see [`Vocab::tokenize`]). Even the smallest common
+/// thread stack (tokio's and Rust's 2 MiB) holds this many bytes' worth of regex recursion
+/// many times over.
+pub const INLINE_TOKENIZE_BYTES: usize = 1024;
+
+/// Stack for llama.cpp's `std::regex` pre-tokenizers per byte of text. Measured 2026-12-03 on
+/// x86-64 with libstdc++ (GCC 12) over llama.cpp's test vocabularies and runs of 100,000 bytes
+/// of one class (`tests/tokenizer.rs`): 256 bytes per byte overflowed, 384 sufficed; this
+/// leaves room above that.
+const REGEX_STACK_PER_BYTE: usize = 512;
+
+/// Stack for everything else on the tokenizer thread.
+const TOKENIZE_STACK_BASE: usize = 1 << 20;
+
 /// A model's vocabulary. Wraps `llama_vocab`, which the model owns; the borrow keeps the
 /// model alive.
 #[derive(Clone, Copy)]
@@ -86,7 +101,33 @@ impl<'m> Vocab<'m> {
     ///
     /// `add_special` adds BOS/EOS as the model asks; `parse_special` turns control-token text
     /// such as `<start_of_turn>` into the control token rather than plain text.
+    ///
+    /// Several pre-tokenizers (deepseek, falcon, gpt-neox, aquila and others) split text with
+    /// `std::regex`, which recurses once per character of a match: a long run of one
+    /// character class needs stack in proportion to its length, and overflowing the stack
+    /// kills the process. So a text longer than [`INLINE_TOKENIZE_BYTES`] is tokenized on a
+    /// thread of its own whose stack is sized for the text (reserved, and touched only as
+    /// deep as the longest run goes).
     pub fn tokenize(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<Token>> {
+        if text.len() <= INLINE_TOKENIZE_BYTES {
+            return self.tokenize_here(text, add_special, parse_special);
+        }
+        let stack = TOKENIZE_STACK_BASE.saturating_add(text.len().saturating_mul(REGEX_STACK_PER_BYTE));
+        std::thread::scope(|scope| {
+            let worker = std::thread::Builder::new()
+                .name("rocm-llama-tokenize".into())
+                .stack_size(stack)
+                .spawn_scoped(scope, || self.tokenize_here(text, add_special, parse_special))
+                .map_err(|source| Error::Thread { what: "tokenizer", source })?;
+            match worker.join() {
+                Ok(result) => result,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        })
+    }
+
+    /// [`tokenize`](Vocab::tokenize) on the calling thread's stack.
+    fn tokenize_here(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<Token>> {
         let len = i32::try_from(text.len())
             .map_err(|_| Error::Tokenize(format!("text of {} bytes is too long", text.len())))?;
         // A token covers at least one byte, plus room for BOS/EOS.

@@ -110,14 +110,14 @@ fn errors_are_reported_not_crashes() {
     std::fs::write(&junk, b"not a model").unwrap();
     let out = bin().args(["run", "hi", "--model"]).arg(&junk).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not a GGUF file"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid GGUF model"));
     let out = bin().args(["synth", "--tokenizer-only", "-o"]).arg(dir.join("t.gguf")).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "clap: --tokenizer-only needs --tokenizer-from");
     let mut synth = bin();
     synth.args(["synth", "--shape", "tiny", "--tokenizer-from"]).arg(&junk).arg("-o").arg(dir.join("t.gguf"));
     let out = synth.output().unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not a GGUF file"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a valid GGUF model"));
     assert!(!dir.join("t.gguf").exists());
     let Some(model) = common::model_path() else { return };
     // Bad values of enumerated flags are usage errors (clap's exit code 2) that list the
@@ -162,7 +162,7 @@ fn models_and_show_list_the_model_folder() {
     let out = bin().args(["models", "--json", "--dir"]).arg(&dir).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 2);
-    assert!(v[0]["error"].as_str().unwrap().contains("not a GGUF"));
+    assert!(v[0]["error"].as_str().unwrap().contains("not a valid GGUF"));
     assert_eq!(v[1]["info"]["architecture"], "gemma3");
 
     let out = bin().args(["show", "gemma-3", "--json", "--dir"]).arg(&dir).output().unwrap();

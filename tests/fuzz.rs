@@ -521,3 +521,97 @@ fn mutated_model_files_never_kill_the_process() {
         gguf_episode(&bases, seed, loads, &dir)
     });
 }
+
+/// The edge values a numeric metadata entry is set to: zero, one, odd, the 32-bit extremes,
+/// a 64-bit value, negative, and for floats NaN, the infinities and a huge value.
+fn edge_values(v: &Value) -> Vec<Value> {
+    match v {
+        Value::UInt(_) | Value::Int(_) => vec![
+            Value::UInt(0),
+            Value::UInt(1),
+            Value::UInt(3),
+            Value::UInt(u32::MAX as u64),
+            Value::UInt(1 << 40),
+            Value::Int(-1),
+        ],
+        Value::Float(_) => vec![
+            Value::Float(0.0),
+            Value::Float(-1.0),
+            Value::Float(f64::NAN),
+            Value::Float(f64::INFINITY),
+            Value::Float(f64::NEG_INFINITY),
+            Value::Float(1e30),
+        ],
+        _ => Vec::new(),
+    }
+}
+
+/// Every numeric metadata entry of the tiny models of each family, set to each edge value:
+/// loaded, and when it loads, a context made and two tokens generated. Each family's entries
+/// run in a child process with a time limit, so an abort, a crash or a hang (a RoPE of 0
+/// dimensions once spun forever in the first decode) fails the test naming the entry.
+#[test]
+fn every_numeric_hyperparameter_at_its_edges_never_kills_or_hangs() {
+    const SHAPES: [&str; 3] = ["tiny", "tiny-qwen3", "tiny-gemma3"];
+    let dir = work_dir();
+    let entries = |shape: &str| -> Vec<(String, Value)> {
+        let bytes = f16_writer(find_shape(shape).unwrap(), 5, None).to_bytes();
+        let file = rocm_llama::gguf::GgufFile::from_bytes(&bytes, Default::default()).unwrap();
+        file.metadata.into_iter().filter(|(_, v)| !edge_values(v).is_empty()).collect()
+    };
+    if let Ok(case) = std::env::var("ROCM_LLAMA_HPARAM_CASE") {
+        let (shape, key) = case.split_once(' ').unwrap();
+        let (_, original) = entries(shape).into_iter().find(|(k, _)| k == key).unwrap();
+        let path = dir.join(format!("hparam-{}.gguf", std::process::id()));
+        for value in edge_values(&original) {
+            println!("{key} = {value:?}");
+            f16_writer(find_shape(shape).unwrap(), 5, None).set_meta(key, value).write_to(&path).unwrap();
+            if let Ok(model) = Model::load(&path, &LoadConfig::default()) {
+                if let Ok(mut c) = Context::new(&model, &ContextConfig::default().n_ctx(64).threads(1)) {
+                    let _ = c.generate("t1 t2", &GenerateOptions::greedy(2)).map(|g| g.count());
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let mut failures = Vec::new();
+    let mut cases = 0;
+    for shape in SHAPES {
+        for (key, _) in entries(shape) {
+            cases += 1;
+            let mut child = std::process::Command::new(&exe)
+                .args(["every_numeric_hyperparameter_at_its_edges_never_kills_or_hangs", "--exact", "--nocapture"])
+                .env("ROCM_LLAMA_HPARAM_CASE", format!("{shape} {key}"))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            // A generous limit: each value takes milliseconds; only a hang comes near it.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let status = loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break Some(status);
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            let mut stdout = String::new();
+            let _ = std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout);
+            let last = stdout.lines().rfind(|l| l.contains(" = ")).unwrap_or("(before the first value)").to_string();
+            match status {
+                Some(s) if s.success() => {}
+                Some(s) => failures.push(format!("{shape}: {last}: {s:?}")),
+                None => failures.push(format!("{shape}: {last}: still running after 60 s")),
+            }
+        }
+    }
+    println!("hyper-parameter edges: {cases} entries, {} failed", failures.len());
+    assert!(cases > 30, "only {cases} numeric entries found");
+    assert!(failures.is_empty(), "these killed or hung their process:\n{}", failures.join("\n"));
+}

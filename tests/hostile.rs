@@ -6,33 +6,13 @@
 
 mod common;
 
+use common::in_child;
+
 use std::path::PathBuf;
 
 use rocm_llama::gguf::{Value, ValueType};
 use rocm_llama::synth::{f16_writer, find_shape};
 use rocm_llama::{Batch, Context, ContextConfig, Engine, EngineConfig, Error, LoadConfig, Model, Sampler};
-
-/// Runs `body` in a child process and fails when the child does not exit cleanly.
-fn in_child(case: &str, body: impl FnOnce()) {
-    if std::env::var("ROCM_LLAMA_CHILD_CASE").as_deref() == Ok(case) {
-        body();
-        return;
-    }
-    let exe = std::env::current_exe().unwrap();
-    let out = std::process::Command::new(exe)
-        .args([case, "--exact", "--nocapture", "--test-threads=1"])
-        .env("ROCM_LLAMA_CHILD_CASE", case)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    #[cfg(unix)]
-    if let Some(sig) = std::os::unix::process::ExitStatusExt::signal(&out.status) {
-        panic!("case {case} killed its process with signal {sig}\nstdout:\n{stdout}\nstderr:\n{stderr}");
-    }
-    assert!(out.status.success(), "case {case} failed ({:?})\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
-    assert!(stdout.contains("1 passed"), "case {case} did not run in the child:\n{stdout}");
-}
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("rocm-llama-hostile-{}", std::process::id()));
@@ -181,6 +161,26 @@ fn files_llama_cpp_would_assert_on_are_refused() {
             // `fit` (what `run` does before loading) reads the same number.
             assert!(LoadConfig::fit(&path, &Default::default()).is_err());
         }
+        // Hyper-parameters llama.cpp asserts on (a negative or NaN norm epsilon, RoPE
+        // dimensions past the head size or odd, KV heads that do not divide the heads, too
+        // many experts) or spins on (RoPE of 0 dimensions): issue 26, found by flipping one
+        // byte of the real test model (offset 625, xor 0x80: the epsilon's sign).
+        let hparams = [
+            ("attention.layer_norm_rms_epsilon", Value::Float(-1e-6), "epsilon"),
+            ("attention.layer_norm_rms_epsilon", Value::Float(f64::NAN), "finite"),
+            ("rope.dimension_count", Value::UInt(0), "RoPE"),
+            ("rope.dimension_count", Value::UInt(65), "RoPE"),
+            ("rope.dimension_count", Value::UInt(128), "RoPE"),
+            ("attention.head_count_kv", Value::UInt(3), "KV head"),
+            ("attention.head_count_kv", Value::UInt(0), "KV head"),
+            ("expert_count", Value::UInt(513), "expert_count"),
+            ("rope.scaling.type", Value::String("sideways".into()), "rope.scaling.type"),
+            ("rope.freq_base", Value::Float(0.0), "base frequency"),
+        ];
+        for (i, (suffix, value, needle)) in hparams.into_iter().enumerate() {
+            let path = patched(&format!("hparam-{i}.gguf"), &format!("{arch}.{suffix}"), value);
+            refused(&path, needle);
+        }
         // Two vocabulary entries with the same text; then two that differ only after a NUL
         // byte, the same text to llama.cpp (found by tests/fuzz.rs, seed 1011: a mutated
         // vocabulary hit the assert).
@@ -315,4 +315,32 @@ fn asan_control_reports_an_overflow_inside_llama_cpp() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("AddressSanitizer: heap-buffer-overflow"), "no ASan report:\n{stderr}");
+}
+
+/// Issue 26: a JSON schema of 100 nested arrays (2.6 KB) grew the grammar to gigabytes and
+/// `serve` was killed for memory; a grammar nested deep enough overflows llama.cpp's
+/// recursive parser. Deep schemas and grammars are errors; a deep but accepted schema makes a
+/// grammar llama.cpp parses, and a grammar it refuses says why.
+#[test]
+fn deep_schemas_and_grammars_are_refused_before_llama_cpp() {
+    in_child("deep_schemas_and_grammars_are_refused_before_llama_cpp", || {
+        let Some(model) = common::model() else { return };
+        let nested = |levels: usize| {
+            let mut schema = serde_json::json!({"type": "integer"});
+            for _ in 0..levels {
+                schema = serde_json::json!({"type": "array", "items": schema});
+            }
+            schema
+        };
+        let mut ctx = common::context(model);
+        let opts = |levels| rocm_llama::GenerateOptions::greedy(4).json_schema(nested(levels));
+        assert!(matches!(ctx.generate("[", &opts(100)).map(|g| g.count()), Err(Error::JsonSchema(_))));
+        let made = ctx.generate("[", &opts(60)).unwrap().collect::<Result<Vec<_>, _>>().unwrap();
+        assert!(!made.is_empty());
+        let deep = format!("root ::= {}\"a\"{}", "(".repeat(100_000), ")".repeat(100_000));
+        let err = Sampler::builder(model).grammar(&deep, "root").greedy().build().err().unwrap();
+        assert!(matches!(&err, Error::Grammar(m) if m.contains("nests")), "{err}");
+        let err = Sampler::builder(model).grammar("root ::= \"a\" | (", "root").greedy().build().err().unwrap();
+        assert!(matches!(&err, Error::Grammar(m) if m.contains("GBNF parser") && !m.contains("log target")), "{err}");
+    });
 }

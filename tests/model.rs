@@ -450,69 +450,6 @@ fn sampling_copied_logits_matches_llama_cpp() {
     }
 }
 
-/// Busy loops in other processes, stopped on drop (also when the test fails).
-struct Spinners(Vec<std::process::Child>);
-
-impl Spinners {
-    fn start(n: u32) -> Spinners {
-        let spawn = || std::process::Command::new("sh").args(["-c", "while :; do :; done"]).spawn().unwrap();
-        Spinners((0..n).map(|_| spawn()).collect())
-    }
-}
-
-impl Drop for Spinners {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-#[cfg(target_os = "linux")]
-#[test]
-fn default_threads_leave_out_the_cores_other_processes_keep_busy_and_follow_them() {
-    let cpus = rocm_llama::available_threads();
-    if cpus < 2 {
-        eprintln!("one CPU: nothing to leave out");
-        return;
-    }
-    let model = Model::load(rocm_llama::synth::tiny_model().unwrap(), &LoadConfig::default()).unwrap();
-    let config = rocm_llama::ContextConfig::default().n_ctx(256);
-    let spinners = Spinners::start(cpus);
-    // Longer than a reading of the cores is reused, so the next context looks afresh.
-    std::thread::sleep(std::time::Duration::from_millis(2200));
-    let mut ctx = Context::new(&model, &config).unwrap();
-    let busy = ctx.threads();
-    let fixed = Context::new(&model, &config.clone().threads(cpus)).unwrap().threads();
-    drop(spinners);
-    assert_eq!(busy, (1, 1), "every core busy elsewhere: one thread, which never waits at a barrier");
-    assert_eq!(fixed, (cpus, cpus), "a count the caller sets is kept");
-    // Once the other work has stopped, the next decode after the recheck interval takes the
-    // cores back. Work outside this test (another build on the machine) holds cores too, so
-    // a few rechecks are allowed for it to pass.
-    let tokens = model.vocab().tokenize("t1 t2", true, false).unwrap();
-    let mut batch = Batch::new(tokens.len(), 1).unwrap();
-    batch.add_sequence(&tokens, 0, 0, true).unwrap();
-    let mut taken_back = false;
-    for _ in 0..5 {
-        std::thread::sleep(std::time::Duration::from_millis(2200));
-        ctx.seq_remove(None, ..).unwrap();
-        ctx.decode(&batch).unwrap();
-        if ctx.threads() == (cpus, cpus) {
-            taken_back = true;
-            break;
-        }
-    }
-    assert!(taken_back, "the cores were not taken back: {:?}", ctx.threads());
-    // Set by hand, they stay.
-    ctx.set_threads(1, 1).unwrap();
-    ctx.seq_remove(None, ..).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(2200));
-    ctx.decode(&batch).unwrap();
-    assert_eq!(ctx.threads(), (1, 1));
-}
-
 /// `log_softmax(row)[i]` in f64, the reference for the library's log-probabilities.
 fn log_softmax_at(row: &[f32], i: usize) -> f64 {
     let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(f64::from(x)));

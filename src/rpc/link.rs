@@ -74,6 +74,15 @@ impl Link {
             .name("rpc-relay".into())
             .spawn(move || {
                 for client in listener.incoming().flatten() {
+                    // Only ggml's client in this process: a stranger on loopback could
+                    // otherwise hold the server or send commands ggml never would.
+                    if !super::peer::is_this_process(&client, local) {
+                        tracing::warn!(
+                            "rpc: refused a connection to the relay from {:?}: not this process",
+                            client.peer_addr().ok()
+                        );
+                        continue;
+                    }
                     let link = Arc::clone(&accepting);
                     let spawned = std::thread::Builder::new().name("rpc-relay-conn".into()).spawn(move || {
                         relay(&link, client);
@@ -233,7 +242,7 @@ fn relay(link: &Link, mut client: TcpStream) {
             }
         };
         let Some(n) = answer_len else { continue };
-        if n > CHUNK && server.is_some() {
+        if n > CHUNK {
             // Tensor reads (logits) go on as they arrive instead of whole.
             if stream_answer(link, &mut server, &mut client, cmd, n).is_err() {
                 break;
@@ -298,12 +307,14 @@ fn stream_answer(
 ) -> io::Result<()> {
     let name = wire::command_name(cmd);
     let timeout = link.timeout();
-    let Some(s) = server.as_mut() else { return answer(client, &vec![0u8; n]) };
-    if let Err(reason) = read_answer_len(s, cmd, n, timeout) {
-        link.fail(reason);
-        *server = None;
-        return answer(client, &vec![0u8; n]);
+    if let Some(s) = server.as_mut() {
+        if let Err(reason) = read_answer_len(s, cmd, n, timeout) {
+            link.fail(reason);
+            *server = None;
+        }
     }
+    // Without a server the answer is zeros, written as they are counted (never `n` bytes
+    // held at once: `n` is what the request asked for).
     client.write_all(&(n as u64).to_le_bytes())?;
     let mut chunk = vec![0u8; CHUNK];
     let mut left = n;
@@ -474,5 +485,55 @@ mod tests {
         });
         assert!(failure.unwrap().contains("no answer"), "a silent server times out");
         assert_eq!(got.len(), n);
+    }
+
+    /// Issue 26: another local process connected to the relay's port and sent a get_tensor
+    /// of 2^40 bytes (the relay allocated it and the process aborted), or stayed silent until
+    /// the link counted the server as failed. Only this process's connections are relayed.
+    #[test]
+    fn a_stranger_on_the_relays_port_is_refused_and_never_reaches_the_server() {
+        // A stand-in server that greets and counts its connections.
+        let server = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let server_at = server.local_addr().unwrap();
+        let connections = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&connections);
+        std::thread::spawn(move || {
+            for mut conn in server.incoming().flatten() {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let mut head = [0u8; 9];
+                if conn.read_exact(&mut head).is_ok() {
+                    let mut rest = vec![0u8; u64::from_le_bytes(head[1..].try_into().unwrap()) as usize];
+                    let _ = conn.read_exact(&mut rest);
+                    let answer = wire::hello_answer((wire::PROTO_MAJOR, 0, 0));
+                    let _ = conn.write_all(&(answer.len() as u64).to_le_bytes()).and_then(|_| conn.write_all(&answer));
+                }
+            }
+        });
+        let link = Link::open(&server_at.to_string(), Duration::from_secs(2)).unwrap();
+        assert_eq!(connections.load(Ordering::SeqCst), 1, "the greeting at open");
+        // A get_tensor of 2^40 bytes from a shell: the relay must drop the connection unread.
+        let mut request = vec![wire::CMD_GET_TENSOR];
+        request.extend_from_slice(&40u64.to_le_bytes());
+        request.extend_from_slice(&[0u8; 32]);
+        request.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        let escaped: String = request.iter().map(|b| format!("\\x{b:02x}")).collect();
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "exec 3<>/dev/tcp/127.0.0.1/{port}; printf '{escaped}' >&3; timeout 5 cat <&3 | wc -c",
+                port = link.local.port()
+            ))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0", "the stranger got no answer");
+        assert_eq!(connections.load(Ordering::SeqCst), 1, "the stranger never reached the server");
+        assert_eq!(link.failure(), None);
+        // A connection of this process still goes through.
+        let mut ours = TcpStream::connect(link.local).unwrap();
+        ours.write_all(&wire::hello_request()).unwrap();
+        let mut len = [0u8; 8];
+        ours.read_exact(&mut len).unwrap();
+        assert_eq!(u64::from_le_bytes(len) as usize, wire::HELLO_ANSWER_LEN);
     }
 }

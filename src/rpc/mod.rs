@@ -19,6 +19,7 @@
 //! [`Context::decode`](crate::Context::decode) of every context of that model.
 
 mod link;
+mod peer;
 mod wire;
 
 use std::ffi::{c_char, c_void, CString};

@@ -172,9 +172,8 @@ impl ApiError {
             | Error::InvalidConfig(_)
             | Error::Sampling(_)
             | Error::Tokenize(_)
-            | Error::InvalidToken { .. } => {
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", e.to_string())
-            }
+            | Error::InvalidToken { .. }
+            | Error::NulByte { .. } => ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", e.to_string()),
             // The model's remote device is gone: nothing this server can do until it is
             // restarted with the RPC server back.
             Error::Rpc { .. } => ApiError {

@@ -50,28 +50,30 @@ pub fn context(model: &Model) -> Context<'_> {
 /// The folder of published chat templates (`ROCM_LLAMA_TEST_TEMPLATES`, else fetched once by
 /// scripts/test-templates.sh).
 pub fn templates_dir() -> PathBuf {
-    if let Ok(dir) = std::env::var("ROCM_LLAMA_TEST_TEMPLATES") {
-        return PathBuf::from(dir);
-    }
-    let out = std::process::Command::new("bash")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test-templates.sh"))
-        .output()
-        .expect("bash runs scripts/test-templates.sh");
-    assert!(out.status.success(), "scripts/test-templates.sh failed: {}", String::from_utf8_lossy(&out.stderr));
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    fetched("ROCM_LLAMA_TEST_TEMPLATES", "test-templates.sh")
+}
+
+/// The folder of llama.cpp's tokenizer test vocabularies with their reference tokenizations
+/// (`ROCM_LLAMA_TEST_VOCABS`, else extracted once by scripts/test-vocabs.sh).
+pub fn vocabs_dir() -> PathBuf {
+    fetched("ROCM_LLAMA_TEST_VOCABS", "test-vocabs.sh")
 }
 
 /// llama.cpp's own `llama-embedding` tool built from the pinned source
 /// (`ROCM_LLAMA_LLAMA_EMBEDDING`, else built once by scripts/llama-embedding.sh).
 pub fn llama_embedding_tool() -> PathBuf {
-    if let Ok(path) = std::env::var("ROCM_LLAMA_LLAMA_EMBEDDING") {
+    fetched("ROCM_LLAMA_LLAMA_EMBEDDING", "llama-embedding.sh")
+}
+
+/// Test data of other projects: the path in `var` when set, else what `scripts/{script}`
+/// fetches or builds (once, into the cache) and prints.
+fn fetched(var: &str, script: &str) -> PathBuf {
+    if let Ok(path) = std::env::var(var) {
         return PathBuf::from(path);
     }
-    let out = std::process::Command::new("bash")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/llama-embedding.sh"))
-        .output()
-        .expect("bash runs scripts/llama-embedding.sh");
-    assert!(out.status.success(), "scripts/llama-embedding.sh failed: {}", String::from_utf8_lossy(&out.stderr));
+    let script = format!("{}/scripts/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new("bash").arg(&script).output().expect("bash runs the fetch script");
+    assert!(out.status.success(), "{script} failed: {}", String::from_utf8_lossy(&out.stderr));
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
@@ -149,4 +151,29 @@ pub fn assert_greedy_matches(reference: &[(i32, f32)], got: &[i32], what: &str) 
         got.len(),
         reference.len()
     );
+}
+
+/// Runs `body` in a child process (this test binary again, with `ROCM_LLAMA_CHILD_CASE`
+/// naming the test), so that an abort, a stack overflow or a segfault fails this one test with
+/// the signal that killed the child instead of taking the whole test binary down. `case` is
+/// the test function's name.
+pub fn in_child(case: &str, body: impl FnOnce()) {
+    if std::env::var("ROCM_LLAMA_CHILD_CASE").as_deref() == Ok(case) {
+        body();
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .args([case, "--exact", "--nocapture", "--test-threads=1"])
+        .env("ROCM_LLAMA_CHILD_CASE", case)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    #[cfg(unix)]
+    if let Some(sig) = std::os::unix::process::ExitStatusExt::signal(&out.status) {
+        panic!("case {case} killed its process with signal {sig}\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    }
+    assert!(out.status.success(), "case {case} failed ({:?})\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+    assert!(stdout.contains("1 passed"), "case {case} did not run in the child:\n{stdout}");
 }

@@ -1,7 +1,6 @@
 //! Loading a GGUF model: [`Model`] and its [`LoadConfig`].
 
 use std::ffi::{c_char, c_void, CStr};
-use std::io::Read;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
@@ -12,6 +11,11 @@ use llama_cpp_sys_2 as sys;
 use crate::accounting::MemoryBreakdown;
 use crate::error::{c_string, Error, Result};
 use crate::vocab::{Token, Vocab};
+
+mod checks;
+
+use checks::{check_contents, check_gguf_header};
+pub use checks::{MAX_LAYERS, MAX_VOCAB};
 
 /// How many of the model's layers to place on the GPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -35,17 +39,28 @@ pub enum SplitMode {
     Row,
 }
 
-/// llama.cpp's reason for a failed load from its log ("error loading model: ..."), or the
+/// llama.cpp's reason for a failed load from its log ("error loading model: ..."), with the
+/// GGUF reader's own messages before it (ggml's reader logs only errors, and the loader's
+/// line then says no more than "failed to load model": the cause, such as "tensor
+/// 'blk.17.attn_q.weight' has offset 243077282, expected 243077120", is in the reader's), or the
 /// usual suspects when it gave none.
 fn load_failure_reason(log: &[String]) -> String {
     const MARK: &str = "error loading model:";
-    log.iter()
+    const GGUF_READER: &str = "gguf_init_from_file_impl:";
+    let reason = log
+        .iter()
         .rev()
         .find_map(|l| l.find(MARK).map(|i| l[i + MARK.len()..].trim().to_string()))
-        .filter(|r| !r.is_empty())
-        .unwrap_or_else(|| {
+        .filter(|r| !r.is_empty());
+    let causes: Vec<&str> = log.iter().filter_map(|l| l.strip_prefix(GGUF_READER)).map(str::trim).collect();
+    match (reason, causes.is_empty()) {
+        (Some(reason), true) => reason,
+        (Some(reason), false) => format!("{reason}: {}", causes.join("; ")),
+        (None, false) => causes.join("; "),
+        (None, true) => {
             "truncated, unsupported architecture or out of memory (the llama_cpp tracing target has details)".into()
-        })
+        }
+    }
 }
 
 /// A load-progress callback: called with 0.0..=1.0; return `false` to cancel the load.
@@ -159,120 +174,6 @@ unsafe impl Send for Model {}
 // SAFETY: see `Send`: all access after load is read-only.
 unsafe impl Sync for Model {}
 
-/// The GGUF magic bytes.
-const GGUF_MAGIC: &[u8; 4] = b"GGUF";
-
-/// Checks that `path` is a readable file that starts like a GGUF, before llama.cpp sees it.
-pub(crate) fn check_gguf_header(path: &Path) -> Result<()> {
-    let io = |source| Error::Io { path: path.to_path_buf(), source };
-    let meta = std::fs::metadata(path).map_err(io)?;
-    if !meta.is_file() {
-        return Err(Error::NotGguf { path: path.to_path_buf(), reason: "not a regular file".into() });
-    }
-    let mut head = [0u8; 8];
-    let mut f = std::fs::File::open(path).map_err(io)?;
-    let mut got = 0;
-    while got < head.len() {
-        match f.read(&mut head[got..]).map_err(io)? {
-            0 => break,
-            n => got += n,
-        }
-    }
-    if got < head.len() {
-        return Err(Error::NotGguf { path: path.to_path_buf(), reason: format!("only {got} bytes long") });
-    }
-    if &head[..4] != GGUF_MAGIC {
-        return Err(Error::NotGguf {
-            path: path.to_path_buf(),
-            reason: format!("magic is {:?}, expected \"GGUF\"", String::from_utf8_lossy(&head[..4])),
-        });
-    }
-    let version = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-    if !(2..=3).contains(&version) {
-        return Err(Error::NotGguf { path: path.to_path_buf(), reason: format!("unsupported GGUF version {version}") });
-    }
-    Ok(())
-}
-
-/// llama.cpp's bound on `block_count` (`LLAMA_MAX_LAYERS`), which it asserts on.
-pub const MAX_LAYERS: u64 = 512;
-
-/// Vocabularies longer than this are refused before llama.cpp reads them (the largest
-/// published ones hold about 260,000 tokens).
-pub const MAX_VOCAB: u64 = 1 << 22;
-
-/// Rejects files on which llama.cpp would abort (an assert kills the process) rather than
-/// return an error: a `block_count` of 0 or above [`MAX_LAYERS`], more next-token layers
-/// than blocks, two vocabulary entries with the same text, truncated tensor data, and 1-D
-/// norm weights that are not F32 (its CPU kernels assert on them while computing).
-fn check_contents(path: &Path) -> Result<()> {
-    use crate::gguf::{GgufFile, Value, ValueType};
-    // The header alone: the vocabulary is read once, as raw bytes, below.
-    let file = GgufFile::open(path)?;
-    let bad = |reason: String| Err(Error::NotGguf { path: path.to_path_buf(), reason });
-    if let Some(t) = file.tensors.iter().find(|t| t.dims.len() == 1 && t.name.contains("norm") && t.ggml_type != 0) {
-        return bad(format!(
-            "1-D tensor {} is {}, but llama.cpp needs norm weights in F32 (it would abort while computing)",
-            t.name,
-            crate::gguf::ggml_type_name(t.ggml_type)
-        ));
-    }
-    if let Some(arch) = file.architecture() {
-        if arch != "clip" {
-            if let Some(layers) = file.arch_u64("block_count") {
-                if layers == 0 || layers > MAX_LAYERS {
-                    return bad(format!("{arch}.block_count is {layers}; llama.cpp takes 1..={MAX_LAYERS} layers"));
-                }
-                if let Some(nextn) = file.arch_u64("nextn_predict_layers").filter(|&n| n > layers) {
-                    return bad(format!("{arch}.nextn_predict_layers {nextn} exceeds block_count {layers}"));
-                }
-            }
-        }
-    }
-    match file.get("tokenizer.ggml.tokens") {
-        Some(Value::Array { elem: ValueType::String, len, .. }) if *len > MAX_VOCAB => {
-            return bad(format!("the vocabulary has {len} tokens, more than the {MAX_VOCAB} accepted here"));
-        }
-        Some(Value::Array { elem: ValueType::String, .. }) => {
-            // llama.cpp maps each text to its id and asserts that no text appears twice. It
-            // reads each text as a C string (up to its first NUL byte) and names an empty one
-            // "[EMPTY_<id>]": compare the raw bytes the same way.
-            let texts = crate::gguf::string_array_bytes(path, "tokenizer.ggml.tokens", MAX_VOCAB)?.unwrap_or_default();
-            let mut seen: std::collections::HashSet<std::borrow::Cow<'_, [u8]>> =
-                std::collections::HashSet::with_capacity(texts.len());
-            for (i, raw) in texts.iter().enumerate() {
-                let text = match raw.iter().position(|&b| b == 0).map_or(&raw[..], |n| &raw[..n]) {
-                    [] => std::borrow::Cow::Owned(format!("[EMPTY_{i}]").into_bytes()),
-                    t => std::borrow::Cow::Borrowed(t),
-                };
-                if let Some(first) = seen.replace(text) {
-                    return bad(format!(
-                        "the vocabulary lists the token text {:?} twice (the second time as id {i}); llama.cpp \
-                         needs every token text once (up to its first NUL byte)",
-                        String::from_utf8_lossy(&first).chars().take(40).collect::<String>()
-                    ));
-                }
-            }
-            // A SentencePiece vocabulary spells text it has no token for as byte tokens, which
-            // llama.cpp looks up with a throwing lookup: a byte with neither "<0xXX>" nor a
-            // one-byte token aborts the process the first time some text needs it.
-            if file.get_str("tokenizer.ggml.model") == Some("llama") {
-                for byte in 0..=255u8 {
-                    let hex = format!("<0x{byte:02X}>").into_bytes();
-                    if !seen.contains(&hex[..]) && (byte == 0 || !seen.contains(&[byte][..])) {
-                        return bad(format!(
-                            "this SentencePiece vocabulary has no token for byte 0x{byte:02X} (\"<0x{byte:02X}>\"); \
-                             llama.cpp would abort when tokenizing text that needs it"
-                        ));
-                    }
-                }
-            }
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
 struct ProgressState {
     f: Arc<ProgressFn>,
     cancelled: bool,
@@ -320,7 +221,7 @@ impl Model {
         let path = path.as_ref();
         crate::init::init();
         check_gguf_header(path)?;
-        check_contents(path)?;
+        check_contents(path, !config.vocab_only)?;
         let path_str =
             path.to_str().ok_or_else(|| Error::InvalidConfig(format!("model path {} is not UTF-8", path.display())))?;
         let c_path = c_string("model path", path_str)?;
@@ -691,6 +592,17 @@ mod tests {
         ];
         assert_eq!(load_failure_reason(&log), "device CUDA0 does not support split buffers");
         assert!(load_failure_reason(&[]).contains("out of memory"));
+        // The GGUF reader's cause comes with the loader's generic line.
+        let log = vec![
+            "gguf_init_from_file_impl: tensor 'blk.17.attn_q.weight' has offset 243077282, expected 243077120".into(),
+            "gguf_init_from_file_impl: failed to read tensor data".into(),
+            "llama_model_load: error loading model: llama_model_loader: failed to load model from m.gguf".into(),
+        ];
+        assert_eq!(
+            load_failure_reason(&log),
+            "llama_model_loader: failed to load model from m.gguf: tensor 'blk.17.attn_q.weight' has offset \
+             243077282, expected 243077120; failed to read tensor data"
+        );
     }
 
     fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {

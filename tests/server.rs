@@ -199,6 +199,15 @@ fn routes_errors_and_streaming() {
     let (status, _) =
         server.json("/v1/chat/completions", key, r#"{"messages":[{"role":"user","content":"x"}],"temperature":7}"#);
     assert_eq!(status, 400);
+    // A NUL byte in a chat message is the client's error (it was a 500; a plain prompt
+    // passes to the tokenizer by length and takes it).
+    for body in [
+        r#"{"messages":[{"role":"user","content":"a\u0000b"}]}"#,
+        r#"{"messages":[{"role":"us\u0000er","content":"x"}]}"#,
+    ] {
+        let (status, v) = server.json("/v1/chat/completions", key, body);
+        assert_eq!(status, 400, "{body}: {v}");
+    }
     // llama-server's ignore_eos: read (a wrong type is a 400), and a run goes to its budget.
     let (status, _) = server.json("/v1/completions", key, r#"{"prompt":"Hi","ignore_eos":"yes"}"#);
     assert_eq!(status, 400);
@@ -405,4 +414,72 @@ fn a_disconnect_storm_leaves_no_slot_or_kv_cell_in_use_and_memory_flat() {
     // And it still answers.
     let (status, _, _) = server.request("POST", "/v1/completions", None, r#"{"prompt":"x","max_tokens":2}"#);
     assert_eq!(status, 200);
+}
+
+/// Issue 26: slow and idle clients (slowloris) held connections as long as they liked, and
+/// enough of them made the server unreachable. Silent, half-sent and idle keep-alive
+/// connections are closed after `--timeout`, a body that does not arrive is a 408, and
+/// connections over `--max-connections` are closed at once, without starving the next client
+/// once the others are gone.
+#[test]
+fn slow_and_idle_clients_cannot_hold_the_server() {
+    let Some(server) = Server::start(&["--timeout", "1", "--max-connections", "3"]) else { return };
+    let connect = || {
+        let s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        // A generous bound for the assertions below: far above the 1-2 s limits, so a busy
+        // machine cannot fail the test, while a server that never closes still does.
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        s
+    };
+    let closed = |mut s: TcpStream| -> String {
+        let mut got = Vec::new();
+        match s.read_to_end(&mut got) {
+            Ok(_) => String::from_utf8_lossy(&got).into_owned(),
+            // Closed with our request unread: the kernel answers with a reset.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => String::from_utf8_lossy(&got).into_owned(),
+            Err(e) => panic!("still open: {e}"),
+        }
+    };
+    assert_eq!(closed(connect()), "", "a connection that sends nothing");
+    let mut half = connect();
+    half.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").unwrap();
+    assert_eq!(closed(half), "", "headers never finished");
+    let mut idle = connect();
+    idle.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    assert!(closed(idle).starts_with("HTTP/1.1 200"), "answered, then closed when idle");
+    let mut slow = connect();
+    slow.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{").unwrap();
+    assert!(closed(slow).starts_with("HTTP/1.1 408"), "a body that never arrives");
+    // Three held open (each has sent a byte), on a server whose time limit they stay well
+    // within: a fourth, with a whole request, is closed unanswered.
+    drop(server);
+    let Some(server) = Server::start(&["--timeout", "600", "--max-connections", "3"]) else { return };
+    let connect = || {
+        let s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        s
+    };
+    let health = |mut s: TcpStream| {
+        s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        closed(s)
+    };
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = connect();
+            s.write_all(b"G").unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(health(connect()), "", "over the connection limit");
+    drop(held);
+    // Their slots free as the server sees them go.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if health(connect()).starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the server never took connections again");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

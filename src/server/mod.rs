@@ -7,6 +7,7 @@
 //! engine's queue cannot take is answered 503 with `Retry-After` at once; a client that goes
 //! away cancels its generation at the engine's next step (its stream is dropped).
 
+mod listen;
 mod metrics;
 mod openai;
 
@@ -23,6 +24,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::stream::{self, Stream, StreamExt};
 use serde_json::{json, Value};
+
+pub use listen::{serve, ConnectionLimits};
 
 use crate::chat::{ChatOptions, ChatTemplate};
 use crate::embed::{EmbedConfig, Pooling};

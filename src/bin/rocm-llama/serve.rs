@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use rocm_llama::server::{router, ServerConfig};
+use rocm_llama::server::{router, ConnectionLimits, ServerConfig};
 use rocm_llama::{Engine, EngineConfig, FlashAttention, Pooling};
 
 use crate::options::{load_model, model_path, FaArg, ModelArgs};
@@ -48,6 +48,13 @@ pub struct ServeArgs {
     /// Seconds requests in flight may take to finish after Ctrl-C or SIGTERM.
     #[arg(long, default_value_t = 30)]
     drain_timeout: u64,
+    /// Connections open at once; more are closed as they arrive.
+    #[arg(long, default_value_t = 512)]
+    max_connections: usize,
+    /// Seconds a client may take to send a request's headers (and the longest an idle
+    /// connection stays open); a request's body gets twice as long.
+    #[arg(long = "timeout", visible_alias = "to", default_value_t = 30)]
+    timeout: u64,
 }
 
 pub fn serve(args: ServeArgs) -> AnyResult<()> {
@@ -95,13 +102,17 @@ pub fn serve(args: ServeArgs) -> AnyResult<()> {
             );
         }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let server = axum::serve(listener, app).with_graceful_shutdown({
+        let limits = ConnectionLimits::default()
+            .max_connections(args.max_connections)
+            .header_timeout(Duration::from_secs(args.timeout.max(1)))
+            .body_timeout(Duration::from_secs(args.timeout.max(1) * 2));
+        let server = rocm_llama::server::serve(listener, app, limits, {
             let mut rx = stop_rx.clone();
             async move {
                 let _ = rx.wait_for(|&s| s).await;
             }
         });
-        let mut server = std::pin::pin!(std::future::IntoFuture::into_future(server));
+        let mut server = std::pin::pin!(server);
         tokio::select! {
             r = &mut server => return r.map_err(|e| UserError::boxed(format!("server: {e}"))),
             () = shutdown_signal() => {}

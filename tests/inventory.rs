@@ -82,7 +82,7 @@ fn scan_lists_models_groups_shards_and_reports_bad_files() {
     assert_eq!(split.size_bytes, split.shards.iter().map(|p| std::fs::metadata(p).unwrap().len()).sum::<u64>());
     assert_eq!(split.info.as_ref().unwrap().chat_template_family.as_deref(), Some("gemma"));
     assert!(by("partial").info.as_ref().unwrap_err().contains("1 of 3 shards"));
-    assert!(by("notes").info.as_ref().unwrap_err().contains("not a GGUF"));
+    assert!(by("notes").info.as_ref().unwrap_err().contains("not a valid GGUF"));
     assert!(by("truncated").info.is_err());
     assert!(by("tiny-llama").path.ends_with("sub/tiny-llama.gguf"));
     assert!(by("tiny-llama").modified.is_some());

@@ -656,3 +656,24 @@ fn ignore_eos_never_picks_an_end_token() {
         }
     }
 }
+
+/// Issue 26: tokenizing and templates need only a file's header, so a file cut short after it
+/// (a download in progress) serves a vocabulary-only load, with the same tokens; a full load
+/// still refuses it.
+#[test]
+fn a_file_cut_short_after_its_header_still_gives_its_vocabulary() {
+    let model = require_model!();
+    let full = common::model_path().unwrap();
+    let header_end = rocm_llama::gguf::GgufFile::open(&full).unwrap().data_offset as usize;
+    let cut = std::env::temp_dir().join(format!("rocm-llama-cut-{}.gguf", std::process::id()));
+    let bytes = std::fs::read(&full).unwrap();
+    std::fs::write(&cut, &bytes[..header_end + 1_000_000]).unwrap();
+    drop(bytes);
+    assert!(matches!(Model::load(&cut, &LoadConfig::default()), Err(Error::NotGguf { .. })));
+    let vocab = Model::load(&cut, &LoadConfig::default().vocab_only(true)).unwrap();
+    let text = "Hello world, 1234 <start_of_turn>user\nÄpfel 🦙";
+    assert_eq!(vocab.vocab().tokenize(text, true, true).unwrap(), model.vocab().tokenize(text, true, true).unwrap());
+    assert_eq!(vocab.chat_template(), model.chat_template());
+    drop(vocab);
+    std::fs::remove_file(&cut).unwrap();
+}

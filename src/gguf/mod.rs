@@ -269,6 +269,8 @@ pub struct GgufFile {
     pub tensors: Vec<TensorInfo>,
     /// Byte offset where tensor data starts.
     pub data_offset: u64,
+    /// Byte offset where the metadata ends (and the tensor table starts).
+    pub metadata_end: u64,
     /// File size in bytes.
     pub file_size: u64,
 }
@@ -554,6 +556,7 @@ fn parse<R: Read>(r: &mut Reader<R>, opts: ReadOptions) -> std::result::Result<G
         }
         metadata.push((key, value));
     }
+    let metadata_end = r.pos;
     let mut tensors = Vec::with_capacity(n_tensors.min(65_536) as usize);
     for i in 0..n_tensors {
         let name = String::from_utf8(r.string("tensor name")?)
@@ -591,7 +594,7 @@ fn parse<R: Read>(r: &mut Reader<R>, opts: ReadOptions) -> std::result::Result<G
             }
         }
     }
-    Ok(GgufFile { version, metadata, tensors, data_offset, file_size: r.len })
+    Ok(GgufFile { version, metadata, tensors, data_offset, metadata_end, file_size: r.len })
 }
 
 #[cfg(test)]

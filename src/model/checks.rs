@@ -280,3 +280,44 @@ fn per_layer(file: &crate::gguf::GgufFile, key: &str) -> std::result::Result<Vec
         Some(v) => Ok(vec![int(v, key)?]),
     }
 }
+
+/// A temporary file, removed when dropped.
+pub(crate) struct TempCopy(std::path::PathBuf);
+
+impl TempCopy {
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// When `path`'s tensor data runs past its end but its header is whole: a temporary copy of
+/// the header (metadata byte for byte, no tensors), which llama.cpp loads for the vocabulary
+/// and templates. `None` for a whole file.
+pub(crate) fn header_copy_if_truncated(path: &Path) -> Result<Option<TempCopy>> {
+    use crate::gguf::{GgufFile, ReadOptions};
+    let file = GgufFile::open_with(path, ReadOptions::header_only())?;
+    let whole = file.tensors.iter().all(|t| {
+        t.n_bytes()
+            .and_then(|n| file.data_offset.checked_add(t.offset)?.checked_add(n))
+            .is_some_and(|end| end <= file.file_size)
+    });
+    if whole {
+        return Ok(None);
+    }
+    let io = |source| Error::Io { path: path.to_path_buf(), source };
+    let mut head = vec![0u8; usize::try_from(file.metadata_end).unwrap_or(usize::MAX)];
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head)).map_err(io)?;
+    // magic, version, tensor count (u64, now 0), metadata count, metadata.
+    head[8..16].copy_from_slice(&0u64.to_le_bytes());
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let copy = std::env::temp_dir().join(format!("rocm-llama-header-{}-{n}.gguf", std::process::id()));
+    std::fs::write(&copy, &head).map_err(|source| Error::Io { path: copy.clone(), source })?;
+    Ok(Some(TempCopy(copy)))
+}

@@ -222,8 +222,13 @@ impl Model {
         crate::init::init();
         check_gguf_header(path)?;
         check_contents(path, !config.vocab_only)?;
-        let path_str =
-            path.to_str().ok_or_else(|| Error::InvalidConfig(format!("model path {} is not UTF-8", path.display())))?;
+        // llama.cpp's loader checks tensor data even for the vocabulary alone; a file cut
+        // short after its header is read through a copy of the header without tensors.
+        let header_copy = if config.vocab_only { checks::header_copy_if_truncated(path)? } else { None };
+        let load_path = header_copy.as_ref().map_or(path, |c| c.path());
+        let path_str = load_path
+            .to_str()
+            .ok_or_else(|| Error::InvalidConfig(format!("model path {} is not UTF-8", path.display())))?;
         let c_path = c_string("model path", path_str)?;
 
         // SAFETY: returns a plain struct by value.

@@ -127,7 +127,19 @@ pub fn models(args: ModelsArgs) -> AnyResult<()> {
 pub fn show(args: ShowArgs) -> AnyResult<()> {
     let dir = args.dir.unwrap_or_else(inventory::model_dir);
     let path = inventory::resolve(&args.model, &dir)?;
-    let file = rocm_llama::gguf::GgufFile::open(&path)?;
+    // A file cut short still has a header worth showing; say what is missing.
+    let file = match rocm_llama::gguf::GgufFile::open(&path) {
+        Ok(file) => file,
+        Err(whole) => {
+            match rocm_llama::gguf::GgufFile::open_with(&path, rocm_llama::gguf::ReadOptions::header_only()) {
+                Ok(file) => {
+                    eprintln!("warning: {whole}; the header alone is shown");
+                    file
+                }
+                Err(_) => return Err(whole.into()),
+            }
+        }
+    };
     let summary = inventory::ModelSummary::from_gguf(&file, &[]);
     if args.json {
         let meta: serde_json::Map<String, serde_json::Value> =

@@ -8,17 +8,23 @@
 use std::net::{SocketAddr, TcpStream};
 
 /// `true` when `conn` (accepted on a listener at `listener`) was opened by this process.
-/// Without `/proc` (other systems) there is no way to tell, and every connection is taken.
+/// Without a readable `/proc` (other systems, or a sandbox that hides it) there is no way to
+/// tell, and every connection is taken, as before this check existed (with a warning, once).
 pub(crate) fn is_this_process(conn: &TcpStream, listener: SocketAddr) -> bool {
     let Ok(peer) = conn.peer_addr() else { return false };
     if !cfg!(target_os = "linux") {
         return true;
     }
-    let Ok(table) = std::fs::read_to_string(if peer.is_ipv4() { "/proc/net/tcp" } else { "/proc/net/tcp6" }) else {
-        return false;
+    let table = std::fs::read_to_string(if peer.is_ipv4() { "/proc/net/tcp" } else { "/proc/net/tcp6" });
+    let fds = std::fs::read_dir("/proc/self/fd");
+    let (Ok(table), Ok(fds)) = (table, fds) else {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!("rpc: /proc cannot be read, so the relay cannot tell its own connections from others'")
+        });
+        return true;
     };
     let Some(inode) = socket_inode(&table, peer, listener) else { return false };
-    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else { return false };
     let wanted = format!("socket:[{inode}]");
     fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target.as_os_str() == wanted.as_str()))
 }

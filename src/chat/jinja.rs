@@ -33,9 +33,25 @@ pub(crate) fn render(
     options: &ChatOptions,
     specials: &Specials,
 ) -> Result<String> {
-    let env = environment();
+    render_with(name, source, messages, options, specials, true)
+}
+
+/// [`render`], with every value the template makes bounded or (`bounded` false, for tests
+/// that compare the two) as minijinja alone renders it.
+fn render_with(
+    name: &str,
+    source: &str,
+    messages: &[ChatMessage],
+    options: &ChatOptions,
+    specials: &Specials,
+    bounded: bool,
+) -> Result<String> {
+    let env = if bounded { environment() } else { unbounded_environment() };
     let fail = |e: minijinja::Error| template_error(name, &e);
+    // Every `~`, `+` and `*` bounded (see `bounded`): lines stay where they were, so errors
+    // still name the template's own line.
     let source = without_generation_tags(source);
+    let source = if bounded { super::bounded::rewrite(&source) } else { source.into_owned() };
     let template = env.template_from_named_str(name, &source).map_err(fail)?;
     let mut context = serde_json::Map::new();
     context.insert("messages".into(), serde_json::to_value(messages).map_err(|e| Error::ChatTemplate(e.to_string()))?);
@@ -69,6 +85,19 @@ pub(crate) fn check(name: &str, source: &str) -> Result<()> {
 }
 
 fn environment() -> Environment<'static> {
+    let mut env = unbounded_environment();
+    // Every value a template makes is bounded (see `bounded`).
+    env.add_function(super::bounded::OP, super::bounded::op);
+    env.add_filter("join", super::bounded::join);
+    env.add_filter("replace", super::bounded::replace);
+    env.add_filter("indent", super::bounded::indent);
+    env.add_filter("format", super::bounded::format);
+    env.set_unknown_method_callback(super::bounded::method);
+    env
+}
+
+/// The environment without the bounds on values.
+fn unbounded_environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
@@ -332,5 +361,70 @@ mod tests {
         out.clear();
         write_json(&serde_json::json!({"a": [1], "b": {}}), Some(2), 0, &mut out);
         assert_eq!(out, "{\n  \"a\": [\n    1\n  ],\n  \"b\": {}\n}");
+    }
+
+    /// Issue 26: `~` doubled a 100 MB string until the process died for memory; every value
+    /// a template makes is now bounded, and the growing filters and methods with it.
+    #[test]
+    fn values_that_grow_past_the_bound_are_errors() {
+        let render =
+            |src: &str| render("t", src, &[ChatMessage::user("hi")], &ChatOptions::default(), &Specials::default());
+        let doubling =
+            "{% set s = 'x' * 100000000 %}{% for i in range(8) %}{% set s = s ~ s %}{% endfor %}{{ s|length }}";
+        let err = render(doubling).unwrap_err().to_string();
+        assert!(err.contains("more than the") && err.contains("line 1"), "{err}");
+        for src in [
+            "{% set s = 'x' * 40000000 %}{{ (s + s)|length }}",
+            "{% set s = 'x' * 40000000 %}{{ [s, s]|join|length }}",
+            "{% set s = 'x' * 40000000 %}{{ s|replace('x', 'yy')|length }}",
+            "{% set s = 'x' * 40000000 %}{{ s.replace('x', 'yy')|length }}",
+            "{% set s = 'x\n' * 20000000 %}{{ s|indent(8)|length }}",
+            "{{ '%999999999999s'|format('a')|length }}",
+            "{% set l = [1] * 100000000 %}{{ l|length }}",
+        ] {
+            assert!(render(src).is_err_and(|e| e.to_string().contains("more than the")), "{src}");
+        }
+        // Below the bound, as before.
+        assert_eq!(
+            render("{{ ('ab' ~ 'c') * 2 }}{{ [1, 2] + [3] }}{{ 'a-b'|replace('-', '+') }}").unwrap(),
+            "abcabc[1, 2, 3]a+b"
+        );
+    }
+
+    /// The bounds change no output: every published template (the test data the other tests
+    /// use, when present) renders the same bytes, or fails the same way, with and without them.
+    #[test]
+    fn bounded_rendering_is_byte_for_byte_the_same_for_published_templates() {
+        let Some(dir) = std::env::var_os("ROCM_LLAMA_TEST_TEMPLATES") else {
+            assert!(std::env::var_os("CI").is_none(), "CI sets ROCM_LLAMA_TEST_TEMPLATES (scripts/test.sh)");
+            eprintln!("SKIPPED: ROCM_LLAMA_TEST_TEMPLATES is not set (scripts/test-templates.sh)");
+            return;
+        };
+        let dir = std::path::PathBuf::from(dir);
+        let mut files: Vec<std::path::PathBuf> = Vec::new();
+        for d in [dir.clone(), dir.join("axolotl")] {
+            if let Ok(entries) = std::fs::read_dir(&d) {
+                files.extend(
+                    entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "jinja")),
+                );
+            }
+        }
+        assert!(files.len() > 50, "{} templates in {}", files.len(), dir.display());
+        let messages = [
+            ChatMessage::system("Be brief."),
+            ChatMessage::user("What is 2+2?"),
+            ChatMessage::assistant("4."),
+            ChatMessage::user("And 3+3?"),
+        ];
+        let specials = Specials { bos: "<s>".into(), eos: "</s>".into() };
+        for options in [ChatOptions::default(), ChatOptions::default().kwarg("enable_thinking", false)] {
+            for f in &files {
+                let source = std::fs::read_to_string(f).unwrap();
+                let plain = render_with("t", &source, &messages, &options, &specials, false).map_err(|e| e.to_string());
+                let bounded =
+                    render_with("t", &source, &messages, &options, &specials, true).map_err(|e| e.to_string());
+                assert_eq!(plain, bounded, "{}", f.display());
+            }
+        }
     }
 }

@@ -6,6 +6,7 @@
 //! files without a template, llama.cpp's built-in formats ([`builtin`]) are the fallback,
 //! chosen by architecture ([`template_for_architecture`]) or by name.
 
+mod bounded;
 mod builtin;
 mod jinja;
 

@@ -18,17 +18,32 @@ use rocm_llama::{Context, Engine, EngineConfig, Error, GenerateOptions, GpuLayer
 struct RpcServer {
     child: Child,
     endpoint: String,
+    /// What it wrote to stderr so far.
+    log: Arc<std::sync::Mutex<String>>,
 }
 
 impl RpcServer {
     fn start() -> RpcServer {
+        RpcServer::start_with(&[])
+    }
+
+    fn start_with(flags: &[&str]) -> RpcServer {
         let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_rocm-llama"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rocm-llama"))
             .args(["rpc-server", "--port", &port.to_string(), "--threads", "1"])
+            .args(flags)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("rpc-server starts");
+        let log = Arc::new(std::sync::Mutex::new(String::new()));
+        let (mut stderr, sink) = (child.stderr.take().unwrap(), Arc::clone(&log));
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n @ 1..) = stderr.read(&mut buf) {
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
         let endpoint = format!("127.0.0.1:{port}");
         // ggml binds after the start line; wait until the port takes connections.
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -36,7 +51,7 @@ impl RpcServer {
             assert!(Instant::now() < deadline, "rpc-server on {endpoint} never listened");
             std::thread::sleep(Duration::from_millis(50));
         }
-        RpcServer { child, endpoint }
+        RpcServer { child, endpoint, log }
     }
 
     fn kill(&mut self) {
@@ -276,6 +291,192 @@ fn rpc_server_on_the_command_line_says_where_warns_off_loopback_and_stops_on_ctr
     let out = Command::new(bin).args(["rpc-server", "--port", &taken_port]).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen there"));
+}
+
+/// A client of llama.cpp's RPC protocol that sends what ggml's own client never would.
+struct RawClient(TcpStream);
+
+impl RawClient {
+    /// Connects and greets.
+    fn connect(endpoint: &str) -> RawClient {
+        let conn = TcpStream::connect(endpoint).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut client = RawClient(conn);
+        client.send(14, &[0u8; 24]);
+        assert_eq!(client.answer().expect("a greeting").len(), 28);
+        client
+    }
+
+    fn head(&mut self, cmd: u8, len: u64) {
+        let mut head = vec![cmd];
+        head.extend(len.to_le_bytes());
+        let _ = self.0.write_all(&head);
+    }
+
+    fn send(&mut self, cmd: u8, payload: &[u8]) {
+        self.head(cmd, payload.len() as u64);
+        let _ = self.0.write_all(payload);
+    }
+
+    /// The next answer, or `None` when the server closed the connection instead.
+    fn answer(&mut self) -> Option<Vec<u8>> {
+        let mut len = [0u8; 8];
+        self.0.read_exact(&mut len).ok()?;
+        let mut payload = vec![0u8; u64::from_le_bytes(len) as usize];
+        self.0.read_exact(&mut payload).ok()?;
+        Some(payload)
+    }
+
+    /// Allocates a buffer on device 0: its handle and base address.
+    fn alloc(&mut self, size: u64) -> (u64, u64) {
+        let mut req = 0u32.to_le_bytes().to_vec();
+        req.extend(size.to_le_bytes());
+        self.send(0, &req);
+        let handle = u64::from_le_bytes(self.answer().unwrap()[..8].try_into().unwrap());
+        self.send(3, &handle.to_le_bytes());
+        (handle, u64::from_le_bytes(self.answer().unwrap().try_into().unwrap()))
+    }
+
+    /// Asks for the device's memory: `true` when the server answered.
+    fn answers(&mut self) -> bool {
+        self.send(11, &0u32.to_le_bytes());
+        self.answer().is_some_and(|a| a.len() == 16)
+    }
+}
+
+/// A serialized F32 tensor (ggml's packed `rpc_tensor`) of `ne` elements, contiguous.
+fn rpc_tensor(id: u64, buffer: u64, data: u64, ne: [u32; 4], op: u32, src: &[u64]) -> Vec<u8> {
+    let mut t = id.to_le_bytes().to_vec();
+    t.extend(llama_cpp_sys_2::GGML_TYPE_F32.to_le_bytes());
+    t.extend(buffer.to_le_bytes());
+    ne.iter().for_each(|n| t.extend(n.to_le_bytes()));
+    let mut stride = 4u32;
+    for n in ne {
+        t.extend(stride.to_le_bytes());
+        stride *= n;
+    }
+    t.extend(op.to_le_bytes());
+    t.extend([0u8; 64]); // op_params
+    t.extend(16u32.to_le_bytes()); // flags: GGML_TENSOR_FLAG_COMPUTE
+    (0..10).for_each(|i| t.extend(src.get(i).copied().unwrap_or(0).to_le_bytes()));
+    t.extend([0u8; 16]); // view_src, view_offs
+    t.extend(data.to_le_bytes());
+    t.extend([0u8; 64 + 4]); // name, use_count
+    assert_eq!(t.len(), 296);
+    t
+}
+
+/// `graph_compute`'s request: device 0, node ids, tensors.
+fn rpc_graph(nodes: &[u64], tensors: &[Vec<u8>]) -> Vec<u8> {
+    let mut g = 0u32.to_le_bytes().to_vec();
+    g.extend((nodes.len() as u32).to_le_bytes());
+    nodes.iter().for_each(|n| g.extend(n.to_le_bytes()));
+    g.extend((tensors.len() as u32).to_le_bytes());
+    tensors.iter().for_each(|t| g.extend(t));
+    g
+}
+
+#[test]
+fn malformed_commands_end_their_own_connection_and_clients_are_served_side_by_side() {
+    let Some(path) = common::model_path() else { return };
+    let mut server = RpcServer::start();
+    let endpoint = server.endpoint.clone();
+    let alive = |server: &mut RpcServer, case: &str| {
+        assert!(server.child.try_wait().unwrap().is_none(), "{case}: rpc-server ended: {}", server.log.lock().unwrap());
+        assert!(RawClient::connect(&endpoint).answers(), "{case}: a new client is not served");
+    };
+
+    // ggml's server once aborted on each of these (issue 26: a length_error, a null node).
+    let mut c = RawClient::connect(&server.endpoint);
+    c.head(6, 1 << 63);
+    assert!(c.answer().is_none(), "set_tensor of 2^63 bytes");
+    alive(&mut server, "set_tensor of 2^63 bytes");
+    let mut c = RawClient::connect(&server.endpoint);
+    c.send(10, &rpc_graph(&[0], &[]));
+    assert!(!c.answers(), "a graph node with id 0");
+    alive(&mut server, "a graph node with id 0");
+    // A tensor outside its buffer (ggml asserts), a node listed twice (hashed out of bounds).
+    let mut c = RawClient::connect(&server.endpoint);
+    let (buf, base) = c.alloc(1024);
+    let mut set = rpc_tensor(1, buf, base + 1024, [16, 1, 1, 1], 0, &[]);
+    set.push(0);
+    set.extend(0u64.to_le_bytes());
+    set.extend([0u8; 64]);
+    c.send(6, &set);
+    assert!(!c.answers(), "a tensor past its buffer's end");
+    alive(&mut server, "a tensor past its buffer's end");
+    let mut c = RawClient::connect(&server.endpoint);
+    let (buf, base) = c.alloc(1024);
+    let t = rpc_tensor(1, buf, base, [16, 1, 1, 1], 0, &[]);
+    c.send(10, &rpc_graph(&[1, 1], &[t]));
+    assert!(!c.answers(), "a node listed twice");
+    alive(&mut server, "a node listed twice");
+
+    // Well-formed, but a matrix product of mismatched shapes: only ggml can tell, and it
+    // aborts. That ends this client's worker; the server goes on.
+    let mut c = RawClient::connect(&server.endpoint);
+    let (buf, base) = c.alloc(4096);
+    let a = rpc_tensor(1, buf, base, [4, 1, 1, 1], 0, &[]);
+    let b = rpc_tensor(2, buf, base + 64, [8, 3, 1, 1], 0, &[]);
+    let mul = rpc_tensor(3, buf, base + 256, [5, 7, 1, 1], llama_cpp_sys_2::GGML_OP_MUL_MAT, &[1, 2]);
+    c.send(10, &rpc_graph(&[3], &[a, b, mul]));
+    assert!(!c.answers(), "the worker computed a matrix product of mismatched shapes");
+    alive(&mut server, "a worker that ggml aborted");
+    let log = server.log.lock().unwrap().clone();
+    assert!(log.contains("the worker ended during get_device_memory"), "{log}");
+    for refused in [
+        "set_tensor request of 9223372036854775808 bytes from a client that holds no buffer",
+        "node 0 is tensor 0x0",
+        "outside",
+        "listed twice",
+    ] {
+        assert!(log.contains(refused), "no `{refused}` in the log: {log}");
+    }
+
+    // A client that holds its connection (and worker) without a word keeps no one else out:
+    // a model loads and generates over the same server meanwhile.
+    let mut idle = RawClient::connect(&server.endpoint);
+    assert!(idle.answers());
+    let config = LoadConfig::default().cpu_repack(false).gpu_layers(GpuLayers::Count(4)).rpc(vec![endpoint.clone()]);
+    let model = Model::load(&path, &config).unwrap();
+    assert_eq!(greedy_ids(&model, "Hello", 4).len(), 4);
+    drop(model);
+    assert!(idle.answers(), "the idle client is still served");
+}
+
+#[test]
+fn silent_and_idle_clients_are_dropped_and_clients_past_the_limit_turned_away() {
+    let server = RpcServer::start_with(&["--timeout", "1", "--idle-timeout", "5", "--max-clients", "1"]);
+    let closes_within = |conn: &mut TcpStream, limit: Duration| {
+        conn.set_read_timeout(Some(limit)).unwrap();
+        matches!(conn.read(&mut [0u8; 1]), Ok(0)) || matches!(conn.read(&mut [0u8; 1]), Ok(0))
+    };
+    // `start` made sure the port takes connections by connecting once; with one client
+    // allowed, wait until that connection is over.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !server.log.lock().unwrap().contains("closed the connection inside the greeting") {
+        assert!(Instant::now() < deadline, "{}", server.log.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Connected, never greets: dropped after the time limit (1 s).
+    let mut silent = TcpStream::connect(&server.endpoint).unwrap();
+    assert!(closes_within(&mut silent, Duration::from_secs(20)), "a silent connection stays open");
+    // Greets, then half a command: dropped after the time limit.
+    let mut half = RawClient::connect(&server.endpoint);
+    half.head(11, 4);
+    assert!(closes_within(&mut half.0, Duration::from_secs(20)), "a half-sent command holds the connection");
+    // Served, then idle: dropped after the idle limit (5 s), and while it is connected (the
+    // one client allowed) another is turned away.
+    let mut idle = RawClient::connect(&server.endpoint);
+    assert!(idle.answers());
+    let mut second = TcpStream::connect(&server.endpoint).unwrap();
+    assert!(closes_within(&mut second, Duration::from_secs(20)), "a client past --max-clients is served");
+    assert!(closes_within(&mut idle.0, Duration::from_secs(20)), "an idle client stays past --idle-timeout");
+    assert!(RawClient::connect(&server.endpoint).answers(), "the next client is served");
+    let log = server.log.lock().unwrap().clone();
+    for why in ["stopped sending inside the greeting", "inside get_device_memory", "idle", "turned"] {
+        assert!(log.contains(why), "no `{why}` in the log: {log}");
+    }
 }
 
 /// One HTTP/1.1 request to 127.0.0.1:`port`; the status and the body.

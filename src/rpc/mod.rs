@@ -18,9 +18,12 @@
 //! [`Model::load`](crate::Model::load) when it happens there, otherwise from the next
 //! [`Context::decode`](crate::Context::decode) of every context of that model.
 
+mod front;
+mod guard;
 mod link;
 mod peer;
 mod wire;
+mod worker;
 
 use std::ffi::{c_char, c_void, CString};
 use std::net::TcpListener;
@@ -34,6 +37,7 @@ use crate::devices::{BackendDevice, DeviceKind};
 use crate::{Error, Result};
 
 pub(crate) use link::Link;
+pub use worker::worker_init;
 
 /// How long a server may take to answer one command before it counts as failed (unless
 /// [`LoadConfig::rpc_timeout`](crate::LoadConfig::rpc_timeout) says otherwise). A prompt's
@@ -244,29 +248,58 @@ pub struct ServerConfig {
     /// A folder where the server keeps large tensors it was sent, by hash, so that a client
     /// loading the same model again sends only hashes (`None`: no cache).
     pub cache_dir: Option<PathBuf>,
+    /// Clients served at once, each by a worker process of its own (default 4); more are
+    /// turned away.
+    pub max_clients: usize,
+    /// The longest a client may take to greet, and to send the rest of a command it began
+    /// (default 30 s).
+    pub timeout: Duration,
+    /// The longest a client may stay silent between commands (`None`, the default: as long as
+    /// it likes; ggml's client keeps its connection while the model is loaded).
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { host: "127.0.0.1".into(), port: DEFAULT_PORT, device: None, threads: None, cache_dir: None }
+        ServerConfig {
+            host: "127.0.0.1".into(),
+            port: DEFAULT_PORT,
+            device: None,
+            threads: None,
+            cache_dir: None,
+            max_clients: 4,
+            timeout: DEFAULT_TIMEOUT,
+            idle_timeout: None,
+        }
     }
 }
 
 crate::config::setters!(ServerConfig {
     host: String,
     port: u16,
+    max_clients: usize,
+    timeout: Duration,
 } optional {
     device: usize,
     threads: u32,
     cache_dir: PathBuf,
+    idle_timeout: Duration,
 });
 
-/// One local device offered to RPC clients (ggml's `ggml_backend_rpc_start_server`).
+/// One local device offered to RPC clients over llama.cpp's RPC protocol.
+///
+/// ggml's own server ends its process on a malformed command and serves one client at a time.
+/// This one checks every command before ggml sees it (lengths, buffers, tensors, graphs:
+/// what ggml asserts on is refused and the connection closed) and runs ggml's server for each
+/// client in a worker process of its own, so that what no check catches ends that worker,
+/// not the server, and so that clients are served side by side. Workers are this program run
+/// again: a program that runs a `Server` calls [`worker_init`] first thing in `main`.
 ///
 /// ```no_run
 /// # fn main() -> rocm_llama::Result<()> {
 /// use rocm_llama::rpc::{Server, ServerConfig};
 ///
+/// rocm_llama::rpc::worker_init(); // first thing in main
 /// let server = Server::new(&ServerConfig::default().port(50052))?;
 /// eprintln!("offering {} on {}", server.device().name, server.endpoint());
 /// server.run()?; // serves until the process ends
@@ -277,17 +310,27 @@ crate::config::setters!(ServerConfig {
 pub struct Server {
     endpoint: String,
     device: BackendDevice,
-    threads: u32,
-    cache_dir: Option<CString>,
+    listener: TcpListener,
+    front: front::FrontConfig,
 }
 
 impl Server {
-    /// Checks the settings (the device exists, the address is free, the cache folder can be
-    /// made) without serving yet.
+    /// Checks the settings and starts listening: the device exists and starts (a first
+    /// worker is started and ended), the address is free, the cache folder can be made.
     pub fn new(config: &ServerConfig) -> Result<Server> {
         let endpoint = format!("{}:{}", config.host, config.port);
         check_endpoint(&endpoint)?;
         rpc_fn(c"ggml_backend_rpc_start_server")?;
+        if !worker::hooked() {
+            return Err(Error::InvalidConfig(
+                "an RPC server runs ggml in worker processes started from this program, which must call \
+                 rocm_llama::rpc::worker_init() first thing in main"
+                    .into(),
+            ));
+        }
+        if config.max_clients == 0 {
+            return Err(Error::InvalidConfig("max_clients must be at least 1".into()));
+        }
         let local: Vec<BackendDevice> = crate::devices::backend_devices()
             .into_iter()
             .filter(|d| d.remote.is_none() && d.backend != "RPC")
@@ -303,8 +346,7 @@ impl Server {
                 .or_else(|| local.iter().find(|d| d.kind == DeviceKind::Cpu).cloned())
                 .ok_or_else(|| Error::InvalidConfig("this build has no device to offer".into()))?,
         };
-        // ggml reports a port it cannot take only on stderr; find out here.
-        TcpListener::bind((config.host.as_str(), config.port))
+        let listener = TcpListener::bind((config.host.as_str(), config.port))
             .map_err(|e| Error::Rpc { endpoint: endpoint.clone(), reason: format!("cannot listen there: {e}") })?;
         let cache_dir = match &config.cache_dir {
             Some(dir) => {
@@ -312,12 +354,30 @@ impl Server {
                 let s = dir
                     .to_str()
                     .ok_or_else(|| Error::InvalidConfig(format!("cache folder {} is not UTF-8", dir.display())))?;
-                Some(crate::error::c_string("cache folder", s)?)
+                crate::error::c_string("cache folder", s)?;
+                Some(s.to_string())
             }
             None => None,
         };
-        let threads = config.threads.unwrap_or_else(crate::threads::available_threads).max(1);
-        Ok(Server { endpoint, device, threads, cache_dir })
+        let worker = worker::WorkerSpec {
+            parent: std::process::id(),
+            port: 0,
+            device: device.index,
+            threads: config.threads.unwrap_or_else(crate::threads::available_threads).max(1),
+            cache_dir,
+        };
+        let version = front::probe(&worker, config.timeout).map_err(|reason| Error::Rpc {
+            endpoint: endpoint.clone(),
+            reason: format!("the device cannot be served: {reason}"),
+        })?;
+        let front = front::FrontConfig {
+            timeout: config.timeout,
+            idle_timeout: config.idle_timeout,
+            max_clients: config.max_clients,
+            worker,
+            version,
+        };
+        Ok(Server { endpoint, device, listener, front })
     }
 
     /// The device offered.
@@ -330,24 +390,13 @@ impl Server {
         &self.endpoint
     }
 
-    /// Serves clients one at a time until the process ends. Returns only when ggml cannot
-    /// start (the address was taken in the meantime, the device cannot start).
+    /// Serves clients until the process ends. Returns only when the listener fails.
     pub fn run(self) -> Result<()> {
-        let start = rpc_fn(c"ggml_backend_rpc_start_server")?;
-        // SAFETY: the RPC backend hands out `ggml_backend_rpc_start_server` under this name
-        // with this signature (ggml-rpc.h).
-        let start: StartServerFn = unsafe { std::mem::transmute::<*mut c_void, StartServerFn>(start) };
-        let endpoint = crate::error::c_string("RPC endpoint", &self.endpoint)?;
-        // SAFETY: the index came from the registry, which only grows.
-        let mut dev = unsafe { sys::ggml_backend_dev_get(self.device.index) };
-        let cache = self.cache_dir.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
-        // SAFETY: valid C strings and one device that outlive the call; ggml serves until it
-        // fails to listen or to start the device.
-        unsafe { start(endpoint.as_ptr(), cache, self.threads as usize, 1, &mut dev) };
-        Err(Error::Rpc {
-            endpoint: self.endpoint,
-            reason: "the server stopped (it could not listen there or could not start the device; see above)".into(),
-        })
+        let reason = match front::serve(self.listener, self.front) {
+            Ok(()) => "the server stopped".to_string(),
+            Err(e) => format!("the listener failed: {e}"),
+        };
+        Err(Error::Rpc { endpoint: self.endpoint, reason })
     }
 }
 

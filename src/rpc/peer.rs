@@ -25,6 +25,26 @@ pub(crate) fn is_this_process(conn: &TcpStream, listener: SocketAddr) -> bool {
         return true;
     };
     let Some(inode) = socket_inode(&table, peer, listener) else { return false };
+    holds_socket(fds, inode)
+}
+
+/// `true` when the socket listening at `addr` (on loopback) is one of process `pid`'s: the
+/// front's check that it reached its own worker and not a program that took the port first.
+/// As above, `true` where `/proc` cannot be read.
+pub(crate) fn listener_belongs_to(addr: SocketAddr, pid: u32) -> bool {
+    if !cfg!(target_os = "linux") {
+        return true;
+    }
+    let table = std::fs::read_to_string("/proc/net/tcp");
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"));
+    let (Ok(table), Ok(fds)) = (table, fds) else { return true };
+    let nowhere = SocketAddr::from(([0, 0, 0, 0], 0));
+    let Some(inode) = socket_inode(&table, addr, nowhere) else { return false };
+    holds_socket(fds, inode)
+}
+
+/// Whether one of these descriptors (a `/proc/PID/fd` listing) is the socket `inode`.
+fn holds_socket(fds: std::fs::ReadDir, inode: u64) -> bool {
     let wanted = format!("socket:[{inode}]");
     fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target.as_os_str() == wanted.as_str()))
 }

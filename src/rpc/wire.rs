@@ -21,21 +21,38 @@ pub const HELLO_ANSWER_LEN: usize = 4 + HELLO_REQUEST_LEN;
 /// Bytes of a serialized tensor (`rpc_tensor`: ids, type, shape, strides, op, parameters,
 /// flags, sources, view, data pointer, name, use count).
 pub const TENSOR_LEN: usize = 296;
-/// Offsets inside a serialized tensor: `ne` and `nb`, four `u32` each.
-const TENSOR_NE: usize = 20;
-const TENSOR_NB: usize = 36;
+/// Offsets inside a serialized tensor (packed): id, type, buffer handle, `ne` and `nb` (four
+/// `u32` each), operation, sources (`GGML_MAX_SRC` ids), view source, data pointer.
+pub(crate) const TENSOR_ID: usize = 0;
+pub(crate) const TENSOR_TYPE: usize = 8;
+pub(crate) const TENSOR_BUFFER: usize = 12;
+pub(crate) const TENSOR_NE: usize = 20;
+pub(crate) const TENSOR_NB: usize = 36;
+pub(crate) const TENSOR_OP: usize = 52;
+pub(crate) const TENSOR_SRC: usize = 124;
+pub(crate) const TENSOR_VIEW_SRC: usize = 204;
+pub(crate) const TENSOR_DATA: usize = 220;
+/// Sources a tensor names (`GGML_MAX_SRC`).
+pub(crate) const MAX_SRC: usize = 10;
 
-/// Commands the relay treats specially.
-const CMD_ALLOC_BUFFER: u8 = 0;
-const CMD_GET_ALIGNMENT: u8 = 1;
-const CMD_GET_MAX_SIZE: u8 = 2;
-const CMD_BUFFER_GET_BASE: u8 = 3;
-const CMD_SET_TENSOR_HASH: u8 = 7;
+/// Command numbers (ggml-rpc.cpp's `rpc_cmd`).
+pub(crate) const CMD_ALLOC_BUFFER: u8 = 0;
+pub(crate) const CMD_GET_ALIGNMENT: u8 = 1;
+pub(crate) const CMD_GET_MAX_SIZE: u8 = 2;
+pub(crate) const CMD_BUFFER_GET_BASE: u8 = 3;
+pub(crate) const CMD_FREE_BUFFER: u8 = 4;
+pub(crate) const CMD_BUFFER_CLEAR: u8 = 5;
+pub(crate) const CMD_SET_TENSOR: u8 = 6;
+pub(crate) const CMD_SET_TENSOR_HASH: u8 = 7;
 pub(crate) const CMD_GET_TENSOR: u8 = 8;
-const CMD_COPY_TENSOR: u8 = 9;
-const CMD_GET_DEVICE_MEMORY: u8 = 11;
-const CMD_GET_ALLOC_SIZE: u8 = 13;
-const CMD_DEVICE_COUNT: u8 = 15;
+pub(crate) const CMD_COPY_TENSOR: u8 = 9;
+pub(crate) const CMD_GRAPH_COMPUTE: u8 = 10;
+pub(crate) const CMD_GET_DEVICE_MEMORY: u8 = 11;
+pub(crate) const CMD_INIT_TENSOR: u8 = 12;
+pub(crate) const CMD_GET_ALLOC_SIZE: u8 = 13;
+pub(crate) const CMD_DEVICE_COUNT: u8 = 15;
+pub(crate) const CMD_GRAPH_RECOMPUTE: u8 = 16;
+pub(crate) const CMD_MEMSET_TENSOR: u8 = 17;
 
 /// A readable name for a command number, for error messages.
 pub fn command_name(cmd: u8) -> &'static str {
@@ -158,13 +175,13 @@ pub fn hello_answer(version: (u8, u8, u8)) -> Vec<u8> {
     out
 }
 
-fn u64_at(b: &[u8], at: usize) -> u64 {
+pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
     let mut x = [0u8; 8];
     x.copy_from_slice(&b[at..at + 8]);
     u64::from_le_bytes(x)
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
+pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
     let mut x = [0u8; 4];
     x.copy_from_slice(&b[at..at + 4]);
     u32::from_le_bytes(x)

@@ -150,6 +150,9 @@ fn init_logging(verbose: u8) {
 }
 
 fn main() -> ExitCode {
+    // `rpc-server` runs ggml for each client in a worker: this program run again, which
+    // becomes the worker here and never returns.
+    rocm_llama::rpc::worker_init();
     // Rust ignores SIGPIPE, so printing into a closed pipe (`rocm-llama show m | head`) would
     // panic; end quietly instead, as other command-line tools do.
     #[cfg(unix)]

@@ -2,6 +2,7 @@
 //! llama.cpp (their `--rpc HOST:PORT`).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
 use rocm_llama::accounting::gib;
@@ -29,6 +30,16 @@ pub struct RpcServerArgs {
     /// model again sends only hashes.
     #[arg(short, long)]
     cache: Option<PathBuf>,
+    /// Clients served at once, each by a worker process of its own; more are turned away.
+    #[arg(long, default_value_t = 4)]
+    max_clients: usize,
+    /// Seconds a client may take to greet, and to send the rest of a command it began.
+    #[arg(long = "timeout", visible_alias = "to", default_value_t = 30)]
+    timeout: u64,
+    /// Seconds a client may stay silent between commands [default: no limit; llama.cpp
+    /// clients keep their connection while the model is loaded].
+    #[arg(long)]
+    idle_timeout: Option<u64>,
 }
 
 /// Whether clients can reach `host` only from this machine.
@@ -39,6 +50,8 @@ fn is_loopback(host: &str) -> bool {
 pub fn rpc_server(args: RpcServerArgs) -> AnyResult<()> {
     let mut config = ServerConfig::default().host(args.host.clone()).port(args.port);
     config = config.device(args.device).threads(args.threads).cache_dir(args.cache.clone());
+    config = config.max_clients(args.max_clients).timeout(Duration::from_secs(args.timeout.max(1)));
+    config = config.idle_timeout(args.idle_timeout.map(|s| Duration::from_secs(s.max(1))));
     let server = Server::new(&config)?;
     let d = server.device();
     eprintln!(

@@ -344,6 +344,18 @@ impl RawClient {
     }
 }
 
+/// How many child processes (workers) process `pid` has.
+fn workers_of(pid: u32) -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+    dir.flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        // pid (comm) state ppid ...: the name may hold spaces, so read after its `)`.
+        .filter(|stat| {
+            stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)) == Some(&pid.to_string())
+        })
+        .count()
+}
+
 /// A serialized F32 tensor (ggml's packed `rpc_tensor`) of `ne` elements, contiguous.
 fn rpc_tensor(id: u64, buffer: u64, data: u64, ne: [u32; 4], op: u32, src: &[u64]) -> Vec<u8> {
     let mut t = id.to_le_bytes().to_vec();
@@ -432,6 +444,33 @@ fn malformed_commands_end_their_own_connection_and_clients_are_served_side_by_si
     ] {
         assert!(log.contains(refused), "no `{refused}` in the log: {log}");
     }
+
+    // A graph that would run for hours (2^46 additions over rows of stride 0): its client
+    // leaves without waiting, and its worker ends with it.
+    let mut c = RawClient::connect(&server.endpoint);
+    let (buf, base) = c.alloc(4096);
+    let long = |id, data, op, src: &[u64]| {
+        let mut t = rpc_tensor(id, buf, data, [16, 1 << 20, 1 << 20, 64], op, src);
+        t[36..52].copy_from_slice(&[4u32, 0, 0, 0].map(u32::to_le_bytes).concat());
+        t
+    };
+    let add = llama_cpp_sys_2::GGML_OP_ADD;
+    c.send(
+        10,
+        &rpc_graph(&[3], &[long(1, base, 0, &[]), long(2, base + 64, 0, &[]), long(3, base + 128, add, &[1, 2])]),
+    );
+    c.send(11, &0u32.to_le_bytes());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while workers_of(server.child.id()) == 0 {
+        assert!(Instant::now() < deadline, "no worker started: {}", server.log.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(c);
+    while workers_of(server.child.id()) > 0 {
+        assert!(Instant::now() < deadline, "the worker outlived its client: {}", server.log.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(server.log.lock().unwrap().contains("it left while its worker computed get_device_memory"));
 
     // A client that holds its connection (and worker) without a word keeps no one else out:
     // a model loads and generates over the same server meanwhile.

@@ -182,6 +182,9 @@ impl<'a> Session<'a> {
             }
             return Ok(());
         };
+        // ggml computes a graph when the next answer is asked for, however long it takes; a
+        // client that leaves meanwhile ends its worker.
+        wait_for_answer(&worker.conn, client).map_err(|e| format!("{e} while its worker computed {name}"))?;
         let got = worker.answer_len(name)?;
         if got != answer_len as u64 {
             return Err(worker.ended(name, format!("its answer to {name} has {got} bytes, not {answer_len}")));
@@ -352,6 +355,32 @@ fn connect_to_worker(port: u16, child: &mut Child, limit: Duration) -> Result<Tc
             }
             Err(e) if Instant::now() > deadline => return Err(format!("the worker never listened: {e}")),
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Waits until the worker has an answer (or closed), or `Err` once the client has gone.
+fn wait_for_answer(worker: &TcpStream, client: &TcpStream) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let mut fds = [
+        libc::pollfd { fd: worker.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+        libc::pollfd { fd: client.as_raw_fd(), events: libc::POLLRDHUP, revents: 0 },
+    ];
+    loop {
+        // SAFETY: two valid pollfd entries that outlive the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(format!("waiting: {e}"));
+        }
+        if fds[0].revents != 0 {
+            return Ok(());
+        }
+        if fds[1].revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 {
+            return Err("it left".into());
         }
     }
 }

@@ -319,16 +319,18 @@ impl Worker {
         Ok(u64::from_le_bytes(base))
     }
 
-    /// Why talking to the worker failed: how it ended, when it did.
+    /// Why talking to the worker failed: how it ended, when it did; otherwise ggml's server
+    /// closed the connection itself (it refuses a handle it does not know that way).
     fn ended(&mut self, what: &str, e: impl std::fmt::Display) -> String {
-        let deadline = Instant::now() + Duration::from_secs(2);
+        // A worker that ggml ended has closed its socket by exiting: its status is near.
+        let deadline = Instant::now() + Duration::from_millis(500);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return format!("the worker ended during {what} ({status}): ggml could not serve that command");
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(5));
         }
-        format!("the worker failed during {what}: {e}")
+        format!("ggml's server refused {what} ({e})")
     }
 }
 

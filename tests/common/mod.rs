@@ -1,6 +1,8 @@
 //! Shared setup for the end-to-end tests: the real test model.
 #![allow(dead_code)]
 
+pub mod rng;
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 

@@ -554,3 +554,96 @@ fn every_numeric_hyperparameter_at_its_edges_never_kills_or_hangs() {
     assert!(cases > 30, "only {cases} numeric entries found");
     assert!(failures.is_empty(), "these killed or hung their process:\n{}", failures.join("\n"));
 }
+
+/// A server of llama.cpp's RPC protocol that greets properly and then answers every command
+/// with an answer of the right length whose values come from `rng`: mostly plausible, some at
+/// an edge (an alignment of 0, a buffer smaller than asked for, a base of 0, four billion
+/// devices...), now and then of the wrong length. Serves until the process ends.
+fn lying_rpc_server(seed: u64) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut rng = Rng::new(seed);
+        let lie_percent = 1 + rng.below(10);
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut rng = Rng::new(rng.next());
+            std::thread::spawn(move || {
+                let mut head = [0u8; 9];
+                let mut handles = 0u64;
+                while conn.read_exact(&mut head).is_ok() {
+                    let len = u64::from_le_bytes(head[1..].try_into().unwrap());
+                    let mut req = vec![0u8; len.min(1 << 30) as usize];
+                    if conn.read_exact(&mut req).is_err() {
+                        return;
+                    }
+                    let u64_at = |at: usize| u64::from_le_bytes(req[at..at + 8].try_into().unwrap());
+                    let lie = |truth: u64, rng: &mut Rng| -> u64 {
+                        if !rng.chance(lie_percent) {
+                            return truth;
+                        }
+                        [0, 1, 3, u64::MAX, 1 << 63, u32::MAX as u64 + 1, truth / 2, truth + 1][rng.below(8) as usize]
+                    };
+                    let answer: Vec<u8> = match head[0] {
+                        14 => [&[7u8, 0, 0, 0][..], &[0; 24]].concat(),
+                        0 => {
+                            handles += 1;
+                            let size = u64_at(4);
+                            [lie(handles, &mut rng).to_le_bytes(), lie(size, &mut rng).to_le_bytes()].concat()
+                        }
+                        1 => lie(32, &mut rng).to_le_bytes().to_vec(),
+                        2 => lie(1 << 40, &mut rng).to_le_bytes().to_vec(),
+                        3 => lie(u64_at(0) << 32, &mut rng).to_le_bytes().to_vec(),
+                        7 | 9 => vec![lie(0, &mut rng) as u8],
+                        8 => vec![0; u64_at(296 + 8).min(1 << 26) as usize],
+                        11 => [lie(8 << 30, &mut rng).to_le_bytes(), lie(8 << 30, &mut rng).to_le_bytes()].concat(),
+                        13 => {
+                            let ne: u64 = (0..4)
+                                .map(|i| u32::from_le_bytes(req[4 + 20 + 4 * i..][..4].try_into().unwrap()) as u64)
+                                .product();
+                            lie(ne * 4 + 64, &mut rng).to_le_bytes().to_vec()
+                        }
+                        15 => (lie(1, &mut rng) as u32).to_le_bytes().to_vec(),
+                        _ => continue,
+                    };
+                    let mut n = answer.len() as u64;
+                    if rng.chance(lie_percent / 3) {
+                        n = lie(n, &mut rng);
+                    }
+                    let _ = conn.write_all(&n.to_le_bytes()).and_then(|_| conn.write_all(&answer));
+                }
+            });
+        }
+    });
+    endpoint
+}
+
+/// One episode: the tiny model loaded with layers on a lying RPC server, a context made and
+/// a token decoded. Any answer may be an `Err`; none may end the process.
+fn rpc_client_episode(path: &Path, seed: u64, loads: usize) -> usize {
+    for i in 0..loads {
+        let endpoint = lying_rpc_server(seed * 1000 + i as u64);
+        let config = LoadConfig::default()
+            .rpc(vec![endpoint])
+            .rpc_timeout(Duration::from_secs(5))
+            .gpu_layers(rocm_llama::GpuLayers::Count(2));
+        if let Ok(model) = Model::load(path, &config) {
+            if let Ok(mut c) = Context::new(&model, &ContextConfig::default().n_ctx(64).threads(1)) {
+                let _ = c.generate("t1 t2", &GenerateOptions::greedy(2)).map(|g| g.count());
+            }
+        }
+    }
+    loads
+}
+
+/// Servers that lie in their answers (an RPC server is a network peer): every load through
+/// one ends in `Ok` or `Err`, never in the end of the process.
+#[test]
+fn rpc_servers_that_answer_nonsense_never_kill_the_client() {
+    let dir = work_dir();
+    let path = tiny_model_file(&dir, None, "tiny-rpc.gguf");
+    drive("rpc-client", "rpc_servers_that_answer_nonsense_never_kill_the_client", 4, |seed, loads| {
+        rpc_client_episode(&path, seed, loads)
+    });
+}

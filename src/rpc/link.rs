@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::answers::AnswerCheck;
 use super::wire;
 
 /// Requests up to this size are read whole before they go on; larger ones (weights in
@@ -40,6 +41,9 @@ pub(crate) struct Link {
     failure: Mutex<Option<String>>,
     /// ggml's devices for this server (`ggml_backend_dev_t` as addresses), once registered.
     pub(crate) devices: Mutex<Vec<usize>>,
+    /// What the server said so far (on any of ggml's connections), against which its next
+    /// answers are checked.
+    told: Mutex<AnswerCheck>,
 }
 
 impl Link {
@@ -68,6 +72,7 @@ impl Link {
             failed: AtomicBool::new(false),
             failure: Mutex::new(None),
             devices: Mutex::new(Vec::new()),
+            told: Mutex::new(AnswerCheck::default()),
         });
         let accepting = Arc::clone(&link);
         std::thread::Builder::new()
@@ -250,7 +255,14 @@ fn relay(link: &Link, mut client: TcpStream) {
             continue;
         }
         let reply = match server.as_mut().map(|s| read_answer(s, cmd, n, link.timeout())) {
-            Some(Ok(reply)) => reply,
+            Some(Ok(reply)) => match link.told.lock().unwrap_or_else(|e| e.into_inner()).check(cmd, &buf, &reply) {
+                Ok(()) => reply,
+                Err(why) => {
+                    link.fail(format!("it answered {} with {why}", wire::command_name(cmd)));
+                    server = None;
+                    wire::stand_in_answer(cmd, &buf, n)
+                }
+            },
             Some(Err(reason)) => {
                 link.fail(reason);
                 server = None;
@@ -395,6 +407,7 @@ mod tests {
             failed: AtomicBool::new(false),
             failure: Mutex::new(None),
             devices: Mutex::new(Vec::new()),
+            told: Mutex::new(AnswerCheck::default()),
         }
     }
 

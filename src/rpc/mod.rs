@@ -18,6 +18,7 @@
 //! [`Model::load`](crate::Model::load) when it happens there, otherwise from the next
 //! [`Context::decode`](crate::Context::decode) of every context of that model.
 
+mod answers;
 mod front;
 mod guard;
 mod link;

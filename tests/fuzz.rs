@@ -352,6 +352,38 @@ fn gguf_episode(bases: &[(PathBuf, usize)], seed: u64, loads: usize, dir: &Path)
     loads
 }
 
+/// The longest one episode may run: far more than any takes; only a hang comes near it.
+const EPISODE_LIMIT: Duration = Duration::from_secs(180);
+
+/// A child's output, or what it had written when it was killed at `limit` (its status then
+/// says SIGKILL, which the driver reports like any other death).
+fn output_within(mut child: std::process::Child, limit: Duration) -> std::process::Output {
+    use std::io::Read;
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = out.read_to_end(&mut buf);
+        buf
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = err.read_to_end(&mut buf);
+        buf
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::process::Output { status, stdout: reader.join().unwrap(), stderr: err_reader.join().unwrap() }
+}
+
 /// Runs episodes in child processes until the time is up; fails listing the seeds whose
 /// child died.
 fn drive(target: &str, test_name: &str, calls_per_episode: usize, episode: impl Fn(u64, usize) -> usize) {
@@ -370,12 +402,15 @@ fn drive(target: &str, test_name: &str, calls_per_episode: usize, episode: impl 
     let (mut episodes, mut calls, mut crashes) = (0u64, 0u64, Vec::new());
     let mut seed = base;
     while Instant::now() < deadline {
-        let out = std::process::Command::new(&exe)
+        let child = std::process::Command::new(&exe)
             .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
             .env("ROCM_LLAMA_FUZZ_TARGET", target)
             .env("ROCM_LLAMA_FUZZ_SEED", seed.to_string())
-            .output()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
+        let out = output_within(child, EPISODE_LIMIT);
         let stdout = String::from_utf8_lossy(&out.stdout);
         episodes += 1;
         match stdout.lines().find_map(|l| l.strip_prefix("fuzz-calls ")).and_then(|n| n.trim().parse::<u64>().ok()) {
@@ -645,5 +680,169 @@ fn rpc_servers_that_answer_nonsense_never_kill_the_client() {
     let path = tiny_model_file(&dir, None, "tiny-rpc.gguf");
     drive("rpc-client", "rpc_servers_that_answer_nonsense_never_kill_the_client", 4, |seed, loads| {
         rpc_client_episode(&path, seed, loads)
+    });
+}
+
+/// Pieces of Jinja that make values, loops or recursion grow, spliced into real templates.
+const TEMPLATE_SPLICES: [&str; 18] = [
+    "{% for i in range(100000) %}{{ messages }}{% endfor %}",
+    "{% set x = 'ab' * 30000000 %}{% set y = x ~ x ~ x %}{{ y | length }}",
+    "{{ (messages | tojson) * 1000000 }}",
+    "{% macro r(n) %}{{ r(n + 1) }}{% endmacro %}{{ r(0) }}",
+    "{% set ns = namespace(s='a') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
+    "{{ [messages] * 100000000 }}",
+    "{{ range(100000000) | list | length }}",
+    "{{ 'x' | indent(100000000) }}",
+    "{{ ('y' * 1000000).split('') }}",
+    "{{ ('z' * 10000000) | replace('z', 'zzzzzzzzzz') | replace('z', 'zzzzzzzzzz') }}",
+    "{{ messages[0].content * 100000000 }}",
+    "{{ raise_exception('from the fuzzer') }}",
+    "{{ messages[1000000].content }}",
+    "{% for m in messages %}{% for m2 in messages %}{% for m3 in messages %}{{ m3 }}{% endfor %}{% endfor %}{% endfor %}",
+    "{{ '%s%s' | format(messages, messages) * 1000000 }}",
+    "{{ (range(1000000) | map('string') | join(',')) | length }}",
+    "{% set d = {} %}{% for i in range(1000000) %}{% set _ = d.update({i: i}) %}{% endfor %}",
+    "{{ tools | tojson(indent=100000000) }}",
+];
+
+/// One episode: published templates with hostile pieces spliced in and slices cut or
+/// repeated, each rendered once. Memory is capped (4 GiB of address space) so that a value
+/// that escapes the bounds ends the child, which the driver counts.
+fn template_episode(dir: &Path, seed: u64, renders: usize) -> usize {
+    // SAFETY: setrlimit on this (child) process with a valid struct.
+    unsafe {
+        let cap = libc::rlimit { rlim_cur: 4 << 30, rlim_max: 4 << 30 };
+        libc::setrlimit(libc::RLIMIT_AS, &cap);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().flatten().map(|e| e.path()).collect();
+    files.retain(|p| p.extension().is_some_and(|e| e == "jinja"));
+    files.sort();
+    let mut rng = Rng::new(seed);
+    let messages = vec![
+        ChatMessage::system("You are terse."),
+        ChatMessage::user("Hi ".repeat(rng.below(2000) as usize)),
+        ChatMessage::assistant("Hello."),
+        ChatMessage::user("Again"),
+    ];
+    for _ in 0..renders {
+        let mut source = std::fs::read_to_string(&files[rng.below(files.len() as u64) as usize]).unwrap();
+        for _ in 0..1 + rng.below(3) {
+            let at = source
+                .char_indices()
+                .nth(rng.below(source.chars().count() as u64 + 1) as usize)
+                .map_or(source.len(), |(i, _)| i);
+            match rng.below(3) {
+                0 => source.insert_str(at, TEMPLATE_SPLICES[rng.below(TEMPLATE_SPLICES.len() as u64) as usize]),
+                1 => {
+                    let end =
+                        source[at..].char_indices().nth(rng.below(200) as usize).map_or(source.len(), |(i, _)| at + i);
+                    let slice = source[at..end].to_string();
+                    for _ in 0..rng.below(4) {
+                        source.insert_str(end, &slice);
+                    }
+                }
+                _ => {
+                    let end =
+                        source[at..].char_indices().nth(rng.below(50) as usize).map_or(source.len(), |(i, _)| at + i);
+                    source.replace_range(at..end, "");
+                }
+            }
+        }
+        let options = rocm_llama::ChatOptions::default()
+            .kwarg("tools", serde_json::json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]));
+        let _ = rocm_llama::chat::render_jinja(&source, &messages, &options, "<s>", "</s>");
+    }
+    renders
+}
+
+#[test]
+fn mutated_chat_templates_render_in_bounded_memory_or_fail() {
+    let dir = common::templates_dir();
+    if !dir.is_dir() {
+        return;
+    }
+    drive("templates", "mutated_chat_templates_render_in_bounded_memory_or_fail", 20, |seed, renders| {
+        template_episode(&dir, seed, renders)
+    });
+}
+
+/// A random JSON schema: nested objects, arrays, alternatives, references and the keywords
+/// with numbers, at depths up to `depth`, of at most about `budget` sub-schemas.
+fn random_schema(rng: &mut Rng, depth: u32, budget: &mut u32) -> serde_json::Value {
+    use serde_json::json;
+    *budget = budget.saturating_sub(1);
+    if depth == 0 || *budget == 0 || rng.chance(15) {
+        return match rng.below(10) {
+            0 => json!({"type": "string", "minLength": rng.below(4), "maxLength": 4 + rng.below(40)}),
+            1 => json!({"type": "integer", "minimum": rng.edgy(0), "maximum": rng.edgy(100)}),
+            2 => json!({"type": "number"}),
+            3 => json!({"enum": ["a", 1, null, rng.text(8)]}),
+            4 => json!({"const": rng.text(12)}),
+            5 => json!({"type": "string", "format": (["date", "uuid", "date-time", "time"][rng.below(4) as usize])}),
+            6 => json!({"type": ["string", "null"]}),
+            7 => json!({"type": "boolean"}),
+            8 => json!({"$ref": "#/$defs/x"}),
+            // Now and then what a converter must refuse cleanly.
+            _ => match rng.below(5) {
+                0 => json!({"type": "string", "pattern": (["^[a-z]+$", "(a|b)*c{2,5}", "["][rng.below(3) as usize])}),
+                1 => json!({"$ref": "#/definitions/missing"}),
+                2 => json!({"type": "array", "minItems": rng.edgy(3000), "maxItems": rng.edgy(3000)}),
+                3 => json!({"type": "string", "minLength": rng.edgy(5000)}),
+                _ => json!({"type": rng.text(6)}),
+            },
+        };
+    }
+    let mut child = |rng: &mut Rng| random_schema(rng, depth - 1, budget);
+    match rng.below(6) {
+        0 | 1 => {
+            let n = rng.below(6);
+            let props: serde_json::Map<String, serde_json::Value> =
+                (0..n).map(|i| (format!("p{i}"), child(rng))).collect();
+            let required: Vec<String> = (0..n).filter(|_| rng.chance(50)).map(|i| format!("p{i}")).collect();
+            json!({"type": "object", "properties": props, "required": required,
+                   "additionalProperties": if rng.chance(30) { child(rng) } else { json!(rng.chance(50)) }})
+        }
+        2 | 3 => {
+            let min = rng.below(3);
+            json!({"type": "array", "items": child(rng), "minItems": min, "maxItems": min + rng.below(8)})
+        }
+        4 => {
+            let key = ["anyOf", "oneOf", "anyOf", "allOf"][rng.below(4) as usize];
+            json!({key: (0..1 + rng.below(4)).map(|_| child(rng)).collect::<Vec<_>>()})
+        }
+        _ => json!({"$defs": {"x": child(rng)}, "type": "object", "properties": {"r": {"$ref": "#/$defs/x"}}}),
+    }
+}
+
+/// One episode: random schemas converted to grammars; those that convert become a sampler's
+/// grammar on the tiny model, which then samples a few tokens from random logits.
+fn schema_episode(model: &Model, seed: u64, schemas: usize) -> usize {
+    let mut rng = Rng::new(seed);
+    let n_vocab = model.vocab().n_tokens() as usize;
+    for _ in 0..schemas {
+        let depth = [3, 8, 30, 80][rng.below(4) as usize];
+        // Chains (one child per level) reach the depth; wide ones spend the budget sooner.
+        let schema = random_schema(&mut rng, depth, &mut 400);
+        let Ok(grammar) = rocm_llama::schema::to_grammar(&schema) else { continue };
+        let Ok(mut sampler) = Sampler::builder(model).grammar(&grammar, "root").dist(seed as u32).build() else {
+            continue;
+        };
+        for _ in 0..4 {
+            let logits: Vec<f32> = (0..n_vocab).map(|_| rng.f32()).collect();
+            if sampler.sample_logits(&logits).is_err() {
+                break;
+            }
+        }
+    }
+    schemas
+}
+
+#[test]
+fn random_json_schemas_become_grammars_or_errors_never_aborts() {
+    let dir = work_dir();
+    let path = tiny_model_file(&dir, None, "tiny-schema.gguf");
+    drive("schemas", "random_json_schemas_become_grammars_or_errors_never_aborts", 40, |seed, schemas| {
+        let model = Model::load(&path, &LoadConfig::default()).unwrap();
+        schema_episode(&model, seed, schemas)
     });
 }

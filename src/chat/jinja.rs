@@ -139,9 +139,10 @@ fn without_generation_tags(source: &str) -> std::borrow::Cow<'_, str> {
     let mut out = String::with_capacity(source.len());
     let mut rest = source;
     while let Some(start) = rest.find("{%") {
-        let Some(len) = rest[start..].find("%}") else { break };
+        // The closing `%}` comes after the opening `{%` (in `{%}` they share the `%`).
+        let Some(len) = rest[start + 2..].find("%}").map(|i| i + 2) else { break };
         let tag = &rest[start..start + len + 2];
-        let inner = tag[2..tag.len() - 2].trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
+        let inner = tag[2..len].trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
         out.push_str(&rest[..start]);
         // The keyword is all the tag holds besides its delimiters, which stay as written.
         match inner {
@@ -349,6 +350,9 @@ mod tests {
             "{%- if true -%}x{%- endif %}{% if y %}{% endif %}"
         );
         assert_eq!(without_generation_tags("{{ 'generation' }}"), "{{ 'generation' }}");
+        // Found by tests/fuzz.rs: an opening and closing delimiter that share the `%`.
+        assert_eq!(without_generation_tags("generation {%}"), "generation {%}");
+        assert!(crate::chat::render_jinja("{%} generation", &[], &Default::default(), "", "").is_err());
     }
 
     #[test]

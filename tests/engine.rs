@@ -126,6 +126,56 @@ fn concurrent_requests_match_requests_run_alone() {
     assert!(stats.generated_tokens >= 32);
 }
 
+/// In the reproducible mode, what a request gets does not depend on what else the engine
+/// serves: 32 requests (greedy and seeded sampling) from 8 threads each get exactly the tokens
+/// the same request got alone, and the same again after all that. (Without it, a greedy
+/// request here once changed at its 7th token beside others, with and without CPU repacking.)
+#[test]
+fn reproducible_requests_get_the_same_tokens_whatever_runs_beside_them() {
+    let Some(model) = shared_model() else { return };
+    let config = EngineConfig::default()
+        .n_seq_max(8)
+        .n_ctx_per_seq(256)
+        .n_batch(256)
+        .queue_capacity(64)
+        .threads(Some(2))
+        .reproducible(true);
+    let unified = Engine::start(model.clone(), config.clone().kv_unified(true));
+    assert!(matches!(unified, Err(Error::InvalidConfig(_))), "a shared KV buffer cannot be reproducible");
+    let handle = Engine::start(model.clone(), config).unwrap();
+    let options = |i: usize| {
+        let mut o = GenerateOptions::greedy(12);
+        if i % 2 == 1 {
+            o.sampling = rocm_llama::SamplingParams::default().temperature(0.9).seed(i as u32);
+        }
+        o
+    };
+    let alone: Vec<Vec<i32>> =
+        (0..PROMPTS.len()).map(|i| tokens_of(handle.generate(PROMPTS[i], &options(i)).unwrap()).0).collect();
+    let together: Vec<(usize, Vec<i32>)> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let (handle, options) = (handle.clone(), &options);
+                s.spawn(move || {
+                    (0..4)
+                        .map(|k| {
+                            let i = (t + k) % PROMPTS.len();
+                            (i, tokens_of(handle.generate(PROMPTS[i], &options(i)).unwrap()).0)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        threads.into_iter().flat_map(|t| t.join().unwrap()).collect()
+    });
+    for (i, ids) in together {
+        assert_eq!(ids, alone[i], "`{}` beside other requests", PROMPTS[i]);
+    }
+    for (i, want) in alone.iter().enumerate() {
+        assert_eq!(&tokens_of(handle.generate(PROMPTS[i], &options(i)).unwrap()).0, want, "`{}` again", PROMPTS[i]);
+    }
+}
+
 #[test]
 fn a_cancelled_request_frees_its_slot_for_the_next() {
     let Some(model) = shared_model() else { return };

@@ -66,6 +66,9 @@ pub struct BenchConfig {
     pub placement: crate::sampler::SamplerPlacement,
     /// Greedy requests in the concurrency test instead of the default sampling chain.
     pub greedy: bool,
+    /// The engine's reproducible mode in the concurrency test
+    /// ([`EngineConfig::reproducible`]); the raw baseline stays batched.
+    pub reproducible: bool,
 }
 
 crate::config::setters!(BenchConfig {
@@ -82,6 +85,7 @@ crate::config::setters!(BenchConfig {
     kv_unified: bool,
     placement: crate::sampler::SamplerPlacement,
     greedy: bool,
+    reproducible: bool,
 } optional {
     threads: u32,
 });
@@ -103,6 +107,7 @@ impl Default for BenchConfig {
             kv_unified: false,
             placement: crate::sampler::SamplerPlacement::Auto,
             greedy: false,
+            reproducible: false,
         }
     }
 }
@@ -586,6 +591,7 @@ fn share(part: f64, whole: f64) -> f64 {
 fn through_engine(shared: &Arc<Model>, cfg: &BenchConfig, n: usize, fa: FlashAttention) -> Result<EngineRun> {
     let config = EngineConfig::default()
         .kv_unified(cfg.kv_unified)
+        .reproducible(cfg.reproducible)
         .n_seq_max(n as u32)
         .n_ctx_per_seq(per_seq_ctx(cfg))
         .n_batch(cfg.n_batch)

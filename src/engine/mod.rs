@@ -60,6 +60,14 @@ pub struct EngineConfig {
     /// (llama.h advises it unless sequences share a large prefix). Prefix reuse works either
     /// way, since a request reuses what its own slot holds.
     pub kv_unified: bool,
+    /// Give every request exactly the tokens it would get alone, whatever else the engine
+    /// serves (default off). llama.cpp's arithmetic is not batch-invariant: the kernels it
+    /// picks, and so the last bits of a sequence's logits, depend on how many tokens share a
+    /// decode. With this on, each sequence decodes in a batch of its own (prompts in chunks
+    /// of `n_batch`, as alone) and every prompt is computed whole (no prefix reuse). Costs the
+    /// throughput that batching gives; needs `kv_unified` off. On the CPU, load the model
+    /// with `cpu_repack(false)` as well (see the README's section on determinism).
+    pub reproducible: bool,
 }
 
 crate::config::setters!(EngineConfig {
@@ -69,6 +77,7 @@ crate::config::setters!(EngineConfig {
     queue_capacity: usize,
     flash_attention: FlashAttention,
     kv_unified: bool,
+    reproducible: bool,
 } optional {
     threads: u32,
 });
@@ -83,6 +92,7 @@ impl Default for EngineConfig {
             threads: None,
             flash_attention: FlashAttention::Auto,
             kv_unified: false,
+            reproducible: false,
         }
     }
 }
@@ -214,6 +224,13 @@ impl Engine {
     pub fn start(model: Arc<Model>, config: EngineConfig) -> Result<EngineHandle> {
         if config.n_ctx_per_seq < 16 || config.n_batch == 0 || config.queue_capacity == 0 {
             return Err(Error::InvalidConfig("n_ctx_per_seq >= 16, n_batch >= 1 and queue_capacity >= 1".into()));
+        }
+        if config.reproducible && config.kv_unified {
+            return Err(Error::InvalidConfig(
+                "reproducible needs kv_unified off: in one shared KV buffer a sequence's attention spans other \
+                 sequences' cells"
+                    .into(),
+            ));
         }
         let n_ctx = config
             .n_ctx_per_seq

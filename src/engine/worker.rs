@@ -129,6 +129,8 @@ pub(crate) struct Worker<'m> {
     stats: Arc<SharedStats>,
     n_batch: usize,
     n_ctx_per_seq: usize,
+    /// Each sequence in a batch of its own, no prefix reuse (`EngineConfig::reproducible`).
+    reproducible: bool,
     /// Threads that sample many sequences at once (none on a single CPU, or when the pool
     /// could not start: then one thread samples them all).
     pool: Option<rayon::ThreadPool>,
@@ -153,6 +155,7 @@ impl<'m> Worker<'m> {
             stats,
             n_batch,
             n_ctx_per_seq: config.n_ctx_per_seq as usize,
+            reproducible: config.reproducible,
             pool: sampling_pool(config.n_seq_max as usize),
             embedder: None,
             embeds: VecDeque::new(),
@@ -298,8 +301,10 @@ impl<'m> Worker<'m> {
                 job.end(Err(e));
                 continue;
             }
-            // A cache that cannot be cut is dropped and the prompt computed whole.
-            let common = slot.cached.reuse(&mut self.ctx, seq, &request.prompt).unwrap_or_else(|_| {
+            // A cache that cannot be cut is dropped and the prompt computed whole, as every
+            // prompt is when output must not depend on what the slot held.
+            let reusable: &[Token] = if self.reproducible { &[] } else { &request.prompt };
+            let common = slot.cached.reuse(&mut self.ctx, seq, reusable).unwrap_or_else(|_| {
                 slot.cached.clear();
                 0
             });
@@ -339,11 +344,25 @@ impl<'m> Worker<'m> {
             }
         }
         self.admit();
+        if self.reproducible {
+            // One batch per sequence, shaped as it would be if the sequence ran alone.
+            let running: Vec<usize> = (0..self.slots.len()).filter(|&i| self.slots[i].active.is_some()).collect();
+            for i in running {
+                self.decode_and_sample(Some(i));
+            }
+        } else {
+            self.decode_and_sample(None);
+        }
+    }
 
+    /// One decode of every running sequence (or of slot `only`) with prefill chunks, then
+    /// sampling of every sequence that produced logits.
+    fn decode_and_sample(&mut self, only: Option<usize>) {
+        let included = |i: usize| only.is_none_or(|o| o == i);
         self.batch.clear();
         let mut budget = self.n_batch;
         // One decode token for every running sequence first.
-        for slot in &mut self.slots {
+        for (_, slot) in self.slots.iter_mut().enumerate().filter(|(i, _)| included(*i)) {
             let Some(a) = slot.active.as_mut() else { continue };
             a.output = None;
             if let Some(t) = a.pending {
@@ -364,6 +383,7 @@ impl<'m> Worker<'m> {
             .slots
             .iter()
             .enumerate()
+            .filter(|(i, _)| included(*i))
             .filter_map(|(i, slot)| {
                 let a = slot.active.as_ref()?;
                 let left = a.request.prompt.len().saturating_sub(a.prefilled);

@@ -97,9 +97,11 @@ pub struct LoadConfig {
     /// returned.
     pub progress: Option<Arc<ProgressFn>>,
     /// Let the CPU backend repack weights into its faster interleaved layouts
-    /// (`use_extra_bufts`, default true). Repacked matrix kernels pick different code paths
-    /// for different batch sizes, so logits of the same sequence can differ slightly between
-    /// batch shapes; turn this off for bit-stable CPU logits.
+    /// (`use_extra_bufts`, default true; llama.cpp's `--no-repack` turns it off). Repacked
+    /// matrix kernels pick different code paths for different batch sizes, but so do the plain
+    /// ones: with repacking off, a sequence's greedy tokens still changed beside other
+    /// requests in a test here. For output that does not depend on batch shapes, use
+    /// [`EngineConfig::reproducible`](crate::EngineConfig::reproducible).
     pub cpu_repack: Option<bool>,
     /// Load the vocabulary, chat templates and metadata only, no weights (llama.cpp's
     /// `vocab_only`): tokenizing, detokenizing and rendering templates cost no weight memory.

@@ -50,14 +50,18 @@ pub(crate) fn serve(listener: TcpListener, config: FrontConfig) -> io::Result<()
     loop {
         let client = match listener.accept() {
             Ok((client, _)) => client,
-            // Out of descriptors and the like: wait and go on; the listener itself is fine.
-            Err(e) if e.raw_os_error().is_some_and(|c| c == libc::EMFILE || c == libc::ENFILE) => {
-                tracing::warn!("rpc-server: cannot accept a client: {e}");
-                std::thread::sleep(Duration::from_millis(100));
+            // Only a listener that is no longer one ends the server.
+            Err(e) if e.raw_os_error().is_some_and(|c| [libc::EBADF, libc::EINVAL, libc::ENOTSOCK].contains(&c)) => {
+                return Err(e);
+            }
+            // A client gone before it was accepted, out of descriptors or memory: go on.
+            Err(e) => {
+                if e.kind() != io::ErrorKind::ConnectionAborted {
+                    tracing::warn!("rpc-server: cannot accept a client: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
                 continue;
             }
-            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
-            Err(e) => return Err(e),
         };
         let peer = client.peer_addr().map_or_else(|_| "?".to_string(), |a| a.to_string());
         if active.fetch_add(1, Ordering::AcqRel) >= config.max_clients {
@@ -65,9 +69,9 @@ pub(crate) fn serve(listener: TcpListener, config: FrontConfig) -> io::Result<()
             tracing::warn!("rpc-server: turned {peer} away: {} clients are being served", config.max_clients);
             continue;
         }
-        let (config, done) = (Arc::clone(&config), Arc::clone(&active));
+        // Counted out when the closure ends or, if no thread starts, when it is dropped.
+        let (config, count) = (Arc::clone(&config), Leaving(Arc::clone(&active)));
         let spawned = std::thread::Builder::new().name("rpc-client".into()).spawn(move || {
-            let count = Leaving(done);
             tracing::info!("rpc-server: client {peer} connected");
             let mut session = Session::new(client, &config);
             match session.run() {
@@ -80,8 +84,7 @@ pub(crate) fn serve(listener: TcpListener, config: FrontConfig) -> io::Result<()
             drop(count);
         });
         if let Err(e) = spawned {
-            // The closure (and its count) was dropped with the failed spawn.
-            tracing::warn!("rpc-server: cannot start a thread for {e}");
+            tracing::warn!("rpc-server: cannot start a thread for a client: {e}");
         }
     }
 }

@@ -87,6 +87,9 @@ pub struct BenchArgs {
     /// RPC servers whose devices take part in the layer split (-rpc).
     #[arg(long, value_name = "HOST:PORT[,HOST:PORT...]", value_delimiter = ',')]
     rpc: Vec<String>,
+    /// Keep CPU weights in their file's layout instead of llama.cpp's repacked one (-nr).
+    #[arg(long)]
+    no_repack: bool,
     /// CPU threads.
     #[arg(short, long)]
     threads: Option<u32>,
@@ -103,6 +106,10 @@ pub struct BenchArgs {
     /// Greedy requests in the concurrency test (default: the default sampling chain).
     #[arg(long)]
     greedy: bool,
+    /// The engine in its reproducible mode in the concurrency test (each sequence decoded in
+    /// a batch of its own): what output independent of other requests costs.
+    #[arg(long)]
+    reproducible: bool,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -122,11 +129,14 @@ pub fn bench(args: BenchArgs) -> AnyResult<()> {
         NglArg::Fixed(l) => l,
         NglArg::Auto => return Err(UserError::boxed("bench takes a fixed -ngl (a number or all), not auto")),
     };
-    let load = LoadConfig::default()
+    let mut load = LoadConfig::default()
         .gpu_layers(gpu_layers)
         .split_mode(args.split_mode.into())
         .main_gpu(args.main_gpu)
         .rpc(args.rpc.clone());
+    if args.no_repack {
+        load = load.cpu_repack(false);
+    }
     let cfg = BenchConfig::default()
         .n_prompt(args.n_prompt)
         .n_gen(args.n_gen)
@@ -140,6 +150,7 @@ pub fn bench(args: BenchArgs) -> AnyResult<()> {
         .threads(args.threads)
         .n_batch(args.batch_size)
         .kv_unified(args.kv_unified)
+        .reproducible(args.reproducible)
         .placement(args.sampling.into())
         .greedy(args.greedy);
     let path = model_path(args.model.as_deref())?;

@@ -25,6 +25,7 @@ const LLAMA_FLAGS: &[(&str, &str)] = &[
     ("-mg", "--main-gpu"),
     ("-kvu", "--kv-unified"),
     ("-rpc", "--rpc"),
+    ("-nr", "--no-repack"),
 ];
 
 /// Rewrites `-ngl 99`, `-ngl=99` and the like to their long forms. Arguments after `--`
@@ -187,6 +188,10 @@ pub struct ModelArgs {
     /// (`rocm-llama rpc-server` or llama.cpp's; no authentication: trusted networks only).
     #[arg(long, value_name = "HOST:PORT[,HOST:PORT...]", value_delimiter = ',')]
     pub rpc: Vec<String>,
+    /// Keep the weights in their file's layout on the CPU instead of llama.cpp's faster
+    /// repacked one (-nr).
+    #[arg(long)]
+    pub no_repack: bool,
 }
 
 /// The context (`run`, `chat`).
@@ -315,6 +320,9 @@ pub fn load_model(args: &ModelArgs, ctx: Option<&ContextArgs>) -> AnyResult<(Mod
         .split_mode(split_mode)
         .main_gpu(args.main_gpu)
         .rpc(args.rpc.clone());
+    if args.no_repack {
+        config = config.cpu_repack(false);
+    }
     let bar = crate::progress_bar(100, "loading {msg} [{bar:30}] {percent:>3}%", !args.no_progress);
     if let Some(bar) = &bar {
         bar.set_message(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());

@@ -33,6 +33,11 @@ pub struct ServeArgs {
     /// Requests that may wait for a slot; beyond them requests get 503 with Retry-After.
     #[arg(long, default_value_t = 64)]
     queue: usize,
+    /// Every request gets exactly the tokens it would get alone, whatever else is being
+    /// served: each sequence decodes in a batch of its own and prompts are computed whole.
+    /// Costs the throughput batching gives.
+    #[arg(long)]
+    reproducible: bool,
     /// Require `Authorization: Bearer KEY` on every /v1 route (or set ROCM_LLAMA_API_KEY).
     #[arg(long, env = "ROCM_LLAMA_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -73,7 +78,8 @@ pub fn serve(args: ServeArgs) -> AnyResult<()> {
             .n_batch(args.batch_size)
             .queue_capacity(args.queue)
             .threads(args.model.threads)
-            .flash_attention(fa),
+            .flash_attention(fa)
+            .reproducible(args.reproducible),
     )?;
     let config = ServerConfig::default().model_name(name.clone()).api_key(args.api_key.clone()).pooling(args.pooling);
     let app = router(engine.clone(), config);

@@ -117,6 +117,11 @@ fn routes_errors_and_streaming() {
     // Greedy is deterministic: the same request, the same text.
     let (_, again) = server.json("/v1/chat/completions", key, chat);
     assert_eq!(again["choices"][0]["message"], v["choices"][0]["message"]);
+    // OpenAI's cached_tokens: none the first time; the second time the slot that served the
+    // first held the whole prompt, and all but its last token (whose logits are needed) reuse it.
+    assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 0, "{v}");
+    let prompt_tokens = again["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert_eq!(again["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64(), Some(prompt_tokens - 1), "{again}");
 
     // Streamed completion: chunks, the usage chunk, then [DONE].
     let (status, head, body) = server.request(

@@ -310,10 +310,19 @@ fn chat_logprobs(items: &[(String, TokenLogprobs)], top: usize) -> Value {
     )
 }
 
+/// OpenAI's `usage`: the prompt once (every choice decodes the same prompt), the choices'
+/// tokens together, and how many prompt tokens came from the KV cache (OpenAI's
+/// `prompt_tokens_details.cached_tokens`, of the first choice).
 fn sum_usage(summaries: &[&Summary]) -> Value {
     let prompt = summaries.first().map_or(0, |s| s.prompt_tokens);
+    let cached = summaries.first().map_or(0, |s| s.cached_prompt_tokens);
     let completion: usize = summaries.iter().map(|s| s.generated_tokens).sum();
-    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    })
 }
 
 async fn chat_completions(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Result<Response, ApiError> {

@@ -133,13 +133,20 @@ pub enum StopReason {
 
 /// Counts and timings of a finished generation.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[non_exhaustive]
 pub struct Summary {
     /// Why it ended.
     pub stop_reason: StopReason,
     /// Tokens in the prompt.
     pub prompt_tokens: usize,
-    /// Prompt tokens reused from the cache of an earlier generation (not recomputed).
+    /// Prompt tokens not computed for this request: reused from what its sequence held (an
+    /// earlier generation's cells) or, in an [`Engine`](crate::Engine), copied from another
+    /// slot that holds or just computed the same prefix. The rest, `prompt_tokens -
+    /// cached_prompt_tokens`, were computed.
     pub cached_prompt_tokens: usize,
+    /// Of `cached_prompt_tokens`, those copied from another of the engine's slots (0 outside
+    /// an engine); the others came from the request's own slot.
+    pub shared_prompt_tokens: usize,
     /// Tokens generated (an end-of-generation token is not counted).
     pub generated_tokens: usize,
     /// From the first `next()` to the first generated token.
@@ -357,7 +364,7 @@ impl<'c, 'm> Generation<'c, 'm> {
         let ctx = &mut *self.ctx;
         let prompt = &self.request.prompt;
         let common = match self.cache.as_deref_mut() {
-            Some(cache) => cache.reuse(ctx, 0, prompt)?,
+            Some(cache) => cache.reuse(ctx, 0, prompt, usize::MAX)?,
             None => {
                 ctx.seq_remove(Some(0), ..)?;
                 0

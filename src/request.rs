@@ -31,6 +31,11 @@ pub(crate) fn check_prompt(vocab: Vocab<'_>, prompt: &[Token], n_ctx_seq: u32) -
     Ok(())
 }
 
+/// How many leading tokens `a` and `b` share.
+pub(crate) fn common_prefix(a: &[Token], b: &[Token]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
 /// The tokens known to sit in one sequence's KV cells, in order: what a later prompt with
 /// the same start can skip.
 #[derive(Debug, Default, Clone)]
@@ -49,7 +54,7 @@ impl SeqCache {
 
     /// How many leading tokens `prompt` shares with the cache.
     pub(crate) fn common_prefix(&self, prompt: &[Token]) -> usize {
-        self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count()
+        common_prefix(&self.tokens, prompt)
     }
 
     /// Records tokens a successful decode put into the sequence.
@@ -65,15 +70,13 @@ impl SeqCache {
 
     /// Prepares sequence `seq` for `prompt`: keeps the longest cached prefix it shares (never
     /// the prompt's last token, whose logits must be computed again) and removes every cell
-    /// after it. Returns how many prompt tokens are reused. Starts over with an empty
-    /// sequence when llama.cpp cannot cut the sequence there (recurrent models) or a sliding
-    /// window already dropped its first positions.
-    pub(crate) fn reuse(&mut self, ctx: &mut Context<'_>, seq: SeqId, prompt: &[Token]) -> Result<usize> {
-        let common = self.common_prefix(prompt).min(prompt.len().saturating_sub(1));
-        let mut reused = common > 0 && ctx.seq_remove(Some(seq), common as i32..)?;
-        if reused && ctx.seq_pos_min(seq)?.is_some_and(|p| p > 0) {
-            reused = false;
-        }
+    /// after it, keeping at most `limit` tokens. Returns how many prompt tokens are reused.
+    /// Starts over with an empty sequence when llama.cpp cannot cut the sequence there
+    /// (recurrent models) or what is left no longer holds what the next position attends to
+    /// (see [`prefix_intact`]).
+    pub(crate) fn reuse(&mut self, ctx: &mut Context<'_>, seq: SeqId, prompt: &[Token], limit: usize) -> Result<usize> {
+        let common = self.common_prefix(prompt).min(prompt.len().saturating_sub(1)).min(limit);
+        let reused = common > 0 && ctx.seq_remove(Some(seq), common as i32..)? && prefix_intact(ctx, seq, common)?;
         if reused {
             self.tokens.truncate(common);
             Ok(common)
@@ -83,6 +86,56 @@ impl SeqCache {
             Ok(0)
         }
     }
+
+    /// Makes `self` (sequence `dst`) hold the first `len` tokens of `src_cache` (sequence
+    /// `src`), copied on the device, where llama.cpp keeps the cells: a whole-sequence copy then
+    /// a cut when each sequence has a KV buffer of its own (the data moves at the next decode,
+    /// before that decode's own work), the cells shared without a copy in a unified buffer.
+    /// Returns the tokens that `dst` holds afterwards: `len`, or 0 when the copy could not be
+    /// cut there (then `dst` is empty).
+    pub(crate) fn copy_from(
+        &mut self,
+        ctx: &mut Context<'_>,
+        dst: SeqId,
+        src: SeqId,
+        src_cache: &SeqCache,
+        len: usize,
+    ) -> Result<usize> {
+        let len = len.min(src_cache.len());
+        ctx.seq_remove(Some(dst), ..)?;
+        self.tokens.clear();
+        if len == 0 || src == dst {
+            return Ok(0);
+        }
+        if ctx.kv_unified {
+            ctx.seq_copy(src, dst, ..len as i32)?;
+        } else {
+            ctx.seq_copy(src, dst, ..)?;
+            if !ctx.seq_remove(Some(dst), len as i32..)? {
+                ctx.seq_remove(Some(dst), ..)?;
+                return Ok(0);
+            }
+        }
+        if ctx.seq_pos_max(dst)? != Some(len as i32 - 1) || !prefix_intact(ctx, dst, len)? {
+            ctx.seq_remove(Some(dst), ..)?;
+            return Ok(0);
+        }
+        self.tokens.extend_from_slice(&src_cache.tokens[..len]);
+        Ok(len)
+    }
+}
+
+/// Whether sequence `seq`, holding positions up to `len - 1`, still holds everything that
+/// position `len` attends to. A model with sliding-window layers keeps only the last window of
+/// positions for those layers (llama.cpp reuses older cells), so a cut far behind the newest
+/// position can leave the window before it empty: there the sequence must still reach back
+/// `n_swa` positions from the cut. Any other model must hold position 0 (nothing was shifted
+/// out).
+pub(crate) fn prefix_intact(ctx: &Context<'_>, seq: SeqId, len: usize) -> Result<bool> {
+    let Some(min) = ctx.seq_pos_min(seq)? else { return Ok(len == 0) };
+    let n_swa = ctx.model().n_swa() as usize;
+    let oldest_needed = if n_swa > 0 { len.saturating_sub(n_swa) } else { 0 };
+    Ok(min as usize <= oldest_needed)
 }
 
 /// What [`Request::accept`] made of a sampled token.
@@ -103,8 +156,10 @@ pub(crate) struct Request<'m> {
     detok: Detokenizer<'m>,
     stops: StopMatcher,
     vocab: Vocab<'m>,
-    /// Prompt tokens reused from the sequence's cache.
+    /// Prompt tokens not computed: reused from the sequence's cache or copied from another's.
     pub(crate) cached: usize,
+    /// Of `cached`, the tokens copied from another sequence (an engine's other slot).
+    pub(crate) shared: usize,
     /// Tokens generated (an end-of-generation token is not counted).
     pub(crate) generated: usize,
     /// When the caller handed the request over: time to first token and total time count
@@ -148,6 +203,7 @@ impl<'m> Request<'m> {
             stops: StopMatcher::new(&opts.stop),
             vocab,
             cached: 0,
+            shared: 0,
             generated: 0,
             submitted,
             started: submitted,
@@ -280,6 +336,7 @@ impl<'m> Request<'m> {
             stop_reason,
             prompt_tokens: self.prompt.len(),
             cached_prompt_tokens: self.cached,
+            shared_prompt_tokens: self.shared,
             generated_tokens: self.generated,
             time_to_first_token: first.saturating_duration_since(self.submitted),
             prefill_tokens_per_s: if prefill_secs > 0.0 { computed as f64 / prefill_secs } else { 0.0 },
@@ -299,6 +356,7 @@ pub(crate) fn cancelled_before_start(prompt_tokens: usize, submitted: Instant) -
         stop_reason: StopReason::Cancelled,
         prompt_tokens,
         cached_prompt_tokens: 0,
+        shared_prompt_tokens: 0,
         generated_tokens: 0,
         time_to_first_token: Duration::ZERO,
         prefill_tokens_per_s: 0.0,

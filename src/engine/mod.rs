@@ -5,7 +5,9 @@
 //! token for every running sequence plus prefill chunks of waiting prompts, within `n_batch`
 //! tokens, so a long new prompt never stalls running sequences for more than one chunk.
 //! Requests join between steps and leave as soon as they finish; a finished sequence's KV
-//! cells stay in its slot so a later prompt with the same prefix skips recomputing it.
+//! cells stay in its slot so a later prompt with the same prefix skips recomputing it, and a
+//! prefix one slot holds or is computing reaches the others by a copy on the device
+//! ([`EngineConfig::prefix_sharing`]).
 
 mod stream;
 mod worker;
@@ -57,16 +59,28 @@ pub struct EngineConfig {
     pub flash_attention: FlashAttention,
     /// One KV buffer shared by all slots (`kv_unified`), default off: each slot gets a KV
     /// buffer of its own, which attention over many independent sequences reads faster
-    /// (llama.h advises it unless sequences share a large prefix). Prefix reuse works either
-    /// way, since a request reuses what its own slot holds.
+    /// (llama.h advises it unless sequences share a large prefix). Prefix sharing works
+    /// either way: with a buffer per slot a shared prefix is copied on the device (the whole
+    /// slot's buffer, then cut), in a unified buffer the cells are shared without a copy.
     pub kv_unified: bool,
+    /// Compute a prompt prefix once for all slots (default on). A new request starts from
+    /// the longest prefix of its prompt that any slot holds (its own slot, an idle one, or one
+    /// generating right now), copied on the device instead of computed; requests that share
+    /// a prefix that a slot is still computing wait for it in their slots and copy it when it
+    /// is done, while unrelated requests go on. Tokens decide every match: a request receives
+    /// only cells of its own prompt's prefix. Off, a request reuses only what its own slot
+    /// holds. [`reproducible`](Self::reproducible) turns all reuse off.
+    pub prefix_sharing: bool,
     /// Give every request exactly the tokens it would get alone, whatever else the engine
     /// serves (default off). llama.cpp's arithmetic is not batch-invariant: the kernels it
     /// picks, and so the last bits of a sequence's logits, depend on how many tokens share a
     /// decode. With this on, each sequence decodes in a batch of its own (prompts in chunks
-    /// of `n_batch`, as alone) and every prompt is computed whole (no prefix reuse). Costs the
-    /// throughput that batching gives; needs `kv_unified` off. On the CPU, load the model
-    /// with `cpu_repack(false)` as well (see the README's section on determinism).
+    /// of `n_batch`, as alone), and a prompt reuses (from its slot or another) only whole
+    /// `n_batch` chunks of cells that were computed as a prompt from position 0: cells a
+    /// request alone would compute in chunks of the same shapes, so prefix sharing keeps
+    /// working. Costs the throughput that batching gives; needs `kv_unified` off. On the CPU,
+    /// load the model with `cpu_repack(false)` as well (see the README's section on
+    /// determinism).
     pub reproducible: bool,
 }
 
@@ -77,6 +91,7 @@ crate::config::setters!(EngineConfig {
     queue_capacity: usize,
     flash_attention: FlashAttention,
     kv_unified: bool,
+    prefix_sharing: bool,
     reproducible: bool,
 } optional {
     threads: u32,
@@ -92,6 +107,7 @@ impl Default for EngineConfig {
             threads: None,
             flash_attention: FlashAttention::Auto,
             kv_unified: false,
+            prefix_sharing: true,
             reproducible: false,
         }
     }
@@ -110,10 +126,18 @@ pub struct EngineStats {
     pub generated_tokens: u64,
     /// Prompt tokens computed since start.
     pub prompt_tokens_computed: u64,
-    /// Prompt tokens served from slot caches since start.
+    /// Prompt tokens not computed since start: reused from the request's own slot or copied
+    /// from another's.
     pub prompt_tokens_cached: u64,
-    /// Requests that reused a cached prefix.
+    /// Of `prompt_tokens_cached`, those copied from another slot.
+    pub prompt_tokens_shared: u64,
+    /// Requests that reused a cached prefix (from any slot).
     pub prompt_cache_hits: u64,
+    /// Prefix copies from one slot to another.
+    pub prefix_copies: u64,
+    /// Requests that waited for another slot to finish computing the prefix they share
+    /// instead of computing it themselves.
+    pub prefix_waits: u64,
     /// KV cells held by running sequences.
     pub kv_cells_used: usize,
     /// KV cells kept for prefix reuse by idle slots.
@@ -152,7 +176,10 @@ pub(crate) struct SharedStats {
     pub(crate) generated: AtomicU64,
     pub(crate) prompt_computed: AtomicU64,
     pub(crate) prompt_cached: AtomicU64,
+    pub(crate) prompt_shared: AtomicU64,
     pub(crate) cache_hits: AtomicU64,
+    pub(crate) prefix_copies: AtomicU64,
+    pub(crate) prefix_waits: AtomicU64,
     pub(crate) kv_used: AtomicUsize,
     pub(crate) kv_cached: AtomicUsize,
     pub(crate) busy_ns: AtomicU64,
@@ -411,7 +438,10 @@ impl EngineHandle {
             generated_tokens: generated,
             prompt_tokens_computed: s.prompt_computed.load(Ordering::Relaxed),
             prompt_tokens_cached: s.prompt_cached.load(Ordering::Relaxed),
+            prompt_tokens_shared: s.prompt_shared.load(Ordering::Relaxed),
             prompt_cache_hits: s.cache_hits.load(Ordering::Relaxed),
+            prefix_copies: s.prefix_copies.load(Ordering::Relaxed),
+            prefix_waits: s.prefix_waits.load(Ordering::Relaxed),
             kv_cells_used: s.kv_used.load(Ordering::Relaxed),
             kv_cells_cached: s.kv_cached.load(Ordering::Relaxed),
             tokens_per_s: if busy > 0.0 { generated as f64 / busy } else { 0.0 },

@@ -104,11 +104,38 @@ struct Active<'m> {
     output: Option<i32>,
     /// What sampling decided this step (set on a sampling thread, read by the worker).
     outcome: Option<Result<Option<StopReason>>>,
+    /// Set while the request waits for another slot to finish computing the prefix they
+    /// share; its own prompt is not computed meanwhile.
+    wait: Option<Wait>,
     /// The request's tracing span.
     span: tracing::Span,
     /// Of the generated tokens, how many the engine's counters already hold.
     counted: usize,
 }
+
+/// What a waiting request waits for: slot `donor`, while it runs request `donor_job`, to hold
+/// the first `upto` tokens of the waiting prompt.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Wait {
+    donor: usize,
+    donor_job: u64,
+    upto: usize,
+}
+
+/// Where a new request's prompt prefix comes from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Source {
+    /// What its own slot holds (possibly nothing).
+    Own,
+    /// The first `len` tokens another slot holds, copied now.
+    Copy { from: usize, len: usize },
+    /// A prefix another slot is still computing: copied when it is done.
+    Wait(Wait),
+}
+
+/// With a KV buffer per slot, a copy moves a whole slot's buffer: below this many tokens
+/// gained, computing them costs less than the copy.
+const MIN_COPY_TOKENS: usize = 64;
 
 struct Slot<'m> {
     seq: SeqId,
@@ -118,6 +145,10 @@ struct Slot<'m> {
     device_sampler: Option<SamplingParams>,
     /// Tokens in this sequence's KV cells, in order.
     cached: SeqCache,
+    /// Of `cached`, the leading cells computed as one prompt, in chunks of the engine's
+    /// `n_batch` from position 0: what a reproducible engine may reuse, since a request
+    /// alone would compute them in chunks of the same shapes.
+    prompt_cells: usize,
     active: Option<Active<'m>>,
 }
 
@@ -129,8 +160,15 @@ pub(crate) struct Worker<'m> {
     stats: Arc<SharedStats>,
     n_batch: usize,
     n_ctx_per_seq: usize,
-    /// Each sequence in a batch of its own, no prefix reuse (`EngineConfig::reproducible`).
+    /// Each sequence in a batch of its own, prefixes reused in whole chunks of prompt cells
+    /// (`EngineConfig::reproducible`).
     reproducible: bool,
+    /// Prefixes travel between slots (`EngineConfig::prefix_sharing`).
+    sharing: bool,
+    /// Reused prefixes are cut to a multiple of this (`n_batch` when reproducible, else 1).
+    align: usize,
+    /// The fewest tokens a copy from another slot must gain.
+    min_copy: usize,
     /// Threads that sample many sequences at once (none on a single CPU, or when the pool
     /// could not start: then one thread samples them all).
     pool: Option<rayon::ThreadPool>,
@@ -145,8 +183,9 @@ impl<'m> Worker<'m> {
     pub(crate) fn new(ctx: Context<'m>, config: &EngineConfig, stats: Arc<SharedStats>) -> Result<Self> {
         let n_batch = ctx.n_batch() as usize;
         let slots = (0..config.n_seq_max as SeqId)
-            .map(|seq| Slot { seq, device_sampler: None, cached: SeqCache::default(), active: None })
+            .map(|seq| Slot { seq, device_sampler: None, cached: SeqCache::default(), prompt_cells: 0, active: None })
             .collect();
+        let min_copy = if ctx.kv_unified { 1 } else { MIN_COPY_TOKENS };
         Ok(Worker {
             batch: Batch::new(n_batch, 1)?,
             ctx,
@@ -156,6 +195,9 @@ impl<'m> Worker<'m> {
             n_batch,
             n_ctx_per_seq: config.n_ctx_per_seq as usize,
             reproducible: config.reproducible,
+            sharing: config.prefix_sharing,
+            align: if config.reproducible { n_batch.max(1) } else { 1 },
+            min_copy,
             pool: sampling_pool(config.n_seq_max as usize),
             embedder: None,
             embeds: VecDeque::new(),
@@ -263,11 +305,10 @@ impl<'m> Worker<'m> {
         self.stats.kv_cached.store(cached, Ordering::Relaxed);
     }
 
-    /// Moves waiting requests into free slots, reusing the slot whose cache shares the
-    /// longest prefix with the prompt.
+    /// Moves waiting requests into free slots, each with the longest prefix of its prompt that
+    /// any slot holds or is computing (see [`plan`](Self::plan)).
     fn admit(&mut self) {
-        while !self.queue.is_empty() {
-            let Some(mut job) = self.queue.pop_front() else { break };
+        while let Some(mut job) = self.queue.pop_front() {
             self.stats.queued.fetch_sub(1, Ordering::SeqCst);
             if job.cancelled() {
                 let summary = cancelled_before_start(job.tokens.len(), job.submitted);
@@ -280,14 +321,6 @@ impl<'m> Worker<'m> {
                 self.stats.queued.fetch_add(1, Ordering::SeqCst);
                 break;
             }
-            let common_with = |i: usize| self.slots[i].cached.common_prefix(&job.tokens);
-            // Prefer the longest shared prefix; among equals, the slot holding the least.
-            let best = free
-                .iter()
-                .copied()
-                .max_by_key(|&i| (common_with(i), std::cmp::Reverse(self.slots[i].cached.len())))
-                .unwrap_or(free[0]);
-            let seq = self.slots[best].seq;
             let mut request =
                 match Request::new(self.ctx.model(), std::mem::take(&mut job.tokens), &job.options, job.submitted) {
                     Ok(r) => r,
@@ -296,18 +329,42 @@ impl<'m> Worker<'m> {
                         continue;
                     }
                 };
-            let slot = &mut self.slots[best];
-            if let Err(e) = place_sampler(&mut self.ctx, slot, &mut request, &job.options.sampling) {
+            let (best, source) = self.plan(&request.prompt, &free);
+            let seq = self.slots[best].seq;
+            if let Err(e) = place_sampler(&mut self.ctx, &mut self.slots[best], &mut request, &job.options.sampling) {
                 job.end(Err(e));
                 continue;
             }
-            // A cache that cannot be cut is dropped and the prompt computed whole, as every
-            // prompt is when output must not depend on what the slot held.
-            let reusable: &[Token] = if self.reproducible { &[] } else { &request.prompt };
-            let common = slot.cached.reuse(&mut self.ctx, seq, reusable).unwrap_or_else(|_| {
-                slot.cached.clear();
-                0
-            });
+            let mut wait = None;
+            let common = match source {
+                Source::Own => {
+                    // A cache that cannot be cut is dropped and the prompt computed whole.
+                    let limit = self.reusable(best, &request.prompt);
+                    let slot = &mut self.slots[best];
+                    let got = slot.cached.reuse(&mut self.ctx, seq, &request.prompt, limit).unwrap_or_else(|_| {
+                        slot.cached.clear();
+                        0
+                    });
+                    slot.prompt_cells = got;
+                    got
+                }
+                Source::Copy { from, len } => {
+                    let got = self.copy_prefix(from, best, len);
+                    request.shared = got;
+                    got
+                }
+                Source::Wait(w) => {
+                    // The slot's old cells are of no use to it: the prefix will come whole.
+                    let slot = &mut self.slots[best];
+                    if self.ctx.seq_remove(Some(seq), ..).is_ok() {
+                        slot.cached.clear();
+                        slot.prompt_cells = 0;
+                    }
+                    self.stats.prefix_waits.fetch_add(1, Ordering::Relaxed);
+                    wait = Some(w);
+                    0
+                }
+            };
             request.cached = common;
             if common > 0 {
                 self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
@@ -318,19 +375,142 @@ impl<'m> Worker<'m> {
                 id = job.id,
                 seq,
                 prompt_tokens = request.prompt.len(),
-                cached = common
+                cached = common,
+                shared = request.shared,
             );
-            tracing::debug!(parent: &span, queued_ms = job.submitted.elapsed().as_secs_f64() * 1e3, "admitted");
-            slot.active = Some(Active {
+            tracing::debug!(parent: &span, queued_ms = job.submitted.elapsed().as_secs_f64() * 1e3, ?wait, "admitted");
+            self.slots[best].active = Some(Active {
                 request,
                 prefilled: common,
                 pending: None,
                 output: None,
                 outcome: None,
+                wait,
                 span,
                 counted: 0,
                 job,
             });
+        }
+    }
+
+    /// Picks a free slot for `prompt` and where its prefix comes from. Prefixes are matched
+    /// by comparing tokens (never the prompt's last token, whose logits must be computed):
+    /// - the free slot holding the longest prefix keeps it (among equals, the one holding
+    ///   least), unless
+    /// - another slot holds a longer one (by at least `min_copy` tokens): it is copied into the
+    ///   free slot holding least, or
+    /// - a slot still computing its own prompt will hold a longer one still: the request
+    ///   waits for it in the free slot holding least.
+    fn plan(&self, prompt: &[Token], free: &[usize]) -> (usize, Source) {
+        let usable = prompt.len().saturating_sub(1);
+        let held = |i: usize| self.reusable(i, prompt);
+        let own = free
+            .iter()
+            .copied()
+            .max_by_key(|&i| (held(i), std::cmp::Reverse(self.slots[i].cached.len())))
+            .unwrap_or(free[0]);
+        if !self.sharing {
+            return (own, Source::Own);
+        }
+        let emptiest = free.iter().copied().min_by_key(|&i| self.slots[i].cached.len()).unwrap_or(own);
+        let mut now = (held(own), None);
+        let mut later = (0, None);
+        for (i, slot) in self.slots.iter().enumerate() {
+            let Some(a) = slot.active.as_ref() else { continue };
+            let h = held(i);
+            if h > now.0 {
+                now = (h, Some(i));
+            }
+            if a.prefilled < a.request.prompt.len() {
+                let will = self.aligned(crate::request::common_prefix(&a.request.prompt, prompt).min(usable));
+                if will > later.0 {
+                    later = (will, Some((i, a.job.id)));
+                }
+            }
+        }
+        if let (will, Some((donor, donor_job))) = later {
+            if will >= now.0 + self.min_copy && will >= held(own) + self.min_copy {
+                return (emptiest, Source::Wait(Wait { donor, donor_job, upto: will }));
+            }
+        }
+        match now {
+            (len, Some(from)) if len >= held(own) + self.min_copy => (emptiest, Source::Copy { from, len }),
+            _ => (own, Source::Own),
+        }
+    }
+
+    /// How many leading tokens of `prompt` slot `i` can give it: those they share, never the
+    /// prompt's last token (its logits must be computed), and in a reproducible engine only
+    /// whole `n_batch` chunks of cells computed as a prompt (see [`Slot::prompt_cells`]).
+    fn reusable(&self, i: usize, prompt: &[Token]) -> usize {
+        let slot = &self.slots[i];
+        let common = slot.cached.common_prefix(prompt).min(prompt.len().saturating_sub(1));
+        if self.reproducible {
+            self.aligned(common.min(slot.prompt_cells))
+        } else {
+            common
+        }
+    }
+
+    /// `len` cut down to a multiple of the alignment.
+    fn aligned(&self, len: usize) -> usize {
+        len - len % self.align
+    }
+
+    /// Copies the first `len` tokens slot `from` holds into slot `to`, counted; returns the
+    /// tokens `to` holds afterwards (0 when the copy failed: then `to` is empty).
+    fn copy_prefix(&mut self, from: usize, to: usize, len: usize) -> usize {
+        let (src, dst) = (self.slots[from].seq, self.slots[to].seq);
+        let mut cache = std::mem::take(&mut self.slots[to].cached);
+        let got = match cache.copy_from(&mut self.ctx, dst, src, &self.slots[from].cached, len) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!("prefix copy from sequence {src} to {dst} failed: {e}");
+                let _ = self.ctx.seq_remove(Some(dst), ..);
+                cache.clear();
+                0
+            }
+        };
+        self.slots[to].cached = cache;
+        self.slots[to].prompt_cells = got;
+        if got > 0 {
+            self.stats.prefix_copies.fetch_add(1, Ordering::Relaxed);
+            self.stats.prompt_shared.fetch_add(got as u64, Ordering::Relaxed);
+        }
+        got
+    }
+
+    /// Ends the waits that can end: the donor holds the prefix now (it is copied), or the
+    /// donor no longer runs the request it waited for (cancelled or failed: the best prefix
+    /// any slot holds is copied, and the rest computed).
+    fn resolve_waits(&mut self) {
+        for w in 0..self.slots.len() {
+            let Some(a) = self.slots[w].active.as_ref() else { continue };
+            let Some(wait) = a.wait else { continue };
+            let prompt = &a.request.prompt;
+            let donor = &self.slots[wait.donor];
+            let ready = self.reusable(wait.donor, prompt) >= wait.upto;
+            let donor_on_it = donor.active.as_ref().is_some_and(|d| d.job.id == wait.donor_job);
+            if !ready && donor_on_it {
+                continue;
+            }
+            let (from, len) = (0..self.slots.len())
+                .filter(|&i| i != w)
+                .map(|i| (i, self.reusable(i, prompt)))
+                .max_by_key(|&(i, len)| (len, i == wait.donor))
+                .unwrap_or((w, 0));
+            let got = if len >= self.min_copy { self.copy_prefix(from, w, len) } else { 0 };
+            if let Some(a) = self.slots[w].active.as_mut() {
+                a.wait = None;
+                a.prefilled = got;
+                a.request.cached = got;
+                a.request.shared = got;
+                tracing::debug!(parent: &a.span, shared = got, from_seq = from, "prefix arrived");
+            }
+            if got > 0 {
+                self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                self.stats.prompt_cached.fetch_add(got as u64, Ordering::Relaxed);
+            }
         }
     }
 
@@ -343,6 +523,7 @@ impl<'m> Worker<'m> {
                 }
             }
         }
+        self.resolve_waits();
         self.admit();
         if self.reproducible {
             // One batch per sequence, shaped as it would be if the sequence ran alone.
@@ -387,7 +568,7 @@ impl<'m> Worker<'m> {
             .filter_map(|(i, slot)| {
                 let a = slot.active.as_ref()?;
                 let left = a.request.prompt.len().saturating_sub(a.prefilled);
-                (a.pending.is_none() && left > 0).then_some((i, left, a.job.id))
+                (a.pending.is_none() && a.wait.is_none() && left > 0).then_some((i, left, a.job.id))
             })
             .collect();
         let shares = prefill_shares(&waiting.iter().map(|&(_, left, id)| (left, id)).collect::<Vec<_>>(), budget);
@@ -437,9 +618,13 @@ impl<'m> Worker<'m> {
             while j < n && seq_of[j] == seq {
                 j += 1;
             }
+            let contiguous = slot.prompt_cells == slot.cached.len();
             slot.cached.extend(&tokens[k..j]);
             if let Some(a) = slot.active.as_mut() {
                 if a.pending.take().is_none() {
+                    if contiguous {
+                        slot.prompt_cells = slot.cached.len();
+                    }
                     a.prefilled += j - k;
                     self.stats.prompt_computed.fetch_add((j - k) as u64, Ordering::Relaxed);
                 }
@@ -561,6 +746,7 @@ impl<'m> Worker<'m> {
             let _ = self.ctx.seq_remove(Some(seq), ..);
             let cells = slot.cached.len();
             slot.cached.clear();
+            slot.prompt_cells = 0;
             if let Some(mut a) = slot.active.take() {
                 release(&self.stats, cells, false);
                 // A lost RPC server keeps its type: callers tell it from a local failure.

@@ -462,6 +462,13 @@ impl Model {
         unsafe { sys::llama_model_n_embd(self.raw()) }.max(0) as u32
     }
 
+    /// The attention window of the model's sliding-window layers, in tokens (0 when every
+    /// layer attends to the whole context). Wraps `llama_model_n_swa`.
+    pub fn n_swa(&self) -> u32 {
+        // SAFETY: the model pointer is valid.
+        unsafe { sys::llama_model_n_swa(self.raw()) }.max(0) as u32
+    }
+
     /// Number of layers. Wraps `llama_model_n_layer`.
     pub fn n_layer(&self) -> u32 {
         // SAFETY: the model pointer is valid.

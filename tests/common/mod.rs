@@ -95,10 +95,16 @@ macro_rules! require_model {
 pub fn greedy_reference(model: &Model, prompt: &str, n: usize) -> Vec<(i32, f32)> {
     let vocab = model.vocab();
     let tokens = vocab.tokenize(prompt, true, true).unwrap();
-    let mut ctx = context(model);
+    // Room for the prompt and the reply; a long prompt goes in chunks of one batch.
+    let n_ctx = (tokens.len() + n + 1).next_multiple_of(256).max(1024) as u32;
+    let mut ctx = Context::new(model, &config().n_ctx(n_ctx)).expect("context");
     let mut batch = rocm_llama::Batch::new(512, 1).unwrap();
-    batch.add_sequence(&tokens, 0, 0, true).unwrap();
-    ctx.decode(&batch).unwrap();
+    for (k, chunk) in tokens.chunks(512).enumerate() {
+        batch.clear();
+        let last_chunk = (k + 1) * 512 >= tokens.len();
+        batch.add_sequence(chunk, (k * 512) as i32, 0, last_chunk).unwrap();
+        ctx.decode(&batch).unwrap();
+    }
     let mut last = batch.len() as i32 - 1;
     let mut out = Vec::new();
     for step in 0..n {

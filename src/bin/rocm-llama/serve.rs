@@ -34,8 +34,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 64)]
     queue: usize,
     /// Every request gets exactly the tokens it would get alone, whatever else is being
-    /// served: each sequence decodes in a batch of its own and prompts are computed whole.
-    /// Costs the throughput batching gives.
+    /// served: each sequence decodes in a batch of its own, and prompt prefixes are reused
+    /// only in whole batches of cells computed as a prompt. Costs the throughput batching gives.
     #[arg(long)]
     reproducible: bool,
     /// Require `Authorization: Bearer KEY` on every /v1 route (or set ROCM_LLAMA_API_KEY).

@@ -69,6 +69,11 @@ pub struct BenchConfig {
     /// The engine's reproducible mode in the concurrency test
     /// ([`EngineConfig::reproducible`]); the raw baseline stays batched.
     pub reproducible: bool,
+    /// Every sequence of the concurrency test has the same prompt, as llama-batched-bench's
+    /// `-pps`: the raw loop computes it once and copies it to every sequence; the engine gets
+    /// N requests with that prompt and shares it its own way (one computes, the others wait
+    /// and copy).
+    pub shared_prompt: bool,
 }
 
 crate::config::setters!(BenchConfig {
@@ -86,6 +91,7 @@ crate::config::setters!(BenchConfig {
     placement: crate::sampler::SamplerPlacement,
     greedy: bool,
     reproducible: bool,
+    shared_prompt: bool,
 } optional {
     threads: u32,
 });
@@ -108,6 +114,7 @@ impl Default for BenchConfig {
             placement: crate::sampler::SamplerPlacement::Auto,
             greedy: false,
             reproducible: false,
+            shared_prompt: false,
         }
     }
 }
@@ -174,6 +181,12 @@ pub struct ConcurrencyRow {
     /// Of the engine's `engine_steps`, the graphs llama.cpp reused instead of building them
     /// again (a step with prompt tokens can run several graphs).
     pub engine_graphs_reused: u64,
+    /// Prompt tokens the engine computed.
+    pub engine_prompt_computed: u64,
+    /// Prompt tokens the engine took from a request's own slot.
+    pub engine_prompt_own_slot: u64,
+    /// Prompt tokens the engine copied from another slot.
+    pub engine_prompt_other_slot: u64,
     /// The raw loop's decode steps.
     pub raw_steps: u64,
     /// Of `raw_steps`, those whose graph llama.cpp reused.
@@ -470,6 +483,9 @@ pub fn run(shared: &Arc<Model>, cfg: &BenchConfig, progress: &dyn Fn(&str)) -> R
                 0.0
             },
             engine_graphs_reused: e.stats.graphs_reused,
+            engine_prompt_computed: e.stats.prompt_tokens_computed,
+            engine_prompt_own_slot: e.stats.prompt_tokens_cached - e.stats.prompt_tokens_shared,
+            engine_prompt_other_slot: e.stats.prompt_tokens_shared,
             raw_steps: raw_run.steps,
             raw_graphs_reused: raw_run.graphs_reused,
         });
@@ -484,6 +500,15 @@ pub fn run(shared: &Arc<Model>, cfg: &BenchConfig, progress: &dyn Fn(&str)) -> R
         memory,
         output_on_gpu: model.output_on_gpu(),
     })
+}
+
+/// Which prompt sequence `s` of the concurrency test gets: its own, or all the same.
+fn prompt_salt(cfg: &BenchConfig, s: usize) -> usize {
+    if cfg.shared_prompt {
+        11
+    } else {
+        s + 11
+    }
 }
 
 fn per_seq_ctx(cfg: &BenchConfig) -> u32 {
@@ -508,12 +533,17 @@ fn raw_batched(model: &Model, cfg: &BenchConfig, n: usize, fa: FlashAttention, p
     }
     let mut ctx = Context::new(model, &cc)?;
     let mut batch = Batch::new(ctx.n_batch() as usize, 1)?;
-    let prompts: Vec<Vec<i32>> = (0..n).map(|s| tokens(model, cfg.concurrent_prompt, s + 11)).collect();
-    // Prefill, all prompts packed into batches (timed only for the total).
+    let prompts: Vec<Vec<i32>> = (0..n).map(|s| tokens(model, cfg.concurrent_prompt, prompt_salt(cfg, s))).collect();
+    // Prefill, all prompts packed into batches (timed only for the total); a shared prompt is
+    // computed once in sequence 0 and copied to the others.
     let started = Instant::now();
     let mut last = vec![0i32; n];
-    let flat: Vec<(usize, usize, i32)> =
-        prompts.iter().enumerate().flat_map(|(s, p)| p.iter().enumerate().map(move |(j, &t)| (s, j, t))).collect();
+    let computed = if cfg.shared_prompt { 1 } else { n };
+    let flat: Vec<(usize, usize, i32)> = prompts[..computed]
+        .iter()
+        .enumerate()
+        .flat_map(|(s, p)| p.iter().enumerate().map(move |(j, &t)| (s, j, t)))
+        .collect();
     for chunk in flat.chunks(ctx.n_batch() as usize) {
         batch.clear();
         for &(s, j, t) in chunk {
@@ -523,6 +553,10 @@ fn raw_batched(model: &Model, cfg: &BenchConfig, n: usize, fa: FlashAttention, p
             }
         }
         ctx.decode(&batch)?;
+    }
+    for s in computed..n {
+        ctx.seq_copy(0, s as i32, ..)?;
+        last[s] = last[0];
     }
     // The decode loop goes through the checked types (a batch check and a log capture per
     // step: microseconds against a decode's milliseconds).
@@ -603,7 +637,7 @@ fn through_engine(shared: &Arc<Model>, cfg: &BenchConfig, n: usize, fa: FlashAtt
     let opts = GenerateOptions::default().max_tokens(cfg.concurrent_gen).sampling(sampling.placement(cfg.placement));
     let start = Instant::now();
     let streams: Vec<_> = (0..n)
-        .map(|s| handle.generate_tokens(tokens(shared, cfg.concurrent_prompt, s + 11), &opts))
+        .map(|s| handle.generate_tokens(tokens(shared, cfg.concurrent_prompt, prompt_salt(cfg, s)), &opts))
         .collect::<Result<_>>()?;
     let per_stream: Vec<Vec<Instant>> = std::thread::scope(|sc| {
         let joins: Vec<_> = streams
@@ -696,7 +730,8 @@ impl BenchReport {
                 s.push_str(&format!(
                     "engine at {} seqs: {} steps of {:.2} ms: decode {:.0}%, sampling {:.0}%, scheduling {:.0}%; \
                      decode alone (no prompt tokens) {:.2} ms a step, raw {:.2} ms; \
-                     {} steps with prompt tokens, {:.2} ms each; graphs reused {} (raw {} of {})\n",
+                     {} steps with prompt tokens, {:.2} ms each; graphs reused {} (raw {} of {}); \
+                     prompt tokens computed {}, from own slots {}, from other slots {}\n",
                     r.sequences,
                     r.engine_steps,
                     r.engine_step_ms,
@@ -709,7 +744,10 @@ impl BenchReport {
                     r.engine_prompt_step_ms,
                     r.engine_graphs_reused,
                     r.raw_graphs_reused,
-                    r.raw_steps
+                    r.raw_steps,
+                    r.engine_prompt_computed,
+                    r.engine_prompt_own_slot,
+                    r.engine_prompt_other_slot
                 ));
             }
         }

@@ -101,8 +101,21 @@ impl Metrics {
         counter(
             &mut out,
             "rocm_llama_prompt_tokens_cached_total",
-            "Prompt tokens reused from slot caches.",
+            "Prompt tokens not computed: reused from the request's own slot or copied from another.",
             e.prompt_tokens_cached,
+        );
+        counter(
+            &mut out,
+            "rocm_llama_prompt_tokens_shared_total",
+            "Of the cached prompt tokens, those copied from another slot.",
+            e.prompt_tokens_shared,
+        );
+        counter(&mut out, "rocm_llama_prefix_copies_total", "Prompt prefixes copied between slots.", e.prefix_copies);
+        counter(
+            &mut out,
+            "rocm_llama_prefix_waits_total",
+            "Requests that waited for another slot to compute the prefix they share.",
+            e.prefix_waits,
         );
         counter(&mut out, "rocm_llama_texts_embedded_total", "Texts embedded.", e.texts_embedded);
         gauge(&mut out, "rocm_llama_requests_running", "Generations in slots now.", e.running as f64);

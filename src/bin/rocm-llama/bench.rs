@@ -110,6 +110,10 @@ pub struct BenchArgs {
     /// a batch of its own): what output independent of other requests costs.
     #[arg(long)]
     reproducible: bool,
+    /// One prompt for every sequence of the concurrency test, as llama-batched-bench's
+    /// `-pps`: the raw loop computes it once and copies it; the engine shares it its own way.
+    #[arg(long = "prompt-shared", visible_alias = "pps")]
+    prompt_shared: bool,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -151,6 +155,7 @@ pub fn bench(args: BenchArgs) -> AnyResult<()> {
         .n_batch(args.batch_size)
         .kv_unified(args.kv_unified)
         .reproducible(args.reproducible)
+        .shared_prompt(args.prompt_shared)
         .placement(args.sampling.into())
         .greedy(args.greedy);
     let path = model_path(args.model.as_deref())?;

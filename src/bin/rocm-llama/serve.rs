@@ -33,6 +33,14 @@ pub struct ServeArgs {
     /// Requests that may wait for a slot; beyond them requests get 503 with Retry-After.
     #[arg(long, default_value_t = 64)]
     queue: usize,
+    /// One KV buffer for all slots (llama.cpp's `--kv-unified`): a prefix shared between slots
+    /// is shared without a copy, but attention over many unrelated requests reads slower.
+    #[arg(long = "kv-unified", visible_alias = "kvu")]
+    kv_unified: bool,
+    /// Each request reuses only what its own slot holds: no prefix copied from another slot,
+    /// no waiting for one that another request is computing.
+    #[arg(long)]
+    no_prefix_sharing: bool,
     /// Every request gets exactly the tokens it would get alone, whatever else is being
     /// served: each sequence decodes in a batch of its own, and prompt prefixes are reused
     /// only in whole batches of cells computed as a prompt. Costs the throughput batching gives.
@@ -79,6 +87,8 @@ pub fn serve(args: ServeArgs) -> AnyResult<()> {
             .queue_capacity(args.queue)
             .threads(args.model.threads)
             .flash_attention(fa)
+            .kv_unified(args.kv_unified)
+            .prefix_sharing(!args.no_prefix_sharing)
             .reproducible(args.reproducible),
     )?;
     let config = ServerConfig::default().model_name(name.clone()).api_key(args.api_key.clone()).pooling(args.pooling);

@@ -13,11 +13,21 @@ of it (so no prompt cache answers it; calibration counts with such a number), an
 report the median prompt they saw. Generated tokens are the final usage chunk's
 `completion_tokens` when the server sends one, else the number of content chunks.
 Default sampling; `ignore_eos` asks both servers (they accept it) to generate max_tokens.
+
+Two more loads:
+- `--shared-prefix-tokens N`: every prompt starts with the same text of about N tokens (new to
+  the server: it carries a tag drawn at start, which calibration and the warm-up request do not
+  use), then the request's number and its own part of --prompt-tokens. Give a level twice
+  (`--clients 64,64`) to see the first time and the same prefix again.
+- `--turns T`: each client holds a conversation of T turns: a turn's prompt is the whole
+  conversation so far (every earlier prompt and reply) plus a new part of --prompt-tokens.
+  Reported per turn: time to first token (median, max) and the prompt's length.
 """
 
 import argparse
 import asyncio
 import json
+import random
 import statistics
 import sys
 import time
@@ -77,12 +87,14 @@ async def post(url, body, on_event=None):
     return status, out
 
 
-def calibrate(base, model, target):
+WORDS = "the quick brown fox jumps over a lazy dog while seven wise owls count stars".split()
+PREFIX_WORDS = "rivers carry silt past old mills and quiet towns toward a wide grey estuary".split()
+
+
+def calibrate(base, model, target, words=WORDS):
     """A prompt of about `target` tokens by the server's own count. The number of tokens a word
     takes depends on the vocabulary (a synthetic model's made-up one takes several per word), so
     this searches the number of words, counting a prompt the server refuses as too long."""
-    words = "the quick brown fox jumps over a lazy dog while seven wise owls count stars".split()
-
     def count(n):
         text = " ".join(words[i % len(words)] for i in range(n))
         status, body = asyncio.run(
@@ -118,13 +130,18 @@ def calibrate(base, model, target):
 REQUESTS = 0
 
 
-async def one_request(base, model, prompt, max_tokens):
-    # Each request's prompt starts with its own number, so no server answers it from a prompt
-    # cache left by an earlier one: every request pays for its prefill.
+def numbered(prompt, prefix=""):
+    """The request's prompt: the shared prefix, if any, then the request's own number (so no
+    server answers it from a prompt cache left by an earlier one: every request pays for the
+    prefill of its own part), then `prompt`."""
     global REQUESTS
     REQUESTS += 1
-    prompt = f"{REQUESTS}. {prompt}"
+    return f"{prefix}{REQUESTS}. {prompt}"
+
+
+async def one_request(base, model, prompt, max_tokens):
     prompt_tokens = None
+    text = []
     t0 = time.perf_counter()
     first = None
     chunks = 0
@@ -143,6 +160,7 @@ async def one_request(base, model, prompt, max_tokens):
             prompt_tokens = j["usage"].get("prompt_tokens")
         for c in j.get("choices") or []:
             if c.get("text"):
+                text.append(c["text"])
                 chunks += 1
                 if first is None:
                     first = time.perf_counter()
@@ -160,15 +178,15 @@ async def one_request(base, model, prompt, max_tokens):
         raise RuntimeError(f"status {status}")
     tokens = usage_tokens if usage_tokens is not None else chunks
     ttft = ((first or time.perf_counter()) - t0) * 1000
-    return {"ttft_ms": ttft, "tokens": tokens, "prompt_tokens": prompt_tokens}
+    return {"ttft_ms": ttft, "tokens": tokens, "prompt_tokens": prompt_tokens, "text": "".join(text)}
 
 
-async def level(base, model, prompt, max_tokens, clients, rounds):
+async def level(base, model, prompt, max_tokens, clients, rounds, prefix=""):
     results = []
 
     async def client():
         for _ in range(rounds):
-            results.append(await one_request(base, model, prompt, max_tokens))
+            results.append(await one_request(base, model, numbered(prompt, prefix), max_tokens))
 
     t0 = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
@@ -189,6 +207,41 @@ async def level(base, model, prompt, max_tokens, clients, rounds):
     }
 
 
+async def conversations(base, model, prompt, max_tokens, clients, turns):
+    """`clients` conversations of `turns` turns each; results per turn."""
+    per_turn = [[] for _ in range(turns)]
+
+    async def client():
+        history = numbered("A conversation.")
+        for k in range(turns):
+            ask = f"{history}\nUser ({k + 1}): {prompt}\nAssistant:"
+            t0 = time.perf_counter()
+            r = await one_request(base, model, ask, max_tokens)
+            r["wall_s"] = time.perf_counter() - t0
+            per_turn[k].append(r)
+            history = ask + r["text"]
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    wall = time.perf_counter() - t0
+    rows = []
+    for k, rs in enumerate(per_turn):
+        ttft = [r["ttft_ms"] for r in rs]
+        rows.append(
+            {
+                "turn": k + 1,
+                "clients": clients,
+                "ttft_median_ms": round(statistics.median(ttft), 1),
+                "ttft_max_ms": round(max(ttft), 1),
+                "prompt_tokens_median": statistics.median(
+                    [r["prompt_tokens"] for r in rs if r["prompt_tokens"] is not None] or [0]
+                ),
+                "tokens": sum(r["tokens"] for r in rs),
+            }
+        )
+    return rows, wall
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("base", help="http://HOST:PORT")
@@ -197,6 +250,8 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--model", default=None, help="default: the first of /v1/models")
+    ap.add_argument("--shared-prefix-tokens", type=int, default=0)
+    ap.add_argument("--turns", type=int, default=0, help="conversations of this many turns")
     ap.add_argument("--label", default="")
     ap.add_argument("--json", help="write the results here")
     a = ap.parse_args()
@@ -207,12 +262,27 @@ def main():
             model = json.load(r)["data"][0]["id"]
     prompt, n = calibrate(base, model, a.prompt_tokens)
     print(f"{a.label}: prompt of {n} tokens (asked {a.prompt_tokens})", file=sys.stderr)
-    # One request first, so that neither server's first-use costs land in a level.
-    asyncio.run(one_request(base, model, prompt, 8))
+    prefix = ""
+    if a.shared_prefix_tokens:
+        text, m = calibrate(base, model, a.shared_prefix_tokens, PREFIX_WORDS)
+        tag = "".join(random.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(8))
+        prefix = f"[{tag}] {text}\n"
+        print(f"{a.label}: shared prefix of {m} tokens (asked {a.shared_prefix_tokens})", file=sys.stderr)
+    # One request first, so that neither server's first-use costs land in a level (without
+    # the shared prefix: it must be new to the server when the first level starts).
+    asyncio.run(one_request(base, model, numbered(prompt), 8))
     levels = []
     for c in [int(x) for x in a.clients.split(",")]:
-        r = asyncio.run(level(base, model, prompt, a.max_tokens, c, a.rounds))
+        if a.turns:
+            rows, wall = asyncio.run(conversations(base, model, prompt, a.max_tokens, c, a.turns))
+            for r in rows:
+                r["label"] = a.label
+                print(json.dumps(r), flush=True)
+            levels.extend(rows)
+            continue
+        r = asyncio.run(level(base, model, prompt, a.max_tokens, c, a.rounds, prefix))
         r["label"] = a.label
+        r["shared_prefix_tokens"] = a.shared_prefix_tokens
         print(json.dumps(r), flush=True)
         levels.append(r)
     if a.json:

@@ -8,8 +8,11 @@
 #   a) 64 clients x (2,000 shared + ~30 own + 128 generated), then the same prefix again
 #   c) 8 clients, 10-turn conversations (each turn: the history + 64 new tokens, 128 generated)
 # Needs .dev from scripts/gpu-compare-prepare.sh (carry .dev). STAGE=build stops after the
-# build and the model (then run again at once, while the machine is warm). At most 12 files in
-# $OUT: run.log, one JSON per server and load, table.txt.
+# build and the model (then run again at once, while the machine is warm). Three files in $OUT:
+# run.log, results.json (every load's rows by server), table.txt.
+# In c) a client keeps the first 60 characters of each reply in its history: a random-weights
+# model's reply is text that takes several times its token count when tokenized again, and
+# whole replies would overflow the slots within a few turns.
 set -uo pipefail
 source scripts/gpu-env.sh
 STAGE="${STAGE:-all}"
@@ -37,11 +40,13 @@ wait_ready() {
     done
     return 1
 }
+J="$W/prefix-json"
+rm -rf "$J" && mkdir -p "$J"
 load() { # name port load-name loadgen-args...
     local name="$1" port="$2" what="$3"
     shift 3
     timeout 240 python3 scripts/loadgen.py "http://127.0.0.1:$port" --label "$name" \
-        --json "$OUT/$name-$what.json" "$@" 2>> "$OUT/run.log" || log "$name $what: loadgen failed or timed out"
+        --json "$J/$name-$what.json" "$@" 2>> "$OUT/run.log" || log "$name $what: loadgen failed or timed out"
 }
 run_server() { # name port command...
     local name="$1" port="$2"
@@ -52,7 +57,7 @@ run_server() { # name port command...
     if wait_ready "$port"; then
         load "$name" "$port" b --clients 64 --rounds 2 --prompt-tokens 128 --max-tokens 128
         load "$name" "$port" a --clients 64,64 --rounds 1 --shared-prefix-tokens 2000 --prompt-tokens 30 --max-tokens 128
-        load "$name" "$port" c --clients 8 --turns 10 --prompt-tokens 64 --max-tokens 128
+        load "$name" "$port" c --clients 8 --turns 10 --prompt-tokens 64 --max-tokens 128 --reply-chars 60
         curl -s "http://127.0.0.1:$port/metrics" 2>/dev/null | grep -E '^rocm_llama_(prompt|prefix)' >> "$OUT/run.log"
     else
         log "$name never answered"
@@ -71,15 +76,16 @@ run_server rocm-llama-noshare 8084 "$B" "${RL[@]}" --port 8084 --no-prefix-shari
 run_server llama-server 8081 "$LS" -m "$MODEL" -ngl 99 -fa on -np 64 -c $((64 * 2400)) -b 2048 -ub 512 \
     --cache-ram 0 --host 127.0.0.1 --port 8081
 
-python3 - "$OUT" <<'PY' | tee "$OUT/table.txt"
+python3 - "$J" "$OUT" <<'PY' | tee "$OUT/table.txt"
 import json, os, sys
-out = sys.argv[1]
+src, out = sys.argv[1], sys.argv[2]
 servers = ["rocm-llama", "rocm-llama-unified", "rocm-llama-noshare", "llama-server"]
 def load(name, what):
     try:
-        return json.load(open(os.path.join(out, f"{name}-{what}.json")))
+        return json.load(open(os.path.join(src, f"{name}-{what}.json")))
     except Exception:
         return []
+json.dump({s: {w: load(s, w) for w in "abc"} for s in servers}, open(os.path.join(out, "results.json"), "w"), indent=1)
 print("a) 64 clients, 2,000-token shared prefix + ~30 own, 128 generated: first time | again")
 print(f"{'server':<20} {'t/s':>8} {'wall s':>7} {'ttft med/max ms':>16} | {'t/s':>8} {'wall s':>7} {'ttft med/max ms':>16}")
 for s in servers:

@@ -21,7 +21,9 @@ Two more loads:
   (`--clients 64,64`) to see the first time and the same prefix again.
 - `--turns T`: each client holds a conversation of T turns: a turn's prompt is the whole
   conversation so far (every earlier prompt and reply) plus a new part of --prompt-tokens.
-  Reported per turn: time to first token (median, max) and the prompt's length.
+  Reported per turn: time to first token (median, max) and the prompt's length. --reply-chars
+  caps what a client keeps of each reply (for random-weights models, whose reply text takes many
+  times its token count when tokenized again).
 """
 
 import argparse
@@ -207,8 +209,9 @@ async def level(base, model, prompt, max_tokens, clients, rounds, prefix=""):
     }
 
 
-async def conversations(base, model, prompt, max_tokens, clients, turns):
-    """`clients` conversations of `turns` turns each; results per turn."""
+async def conversations(base, model, prompt, max_tokens, clients, turns, reply_chars=0):
+    """`clients` conversations of `turns` turns each; results per turn. With `reply_chars`,
+    a client keeps only that many characters of each reply in its history."""
     per_turn = [[] for _ in range(turns)]
 
     async def client():
@@ -219,7 +222,7 @@ async def conversations(base, model, prompt, max_tokens, clients, turns):
             r = await one_request(base, model, ask, max_tokens)
             r["wall_s"] = time.perf_counter() - t0
             per_turn[k].append(r)
-            history = ask + r["text"]
+            history = ask + (r["text"][:reply_chars] if reply_chars else r["text"])
 
     t0 = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
@@ -252,6 +255,13 @@ def main():
     ap.add_argument("--model", default=None, help="default: the first of /v1/models")
     ap.add_argument("--shared-prefix-tokens", type=int, default=0)
     ap.add_argument("--turns", type=int, default=0, help="conversations of this many turns")
+    ap.add_argument(
+        "--reply-chars",
+        type=int,
+        default=0,
+        help="with --turns: keep only this many characters of each reply in the history (a random-weights "
+        "model's replies take many times their token count when their text is tokenized again)",
+    )
     ap.add_argument("--label", default="")
     ap.add_argument("--json", help="write the results here")
     a = ap.parse_args()
@@ -274,7 +284,7 @@ def main():
     levels = []
     for c in [int(x) for x in a.clients.split(",")]:
         if a.turns:
-            rows, wall = asyncio.run(conversations(base, model, prompt, a.max_tokens, c, a.turns))
+            rows, wall = asyncio.run(conversations(base, model, prompt, a.max_tokens, c, a.turns, a.reply_chars))
             for r in rows:
                 r["label"] = a.label
                 print(json.dumps(r), flush=True)

@@ -196,6 +196,16 @@ pub enum Error {
         /// The digest of what arrived.
         actual: String,
     },
+    /// A saved KV state (`Session::save`, a server slot's file) cannot be used here: written
+    /// for another model or another llama.cpp, cut short, changed since it was written, or not
+    /// such a file. Nothing was loaded.
+    #[error("{path}: {reason}")]
+    StateFile {
+        /// The file.
+        path: PathBuf,
+        /// Why it cannot be loaded.
+        reason: String,
+    },
     /// Nothing fits the memory available.
     #[error("does not fit: {0}")]
     DoesNotFit(String),

@@ -45,6 +45,7 @@
 // llama.cpp's concepts, in the order a program meets them.
 pub mod batch;
 pub mod chat;
+mod checksum;
 pub mod classify;
 mod config;
 pub mod context;
@@ -60,6 +61,7 @@ pub mod model;
 mod request;
 pub mod sampler;
 pub mod schema;
+mod seq_state;
 pub mod session;
 pub mod threads;
 pub mod vocab;

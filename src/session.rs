@@ -91,6 +91,46 @@ impl<'m> Session<'m> {
         Generation::from_chat(&mut self.ctx, Some(&mut self.cache), messages, template, opts)
     }
 
+    /// Saves what sequence 0 holds (its KV cells and the tokens they came from) to `path`, to
+    /// [`load`](Session::load) later, in this process or another, on a context of the same
+    /// model (its [fingerprint](Model::fingerprint)), llama.cpp and KV layout. Written to a
+    /// temporary file first and renamed, so an interrupted save leaves an earlier file whole.
+    /// Returns the bytes written.
+    ///
+    /// ```
+    /// # fn main() -> rocm_llama::Result<()> {
+    /// # let path = rocm_llama::synth::tiny_model()?;
+    /// use rocm_llama::{ContextConfig, GenerateOptions, LoadConfig, Model, Session};
+    ///
+    /// let model = Model::load(&path, &LoadConfig::default())?;
+    /// let file = std::env::temp_dir().join(format!("session-doc-{}.kv", std::process::id()));
+    /// let mut session = Session::new(&model, &ContextConfig::default().n_ctx(512))?;
+    /// session.generate("t1 t2 t3 t4", &GenerateOptions::greedy(4))?.collect_text()?;
+    /// session.save(&file)?;
+    ///
+    /// let mut later = Session::new(&model, &ContextConfig::default().n_ctx(512))?;
+    /// later.load(&file)?;
+    /// let (_, summary) = later.generate("t1 t2 t3 t4 t5", &GenerateOptions::greedy(4))?.collect_text()?;
+    /// assert!(summary.cached_prompt_tokens >= 4);
+    /// # std::fs::remove_file(&file).ok();
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn save(&self, path: impl AsRef<std::path::Path>) -> Result<u64> {
+        crate::seq_state::save(&self.ctx, 0, self.cache.tokens(), path.as_ref())
+    }
+
+    /// Replaces what sequence 0 holds with a file written by [`save`](Session::save); the
+    /// next generation reuses it like its own cache. A file of another model or llama.cpp, a
+    /// truncated or changed file is an [`Error::StateFile`](crate::Error::StateFile) (nothing
+    /// loaded, sequence 0 empty). Returns how many tokens it holds now.
+    pub fn load(&mut self, path: impl AsRef<std::path::Path>) -> Result<usize> {
+        self.cache.clear();
+        let tokens = crate::seq_state::load(&mut self.ctx, 0, path.as_ref())?;
+        self.cache.extend(&tokens);
+        Ok(tokens.len())
+    }
+
     /// Generates from prompt tokens, reusing the cached prefix.
     pub fn generate_tokens(&mut self, prompt: Vec<Token>, opts: &GenerateOptions) -> Result<Generation<'_, 'm>> {
         Generation::new(&mut self.ctx, Some(&mut self.cache), prompt, opts)

@@ -167,6 +167,8 @@ pub struct Model {
     rpc: Vec<Arc<crate::rpc::Link>>,
     /// The end-of-generation tokens, found on first use (a scan of the vocabulary).
     eog: std::sync::OnceLock<Vec<Token>>,
+    /// What tells this model's weights from another's, made on first use.
+    fingerprint: std::sync::OnceLock<String>,
 }
 
 // SAFETY: llama.cpp never mutates a `llama_model` after `llama_model_load_from_file` returns;
@@ -320,6 +322,7 @@ impl Model {
                     vocab_only: config.vocab_only,
                     rpc,
                     eog: std::sync::OnceLock::new(),
+                    fingerprint: std::sync::OnceLock::new(),
                 })
             }
             None if state.is_some_and(|s| s.cancelled) => Err(Error::LoadCancelled),
@@ -460,6 +463,17 @@ impl Model {
     pub fn n_embd(&self) -> u32 {
         // SAFETY: the model pointer is valid.
         unsafe { sys::llama_model_n_embd(self.raw()) }.max(0) as u32
+    }
+
+    /// A short text that tells this model from any other: llama.cpp's description, parameter
+    /// and vocabulary counts, the file's size and a hash of 16 slices of 64 KiB spread over
+    /// it (weights included, so two fine-tunes of one base differ). Saved KV state carries it,
+    /// so state is never loaded into another model. Read from the file once, on first use.
+    pub fn fingerprint(&self) -> &str {
+        self.fingerprint.get_or_init(|| {
+            let file = file_fingerprint(&self.path).unwrap_or_else(|e| format!("unreadable ({e})"));
+            format!("{} | {} params | {} tokens | {file}", self.description(), self.n_params(), self.vocab().n_tokens())
+        })
     }
 
     /// The attention window of the model's sliding-window layers, in tokens (0 when every
@@ -657,4 +671,21 @@ mod tests {
         assert_eq!(got.as_deref(), Some(text.as_str()));
         assert_eq!(read_c_string(|_, _| -1), None);
     }
+}
+
+/// The file's size and a 64-bit hash of 16 slices of 64 KiB at evenly spaced offsets.
+fn file_fingerprint(path: &Path) -> std::io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const SLICE: u64 = 64 * 1024;
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let mut hash = crate::checksum::Checksum::default();
+    let mut buf = vec![0u8; SLICE as usize];
+    for i in 0..16u64 {
+        let at = (len.saturating_sub(SLICE)) / 15 * i;
+        f.seek(SeekFrom::Start(at))?;
+        let n = f.by_ref().take(SLICE).read(&mut buf)?;
+        hash.update(&buf[..n]);
+    }
+    Ok(format!("{len} bytes, sample hash {:016x}", hash.finish()))
 }

@@ -607,6 +607,23 @@ pub(crate) fn read_c_string(mut f: impl FnMut(*mut c_char, usize) -> i32) -> Opt
     }
 }
 
+/// The file's size and a 64-bit hash of 16 slices of 64 KiB at evenly spaced offsets.
+fn file_fingerprint(path: &Path) -> std::io::Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const SLICE: u64 = 64 * 1024;
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let mut hash = crate::checksum::Checksum::default();
+    let mut buf = vec![0u8; SLICE as usize];
+    for i in 0..16u64 {
+        let at = (len.saturating_sub(SLICE)) / 15 * i;
+        f.seek(SeekFrom::Start(at))?;
+        let n = f.by_ref().take(SLICE).read(&mut buf)?;
+        hash.update(&buf[..n]);
+    }
+    Ok(format!("{len} bytes, sample hash {:016x}", hash.finish()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -671,21 +688,4 @@ mod tests {
         assert_eq!(got.as_deref(), Some(text.as_str()));
         assert_eq!(read_c_string(|_, _| -1), None);
     }
-}
-
-/// The file's size and a 64-bit hash of 16 slices of 64 KiB at evenly spaced offsets.
-fn file_fingerprint(path: &Path) -> std::io::Result<String> {
-    use std::io::{Read, Seek, SeekFrom};
-    const SLICE: u64 = 64 * 1024;
-    let mut f = std::fs::File::open(path)?;
-    let len = f.metadata()?.len();
-    let mut hash = crate::checksum::Checksum::default();
-    let mut buf = vec![0u8; SLICE as usize];
-    for i in 0..16u64 {
-        let at = (len.saturating_sub(SLICE)) / 15 * i;
-        f.seek(SeekFrom::Start(at))?;
-        let n = f.by_ref().take(SLICE).read(&mut buf)?;
-        hash.update(&buf[..n]);
-    }
-    Ok(format!("{len} bytes, sample hash {:016x}", hash.finish()))
 }

@@ -65,6 +65,49 @@ fn run_streams_text_and_prints_a_summary() {
     assert_eq!(v["stop_reason"], "MaxTokens");
 }
 
+/// `--prompt-cache FILE` as llama-cli has it: the second run with the same start computes only
+/// what is new; `--prompt-cache-ro` leaves the file as it was; a damaged file is an error that
+/// says which flag and what to do.
+#[test]
+fn prompt_cache_keeps_the_state_between_runs() {
+    let Some(model) = common::model_path() else { return };
+    let file = std::env::temp_dir().join(format!("rocm-llama-cli-prompt-cache-{}.kv", std::process::id()));
+    let run = |prompt: &str, extra: &[&str]| {
+        bin()
+            .args(["run", prompt, "--temp", "0", "-n", "6", "-t", "1", "--json", "--prompt-cache"])
+            .arg(&file)
+            .args(extra)
+            .arg("-m")
+            .arg(&model)
+            .output()
+            .unwrap()
+    };
+    let prompt = "A list of the longest rivers in Europe, with their lengths: the Volga,";
+    let first = run(prompt, &[]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let first: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    assert_eq!(first["cached_prompt_tokens"], 0);
+    let saved = std::fs::read(&file).unwrap();
+
+    let longer = format!("{prompt} the Danube,");
+    let second = run(&longer, &["--prompt-cache-ro"]);
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    let second: serde_json::Value = serde_json::from_slice(&second.stdout).unwrap();
+    let (cached, total) = (second["cached_prompt_tokens"].as_u64().unwrap(), second["prompt_tokens"].as_u64().unwrap());
+    assert!(cached + 1 >= first["prompt_tokens"].as_u64().unwrap() && cached < total, "{second}");
+    assert_eq!(std::fs::read(&file).unwrap(), saved, "--prompt-cache-ro wrote the file");
+
+    let mut damaged = saved.clone();
+    let at = damaged.len() / 2;
+    damaged[at] ^= 1;
+    std::fs::write(&file, &damaged).unwrap();
+    let out = run(prompt, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--prompt-cache") && err.contains("checksum"), "{err}");
+    let _ = std::fs::remove_file(&file);
+}
+
 #[test]
 fn chat_repl_keeps_the_conversation() {
     let Some(model) = common::model_path() else { return };

@@ -40,9 +40,40 @@ pub struct GenerateArgs {
     /// tokens at its step (the model's distribution before sampling).
     #[arg(long, value_name = "N", requires = "json")]
     logprobs: Option<usize>,
+    /// Keep the KV state in this file (as llama-cli's --prompt-cache): loaded before the
+    /// prompt, when the file exists, so a prompt that starts the same way computes only what
+    /// is new; written after each reply. A file of another model is an error.
+    #[arg(long, value_name = "FILE")]
+    prompt_cache: Option<PathBuf>,
+    /// With --prompt-cache: load the file but never write it.
+    #[arg(long, requires = "prompt_cache")]
+    prompt_cache_ro: bool,
 }
 
 impl GenerateArgs {
+    /// Loads --prompt-cache into the session, when given and present.
+    fn load_prompt_cache(&self, session: &mut Session<'_>) -> AnyResult<()> {
+        let Some(path) = self.prompt_cache.as_deref().filter(|p| p.exists()) else { return Ok(()) };
+        let n = session.load(path).map_err(|e| {
+            UserError::boxed(format!("--prompt-cache: {e} (delete the file or name another to start over)"))
+        })?;
+        if !self.json {
+            eprintln!("prompt cache: {n} tokens from {}", path.display());
+        }
+        Ok(())
+    }
+
+    /// Writes the session's state to --prompt-cache, unless read-only.
+    fn save_prompt_cache(&self, session: &Session<'_>) -> AnyResult<()> {
+        match self.prompt_cache.as_deref() {
+            Some(path) if !self.prompt_cache_ro => {
+                session.save(path).map_err(|e| UserError::boxed(format!("--prompt-cache: {e}")))?;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The prompt from the positional argument, --prompt or --file.
     fn given_prompt(&mut self) -> AnyResult<Option<String>> {
         if let Some(p) = self.text.take().or(self.prompt.take()) {
@@ -243,15 +274,17 @@ pub fn run(RunArgs { mut args }: RunArgs) -> AnyResult<()> {
         None => read_stdin()?,
     };
     let (model, fitted_ctx) = load_model(&args.model, Some(&args.context))?;
-    let mut ctx = Context::new(&model, &context_config(&model, fitted_ctx, &args.model, &args.context))?;
+    let mut session = Session::new(&model, &context_config(&model, fitted_ctx, &args.model, &args.context))?;
     if !args.json {
-        eprintln!("{}", memory_line(&model, &ctx));
+        eprintln!("{}", memory_line(&model, session.context()));
     }
+    args.load_prompt_cache(&mut session)?;
     install_interrupt_handler();
     let cancel = CancelToken::new();
     let opts = generate_options(&args.sampling)?.cancel(cancel.clone()).n_probs(args.logprobs.unwrap_or(0));
-    let gen = ctx.generate(&prompt, &opts)?;
+    let gen = session.generate(&prompt, &opts)?;
     let answer = stream(gen, &cancel, args.json)?;
+    args.save_prompt_cache(&session)?;
     finish(&answer, args.json)
 }
 
@@ -264,6 +297,7 @@ pub fn chat(ChatArgs { system, template, chat_template_kwargs, mut args }: ChatA
     if !args.json {
         eprintln!("{}", memory_line(&model, session.context()));
     }
+    args.load_prompt_cache(&mut session)?;
     install_interrupt_handler();
     let gen_opts = generate_options(&args.sampling)?.chat(chat).n_probs(args.logprobs.unwrap_or(0));
     let mut messages: Vec<ChatMessage> = system.into_iter().map(ChatMessage::system).collect();
@@ -273,6 +307,7 @@ pub fn chat(ChatArgs { system, template, chat_template_kwargs, mut args }: ChatA
         let cancel = CancelToken::new();
         let gen = session.chat(&messages, &template, &gen_opts.clone().cancel(cancel.clone()))?;
         let answer = stream(gen, &cancel, args.json)?;
+        args.save_prompt_cache(&session)?;
         return finish(&answer, args.json);
     }
 
@@ -317,6 +352,7 @@ pub fn chat(ChatArgs { system, template, chat_template_kwargs, mut args }: ChatA
             }
         };
         let answer = stream(gen, &cancel, args.json)?;
+        args.save_prompt_cache(&session)?;
         finish(&answer, args.json)?;
         // A reply cut short by Ctrl-C stays in the conversation as far as it got.
         messages.push(ChatMessage::assistant(answer.text));

@@ -196,6 +196,13 @@ pub enum Error {
         /// The digest of what arrived.
         actual: String,
     },
+    /// An engine slot is serving a request, so its KV state cannot be saved, restored or
+    /// erased now.
+    #[error("slot {slot} is busy with a request; try again when it is idle")]
+    SlotBusy {
+        /// The slot.
+        slot: u32,
+    },
     /// A saved KV state (`Session::save`, a server slot's file) cannot be used here: written
     /// for another model or another llama.cpp, cut short, changed since it was written, or not
     /// such a file. Nothing was loaded.

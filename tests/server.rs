@@ -488,3 +488,93 @@ fn slow_and_idle_clients_cannot_hold_the_server() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// llama-server's slot routes: `GET /slots`, and a slot's KV state saved to
+/// `--slot-save-path`, erased, restored and reused by the next request with the same start;
+/// the wrong names, numbers, files and a busy slot are 4xx answers, and without the folder
+/// saving is 501.
+#[test]
+fn slots_are_listed_saved_erased_and_restored() {
+    let dir = std::env::temp_dir().join(format!("rocm-llama-slots-{}", std::process::id()));
+    let Some(server) = Server::start(&["--parallel", "2", "--slot-save-path", dir.to_str().unwrap()]) else {
+        return;
+    };
+    let slots = |server: &Server| -> Vec<serde_json::Value> {
+        let (status, _, body) = server.request("GET", "/slots", None, "");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap().as_array().unwrap().clone()
+    };
+    let prompt =
+        r#"{"prompt": "The rivers of Europe include the Danube, the Rhine and", "max_tokens": 4, "temperature": 0}"#;
+    let (status, first) = server.json("/v1/completions", None, prompt);
+    assert_eq!(status, 200, "{first}");
+    let listed = slots(&server);
+    assert_eq!(listed.len(), 2);
+    let held = listed.iter().find(|s| s["cached_tokens"].as_u64().unwrap() > 0).expect("a slot holds the request");
+    let (id, n) = (held["id"].as_u64().unwrap(), held["cached_tokens"].as_u64().unwrap());
+    assert_eq!(held["is_processing"], false);
+
+    let (status, saved) = server.json(&format!("/slots/{id}?action=save"), None, r#"{"filename": "rivers.bin"}"#);
+    assert_eq!(status, 200, "{saved}");
+    assert_eq!(saved["n_saved"], n);
+    assert_eq!(saved["n_written"].as_u64().unwrap(), std::fs::metadata(dir.join("rivers.bin")).unwrap().len());
+    let (status, erased) = server.json(&format!("/slots/{id}?action=erase"), None, "");
+    assert_eq!((status, erased["n_erased"].as_u64()), (200, Some(n)));
+    assert!(slots(&server).iter().all(|s| s["cached_tokens"] == 0));
+    let (status, restored) = server.json(&format!("/slots/{id}?action=restore"), None, r#"{"filename": "rivers.bin"}"#);
+    assert_eq!(status, 200, "{restored}");
+    assert_eq!(restored["n_restored"], n);
+    assert_eq!(slots(&server)[id as usize]["cached_tokens"], n);
+    // The same request again starts from the restored cells.
+    let (_, again) = server.json("/v1/completions", None, prompt);
+    let usage = &again["usage"];
+    assert_eq!(
+        usage["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap() + 1,
+        usage["prompt_tokens"].as_u64().unwrap(),
+        "{again}"
+    );
+    assert_eq!(again["choices"][0]["text"], first["choices"][0]["text"]);
+
+    std::fs::write(dir.join("junk.bin"), b"not a slot").unwrap();
+    for (path, body, want) in [
+        ("/slots/0?action=save", r#"{"filename": "../escape.bin"}"#, 400),
+        ("/slots/0?action=save", r#"{"filename": ".hidden"}"#, 400),
+        ("/slots/0?action=save", r#"{"name": "x.bin"}"#, 400),
+        ("/slots/0?action=fly", "", 400),
+        ("/slots/zero?action=erase", "", 400),
+        ("/slots/7?action=erase", "", 404),
+        ("/slots/0?action=restore", r#"{"filename": "missing.bin"}"#, 404),
+        ("/slots/0?action=restore", r#"{"filename": "junk.bin"}"#, 400),
+    ] {
+        let (status, body) = server.json(path, None, body);
+        assert_eq!(status, want, "{path}: {body}");
+        assert!(body["error"]["message"].is_string(), "{path}: {body}");
+    }
+    assert!(!dir.join("../escape.bin").exists());
+
+    // A slot serving a request is not touched.
+    let mut stream = server.send(
+        "POST",
+        "/v1/completions",
+        None,
+        r#"{"prompt": "Count: one, two,", "max_tokens": 400, "stream": true, "ignore_eos": true}"#,
+    );
+    let start = Instant::now();
+    let busy = loop {
+        if let Some(s) = slots(&server).iter().find(|s| s["is_processing"] == true) {
+            break s["id"].as_u64().unwrap();
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "the request never reached a slot");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let (status, body) = server.json(&format!("/slots/{busy}?action=save"), None, r#"{"filename": "busy.bin"}"#);
+    assert_eq!(status, 409, "{body}");
+    let _ = stream.write_all(b"");
+    drop(stream);
+
+    // Without --slot-save-path, saving is not offered.
+    let plain = Server::start(&[]).unwrap();
+    let (status, body) = plain.json("/slots/0?action=save", None, r#"{"filename": "x.bin"}"#);
+    assert_eq!(status, 501, "{body}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

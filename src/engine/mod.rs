@@ -22,7 +22,7 @@ use crossbeam_channel::Sender;
 #[cfg(feature = "async")]
 pub use stream::AsyncTokenStream;
 pub use stream::TokenStream;
-use worker::{Command, Job, Worker};
+use worker::{Command, Job, SlotAction, SlotJob, Worker};
 
 use crate::chat::{ChatMessage, ChatTemplate};
 use crate::context::{AbortHandle, Context, ContextConfig, FlashAttention};
@@ -163,6 +163,31 @@ pub struct EngineStats {
     pub graphs_reused: u64,
     /// Texts embedded since start ([`EngineHandle::embed`]).
     pub texts_embedded: u64,
+}
+
+/// One slot of an engine, from [`EngineHandle::slots`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[non_exhaustive]
+pub struct SlotInfo {
+    /// The slot's number (its sequence id).
+    pub id: u32,
+    /// Its context length.
+    pub n_ctx: u32,
+    /// Whether a request runs in it now.
+    pub is_processing: bool,
+    /// Tokens its KV cells hold (a finished request's, kept for prefix reuse).
+    pub cached_tokens: usize,
+}
+
+/// What a slot's save or restore moved, from [`EngineHandle::save_slot`] and
+/// [`EngineHandle::restore_slot`].
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[non_exhaustive]
+pub struct SlotFile {
+    /// Tokens saved or restored.
+    pub tokens: usize,
+    /// Bytes written or read.
+    pub bytes: u64,
 }
 
 #[derive(Default)]
@@ -421,6 +446,61 @@ impl EngineHandle {
         let inputs = crate::embed::tokenize_texts(&inner.model, texts, &config)?;
         let (reply, answer) = crossbeam_channel::bounded(1);
         if inner.tx.send(Command::Embed(Box::new(worker::EmbedJob { inputs, config, reply }))).is_err() {
+            return Err(Error::Cancelled);
+        }
+        answer.recv().map_err(|_| Error::Cancelled)?
+    }
+
+    /// Every slot: whether it serves a request and how many tokens its cells hold.
+    pub fn slots(&self) -> Result<Vec<SlotInfo>> {
+        match self.slot_job(0, SlotAction::List)? {
+            worker::SlotReply::List(slots) => Ok(slots),
+            _ => Err(Error::Engine("unexpected reply".into())),
+        }
+    }
+
+    /// Saves what slot `id` holds (its KV cells and their tokens) to `path`, in the format
+    /// of [`Session::save`](crate::Session::save). The slot must be idle
+    /// ([`Error::SlotBusy`] otherwise); it keeps its cells.
+    pub fn save_slot(&self, id: u32, path: impl AsRef<std::path::Path>) -> Result<SlotFile> {
+        match self.slot_job(id, SlotAction::Save(path.as_ref().to_path_buf()))? {
+            worker::SlotReply::File(f) => Ok(f),
+            _ => Err(Error::Engine("unexpected reply".into())),
+        }
+    }
+
+    /// Replaces what idle slot `id` holds with a file of [`save_slot`](Self::save_slot); a
+    /// later request with the same start reuses it. The file must come from an engine of
+    /// the same model, llama.cpp and KV layout (`n_seq_max`, `kv_unified`): anything else is
+    /// an [`Error::StateFile`] and leaves the slot empty.
+    pub fn restore_slot(&self, id: u32, path: impl AsRef<std::path::Path>) -> Result<SlotFile> {
+        match self.slot_job(id, SlotAction::Restore(path.as_ref().to_path_buf()))? {
+            worker::SlotReply::File(f) => Ok(f),
+            _ => Err(Error::Engine("unexpected reply".into())),
+        }
+    }
+
+    /// Empties idle slot `id`; returns how many tokens it held.
+    pub fn erase_slot(&self, id: u32) -> Result<usize> {
+        match self.slot_job(id, SlotAction::Erase)? {
+            worker::SlotReply::Erased(n) => Ok(n),
+            _ => Err(Error::Engine("unexpected reply".into())),
+        }
+    }
+
+    fn slot_job(&self, id: u32, action: SlotAction) -> Result<worker::SlotReply> {
+        let inner = &self.inner;
+        if inner.stopped.load(Ordering::SeqCst) {
+            return Err(Error::Cancelled);
+        }
+        if id >= inner.config.n_seq_max {
+            return Err(Error::InvalidSeqId {
+                seq_id: id.min(i32::MAX as u32) as i32,
+                n_seq_max: inner.config.n_seq_max,
+            });
+        }
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        if inner.tx.send(Command::Slot(Box::new(SlotJob { id: id as usize, action, reply }))).is_err() {
             return Err(Error::Cancelled);
         }
         answer.recv().map_err(|_| Error::Cancelled)?

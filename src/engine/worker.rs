@@ -85,10 +85,31 @@ struct EmbedWork {
     done: Vec<Vec<f32>>,
 }
 
+/// Something done to one slot's KV state between steps.
+pub(crate) enum SlotAction {
+    List,
+    Save(std::path::PathBuf),
+    Restore(std::path::PathBuf),
+    Erase,
+}
+
+pub(crate) enum SlotReply {
+    List(Vec<super::SlotInfo>),
+    File(super::SlotFile),
+    Erased(usize),
+}
+
+pub(crate) struct SlotJob {
+    pub(crate) id: usize,
+    pub(crate) action: SlotAction,
+    pub(crate) reply: crossbeam_channel::Sender<Result<SlotReply>>,
+}
+
 /// What handles send to the worker.
 pub(crate) enum Command {
     Submit(Box<Job>),
     Embed(Box<EmbedJob>),
+    Slot(Box<SlotJob>),
     Shutdown,
 }
 
@@ -242,7 +263,58 @@ impl<'m> Worker<'m> {
         match cmd {
             Command::Submit(job) => self.queue.push_back(*job),
             Command::Embed(job) => self.embeds.push_back(EmbedWork { job: *job, done: Vec::new() }),
+            Command::Slot(job) => {
+                let answer = self.slot_action(job.id, job.action);
+                let _ = job.reply.send(answer);
+            }
             Command::Shutdown => self.shutting_down = true,
+        }
+    }
+
+    /// Lists, saves, restores or erases a slot's KV state. Runs between steps, when no copy
+    /// between slots is pending (each is applied by the decode of the step that planned it).
+    fn slot_action(&mut self, id: usize, action: SlotAction) -> Result<SlotReply> {
+        let n_ctx = self.n_ctx_per_seq as u32;
+        if let SlotAction::List = action {
+            let slots = self
+                .slots
+                .iter()
+                .map(|s| super::SlotInfo {
+                    id: s.seq as u32,
+                    n_ctx,
+                    is_processing: s.active.is_some(),
+                    cached_tokens: s.cached.len(),
+                })
+                .collect();
+            return Ok(SlotReply::List(slots));
+        }
+        let slot = &mut self.slots[id];
+        if slot.active.is_some() {
+            return Err(Error::SlotBusy { slot: id as u32 });
+        }
+        match action {
+            SlotAction::List => Err(Error::Engine("a slot list names no slot".into())),
+            SlotAction::Save(path) => {
+                let bytes = crate::seq_state::save(&self.ctx, slot.seq, slot.cached.tokens(), &path)?;
+                Ok(SlotReply::File(super::SlotFile { tokens: slot.cached.len(), bytes }))
+            }
+            SlotAction::Restore(path) => {
+                slot.cached.clear();
+                slot.prompt_cells = 0;
+                let tokens = crate::seq_state::load(&mut self.ctx, slot.seq, &path)?;
+                slot.cached.extend(&tokens);
+                let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                self.publish();
+                Ok(SlotReply::File(super::SlotFile { tokens: tokens.len(), bytes }))
+            }
+            SlotAction::Erase => {
+                let n = slot.cached.len();
+                self.ctx.seq_remove(Some(slot.seq), ..)?;
+                slot.cached.clear();
+                slot.prompt_cells = 0;
+                self.publish();
+                Ok(SlotReply::Erased(n))
+            }
         }
     }
 

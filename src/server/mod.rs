@@ -3,13 +3,15 @@
 //! axum application.
 //!
 //! Routes: `POST /v1/chat/completions`, `POST /v1/completions` (streamed as server-sent
-//! events or whole), `POST /v1/embeddings`, `GET /v1/models`, `GET /health`. A request the
+//! events or whole), `POST /v1/embeddings`, `GET /v1/models`, `GET /health`, `GET /metrics`,
+//! and llama-server's `GET /slots` and `POST /slots/{id}?action=save|restore|erase`. A request the
 //! engine's queue cannot take is answered 503 with `Retry-After` at once; a client that goes
 //! away cancels its generation at the engine's next step (its stream is dropped).
 
 mod listen;
 mod metrics;
 mod openai;
+mod slots;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -54,11 +56,20 @@ pub struct ServerConfig {
     pub retry_after_s: u32,
     /// Pooling for `/v1/embeddings` (default: what the model declares).
     pub pooling: Pooling,
+    /// The folder where `POST /slots/{id}?action=save|restore` keeps slot files (llama-server's
+    /// `--slot-save-path`); without it those actions answer 501.
+    pub slot_save_path: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { model_name: "model".into(), api_key: None, retry_after_s: 1, pooling: Pooling::Model }
+        ServerConfig {
+            model_name: "model".into(),
+            api_key: None,
+            retry_after_s: 1,
+            pooling: Pooling::Model,
+            slot_save_path: None,
+        }
     }
 }
 
@@ -67,6 +78,7 @@ crate::config::setters!(ServerConfig {
     pooling: Pooling,
 } optional {
     api_key: String,
+    slot_save_path: std::path::PathBuf,
 });
 
 impl ServerConfig {
@@ -93,6 +105,8 @@ pub fn router(engine: EngineHandle, config: ServerConfig) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
+        .route("/slots", get(slots::list))
+        .route("/slots/{id}", post(slots::action))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .route("/health", get(health))

@@ -46,6 +46,10 @@ pub struct ServeArgs {
     /// only in whole batches of cells computed as a prompt. Costs the throughput batching gives.
     #[arg(long)]
     reproducible: bool,
+    /// Folder for slot files: `POST /slots/{id}?action=save|restore` (as llama-server's
+    /// --slot-save-path) keep a slot's KV state there (made if missing).
+    #[arg(long, value_name = "DIR")]
+    slot_save_path: Option<std::path::PathBuf>,
     /// Require `Authorization: Bearer KEY` on every /v1 route (or set ROCM_LLAMA_API_KEY).
     #[arg(long, env = "ROCM_LLAMA_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
@@ -91,7 +95,15 @@ pub fn serve(args: ServeArgs) -> AnyResult<()> {
             .prefix_sharing(!args.no_prefix_sharing)
             .reproducible(args.reproducible),
     )?;
-    let config = ServerConfig::default().model_name(name.clone()).api_key(args.api_key.clone()).pooling(args.pooling);
+    if let Some(dir) = &args.slot_save_path {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| UserError::boxed(format!("--slot-save-path {}: {e}", dir.display())))?;
+    }
+    let config = ServerConfig::default()
+        .model_name(name.clone())
+        .api_key(args.api_key.clone())
+        .pooling(args.pooling)
+        .slot_save_path(args.slot_save_path.clone());
     let app = router(engine.clone(), config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -165,6 +165,11 @@ pub struct ContextConfig {
     pub offload_kqv: bool,
     /// One KV buffer shared by all sequences (default true; helps shared prefixes).
     pub kv_unified: bool,
+    /// On models with sliding-window layers (gemma 2 and 3, ...), give those layers a full
+    /// context of cells (default true, as llama.cpp's own default). Off, they keep only the
+    /// last window of positions plus one batch, much less memory at long contexts, but a
+    /// cached prompt can then be reused only up to a window behind its newest position.
+    pub swa_full: bool,
 }
 
 impl Default for ContextConfig {
@@ -183,6 +188,7 @@ impl Default for ContextConfig {
             pooling: Pooling::Model,
             offload_kqv: true,
             kv_unified: true,
+            swa_full: true,
         }
     }
 }
@@ -197,6 +203,7 @@ crate::config::setters!(ContextConfig {
     pooling: Pooling,
     offload_kqv: bool,
     kv_unified: bool,
+    swa_full: bool,
 } optional {
     n_ctx: u32,
     threads_batch: u32,
@@ -385,6 +392,7 @@ impl<'m> Context<'m> {
         p.pooling_type = config.pooling.raw();
         p.offload_kqv = config.offload_kqv;
         p.kv_unified = config.kv_unified;
+        p.swa_full = config.swa_full;
         p.no_perf = false;
 
         let abort = Arc::new(AtomicBool::new(false));

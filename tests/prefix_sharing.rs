@@ -160,3 +160,67 @@ fn reproducible_requests_share_prefixes_and_keep_their_tokens() {
     }
     assert!(handle.stats().prompt_tokens_shared >= 3 * 512, "{:?}", handle.stats());
 }
+
+/// The same copy from a generating slot with one KV buffer for all slots, where the cells are
+/// shared rather than copied.
+#[test]
+fn a_prefix_is_shared_in_a_unified_buffer() {
+    let Some(model) = common::model_path().map(|p| Arc::new(Model::load(p, &Default::default()).unwrap())) else {
+        return;
+    };
+    let prefix = long_prefix(&model, 300);
+    let (a, b) = (format!("{prefix}{}", QUESTIONS[2]), format!("{prefix}{}", QUESTIONS[3]));
+    let shared = shared_tokens(&model, &[a.clone(), b.clone()]);
+    let handle = engine(&model, EngineConfig::default().n_seq_max(2).kv_unified(true));
+    let first = handle.generate(&a, &GenerateOptions::greedy(16)).unwrap();
+    let start = std::time::Instant::now();
+    while handle.stats().generated_tokens < 2 {
+        assert!(start.elapsed().as_secs() < 120, "the first request never started generating");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let (ids_b, summary_b) = tokens_of(handle.generate(&b, &GenerateOptions::greedy(8)).unwrap());
+    let (ids_a, _) = tokens_of(first);
+    assert!(summary_b.shared_prompt_tokens >= shared, "{summary_b:?}");
+    common::assert_greedy_matches(&common::greedy_reference(&model, &a, 16), &ids_a, "the donor");
+    common::assert_greedy_matches(&common::greedy_reference(&model, &b, 8), &ids_b, "the sharer");
+}
+
+/// On a sliding-window model (gemma 3: 512 positions) whose window layers keep only the last
+/// window of cells (`swa_full` off), a slot that has gone far past a shared prefix no longer
+/// holds the window before the cut (llama.cpp reused those cells): nothing is reused, the
+/// prompt is computed, and the reply is still the one the request gets alone. With full-size
+/// window caches (the default) the same prefix is reused, and so is, with window-sized caches,
+/// a cut within a window of the newest position.
+#[test]
+fn a_prefix_whose_window_is_gone_is_computed_not_reused() {
+    let Some(model) = common::model_path().map(|p| Arc::new(Model::load(p, &Default::default()).unwrap())) else {
+        return;
+    };
+    assert_eq!(model.n_swa(), 512, "the test model's window");
+    let prefix = long_prefix(&model, 600);
+    // The donor goes 600 tokens past the shared part: with window-sized caches its cells for
+    // the first positions now hold later ones.
+    let donor = format!("{prefix}{}", long_prefix(&model, 600).replace("Note", "Entry"));
+    let b = format!("{prefix}{}", QUESTIONS[4]);
+    let reference = common::greedy_reference(&model, &b, 8);
+    for swa_full in [false, true] {
+        let handle = engine(&model, EngineConfig::default().n_seq_max(2).swa_full(swa_full));
+        let (_, first) = tokens_of(handle.generate(&donor, &GenerateOptions::greedy(1)).unwrap());
+        assert!(first.prompt_tokens > 1150, "{first:?}");
+        let (ids, summary) = tokens_of(handle.generate(&b, &GenerateOptions::greedy(8)).unwrap());
+        if swa_full {
+            assert!(summary.cached_prompt_tokens >= 600, "{summary:?}");
+        } else {
+            assert_eq!(summary.cached_prompt_tokens, 0, "{summary:?}");
+        }
+        common::assert_greedy_matches(&reference, &ids, &format!("swa_full {swa_full}"));
+    }
+    // A cut within a window of the newest position is reused even with window-sized caches:
+    // the window before it is still there.
+    let c = format!("{donor}{}", QUESTIONS[5]);
+    let handle = engine(&model, EngineConfig::default().n_seq_max(1).swa_full(false));
+    let (_, first) = tokens_of(handle.generate(&donor, &GenerateOptions::greedy(1)).unwrap());
+    let (ids, summary) = tokens_of(handle.generate(&c, &GenerateOptions::greedy(8)).unwrap());
+    assert!(summary.cached_prompt_tokens >= first.prompt_tokens - 1, "{summary:?}");
+    common::assert_greedy_matches(&common::greedy_reference(&model, &c, 8), &ids, "a cut within the window");
+}

@@ -63,6 +63,8 @@ pub struct EngineConfig {
     /// either way: with a buffer per slot a shared prefix is copied on the device (the whole
     /// slot's buffer, then cut), in a unified buffer the cells are shared without a copy.
     pub kv_unified: bool,
+    /// Full-size caches for sliding-window layers ([`ContextConfig::swa_full`], default true).
+    pub swa_full: bool,
     /// Compute a prompt prefix once for all slots (default on). A new request starts from
     /// the longest prefix of its prompt that any slot holds (its own slot, an idle one, or one
     /// generating right now), copied on the device instead of computed; requests that share
@@ -91,6 +93,7 @@ crate::config::setters!(EngineConfig {
     queue_capacity: usize,
     flash_attention: FlashAttention,
     kv_unified: bool,
+    swa_full: bool,
     prefix_sharing: bool,
     reproducible: bool,
 } optional {
@@ -107,6 +110,7 @@ impl Default for EngineConfig {
             threads: None,
             flash_attention: FlashAttention::Auto,
             kv_unified: false,
+            swa_full: true,
             prefix_sharing: true,
             reproducible: false,
         }
@@ -294,6 +298,7 @@ impl Engine {
             .n_batch(config.n_batch)
             .flash_attention(config.flash_attention)
             .kv_unified(config.kv_unified)
+            .swa_full(config.swa_full)
             .threads(config.threads);
         let (tx, rx) = crossbeam_channel::unbounded();
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<AbortHandle>>(1);

@@ -4,7 +4,10 @@
 //! The prompt is computed once per text. Its tokens belong to one sequence per label at
 //! once, so the labels branch from the same KV cells (what `seq_cp` would share, without the
 //! copy), and a label's own tokens follow in its sequence; as many texts as fit go into each
-//! decode. [`Classifier::classify_separately`] scores each label with its own full prompt
+//! decode. What every text's prompt starts with (an instruction before `{text}`, few-shot
+//! examples, a chat template's header) is computed once per call, in a sequence of its own,
+//! and reaches each label's sequence the way the engine shares a prefix between slots
+//! (`SeqCache::copy_from`: the cells shared, nothing computed again). [`Classifier::classify_separately`] scores each label with its own full prompt
 //! instead: the naive way, kept as the reference the shared way is tested and measured
 //! against.
 
@@ -13,7 +16,11 @@ use crate::chat::{ChatMessage, ChatOptions, ChatTemplate};
 use crate::context::{Context, ContextConfig, FlashAttention};
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::request::SeqCache;
 use crate::vocab::Token;
+
+/// The fewest leading tokens all prompts must share for them to be computed once.
+const MIN_SHARED: usize = 16;
 
 /// Settings for a [`Classifier`].
 ///
@@ -244,18 +251,49 @@ impl<'m> Classifier<'m> {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Vec<Classification>> {
         let prompts = self.prompts(texts)?;
+        let result = self.classify_prompts(&prompts, progress);
+        self.ctx.clear_memory();
+        result
+    }
+
+    fn classify_prompts(
+        &mut self,
+        prompts: &[Vec<Token>],
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Vec<Classification>> {
         let n_labels = self.labels.len();
         let extra: usize = self.label_tokens.iter().map(|l| l.len() - 1).sum();
-        let per_decode_seqs = self.config.n_seq_max as usize / n_labels;
+        let n_seq_max = self.config.n_seq_max as usize;
+        // The start every prompt shares (never a prompt's last token, whose logits are read),
+        // held by the last sequence when a sequence is left for it.
+        let common = prompts
+            .iter()
+            .skip(1)
+            .map(|p| crate::request::common_prefix(&prompts[0], p))
+            .fold(prompts.first().map_or(0, |p| p.len().saturating_sub(1)), usize::min);
+        let shared = if prompts.len() > 1 && common >= MIN_SHARED && n_seq_max > n_labels { common } else { 0 };
+        let prefix_seq = (n_seq_max - 1) as SeqId;
+        let mut prefix = SeqCache::default();
+        self.ctx.clear_memory();
+        if shared > 0 {
+            self.batch.clear();
+            self.batch.add_sequence(&prompts[0][..shared], 0, prefix_seq, false)?;
+            self.ctx.decode(&self.batch)?;
+            prefix.extend(&prompts[0][..shared]);
+        }
+        let per_decode_seqs = (n_seq_max - usize::from(shared > 0)) / n_labels;
+        // The context has n_batch cells; the shared prefix keeps its own.
+        let budget = self.config.n_batch as usize - shared;
         let mut out = Vec::with_capacity(prompts.len());
         while out.len() < prompts.len() {
             // As many texts as the token budget and the sequences allow (at least one).
             let (mut n, mut tokens) = (0, 0);
             for p in &prompts[out.len()..] {
-                if n == per_decode_seqs || (n > 0 && tokens + p.len() + extra > self.config.n_batch as usize) {
+                let own = p.len() - shared + extra;
+                if n == per_decode_seqs || (n > 0 && tokens + own > budget) {
                     break;
                 }
-                tokens += p.len() + extra;
+                tokens += own;
                 n += 1;
             }
             let chunk = &prompts[out.len()..out.len() + n];
@@ -263,8 +301,15 @@ impl<'m> Classifier<'m> {
             let mut placed = Vec::with_capacity(n);
             for (t, prompt) in chunk.iter().enumerate() {
                 let seqs: Vec<SeqId> = (0..n_labels).map(|j| (t * n_labels + j) as SeqId).collect();
+                if shared > 0 {
+                    for &seq in &seqs {
+                        if SeqCache::default().copy_from(&mut self.ctx, seq, prefix_seq, &prefix, shared)? != shared {
+                            return Err(Error::Embedding("the shared prompt prefix could not be shared".into()));
+                        }
+                    }
+                }
                 let mut prompt_last = 0;
-                for (pos, &tok) in prompt.iter().enumerate() {
+                for (pos, &tok) in prompt.iter().enumerate().skip(shared) {
                     let last = pos + 1 == prompt.len();
                     let i = self.batch.add(tok, pos as i32, &seqs, last)?;
                     if last {
@@ -281,7 +326,7 @@ impl<'m> Classifier<'m> {
                 }
                 placed.push(Placed { prompt_last, label_rows });
             }
-            self.run_decode()?;
+            self.ctx.decode(&self.batch)?;
             let mut lse = LogSumExp::default();
             for p in &placed {
                 let mut scores = Vec::with_capacity(n_labels);
@@ -294,7 +339,10 @@ impl<'m> Classifier<'m> {
                 }
                 out.push(Classification::from_logprobs(scores));
             }
-            self.ctx.clear_memory();
+            // This group's sequences go; the shared prefix stays for the next.
+            for seq in 0..(n * n_labels) as SeqId {
+                self.ctx.seq_remove(Some(seq), ..)?;
+            }
             progress(out.len(), prompts.len());
         }
         Ok(out)

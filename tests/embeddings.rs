@@ -228,6 +228,39 @@ fn shared_prefix_classification_scores_what_separate_prompts_score() {
     assert_eq!((r[0].label, r[1].label), (0, 1), "{r:?}");
 }
 
+/// An instruction before `{text}` (the batch classification this project began with) is
+/// computed once per call, not once per text: llama.cpp's prompt-token counter says so, and
+/// the scores are those of separate full prompts (within the rounding of batch shapes, see
+/// the test above).
+#[test]
+fn a_shared_instruction_is_computed_once_for_all_texts() {
+    let model = require_model!();
+    let template = "You label customer reviews for a shop. Read the review below and decide whether the \
+                    customer was pleased with what they bought. Reply with one word only.\nReview: {text}\nAnswer:";
+    let config = ClassifyConfig::default().template(template).threads(1).n_batch(512).n_seq_max(9);
+    let labels = ["positive", "negative"];
+    let mut classifier = Classifier::new(model, &labels, &config).unwrap();
+    let prompts: Vec<Vec<i32>> = REVIEWS.iter().map(|r| classifier.prompt_tokens(r).unwrap()).collect();
+    let shared =
+        prompts[1..].iter().map(|p| prompts[0].iter().zip(p).take_while(|(a, b)| a == b).count()).min().unwrap();
+    assert!(shared >= 30, "{shared}");
+    let extra: usize = classifier.label_tokens().iter().map(|l| l.len() - 1).sum();
+    let once = classifier.classify(&REVIEWS).unwrap();
+    // A second call computes the instruction again (nothing is kept between calls) and gives
+    // the same numbers. Counted over it (llama.cpp reports a count of 0 as 1).
+    let before = classifier.context().perf().n_p_eval;
+    assert_eq!(classifier.classify(&REVIEWS).unwrap(), once);
+    let computed = (classifier.context().perf().n_p_eval - before) as usize;
+    let own: usize = prompts.iter().map(|p| p.len() - shared + extra).sum();
+    assert_eq!(computed, shared + own, "the instruction ({shared} tokens) once, then each text's own part");
+    let separate = classifier.classify_separately(&REVIEWS).unwrap();
+    for ((text, a), b) in REVIEWS.iter().zip(&once).zip(&separate) {
+        for (p, q) in a.probs.iter().zip(&b.probs) {
+            assert!((p - q).abs() < 0.06, "{text:?}: probability {p} with the shared instruction against {q}");
+        }
+    }
+}
+
 #[test]
 fn bad_classification_input_is_a_clear_error() {
     let model = require_model!();

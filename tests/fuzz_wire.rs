@@ -417,6 +417,9 @@ fn seed_requests() -> Vec<(&'static str, Value)> {
         ),
         ("/v1/embeddings", json!({"input": ["one text", "another"], "model": "m"})),
         ("/v1/completions", json!({"prompt": "x", "max_tokens": 3, "logit_bias": {"1": 5}, "n": 2, "echo": true})),
+        ("/slots/0?action=save", json!({"filename": "fuzz.bin"})),
+        ("/slots/1?action=restore", json!({"filename": "fuzz.bin"})),
+        ("/slots/1?action=erase", json!({})),
     ]
 }
 
@@ -449,7 +452,7 @@ fn edge_value(rng: &mut Rng) -> Value {
 }
 
 /// Fields of the OpenAI and llama-server requests, to add with edge values.
-const FIELDS: [&str; 24] = [
+const FIELDS: [&str; 25] = [
     "max_tokens",
     "n",
     "temperature",
@@ -474,6 +477,7 @@ const FIELDS: [&str; 24] = [
     "echo",
     "stream_options",
     "tools",
+    "filename",
 ];
 
 /// Replaces, removes or adds fields anywhere in `v`.
@@ -541,8 +545,11 @@ fn http_status(port: u16, path: &str, body: &[u8]) -> u16 {
 #[test]
 fn serve_outlives_mutated_request_bodies_and_never_answers_500() {
     let Some(model) = common::model_path() else { return };
+    let slot_dir = std::env::temp_dir().join(format!("rocm-llama-fuzz-slots-{}", std::process::id()));
     let mut server = Server::spawn(&[
         "serve",
+        "--slot-save-path",
+        slot_dir.to_str().unwrap(),
         "--port",
         "0",
         "--threads",
@@ -597,6 +604,7 @@ fn serve_outlives_mutated_request_bodies_and_never_answers_500() {
         assert!(server.alive(), "serve ended after seed {}: {}", seed - 1, server.log.lock().unwrap());
     }
     let statuses: BTreeMap<String, u64> = statuses.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let _ = std::fs::remove_dir_all(&slot_dir);
     report("serve", json!({"requests": requests, "statuses": statuses, "status_500_seeds": five_hundreds}));
     assert!(five_hundreds.is_empty(), "500 for seeds {five_hundreds:?} (ROCM_LLAMA_FUZZ_BASE_SEED reproduces)");
 }

@@ -108,6 +108,32 @@ fn prompt_cache_keeps_the_state_between_runs() {
     let _ = std::fs::remove_file(&file);
 }
 
+/// `chat` with a base model (the test model has no chat template) says so in one line, with
+/// the built-in format it falls back to and what to do instead.
+#[test]
+fn chat_with_a_base_model_says_what_it_is() {
+    let Some(model) = common::model_path() else { return };
+    let out = bin()
+        .args(["chat", "Name three rivers", "--temp", "0", "-n", "2", "-t", "1", "-m"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let note: Vec<&str> = err.lines().filter(|l| l.starts_with("note:")).collect();
+    assert_eq!(note.len(), 1, "{err}");
+    assert!(
+        note[0].contains("no chat template") && note[0].contains("\"gemma\"") && note[0].contains("instruction-tuned")
+    );
+    // Not with a template given.
+    let out = bin()
+        .args(["chat", "Hi", "--chat-template", "chatml", "-n", "1", "-t", "1", "-m"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("note:"));
+}
+
 #[test]
 fn chat_repl_keeps_the_conversation() {
     let Some(model) = common::model_path() else { return };

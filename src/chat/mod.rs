@@ -153,7 +153,12 @@ impl ChatTemplate {
             ChatTemplate::Model => match model.chat_template() {
                 Some(source) => Ok(TemplateSource::Jinja { name: "the model's tokenizer.chat_template".into(), source }),
                 None => template_for_architecture(&model.architecture())
-                    .map(|n| TemplateSource::Builtin(n.to_string()))
+                    .map(|n| {
+                        tracing::info!(
+                            "the model has no chat template: formatting with llama.cpp's built-in {n:?} format"
+                        );
+                        TemplateSource::Builtin(n.to_string())
+                    })
                     .ok_or_else(|| {
                         Error::ChatTemplate(format!(
                             "the model ({}) has no chat template; give one (a Jinja file) or name a built-in format (e.g. chatml)",

@@ -298,6 +298,9 @@ pub fn chat(ChatArgs { system, template, chat_template_kwargs, mut args }: ChatA
         eprintln!("{}", memory_line(&model, session.context()));
     }
     args.load_prompt_cache(&mut session)?;
+    if let Some(note) = base_model_note(&model, &template) {
+        eprintln!("{note}");
+    }
     install_interrupt_handler();
     let gen_opts = generate_options(&args.sampling)?.chat(chat).n_probs(args.logprobs.unwrap_or(0));
     let mut messages: Vec<ChatMessage> = system.into_iter().map(ChatMessage::system).collect();
@@ -358,6 +361,25 @@ pub fn chat(ChatArgs { system, template, chat_template_kwargs, mut args }: ChatA
         messages.push(ChatMessage::assistant(answer.text));
     }
     Ok(())
+}
+
+/// For a model without a chat template of its own (usually a base model, which continues text
+/// rather than answering), one line saying so and what `chat` formats with instead.
+fn base_model_note(model: &Model, template: &ChatTemplate) -> Option<String> {
+    if *template != ChatTemplate::Model || model.chat_template().is_some() {
+        return None;
+    }
+    let file = model.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let fallback = match template.source(model) {
+        Ok(rocm_llama::TemplateSource::Builtin(name)) => {
+            format!("formatting with llama.cpp's built-in {name:?} format")
+        }
+        _ => "and no built-in format fits its architecture".to_string(),
+    };
+    Some(format!(
+        "note: {file} has no chat template, so it is likely a base model, which continues text rather than \
+         answering; {fallback}. For answers use an instruction-tuned model (-it, -instruct), or `run` to continue a text"
+    ))
 }
 
 /// One line about memory after a load: what the model and context hold, and what is free.

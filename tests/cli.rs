@@ -302,6 +302,103 @@ fn llama_cpp_flags_are_understood() {
     assert_eq!(to_the_end["stop_reason"], "ContextFull", "{to_the_end}");
 }
 
+/// More of llama.cpp's command line: a repeated flag takes its last value; -sys, -r, -e,
+/// -no-cnv and the sampling flags that map onto the library work; flags with no meaning here
+/// are accepted with a one-line note; those that would change the model and are not supported
+/// are refused with a reason; -hf downloads (here: fails to, with an error) instead of printing
+/// the help.
+#[test]
+fn more_llama_cpp_flags_map_or_say_why_not() {
+    let Some(model) = common::model_path() else { return };
+    let run = |extra: &[&str]| {
+        bin().args(["run", "--temp", "0", "-t", "1", "--json", "-m"]).arg(&model).args(extra).output().unwrap()
+    };
+    let json = |out: &std::process::Output| -> serde_json::Value {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    // The last -n wins.
+    assert_eq!(json(&run(&["-p", "One, two, three,", "-n", "6", "-n", "3"]))["generated_tokens"], 3);
+    // -r stops at the text.
+    let v = json(&run(&["-p", "1, 2, 3, 4, 5, 6,", "-n", "20", "-r", ","]));
+    assert_eq!(v["stop_reason"], serde_json::json!({"StopString": ","}), "{v}");
+    // -e turns \n into a line break.
+    let literal = json(&run(&["-p", "x\\n\\n\\n\\ny", "-n", "1"]))["prompt_tokens"].as_u64().unwrap();
+    let escaped = json(&run(&["-p", "x\\n\\n\\n\\ny", "-n", "1", "-e"]))["prompt_tokens"].as_u64().unwrap();
+    assert!(escaped < literal, "{escaped} tokens escaped, {literal} as written");
+    // Sampling flags that map, and an inline grammar.
+    let v = json(&run(&[
+        "-p",
+        "Answer yes or no:",
+        "-n",
+        "4",
+        "--presence-penalty",
+        "0.5",
+        "--frequency-penalty",
+        "0.2",
+        "--repeat-last-n",
+        "32",
+        "--typical",
+        "0.9",
+        "--dry-multiplier",
+        "0.8",
+        "--grammar",
+        r#"root ::= "yes" | "no""#,
+    ]));
+    assert!(v["text"] == "yes" || v["text"] == "no", "{v}");
+    // Accepted with a note each.
+    let out = run(&[
+        "-p",
+        "Hi",
+        "-n",
+        "1",
+        "--no-mmap",
+        "--mlock",
+        "--no-warmup",
+        "--keep",
+        "4",
+        "-no-cnv",
+        "--samplers",
+        "top_k;temp",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    for flag in ["--mlock", "--no-warmup", "--keep", "--samplers"] {
+        assert!(err.lines().any(|l| l.starts_with("note: ") && l.contains(flag)), "{flag}: {err}");
+    }
+    // Refused with a reason (exit 1, never the help).
+    for (extra, says) in [
+        (&["--mirostat", "2"][..], "mirostat"),
+        (&["--override-kv", "x=int:1"][..], "--override-kv"),
+        (&["-ot", "blk=CPU"][..], "-ot"),
+        (&["-cnv"][..], "chat"),
+    ] {
+        let out = run(&[&["-p", "Hi", "-n", "1"][..], extra].concat());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {err}");
+        assert!(err.contains(says), "{extra:?}: {err}");
+    }
+    let out = bin().args(["chat", "Hi", "-no-cnv", "-m"]).arg(&model).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    // -sys is the system prompt.
+    let out = bin()
+        .args(["chat", "Hi", "-sys", "Be brief.", "-n", "2", "--temp", "0", "-t", "1", "-m"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // -hf downloads; with no hub to reach it is an error, not the help.
+    let out = bin()
+        .args(["run", "Hi", "-n", "1", "-hf", "org/repo:Q4_K_M", "--no-progress"])
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .env("ROCM_MODEL_DIR", std::env::temp_dir().join(format!("rocm-llama-hf-{}", std::process::id())))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("Usage:"), "{err}");
+}
+
 #[test]
 fn the_default_model_comes_from_the_model_folder() {
     let Some(model) = common::model_path() else { return };

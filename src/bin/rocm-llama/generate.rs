@@ -48,9 +48,67 @@ pub struct GenerateArgs {
     /// With --prompt-cache: load the file but never write it.
     #[arg(long, requires = "prompt_cache")]
     prompt_cache_ro: bool,
+    /// Turn \n, \t, \\, \" and \' in the prompt into the characters they name (-e, as llama-cli).
+    #[arg(long, overrides_with = "no_escape")]
+    escape: bool,
+    /// Take the prompt as written (the default here).
+    #[arg(long, hide = true)]
+    no_escape: bool,
+    /// llama-cli's -no-cnv: `run` completes raw text already; for `chat` an error.
+    #[arg(long, hide = true)]
+    no_cnv: bool,
+    /// llama-cli's -cnv: `chat` converses already; for `run` an error.
+    #[arg(long, hide = true)]
+    conversation: bool,
+    /// llama-cli's --keep (tokens kept when the context shifts): accepted with a note; the
+    /// context never shifts here (generation stops at its end).
+    #[arg(long, hide = true, allow_negative_numbers = true)]
+    keep: Option<i64>,
+}
+
+/// `\n`, `\t`, `\r`, `\\`, `\"` and `\'` as the characters they name; any other backslash stays.
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('r') => out.push('\r'),
+            Some('\\') => out.push('\\'),
+            Some('"') => out.push('"'),
+            Some('\'') => out.push('\''),
+            Some(other) => {
+                out.push('\\');
+                out.push(other);
+            }
+            None => out.push('\\'),
+        }
+    }
+    out
 }
 
 impl GenerateArgs {
+    /// llama-cli's flags that mean nothing here (a note) or the other subcommand (an error).
+    fn check_compat(&self, chat: bool) -> AnyResult<()> {
+        if chat && self.no_cnv {
+            return Err(UserError::boxed(
+                "-no-cnv: `chat` always converses; use `rocm-llama run` for a raw completion",
+            ));
+        }
+        if !chat && self.conversation {
+            return Err(UserError::boxed("-cnv: `run` completes raw text; use `rocm-llama chat` to converse"));
+        }
+        if self.keep.is_some() {
+            eprintln!("note: --keep has no effect: the context never shifts here; generation stops at its end");
+        }
+        Ok(())
+    }
+
     /// Loads --prompt-cache into the session, when given and present.
     fn load_prompt_cache(&self, session: &mut Session<'_>) -> AnyResult<()> {
         let Some(path) = self.prompt_cache.as_deref().filter(|p| p.exists()) else { return Ok(()) };
@@ -76,15 +134,14 @@ impl GenerateArgs {
 
     /// The prompt from the positional argument, --prompt or --file.
     fn given_prompt(&mut self) -> AnyResult<Option<String>> {
-        if let Some(p) = self.text.take().or(self.prompt.take()) {
-            return Ok(Some(p));
-        }
-        match &self.file {
-            Some(f) => {
-                Ok(Some(std::fs::read_to_string(f).map_err(|e| UserError::boxed(format!("{}: {e}", f.display())))?))
+        let prompt = match (self.text.take().or(self.prompt.take()), &self.file) {
+            (Some(p), _) => Some(p),
+            (None, Some(f)) => {
+                Some(std::fs::read_to_string(f).map_err(|e| UserError::boxed(format!("{}: {e}", f.display())))?)
             }
-            None => Ok(None),
-        }
+            (None, None) => None,
+        };
+        Ok(prompt.map(|p| if self.escape { unescape(&p) } else { p }))
     }
 }
 
@@ -269,6 +326,7 @@ fn read_stdin() -> AnyResult<String> {
 }
 
 pub fn run(RunArgs { mut args }: RunArgs) -> AnyResult<()> {
+    args.check_compat(false)?;
     let prompt = match args.given_prompt()? {
         Some(p) => p,
         None => read_stdin()?,
@@ -289,6 +347,7 @@ pub fn run(RunArgs { mut args }: RunArgs) -> AnyResult<()> {
 }
 
 pub fn chat(ChatArgs { system, template, chat_template_kwargs, mut args }: ChatArgs) -> AnyResult<()> {
+    args.check_compat(true)?;
     let template = chat_template(template)?;
     let chat = chat_options(chat_template_kwargs.as_deref())?;
     let prompt = args.given_prompt()?;

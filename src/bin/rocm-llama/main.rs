@@ -16,7 +16,7 @@ mod tokenize;
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Any failure a subcommand reports: printed as `error: ...` on stderr, exit code 1.
 pub type AnyResult<T> = Result<T, Box<dyn std::error::Error>>;
@@ -44,7 +44,8 @@ impl std::error::Error for UserError {}
     name = "rocm-llama",
     version,
     about = "In-process llama.cpp inference on AMD (HIP), NVIDIA (CUDA) and CPU",
-    after_help = "llama.cpp's multi-letter flags work too: -ngl, -fa, -ctk, -ctv, -ub, -sm, -mg, -kvu."
+    after_help = "llama.cpp's multi-letter flags work too: -ngl, -fa, -ctk, -ctv, -ub, -sm, -mg, -kvu, -nr, -hf, \
+                  -ot; for run and chat also -sys, -r, -e, -no-cnv, -cnv. A flag given twice takes its last value."
 )]
 struct Cli {
     /// More log output (-v: info, -vv: llama.cpp's own log, -vvv: everything). RUST_LOG overrides.
@@ -160,7 +161,14 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = Cli::parse_from(options::rewrite_llama_flags(std::env::args_os()));
+    // A flag given twice takes its last value, as in llama.cpp's tools.
+    let mut command = Cli::command().args_override_self(true);
+    let names: Vec<String> = command.get_subcommands().map(|s| s.get_name().to_string()).collect();
+    for name in names {
+        command = command.mut_subcommand(name, |s| s.args_override_self(true));
+    }
+    let matches = command.get_matches_from(options::rewrite_llama_flags(std::env::args_os()));
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Run(args) => generate::run(args),

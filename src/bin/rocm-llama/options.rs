@@ -26,6 +26,18 @@ const LLAMA_FLAGS: &[(&str, &str)] = &[
     ("-kvu", "--kv-unified"),
     ("-rpc", "--rpc"),
     ("-nr", "--no-repack"),
+    ("-hf", "--hf-repo"),
+    ("-ot", "--override-tensor"),
+];
+
+/// More of llama-cli's single-dash flags, rewritten only for `run` and `chat` (elsewhere `-r`
+/// is llama-bench's repetitions).
+const LLAMA_CLI_FLAGS: &[(&str, &str)] = &[
+    ("-sys", "--system"),
+    ("-no-cnv", "--no-cnv"),
+    ("-cnv", "--conversation"),
+    ("-r", "--reverse-prompt"),
+    ("-e", "--escape"),
 ];
 
 /// Rewrites `-ngl 99`, `-ngl=99` and the like to their long forms. Arguments after `--`
@@ -33,7 +45,15 @@ const LLAMA_FLAGS: &[(&str, &str)] = &[
 pub fn rewrite_llama_flags(args: impl IntoIterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
     let mut out = Vec::new();
     let mut rest = false;
-    for arg in args {
+    // The subcommand: the first argument after the program's name that is no flag.
+    let mut subcommand: Option<String> = None;
+    for (i, arg) in args.into_iter().enumerate() {
+        if i > 0 && subcommand.is_none() {
+            if let Some(s) = arg.to_str().filter(|s| !s.starts_with('-')) {
+                subcommand = Some(s.to_string());
+            }
+        }
+        let cli = matches!(subcommand.as_deref(), Some("run" | "chat"));
         if rest {
             out.push(arg);
             continue;
@@ -51,7 +71,8 @@ pub fn rewrite_llama_flags(args: impl IntoIterator<Item = std::ffi::OsString>) -
             Some((f, v)) => (f, Some(v)),
             None => (s, None),
         };
-        match LLAMA_FLAGS.iter().find(|(short, _)| *short == flag) {
+        let table = LLAMA_FLAGS.iter().chain(if cli { LLAMA_CLI_FLAGS } else { &[] });
+        match table.clone().find(|(short, _)| *short == flag) {
             Some((_, long)) => out.push(match value {
                 Some(v) => format!("{long}={v}").into(),
                 None => (*long).into(),
@@ -192,6 +213,51 @@ pub struct ModelArgs {
     /// repacked one (-nr).
     #[arg(long)]
     pub no_repack: bool,
+    /// Download the model from a Hugging Face repository first (as llama.cpp's -hf):
+    /// ORG/REPO[:QUANT] (default quantization Q4_K_M) into the model folder, once; needs
+    /// HF_ENDPOINT or the hub's default address.
+    #[arg(long, value_name = "ORG/REPO[:QUANT]", conflicts_with = "model")]
+    pub hf_repo: Option<String>,
+    /// Read the weights instead of memory-mapping the file.
+    #[arg(long)]
+    pub no_mmap: bool,
+    /// Accepted for llama.cpp's sake; has no effect here (the pages of a mapped file stay
+    /// reclaimable).
+    #[arg(long, hide = true)]
+    pub mlock: bool,
+    /// Accepted for llama.cpp's sake; there is no warm-up run to skip.
+    #[arg(long, hide = true)]
+    pub no_warmup: bool,
+    /// llama.cpp's metadata overrides (KEY=TYPE:VALUE): not supported; refused with a reason.
+    #[arg(long, hide = true, value_name = "KEY=TYPE:VALUE")]
+    pub override_kv: Vec<String>,
+    /// llama.cpp's tensor placement overrides (-ot): not supported; refused with a reason.
+    #[arg(long, hide = true, value_name = "PATTERN=BUFFER")]
+    pub override_tensor: Vec<String>,
+}
+
+impl ModelArgs {
+    /// One line for each llama.cpp flag given that has no effect here; an error for those that
+    /// would change the model and are not supported.
+    pub fn check_compat(&self) -> AnyResult<()> {
+        if !self.override_kv.is_empty() {
+            return Err(UserError::boxed(
+                "--override-kv is not supported: metadata overrides would change the model; edit a copy of the file instead",
+            ));
+        }
+        if !self.override_tensor.is_empty() {
+            return Err(UserError::boxed(
+                "--override-tensor (-ot) is not supported: place whole layers with -ngl and --split-mode",
+            ));
+        }
+        if self.mlock {
+            eprintln!("note: --mlock has no effect here");
+        }
+        if self.no_warmup {
+            eprintln!("note: --no-warmup has no effect here (there is no warm-up run)");
+        }
+        Ok(())
+    }
 }
 
 /// The context (`run`, `chat`).
@@ -257,6 +323,42 @@ pub struct SamplingArgs {
     /// Never pick an end-of-generation token: generate until -n (or the context) runs out.
     #[arg(long)]
     pub ignore_eos: bool,
+    /// Stop when this text appears, as --stop (llama-cli's reverse prompt, -r).
+    #[arg(long, value_name = "TEXT")]
+    pub reverse_prompt: Vec<String>,
+    /// Presence penalty (0 disables).
+    #[arg(long, default_value_t = 0.0)]
+    pub presence_penalty: f32,
+    /// Frequency penalty (0 disables).
+    #[arg(long, default_value_t = 0.0)]
+    pub frequency_penalty: f32,
+    /// Tokens the repetition penalties look back over (0 disables, -1 the context).
+    #[arg(long, default_value_t = 64, allow_negative_numbers = true)]
+    pub repeat_last_n: i32,
+    /// Locally typical sampling (1.0 disables).
+    #[arg(long = "typical", visible_alias = "typical-p", default_value_t = 1.0)]
+    pub typical: f32,
+    /// DRY repetition penalty multiplier (0 disables).
+    #[arg(long, default_value_t = 0.0)]
+    pub dry_multiplier: f32,
+    /// DRY base.
+    #[arg(long, default_value_t = 1.75)]
+    pub dry_base: f32,
+    /// DRY: repeats longer than this are penalised.
+    #[arg(long, default_value_t = 2)]
+    pub dry_allowed_length: i32,
+    /// DRY: tokens looked back over (-1 the context, 0 disables).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pub dry_penalty_last_n: i32,
+    /// A GBNF grammar, inline (--grammar-file reads one from a file).
+    #[arg(long, conflicts_with_all = ["grammar_file", "json_schema"])]
+    pub grammar: Option<String>,
+    /// Mirostat: only 0 (off) is supported here.
+    #[arg(long, default_value_t = 0, hide = true)]
+    pub mirostat: u8,
+    /// llama.cpp's sampler order: accepted, with a note that the order here is fixed.
+    #[arg(long, hide = true)]
+    pub samplers: Option<String>,
 }
 
 /// The model file to use: `--model` (or ROCM_LLAMA_MODEL, which clap reads into it), else the
@@ -287,7 +389,11 @@ pub fn model_path(model: Option<&str>) -> AnyResult<PathBuf> {
 
 /// Loads the model; returns it with the context length the fit chose, when it ran.
 pub fn load_model(args: &ModelArgs, ctx: Option<&ContextArgs>) -> AnyResult<(Model, Option<u32>)> {
-    let path = model_path(args.model.as_deref())?;
+    args.check_compat()?;
+    let path = match &args.hf_repo {
+        Some(repo) => pull_repo(repo, !args.no_progress)?,
+        None => model_path(args.model.as_deref())?,
+    };
     let split_mode: SplitMode = args.split_mode.into();
     let mut fitted_ctx = None;
     let gpu_layers = match args.ngl {
@@ -323,6 +429,9 @@ pub fn load_model(args: &ModelArgs, ctx: Option<&ContextArgs>) -> AnyResult<(Mod
     if args.no_repack {
         config = config.cpu_repack(false);
     }
+    if args.no_mmap {
+        config.use_mmap = Some(false);
+    }
     let bar = crate::progress_bar(100, "loading {msg} [{bar:30}] {percent:>3}%", !args.no_progress);
     if let Some(bar) = &bar {
         bar.set_message(path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
@@ -342,6 +451,28 @@ pub fn load_model(args: &ModelArgs, ctx: Option<&ContextArgs>) -> AnyResult<(Mod
     Ok((model, fitted_ctx))
 }
 
+/// `-hf ORG/REPO[:QUANT]`: the repository's GGUF file in the model folder, downloaded first
+/// when it is not there yet.
+fn pull_repo(repo: &str, progress: bool) -> AnyResult<PathBuf> {
+    let source = format!("hf:{}", repo.trim_start_matches("hf:"));
+    let mut opts = rocm_llama::pull::PullOptions::new(inventory::model_dir());
+    let bar = crate::progress_bar(0, "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}", progress);
+    if let Some(b) = bar.clone() {
+        opts = opts.progress(std::sync::Arc::new(move |p: &rocm_llama::pull::Progress| {
+            if let Some(t) = p.total {
+                b.set_length(t);
+            }
+            b.set_message(p.file.clone());
+            b.set_position(p.done);
+        }) as std::sync::Arc<rocm_llama::pull::ProgressFn>);
+    }
+    let files = rocm_llama::pull::pull(&source, &opts);
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    files?.into_iter().next().ok_or_else(|| UserError::boxed(format!("-hf {repo}: nothing was downloaded")))
+}
+
 pub fn context_config(model: &Model, fitted_ctx: Option<u32>, m: &ModelArgs, c: &ContextArgs) -> ContextConfig {
     let n_ctx = c.ctx_size.or(fitted_ctx).unwrap_or_else(|| model.n_ctx_train().clamp(256, c.max_ctx.max(256)));
     let mut cfg = ContextConfig::default()
@@ -358,9 +489,24 @@ pub fn context_config(model: &Model, fitted_ctx: Option<u32>, m: &ModelArgs, c: 
 }
 
 pub fn generate_options(s: &SamplingArgs) -> AnyResult<GenerateOptions> {
-    let grammar = match &s.grammar_file {
-        Some(p) => Some(std::fs::read_to_string(p).map_err(|e| UserError::boxed(format!("{}: {e}", p.display())))?),
-        None => None,
+    if s.mirostat != 0 {
+        return Err(UserError::boxed(format!(
+            "--mirostat {}: mirostat sampling is not supported; use --temp, --top-k, --top-p, --min-p or --typical",
+            s.mirostat
+        )));
+    }
+    if s.samplers.is_some() {
+        eprintln!(
+            "note: --samplers has no effect: the order here is penalties, DRY, top-k, typical, top-p, min-p, \
+             temperature (grammar first when given)"
+        );
+    }
+    let grammar = match (&s.grammar_file, &s.grammar) {
+        (Some(p), _) => {
+            Some(std::fs::read_to_string(p).map_err(|e| UserError::boxed(format!("{}: {e}", p.display())))?)
+        }
+        (None, Some(g)) => Some(g.clone()),
+        (None, None) => None,
     };
     let seed = s.seed.unwrap_or_else(|| {
         let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
@@ -372,6 +518,14 @@ pub fn generate_options(s: &SamplingArgs) -> AnyResult<GenerateOptions> {
         .top_p(s.top_p)
         .min_p(s.min_p)
         .repeat_penalty(s.repeat_penalty)
+        .presence_penalty(s.presence_penalty)
+        .frequency_penalty(s.frequency_penalty)
+        .penalty_last_n(s.repeat_last_n)
+        .typical_p(s.typical)
+        .dry_multiplier(s.dry_multiplier)
+        .dry_base(s.dry_base)
+        .dry_allowed_length(s.dry_allowed_length)
+        .dry_penalty_last_n(s.dry_penalty_last_n)
         .ignore_eos(s.ignore_eos)
         .seed(seed);
     if let Some(g) = grammar {
@@ -396,7 +550,7 @@ pub fn generate_options(s: &SamplingArgs) -> AnyResult<GenerateOptions> {
     };
     Ok(GenerateOptions::default()
         .max_tokens(max_tokens)
-        .stops(s.stop.iter().cloned())
+        .stops(s.stop.iter().chain(&s.reverse_prompt).cloned())
         .sampling(sampling)
         .json_schema(json_schema))
 }
@@ -419,6 +573,15 @@ mod tests {
         // Single-letter flags and anything after `--` stay as they are.
         assert_eq!(rw(&["-n", "5", "-c", "64", "--", "-ngl"]), ["-n", "5", "-c", "64", "--", "-ngl"]);
         assert_eq!(rw(&["-fast"]), ["-fast"]);
+        // llama-cli's flags only for run and chat: elsewhere -r is llama-bench's repetitions.
+        assert_eq!(
+            rw(&["rocm-llama", "-v", "chat", "-sys", "x", "-r", "y", "-e", "-no-cnv"]),
+            ["rocm-llama", "-v", "chat", "--system", "x", "--reverse-prompt", "y", "--escape", "--no-cnv"]
+        );
+        assert_eq!(
+            rw(&["rocm-llama", "bench", "-r", "2", "-hf", "a/b"]),
+            ["rocm-llama", "bench", "-r", "2", "--hf-repo", "a/b"]
+        );
     }
 
     #[test]

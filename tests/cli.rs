@@ -620,11 +620,21 @@ fn tokenize_reads_the_vocabulary_alone() {
     let text: String = tokens[1..].iter().map(|t| t["piece"].as_str().unwrap()).collect();
     assert_eq!(text.replace('▁', " ").trim(), "Hello world");
 
+    // --ids as llama-tokenize prints them (a list); -p and --no-bos as there.
     let out =
-        bin().args(["tokenize", "--ids", "--no-special", "--model"]).arg(&model).arg("Hello world").output().unwrap();
-    let ids: Vec<i64> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(|t| t.parse().unwrap()).collect();
+        bin().args(["tokenize", "--ids", "--no-bos", "-p", "Hello world", "--model"]).arg(&model).output().unwrap();
+    let ids: Vec<i64> = serde_json::from_slice(&out.stdout).unwrap();
     let json_ids: Vec<i64> = tokens[1..].iter().map(|t| t["id"].as_i64().unwrap()).collect();
     assert_eq!(ids, json_ids, "the same tokens without BOS");
+    // Lines of `id -> 'piece'` and the count, from a file.
+    let file = std::env::temp_dir().join(format!("rocm-llama-tokenize-{}.txt", std::process::id()));
+    std::fs::write(&file, "Hello world").unwrap();
+    let out = bin().args(["tokenize", "--show-count", "-f"]).arg(&file).arg("--model").arg(&model).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "     2 -> '<bos>'", "{stdout}");
+    assert_eq!(lines.last().unwrap(), &format!("Total number of tokens: {}", tokens.len()));
+    let _ = std::fs::remove_file(&file);
 
     // Control-token text is one token, or plain text with --no-parse-special.
     let count = |extra: &[&str]| {
@@ -636,7 +646,7 @@ fn tokenize_reads_the_vocabulary_alone() {
             .arg("<start_of_turn>")
             .output()
             .unwrap();
-        String::from_utf8_lossy(&out.stdout).split_whitespace().count()
+        serde_json::from_slice::<Vec<i64>>(&out.stdout).unwrap().len()
     };
     assert_eq!(count(&[]), 1);
     assert!(count(&["--no-parse-special"]) > 1);

@@ -134,6 +134,44 @@ fn chat_with_a_base_model_says_what_it_is() {
     assert!(!String::from_utf8_lossy(&out.stderr).contains("note:"));
 }
 
+/// `template` prints the exact prompt a conversation renders to, from the vocabulary alone: a
+/// file cut short after its header works; `--tokens` adds the ids `chat` would compute.
+#[test]
+fn template_prints_the_rendered_prompt() {
+    let Some(model) = common::model_path() else { return };
+    let messages = r#"[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]"#;
+    let out = bin().args(["template", messages, "--tokens", "-m"]).arg(&model).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n"),
+        "{stdout}"
+    );
+    let ids: Vec<i64> = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(ids[0], 2, "BOS first, once");
+    assert_eq!(ids.iter().filter(|&&t| t == 2).count(), 1);
+
+    // From standard input, another format, on a copy cut short after its header.
+    let cut = std::env::temp_dir().join(format!("rocm-llama-template-cut-{}.gguf", std::process::id()));
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&cut, &bytes[..20_000_000]).unwrap();
+    let mut child = bin()
+        .args(["template", "--chat-template", "chatml", "-m"])
+        .arg(&cut)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), br#"[{"role": "user", "content": "Hi"}]"#).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+    let _ = std::fs::remove_file(&cut);
+
+    let out = bin().args(["template", r#"{"role": "user"}"#, "-m"]).arg(&model).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("messages"));
+}
+
 #[test]
 fn chat_repl_keeps_the_conversation() {
     let Some(model) = common::model_path() else { return };

@@ -145,6 +145,75 @@ impl GenerateArgs {
     }
 }
 
+/// `template`: the exact prompt a conversation renders to.
+#[derive(Args)]
+pub struct TemplateArgs {
+    /// A GGUF file (the vocabulary is enough: no weights are read, a truncated file works) or a
+    /// model name from `rocm-llama models`.
+    #[arg(short, long, env = "ROCM_LLAMA_MODEL")]
+    model: Option<String>,
+    /// The conversation as JSON (`[{"role": "user", "content": "Hi"}]`), or a file holding it
+    /// [default: standard input].
+    #[arg(value_name = "JSON|FILE")]
+    messages: Option<String>,
+    /// A Jinja chat template file, or one of llama.cpp's built-in formats by name [default:
+    /// the model's own].
+    #[arg(long = "chat-template", visible_alias = "template", value_name = "FILE|NAME")]
+    template: Option<String>,
+    /// Template variables as a JSON object.
+    #[arg(long, value_name = "JSON")]
+    chat_template_kwargs: Option<String>,
+    /// Tools (OpenAI's list of `{"type": "function", ...}`) as JSON, or a file.
+    #[arg(long, value_name = "JSON|FILE")]
+    tools: Option<String>,
+    /// End without opening the assistant's turn.
+    #[arg(long)]
+    no_generation_prompt: bool,
+    /// Print the prompt's token ids too (after the text, as `tokenize --ids` prints them).
+    #[arg(long)]
+    tokens: bool,
+}
+
+/// A JSON argument given inline or as a file.
+fn json_arg(what: &str, arg: &str) -> AnyResult<serde_json::Value> {
+    let path = std::path::Path::new(arg);
+    let text = if path.is_file() {
+        std::fs::read_to_string(path).map_err(|e| UserError::boxed(format!("{what} {arg}: {e}")))?
+    } else {
+        arg.to_string()
+    };
+    serde_json::from_str(&text).map_err(|e| UserError::boxed(format!("{what}: neither a file nor JSON ({e})")))
+}
+
+pub fn template(args: TemplateArgs) -> AnyResult<()> {
+    let messages = match &args.messages {
+        Some(m) => json_arg("messages", m)?,
+        None => serde_json::from_str(&read_stdin()?)
+            .map_err(|e| UserError::boxed(format!("the messages on standard input are not JSON ({e})")))?,
+    };
+    let messages: Vec<ChatMessage> = serde_json::from_value(messages).map_err(|e| {
+        UserError::boxed(format!("messages: expected a list of {{\"role\", \"content\"}} objects ({e})"))
+    })?;
+    let template = chat_template(args.template)?;
+    let mut options = chat_options(args.chat_template_kwargs.as_deref())?;
+    if let Some(t) = &args.tools {
+        options = options.tools(Some(json_arg("--tools", t)?));
+    }
+    options = options.add_generation_prompt(!args.no_generation_prompt);
+    let path = crate::options::model_path(args.model.as_deref())?;
+    let model = Model::load(&path, &rocm_llama::LoadConfig::default().vocab_only(true))?;
+    if let Some(note) = base_model_note(&model, &template) {
+        eprintln!("{note}");
+    }
+    let prompt = template.prompt_with(&model, &messages, &options)?;
+    print!("{prompt}");
+    if args.tokens {
+        let ids = template.tokens(&model, &messages, &options)?;
+        println!("\n[{}]", ids.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", "));
+    }
+    Ok(())
+}
+
 #[derive(Args)]
 pub struct RunArgs {
     #[command(flatten)]

@@ -71,6 +71,9 @@ enum Command {
     Classify(embed::ClassifyArgs),
     /// Split text into tokens with a model's vocabulary (no weights loaded): ids and pieces.
     Tokenize(tokenize::TokenizeArgs),
+    /// Print the exact prompt a conversation (messages as JSON) renders to under a chat
+    /// template (no weights loaded).
+    Template(generate::TemplateArgs),
     /// List the models in the model folder (like `ollama list`).
     Models(inventory::ModelsArgs),
     /// Show all metadata of a model (a path or a name from `models`).
@@ -178,6 +181,7 @@ fn main() -> ExitCode {
         Command::Rerank(args) => embed::rerank(args),
         Command::Classify(args) => embed::classify(args),
         Command::Tokenize(args) => tokenize::tokenize(args),
+        Command::Template(args) => generate::template(args),
         Command::Models(args) => inventory::models(args),
         Command::Show(args) => inventory::show(args),
         Command::Pull(args) => inventory::pull(args),

@@ -498,6 +498,22 @@ mod tests {
 
     const GIB: u64 = 1 << 30;
 
+    /// A server's slots are one KV cache of `parallel x ctx` cells: planned as such on a 16 GiB
+    /// card, 32 slots of 4,096 tokens leave room for fewer layers than one context of 4,096
+    /// (what `serve` once planned for, before allocating every slot's cache), and 64 slots do
+    /// not fit at all: an error before anything is allocated.
+    #[test]
+    fn a_server_plans_for_all_its_slots() {
+        let card = [("small GPU".to_string(), 16 * GIB)];
+        let single = plan_gpus(&llama8b(), &card, &FitOptions::default().n_ctx(4096)).unwrap();
+        assert_eq!(single.gpu_layers, 32);
+        let served = plan_gpus(&llama8b(), &card, &FitOptions::default().n_ctx(32 * 4096).n_seq(32)).unwrap();
+        assert!(served.gpu_layers > 0 && served.gpu_layers < 32, "{served:?}");
+        assert!(served.estimate.kv_device + served.estimate.weights_device <= 16 * GIB, "{served:?}");
+        let too_many = plan_gpus(&llama8b(), &card, &FitOptions::default().n_ctx(64 * 4096).n_seq(64));
+        assert!(matches!(too_many, Err(Error::DoesNotFit(_))), "{too_many:?}");
+    }
+
     #[test]
     fn kv_bytes_per_token_formula() {
         let s = llama8b();

@@ -400,7 +400,7 @@ pub fn run(RunArgs { mut args }: RunArgs) -> AnyResult<()> {
         Some(p) => p,
         None => read_stdin()?,
     };
-    let (model, fitted_ctx) = load_model(&args.model, Some(&args.context))?;
+    let (model, fitted_ctx) = load_model(&args.model, Some(args.context.plan()))?;
     let mut session = Session::new(&model, &context_config(&model, fitted_ctx, &args.model, &args.context))?;
     if !args.json {
         eprintln!("{}", memory_line(&model, session.context()));
@@ -420,7 +420,7 @@ pub fn chat(ChatArgs { system, template, chat_template_kwargs, mut args }: ChatA
     let template = chat_template(template)?;
     let chat = chat_options(chat_template_kwargs.as_deref())?;
     let prompt = args.given_prompt()?;
-    let (model, fitted_ctx) = load_model(&args.model, Some(&args.context))?;
+    let (model, fitted_ctx) = load_model(&args.model, Some(args.context.plan()))?;
     let mut session = Session::new(&model, &context_config(&model, fitted_ctx, &args.model, &args.context))?;
     if !args.json {
         eprintln!("{}", memory_line(&model, session.context()));

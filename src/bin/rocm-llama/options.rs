@@ -388,7 +388,44 @@ pub fn model_path(model: Option<&str>) -> AnyResult<PathBuf> {
 }
 
 /// Loads the model; returns it with the context length the fit chose, when it ran.
-pub fn load_model(args: &ModelArgs, ctx: Option<&ContextArgs>) -> AnyResult<(Model, Option<u32>)> {
+/// The contexts a program will make, for `-ngl auto`'s fit to plan their KV cache and buffers:
+/// `n_ctx` cells in all (every sequence's), `n_seq` sequences.
+#[derive(Clone, Copy, Debug)]
+pub struct ContextPlan {
+    pub n_ctx: Option<u32>,
+    pub max_ctx: u32,
+    pub n_seq: u32,
+    pub flash_attention: bool,
+    pub type_k: KvType,
+    pub type_v: KvType,
+}
+
+impl ContextArgs {
+    /// One context of these settings.
+    pub fn plan(&self) -> ContextPlan {
+        ContextPlan {
+            n_ctx: self.ctx_size,
+            max_ctx: self.max_ctx,
+            n_seq: 1,
+            flash_attention: self.flash_attn == FaArg::On,
+            type_k: self.cache_type_k.into(),
+            type_v: self.cache_type_v.into(),
+        }
+    }
+}
+
+impl ContextPlan {
+    fn fit_options(&self, fit: FitOptions) -> FitOptions {
+        let fit = fit.max_ctx(self.max_ctx).n_seq(self.n_seq).flash_attention(self.flash_attention);
+        let fit = fit.type_k(self.type_k).type_v(self.type_v);
+        match self.n_ctx {
+            Some(n) => fit.n_ctx(n),
+            None => fit,
+        }
+    }
+}
+
+pub fn load_model(args: &ModelArgs, ctx: Option<ContextPlan>) -> AnyResult<(Model, Option<u32>)> {
     args.check_compat()?;
     let path = match &args.hf_repo {
         Some(repo) => pull_repo(repo, !args.no_progress)?,
@@ -403,7 +440,7 @@ pub fn load_model(args: &ModelArgs, ctx: Option<&ContextArgs>) -> AnyResult<(Mod
                 .single_gpu((split_mode == SplitMode::None).then_some(args.main_gpu))
                 .rpc(args.rpc.clone());
             if let Some(c) = ctx {
-                fit = fit.n_ctx(c.ctx_size).max_ctx(c.max_ctx).flash_attention(c.flash_attn == FaArg::On);
+                fit = c.fit_options(fit);
             }
             let (cfg, plan) = LoadConfig::fit(&path, &fit)?;
             let placement = if plan.device == "CPU" {

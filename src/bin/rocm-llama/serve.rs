@@ -8,7 +8,7 @@ use clap::Args;
 use rocm_llama::server::{router, ConnectionLimits, ServerConfig};
 use rocm_llama::{Engine, EngineConfig, FlashAttention, Pooling};
 
-use crate::options::{load_model, model_path, FaArg, ModelArgs};
+use crate::options::{load_model, model_path, ContextPlan, FaArg, ModelArgs};
 use crate::{AnyResult, UserError};
 
 #[derive(Args)]
@@ -79,7 +79,21 @@ pub fn serve(args: ServeArgs) -> AnyResult<()> {
     let name = args.alias.clone().unwrap_or_else(|| {
         path.file_name().map(|n| n.to_string_lossy().trim_end_matches(".gguf").to_string()).unwrap_or_default()
     });
-    let (model, _) = load_model(&args.model, None)?;
+    // The fit plans for the engine's real KV cache: every slot's cells, with the flash
+    // attention setting it will use (auto counted as off: the larger estimate).
+    let total_ctx = args
+        .ctx_size
+        .checked_mul(args.parallel)
+        .ok_or_else(|| UserError::boxed("--parallel x --ctx-size overflows"))?;
+    let plan = ContextPlan {
+        n_ctx: Some(total_ctx),
+        max_ctx: total_ctx,
+        n_seq: args.parallel,
+        flash_attention: matches!(args.flash_attn, FaArg::On),
+        type_k: rocm_llama::KvType::F16,
+        type_v: rocm_llama::KvType::F16,
+    };
+    let (model, _) = load_model(&args.model, Some(plan))?;
     let model = Arc::new(model);
     let fa: FlashAttention = args.flash_attn.into();
     let engine = Engine::start(

@@ -531,6 +531,23 @@ fn bench_prints_llama_bench_formats() {
     let md = bench("md");
     assert!(md.starts_with("| model | size | params | backend | ngl | fa | test | t/s |"), "{md}");
     assert!(md.contains("| pp16 |"), "{md}");
+
+    // Run as llama-bench is run: -d applies to generation too, and nothing else is added (no
+    // engine concurrency unless asked).
+    let out = bin()
+        .args(["bench", "-p", "16", "-n", "4", "-d", "0,32", "-r", "1", "-t", "1", "--json", "-m"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let whole: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = &whole["report"];
+    let at = |test: &str, depth: u64| {
+        report["measurements"].as_array().unwrap().iter().any(|m| m["test"] == test && m["depth"] == depth)
+    };
+    assert!(at("pp16", 0) && at("pp16", 32) && at("tg4", 0) && at("tg4", 32), "{report}");
+    assert_eq!(report["concurrency"].as_array().map(Vec::len), Some(0));
+    assert_eq!(report["config"]["repetitions"], 1);
 }
 
 /// `-p 0` and `-n 0` skip the single-stream tests (as llama-bench's), leaving the engine's

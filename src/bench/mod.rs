@@ -253,14 +253,26 @@ fn lib_prefill(ctx: &mut Context<'_>, batch: &mut Batch, prompt: &[i32], depth: 
     Ok(t.elapsed().as_secs_f64())
 }
 
+/// A `llama_batch` of the raw baselines, freed on every way out.
+struct RawBatch(sys::llama_batch);
+
+impl RawBatch {
+    fn new(n_tokens: usize) -> RawBatch {
+        // SAFETY: allocation of a plain batch of one sequence per token; freed in `drop`.
+        RawBatch(unsafe { sys::llama_batch_init(n_tokens as i32, 0, 1) })
+    }
+}
+
+impl Drop for RawBatch {
+    fn drop(&mut self) {
+        // SAFETY: allocated by `llama_batch_init` in `new`, freed once.
+        unsafe { sys::llama_batch_free(self.0) };
+    }
+}
+
 /// The same through plain llama.cpp calls on the context's raw pointer.
-fn raw_prefill(
-    ctx: &mut Context<'_>,
-    raw_batch: sys::llama_batch,
-    prompt: &[i32],
-    depth: usize,
-    n_batch: usize,
-) -> f64 {
+fn raw_prefill(ctx: &mut Context<'_>, raw: &RawBatch, prompt: &[i32], depth: usize, n_batch: usize) -> Result<f64> {
+    let raw_batch = raw.0;
     // SAFETY: `ctx` is live and exclusively borrowed; the batch was allocated with room for
     // `n_batch` tokens of one sequence; every id comes from `tokens` (in the vocabulary).
     unsafe {
@@ -277,10 +289,12 @@ fn raw_prefill(
                 *b.logits.add(i) = (i + 1 == chunk.len()) as i8;
             }
             let rc = sys::llama_decode(c, b);
-            debug_assert_eq!(rc, 0);
+            if rc != 0 {
+                return Err(Error::Decode(rc));
+            }
         }
         sys::llama_synchronize(c);
-        t.elapsed().as_secs_f64()
+        Ok(t.elapsed().as_secs_f64())
     }
 }
 
@@ -299,8 +313,9 @@ pub fn run(shared: &Arc<Model>, cfg: &BenchConfig, progress: &dyn Fn(&str)) -> R
     }
     let first_prompt = prompts.first().copied().unwrap_or(0);
     let max_prompt = prompts.iter().copied().max().unwrap_or(0);
-    let max_depth = if prompts.is_empty() { 0 } else { cfg.depths.iter().copied().max().unwrap_or(0) };
-    let n_ctx = (max_prompt.max(first_prompt + max_depth) + cfg.n_gen + 16).next_multiple_of(256) as u32;
+    let max_depth = cfg.depths.iter().copied().max().unwrap_or(0);
+    let n_ctx =
+        (max_prompt.max(first_prompt + max_depth).max(max_depth + 16) + cfg.n_gen + 16).next_multiple_of(256) as u32;
     let mut measurements = Vec::new();
     let mut host_overhead_us = Vec::new();
     let mut memory = model.memory().clone();
@@ -322,8 +337,7 @@ pub fn run(shared: &Arc<Model>, cfg: &BenchConfig, progress: &dyn Fn(&str)) -> R
         }
         let n_batch = ctx.n_batch() as usize;
         let mut batch = Batch::new(n_batch, 1)?;
-        // SAFETY: allocation of a plain batch; freed below.
-        let raw_batch = unsafe { sys::llama_batch_init(n_batch as i32, 0, 1) };
+        let raw_batch = RawBatch::new(n_batch);
 
         for &np in &prompts {
             let prompt = tokens(model, np, np);
@@ -344,7 +358,7 @@ pub fn run(shared: &Arc<Model>, cfg: &BenchConfig, progress: &dyn Fn(&str)) -> R
                         if depth > 0 {
                             lib_prefill(&mut ctx, &mut batch, &fill, 0)?;
                         }
-                        let r = raw_prefill(&mut ctx, raw_batch, &prompt, depth, n_batch);
+                        let r = raw_prefill(&mut ctx, &raw_batch, &prompt, depth, n_batch)?;
                         if rep > 0 {
                             lib.push(np as f64 / s);
                             raw.push(np as f64 / r);
@@ -369,21 +383,31 @@ pub fn run(shared: &Arc<Model>, cfg: &BenchConfig, progress: &dyn Fn(&str)) -> R
             push(&mut measurements, format!("ttft{np}"), fa, 0, "ms", ttft);
         }
 
-        if cfg.n_gen > 0 {
-            // Token generation after a short prompt, library vs raw.
-            progress(&format!("tg{}, flash attention {fa:?}", cfg.n_gen));
+        // Token generation after a short prompt at each KV depth (as llama-bench's -d applies
+        // to every test), library vs raw.
+        for &depth in cfg.depths.iter().filter(|_| cfg.n_gen > 0) {
+            progress(&format!("tg{} depth {depth}, flash attention {fa:?}", cfg.n_gen));
             let prompt = tokens(model, 16, 3);
+            let fill = tokens(model, depth, 7);
+            let start = depth + prompt.len();
+            // Empties the cache and computes the fill and the prompt; returns the first token.
+            let prepare = |ctx: &mut Context<'_>, batch: &mut Batch| -> Result<i32> {
+                ctx.clear_memory();
+                if depth > 0 {
+                    lib_prefill(ctx, batch, &fill, 0)?;
+                }
+                lib_prefill(ctx, batch, &prompt, depth)?;
+                Ok(argmax(ctx.logits(batch.len() as i32 - 1)?))
+            };
             // The library with greedy sampling inside the decode graph: only the token comes back.
             let mut device = Vec::new();
             for rep in 0..=cfg.repetitions {
-                ctx.clear_memory();
-                lib_prefill(&mut ctx, &mut batch, &prompt, 0)?;
-                let mut tok = argmax(ctx.logits(batch.len() as i32 - 1)?);
+                let mut tok = prepare(&mut ctx, &mut batch)?;
                 ctx.set_device_sampler(0, crate::sampler::Sampler::greedy(model)?)?;
                 let t = Instant::now();
                 for i in 0..cfg.n_gen {
                     batch.clear();
-                    batch.add(tok, (prompt.len() + i) as i32, &[0], true)?;
+                    batch.add(tok, (start + i) as i32, &[0], true)?;
                     ctx.decode(&batch)?;
                     tok = ctx.sampled_token(0)?;
                 }
@@ -393,37 +417,37 @@ pub fn run(shared: &Arc<Model>, cfg: &BenchConfig, progress: &dyn Fn(&str)) -> R
                     device.push(cfg.n_gen as f64 / s);
                 }
             }
-            push(&mut measurements, format!("tg{} device", cfg.n_gen), fa, 0, "tok/s", device);
+            push(&mut measurements, format!("tg{} device", cfg.n_gen), fa, depth, "tok/s", device);
             let (mut lib, mut raw, mut lib_step, mut raw_step) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for rep in 0..=cfg.repetitions {
-                ctx.clear_memory();
-                lib_prefill(&mut ctx, &mut batch, &prompt, 0)?;
-                let mut tok = argmax(ctx.logits(batch.len() as i32 - 1)?);
+                let mut tok = prepare(&mut ctx, &mut batch)?;
                 let t = Instant::now();
                 for i in 0..cfg.n_gen {
                     batch.clear();
-                    batch.add(tok, (prompt.len() + i) as i32, &[0], true)?;
+                    batch.add(tok, (start + i) as i32, &[0], true)?;
                     ctx.decode(&batch)?;
                     tok = argmax(ctx.logits(0)?);
                 }
                 let s = t.elapsed().as_secs_f64();
-                ctx.clear_memory();
-                lib_prefill(&mut ctx, &mut batch, &prompt, 0)?;
-                let mut tok = argmax(ctx.logits(batch.len() as i32 - 1)?);
-                // SAFETY: as in `raw_prefill`; logits of index 0 exist after each decode.
+                let mut tok = prepare(&mut ctx, &mut batch)?;
+                // SAFETY: as in `raw_prefill`; logits of index 0 exist after each decode that
+                // returned 0.
                 let r = unsafe {
                     let c = ctx.as_ptr();
                     let n_vocab = model.vocab().n_tokens() as usize;
                     let t = Instant::now();
                     for i in 0..cfg.n_gen {
-                        let mut b = raw_batch;
+                        let mut b = raw_batch.0;
                         b.n_tokens = 1;
                         *b.token = tok;
-                        *b.pos = (prompt.len() + i) as i32;
+                        *b.pos = (start + i) as i32;
                         *b.n_seq_id = 1;
                         **b.seq_id = 0;
                         *b.logits = 1;
-                        sys::llama_decode(c, b);
+                        let rc = sys::llama_decode(c, b);
+                        if rc != 0 {
+                            return Err(Error::Decode(rc));
+                        }
                         tok = argmax(std::slice::from_raw_parts(sys::llama_get_logits_ith(c, 0), n_vocab));
                     }
                     t.elapsed().as_secs_f64()
@@ -435,14 +459,14 @@ pub fn run(shared: &Arc<Model>, cfg: &BenchConfig, progress: &dyn Fn(&str)) -> R
                     raw_step.push(r / cfg.n_gen as f64);
                 }
             }
-            push(&mut measurements, format!("tg{}", cfg.n_gen), fa, 0, "tok/s", lib);
-            push(&mut measurements, format!("raw tg{}", cfg.n_gen), fa, 0, "tok/s", raw);
-            let (ls, _) = stats(&lib_step);
-            let (rs, _) = stats(&raw_step);
-            host_overhead_us.push((fa, (ls - rs) * 1e6));
+            push(&mut measurements, format!("tg{}", cfg.n_gen), fa, depth, "tok/s", lib);
+            push(&mut measurements, format!("raw tg{}", cfg.n_gen), fa, depth, "tok/s", raw);
+            if depth == cfg.depths[0] {
+                let (ls, _) = stats(&lib_step);
+                let (rs, _) = stats(&raw_step);
+                host_overhead_us.push((fa, (ls - rs) * 1e6));
+            }
         }
-        // SAFETY: allocated above, freed once.
-        unsafe { sys::llama_batch_free(raw_batch) };
     }
 
     let mut concurrency = Vec::new();

@@ -52,22 +52,23 @@ pub struct BenchArgs {
     #[arg(short, long, env = "ROCM_LLAMA_MODEL")]
     model: Option<String>,
     /// Prompt lengths (pp and ttft; 0 skips them).
-    #[arg(short = 'p', long = "n-prompt", visible_alias = "prompt", value_delimiter = ',', default_value = "512,2048")]
+    #[arg(short = 'p', long = "n-prompt", visible_alias = "prompt", value_delimiter = ',', default_value = "512")]
     n_prompt: Vec<usize>,
     /// Generated tokens (tg; 0 skips it).
     #[arg(short = 'n', long = "n-gen", visible_alias = "gen", default_value_t = 128)]
     n_gen: usize,
-    /// KV depths for the first prompt length (-d).
-    #[arg(short = 'd', long = "n-depth", visible_alias = "depths", value_delimiter = ',', default_value = "0,4096")]
+    /// KV depths at which the first prompt length and the generation are measured (-d).
+    #[arg(short = 'd', long = "n-depth", visible_alias = "depths", value_delimiter = ',', default_value = "0")]
     depths: Vec<usize>,
     /// Repetitions per test.
-    #[arg(short = 'r', long, default_value_t = 3)]
+    #[arg(short = 'r', long, default_value_t = 5)]
     repetitions: usize,
     /// Flash attention settings to compare (-fa off,on).
-    #[arg(long = "flash-attn", visible_alias = "fa", value_enum, value_delimiter = ',', default_value = "off,on")]
+    #[arg(long = "flash-attn", visible_alias = "fa", value_enum, value_delimiter = ',', default_value = "auto")]
     flash_attn: Vec<FaArg>,
-    /// Concurrency levels through the engine (0 to skip).
-    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16,32,64")]
+    /// Concurrency levels through the engine against a raw batched loop, e.g. 1,8,64 [default:
+    /// none].
+    #[arg(long, value_delimiter = ',')]
     concurrency: Vec<usize>,
     /// Prompt and generated tokens per sequence in the concurrency test.
     #[arg(long, default_value_t = 128)]

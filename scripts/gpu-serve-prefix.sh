@@ -18,28 +18,7 @@ source scripts/gpu-env.sh
 STAGE="${STAGE:-all}"
 nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/run.log"
 
-# The same two adaptations of llama-server's tree as scripts/gpu-serve-compare.sh.
-prepare_server_tree() {
-    sed -i 's/std::ifstream f = fs_open_ifstream(params.mcp_servers_config, std::ios::in);/std::ifstream f(params.mcp_servers_config, std::ios::in);/' \
-        "$W/llama.cpp/tools/server/server-mcp.cpp"
-    local d="$W/llama.cpp/tools/ui/dist"
-    mkdir -p "$d"
-    echo '<!doctype html><title>llama-server</title><p>web UI not built (benchmark build)</p>' > "$d/index.html"
-    for f in manifest.webmanifest build.json version.json; do echo '{}' > "$d/$f"; done
-    for f in sw.js bundle.0.js bundle.0.css workbox-0.js; do : > "$d/$f"; done
-}
-TOOLS="llama-server" CMAKE_EXTRA="-DLLAMA_BUILD_SERVER=ON" PRE_BUILD=prepare_server_tree
-source scripts/gpu-setup.sh
-LS="$(tool llama-server)"
-
-wait_ready() {
-    for _ in $(seq 600); do
-        python3 -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:$1/v1/models').status != 200)" \
-            2>/dev/null && return 0
-        sleep 0.5
-    done
-    return 1
-}
+source scripts/gpu-llama-server.sh
 J="$W/prefix-json"
 rm -rf "$J" && mkdir -p "$J"
 load() { # name port load-name loadgen-args...

@@ -73,18 +73,6 @@ fn wait_for(cond: impl Fn() -> bool) {
     }
 }
 
-fn tokens_of(stream: rocm_llama::TokenStream) -> (Vec<i32>, rocm_llama::Summary) {
-    let mut ids = Vec::new();
-    for ev in stream {
-        match ev.unwrap() {
-            Event::Token { id, .. } => ids.push(id),
-            Event::Text(_) => {}
-            Event::Done(s) => return (ids, s),
-        }
-    }
-    panic!("stream ended without a summary");
-}
-
 /// 32 requests from 8 threads all complete, and each greedy output equals the same request
 /// decoded alone (up to near ties, see `common::assert_greedy_matches`).
 #[test]
@@ -104,8 +92,9 @@ fn concurrent_requests_match_requests_run_alone() {
                     (0..4)
                         .map(|k| {
                             let i = (t + k) % PROMPTS.len();
-                            let (ids, summary) =
-                                tokens_of(handle.generate(PROMPTS[i], &GenerateOptions::greedy(n_tokens)).unwrap());
+                            let (ids, summary) = common::tokens_of(
+                                handle.generate(PROMPTS[i], &GenerateOptions::greedy(n_tokens)).unwrap(),
+                            );
                             assert!(matches!(summary.stop_reason, StopReason::MaxTokens | StopReason::Eos));
                             (i, ids)
                         })
@@ -151,7 +140,7 @@ fn reproducible_requests_get_the_same_tokens_whatever_runs_beside_them() {
         o
     };
     let alone: Vec<Vec<i32>> =
-        (0..PROMPTS.len()).map(|i| tokens_of(handle.generate(PROMPTS[i], &options(i)).unwrap()).0).collect();
+        (0..PROMPTS.len()).map(|i| common::tokens_of(handle.generate(PROMPTS[i], &options(i)).unwrap()).0).collect();
     let together: Vec<(usize, Vec<i32>)> = std::thread::scope(|s| {
         let threads: Vec<_> = (0..8)
             .map(|t| {
@@ -160,7 +149,7 @@ fn reproducible_requests_get_the_same_tokens_whatever_runs_beside_them() {
                     (0..4)
                         .map(|k| {
                             let i = (t + k) % PROMPTS.len();
-                            (i, tokens_of(handle.generate(PROMPTS[i], &options(i)).unwrap()).0)
+                            (i, common::tokens_of(handle.generate(PROMPTS[i], &options(i)).unwrap()).0)
                         })
                         .collect::<Vec<_>>()
                 })
@@ -172,7 +161,12 @@ fn reproducible_requests_get_the_same_tokens_whatever_runs_beside_them() {
         assert_eq!(ids, alone[i], "`{}` beside other requests", PROMPTS[i]);
     }
     for (i, want) in alone.iter().enumerate() {
-        assert_eq!(&tokens_of(handle.generate(PROMPTS[i], &options(i)).unwrap()).0, want, "`{}` again", PROMPTS[i]);
+        assert_eq!(
+            &common::tokens_of(handle.generate(PROMPTS[i], &options(i)).unwrap()).0,
+            want,
+            "`{}` again",
+            PROMPTS[i]
+        );
     }
 }
 
@@ -286,7 +280,7 @@ fn a_shared_prefix_is_served_from_the_cache() {
         .unwrap();
     assert_eq!(first.cached_prompt_tokens, 0);
     let second_prompt = format!("{prefix}Question: name a lake.");
-    let (ids, second) = tokens_of(handle.generate(&second_prompt, &GenerateOptions::greedy(6)).unwrap());
+    let (ids, second) = common::tokens_of(handle.generate(&second_prompt, &GenerateOptions::greedy(6)).unwrap());
     assert!(second.cached_prompt_tokens > 20, "{second:?}");
     assert!(second.prompt_tokens - second.cached_prompt_tokens < 12, "{second:?}");
     assert!(handle.stats().prompt_cache_hits >= 1);
@@ -351,7 +345,7 @@ fn a_decode_fault_fails_only_its_batch() {
     wait_for(|| handle.stats().running == 0);
     assert_eq!(handle.stats().kv_cells_used, 0);
     let reference = common::greedy_reference(&model, "The capital of France is", 5);
-    let (ids, s) = tokens_of(handle.generate("The capital of France is", &GenerateOptions::greedy(5)).unwrap());
+    let (ids, s) = common::tokens_of(handle.generate("The capital of France is", &GenerateOptions::greedy(5)).unwrap());
     assert_eq!(s.generated_tokens, 5);
     common::assert_greedy_matches(&reference, &ids, "after a fault");
 }

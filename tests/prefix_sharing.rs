@@ -7,7 +7,7 @@ mod common;
 
 use std::sync::Arc;
 
-use rocm_llama::{Engine, EngineConfig, EngineHandle, Event, GenerateOptions, Model, SamplingParams, Summary};
+use rocm_llama::{Engine, EngineConfig, EngineHandle, GenerateOptions, Model, SamplingParams, Summary};
 
 /// Text of at least `n` tokens: numbered notes, so that no two stretches repeat.
 fn long_prefix(model: &Model, n: usize) -> String {
@@ -33,16 +33,13 @@ const QUESTIONS: [&str; 8] = [
     "Translate note 1 into French:",
 ];
 
-fn tokens_of(stream: rocm_llama::TokenStream) -> (Vec<i32>, Summary) {
-    let mut ids = Vec::new();
-    for ev in stream {
-        match ev.unwrap() {
-            Event::Token { id, .. } => ids.push(id),
-            Event::Text(_) => {}
-            Event::Done(s) => return (ids, s),
-        }
+/// Returns once the engine has generated a token or two (its first request is past its prompt).
+fn wait_until_generating(handle: &EngineHandle) {
+    let start = std::time::Instant::now();
+    while handle.stats().generated_tokens < 2 {
+        assert!(start.elapsed().as_secs() < 120, "the first request never started generating");
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
-    panic!("stream ended without a summary");
 }
 
 /// The number of leading tokens every prompt shares.
@@ -73,7 +70,7 @@ fn concurrent_requests_sharing_a_prefix_compute_it_once() {
 
     let handle = engine(&model, EngineConfig::default().n_seq_max(8));
     let streams: Vec<_> = prompts.iter().map(|p| handle.generate(p, &GenerateOptions::greedy(8)).unwrap()).collect();
-    let results: Vec<(Vec<i32>, Summary)> = streams.into_iter().map(tokens_of).collect();
+    let results: Vec<(Vec<i32>, Summary)> = streams.into_iter().map(common::tokens_of).collect();
     let stats = handle.stats();
 
     // Computed once: at most one whole prompt plus every other prompt's own part.
@@ -112,13 +109,9 @@ fn a_prefix_is_copied_from_a_slot_that_is_generating() {
     let shared = shared_tokens(&model, &[a.clone(), b.clone()]);
     let handle = engine(&model, EngineConfig::default().n_seq_max(2));
     let first = handle.generate(&a, &GenerateOptions::greedy(24)).unwrap();
-    let start = std::time::Instant::now();
-    while handle.stats().generated_tokens < 2 {
-        assert!(start.elapsed().as_secs() < 120, "the first request never started generating");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    let (ids_b, summary_b) = tokens_of(handle.generate(&b, &GenerateOptions::greedy(8)).unwrap());
-    let (ids_a, summary_a) = tokens_of(first);
+    wait_until_generating(&handle);
+    let (ids_b, summary_b) = common::tokens_of(handle.generate(&b, &GenerateOptions::greedy(8)).unwrap());
+    let (ids_a, summary_a) = common::tokens_of(first);
     assert_eq!(summary_a.cached_prompt_tokens, 0);
     assert!(summary_b.shared_prompt_tokens >= shared, "{summary_b:?}");
     assert_eq!(handle.stats().prefix_copies, 1);
@@ -149,11 +142,11 @@ fn reproducible_requests_share_prefixes_and_keep_their_tokens() {
     let alone: Vec<Vec<i32>> = prompts
         .iter()
         .enumerate()
-        .map(|(i, p)| tokens_of(engine(&model, config.clone()).generate(p, &options(i)).unwrap()).0)
+        .map(|(i, p)| common::tokens_of(engine(&model, config.clone()).generate(p, &options(i)).unwrap()).0)
         .collect();
     let handle = engine(&model, config);
     let streams: Vec<_> = prompts.iter().enumerate().map(|(i, p)| handle.generate(p, &options(i)).unwrap()).collect();
-    let together: Vec<(Vec<i32>, Summary)> = streams.into_iter().map(tokens_of).collect();
+    let together: Vec<(Vec<i32>, Summary)> = streams.into_iter().map(common::tokens_of).collect();
     for (i, (ids, summary)) in together.iter().enumerate() {
         assert_eq!(ids, &alone[i], "{}: {summary:?}", QUESTIONS[i]);
         assert_eq!(summary.shared_prompt_tokens % 512, 0, "whole chunks only");
@@ -173,13 +166,9 @@ fn a_prefix_is_shared_in_a_unified_buffer() {
     let shared = shared_tokens(&model, &[a.clone(), b.clone()]);
     let handle = engine(&model, EngineConfig::default().n_seq_max(2).kv_unified(true));
     let first = handle.generate(&a, &GenerateOptions::greedy(16)).unwrap();
-    let start = std::time::Instant::now();
-    while handle.stats().generated_tokens < 2 {
-        assert!(start.elapsed().as_secs() < 120, "the first request never started generating");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    let (ids_b, summary_b) = tokens_of(handle.generate(&b, &GenerateOptions::greedy(8)).unwrap());
-    let (ids_a, _) = tokens_of(first);
+    wait_until_generating(&handle);
+    let (ids_b, summary_b) = common::tokens_of(handle.generate(&b, &GenerateOptions::greedy(8)).unwrap());
+    let (ids_a, _) = common::tokens_of(first);
     assert!(summary_b.shared_prompt_tokens >= shared, "{summary_b:?}");
     common::assert_greedy_matches(&common::greedy_reference(&model, &a, 16), &ids_a, "the donor");
     common::assert_greedy_matches(&common::greedy_reference(&model, &b, 8), &ids_b, "the sharer");
@@ -205,9 +194,9 @@ fn a_prefix_whose_window_is_gone_is_computed_not_reused() {
     let reference = common::greedy_reference(&model, &b, 8);
     for swa_full in [false, true] {
         let handle = engine(&model, EngineConfig::default().n_seq_max(2).swa_full(swa_full));
-        let (_, first) = tokens_of(handle.generate(&donor, &GenerateOptions::greedy(1)).unwrap());
+        let (_, first) = common::tokens_of(handle.generate(&donor, &GenerateOptions::greedy(1)).unwrap());
         assert!(first.prompt_tokens > 1150, "{first:?}");
-        let (ids, summary) = tokens_of(handle.generate(&b, &GenerateOptions::greedy(8)).unwrap());
+        let (ids, summary) = common::tokens_of(handle.generate(&b, &GenerateOptions::greedy(8)).unwrap());
         if swa_full {
             assert!(summary.cached_prompt_tokens >= 600, "{summary:?}");
         } else {
@@ -219,8 +208,8 @@ fn a_prefix_whose_window_is_gone_is_computed_not_reused() {
     // the window before it is still there.
     let c = format!("{donor}{}", QUESTIONS[5]);
     let handle = engine(&model, EngineConfig::default().n_seq_max(1).swa_full(false));
-    let (_, first) = tokens_of(handle.generate(&donor, &GenerateOptions::greedy(1)).unwrap());
-    let (ids, summary) = tokens_of(handle.generate(&c, &GenerateOptions::greedy(8)).unwrap());
+    let (_, first) = common::tokens_of(handle.generate(&donor, &GenerateOptions::greedy(1)).unwrap());
+    let (ids, summary) = common::tokens_of(handle.generate(&c, &GenerateOptions::greedy(8)).unwrap());
     assert!(summary.cached_prompt_tokens >= first.prompt_tokens - 1, "{summary:?}");
     common::assert_greedy_matches(&common::greedy_reference(&model, &c, 8), &ids, "a cut within the window");
 }

@@ -185,3 +185,16 @@ pub fn in_child(case: &str, body: impl FnOnce()) {
     assert!(out.status.success(), "case {case} failed ({:?})\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
     assert!(stdout.contains("1 passed"), "case {case} did not run in the child:\n{stdout}");
 }
+
+/// A stream's token ids and its summary (panics on an error event or a missing summary).
+pub fn tokens_of(stream: rocm_llama::TokenStream) -> (Vec<i32>, rocm_llama::Summary) {
+    let mut ids = Vec::new();
+    for ev in stream {
+        match ev.unwrap() {
+            rocm_llama::Event::Token { id, .. } => ids.push(id),
+            rocm_llama::Event::Text(_) => {}
+            rocm_llama::Event::Done(s) => return (ids, s),
+        }
+    }
+    panic!("stream ended without a summary");
+}

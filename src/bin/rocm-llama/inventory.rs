@@ -2,7 +2,6 @@
 //! cache folder).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use clap::Args;
 use rocm_llama::accounting::gib;
@@ -186,22 +185,8 @@ pub fn show(args: ShowArgs) -> AnyResult<()> {
 }
 
 pub fn pull(args: PullArgs) -> AnyResult<()> {
-    let mut opts =
-        rocm_llama::pull::PullOptions::new(args.dir.unwrap_or_else(inventory::model_dir)).sha256(args.sha256);
-    let bar = crate::progress_bar(0, "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}", !args.no_progress);
-    if let Some(b) = bar.clone() {
-        opts = opts.progress(Arc::new(move |p: &rocm_llama::pull::Progress| {
-            if let Some(t) = p.total {
-                b.set_length(t);
-            }
-            b.set_message(p.file.clone());
-            b.set_position(p.done);
-        }) as Arc<rocm_llama::pull::ProgressFn>);
-    }
-    let files = rocm_llama::pull::pull(&args.source, &opts);
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
+    let opts = rocm_llama::pull::PullOptions::new(args.dir.unwrap_or_else(inventory::model_dir)).sha256(args.sha256);
+    let files = crate::options::pull_with_progress(&args.source, opts, !args.no_progress);
     for f in files? {
         println!("{}", f.display());
     }

@@ -492,7 +492,17 @@ pub fn load_model(args: &ModelArgs, ctx: Option<ContextPlan>) -> AnyResult<(Mode
 /// when it is not there yet.
 fn pull_repo(repo: &str, progress: bool) -> AnyResult<PathBuf> {
     let source = format!("hf:{}", repo.trim_start_matches("hf:"));
-    let mut opts = rocm_llama::pull::PullOptions::new(inventory::model_dir());
+    let opts = rocm_llama::pull::PullOptions::new(inventory::model_dir());
+    let files = pull_with_progress(&source, opts, progress)?;
+    files.into_iter().next().ok_or_else(|| UserError::boxed(format!("-hf {repo}: nothing was downloaded")))
+}
+
+/// Downloads `source` with a progress bar on stderr (when `progress` and stderr is a terminal).
+pub fn pull_with_progress(
+    source: &str,
+    mut opts: rocm_llama::pull::PullOptions,
+    progress: bool,
+) -> rocm_llama::Result<Vec<PathBuf>> {
     let bar = crate::progress_bar(0, "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {eta}", progress);
     if let Some(b) = bar.clone() {
         opts = opts.progress(std::sync::Arc::new(move |p: &rocm_llama::pull::Progress| {
@@ -503,11 +513,11 @@ fn pull_repo(repo: &str, progress: bool) -> AnyResult<PathBuf> {
             b.set_position(p.done);
         }) as std::sync::Arc<rocm_llama::pull::ProgressFn>);
     }
-    let files = rocm_llama::pull::pull(&source, &opts);
+    let files = rocm_llama::pull::pull(source, &opts);
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    files?.into_iter().next().ok_or_else(|| UserError::boxed(format!("-hf {repo}: nothing was downloaded")))
+    files
 }
 
 pub fn context_config(model: &Model, fitted_ctx: Option<u32>, m: &ModelArgs, c: &ContextArgs) -> ContextConfig {

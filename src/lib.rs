@@ -42,49 +42,40 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
 
-// llama.cpp's concepts, in the order a program meets them.
-pub mod batch;
-pub mod chat;
-mod checksum;
-pub mod classify;
-mod config;
-pub mod context;
-pub mod embed;
-pub mod engine;
-mod error;
-mod gbnf;
-pub mod generate;
-pub mod init;
-pub mod logprobs;
-pub mod memory;
-pub mod model;
-mod request;
-pub mod sampler;
-pub mod schema;
-mod seq_state;
-pub mod session;
-pub mod threads;
-pub mod vocab;
+// The tree is the architecture. Layers, each using only those above it in this list:
+// the safe llama.cpp layer; model files and devices; generation; embeddings; the engine; the
+// server and the benchmarks. The layer folders are private: their modules are re-exported here,
+// so paths stay `rocm_llama::context`, `rocm_llama::engine`, ...
+mod llama;
+pub use llama::{batch, context, init, memory, model, sampler, threads, vocab};
+pub(crate) use llama::{checksum, gbnf, seq_state};
 
-// What the core needs around llama.cpp: GGUF headers, GPUs and memory, fitting a model to them.
-pub mod accounting;
-mod build_info;
+mod files;
+pub use files::{accounting, fit, gguf};
+#[cfg(feature = "tools")]
+pub use files::{inventory, pull, synth};
+
 pub mod devices;
-pub mod fit;
-pub mod gguf;
 pub mod rpc;
 
-// Tools (feature `tools`, on in the binary): inventory, downloads, synthetic models, benchmarks.
+mod generation;
+pub(crate) use generation::request;
+pub use generation::{chat, generate, logprobs, schema, session};
+
+mod embedding;
+pub use embedding::{classify, embed};
+
+pub mod engine;
+
 #[cfg(feature = "tools")]
 pub mod bench;
-#[cfg(feature = "tools")]
-pub mod inventory;
-#[cfg(feature = "tools")]
-pub mod pull;
 #[cfg(feature = "server")]
 pub mod server;
-#[cfg(feature = "tools")]
-pub mod synth;
+
+// Crate-wide: the error type, the settings macro, what this build holds.
+mod build_info;
+mod config;
+mod error;
 
 pub use accounting::{process_memory, MemoryBreakdown, ProcessMemory};
 pub use batch::{Batch, Pos, SeqId};

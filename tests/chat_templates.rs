@@ -79,7 +79,7 @@ fn builtin_names_cover_the_families() {
 
 // ---------------------------------------------------------------------------------------------
 // The models' own templates, rendered with Jinja. The templates are other projects' published
-// files, fetched at test time by scripts/test-templates.sh (llama.cpp's models/templates from
+// files, fetched at test time by scripts/test/templates.sh (llama.cpp's models/templates from
 // the llama-cpp-python sdist, and the axolotl wheel's chat_templates for Gemma 3); each
 // expected text below is written from the family's documented prompt format.
 

@@ -298,7 +298,7 @@ fn the_layer_split_uses_every_discrete_gpu_or_else_the_integrated_one() {
 }
 
 /// A HIP build puts the model's layers on the AMD GPU. Without one (CI, the sid root of
-/// `scripts/hip-build.sh`) it checks the fallback instead: the HIP runtime's reason in
+/// `scripts/hip/build.sh`) it checks the fallback instead: the HIP runtime's reason in
 /// `devices`, and llama.cpp on the CPU.
 #[cfg(feature = "hip")]
 #[test]

@@ -13,7 +13,7 @@ fn cmake() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     let found = std::env::split_paths(&path).map(|d| d.join("cmake")).find(|p| p.is_file());
     if found.is_none() {
-        assert!(std::env::var_os("CI").is_none(), "cmake is missing under CI (scripts/setup.sh installs it)");
+        assert!(std::env::var_os("CI").is_none(), "cmake is missing under CI (scripts/dev/setup.sh installs it)");
         eprintln!("SKIPPED: no cmake on PATH");
     }
     found

@@ -279,12 +279,12 @@ fn shifting_a_bf16_k_cache_is_refused() {
     });
 }
 
-/// A positive control for `scripts/asan-test.sh`, not a test of this crate: hands llama.cpp a
+/// A positive control for `scripts/test/asan.sh`, not a test of this crate: hands llama.cpp a
 /// text length 64 bytes past the end of a heap buffer, which AddressSanitizer must report from
 /// inside llama_tokenize (its memcpy). Ignored in normal runs; the ASan script runs it and
 /// checks for the report, so "0 reports" there means the sanitizer was watching.
 #[test]
-#[ignore = "run by scripts/asan-test.sh as a control"]
+#[ignore = "run by scripts/test/asan.sh as a control"]
 fn asan_control_reports_an_overflow_inside_llama_cpp() {
     let case = "asan_control_reports_an_overflow_inside_llama_cpp";
     if std::env::var("ROCM_LLAMA_CHILD_CASE").as_deref() == Ok(case) {

@@ -276,7 +276,7 @@ fn sigterm_drains_and_exits_zero() {
 }
 
 /// A Python that has the `openai` package: `ROCM_LLAMA_PYTHON`, else `python3`. Under CI
-/// (`scripts/test.sh` installs the package) its absence fails; elsewhere the test skips.
+/// (`scripts/test/run.sh` installs the package) its absence fails; elsewhere the test skips.
 fn python_with_openai() -> Option<String> {
     let python = std::env::var("ROCM_LLAMA_PYTHON").unwrap_or_else(|_| "python3".into());
     let ok = Command::new(&python).args(["-c", "import openai"]).output().is_ok_and(|o| o.status.success());
@@ -284,7 +284,7 @@ fn python_with_openai() -> Option<String> {
         return Some(python);
     }
     if std::env::var_os("CI").is_some() {
-        panic!("{python} lacks the openai package under CI (scripts/test.sh installs it)");
+        panic!("{python} lacks the openai package under CI (scripts/test/run.sh installs it)");
     }
     eprintln!("SKIPPED: {python} has no openai package (pip install openai)");
     None

@@ -1,5 +1,5 @@
 //! The tokenizer against llama.cpp's own test vocabularies (`models/ggml-vocab-*.gguf` with
-//! their reference tokenizations, fetched at test time by scripts/test-vocabs.sh), and long
+//! their reference tokenizations, fetched at test time by scripts/test/vocabs.sh), and long
 //! runs of one character class, which once overflowed the stack inside llama.cpp's
 //! `std::regex` pre-tokenizers and killed the process.
 

@@ -20,6 +20,23 @@ pub use sysfs::{AmdGpu, SysfsScan};
 
 use crate::accounting::gib;
 
+/// A ggml device that lives on another machine: its server, and whether the link to it failed.
+pub(crate) struct RemoteDevice {
+    pub(crate) server: String,
+    pub(crate) failed: bool,
+}
+
+/// How [`backend_devices`] tells remote devices from local ones. `devices` sits below
+/// [`crate::rpc`] and does not call into it: `rpc` installs this lookup when it attaches its
+/// first server, and without it every device is local.
+static REMOTE_LOOKUP: std::sync::OnceLock<fn(sys::ggml_backend_dev_t) -> Option<RemoteDevice>> =
+    std::sync::OnceLock::new();
+
+/// Installs the lookup of remote devices (once per process; later calls change nothing).
+pub(crate) fn set_remote_lookup(lookup: fn(sys::ggml_backend_dev_t) -> Option<RemoteDevice>) {
+    let _ = REMOTE_LOOKUP.set(lookup);
+}
+
 /// The kind of a ggml backend device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum DeviceKind {
@@ -100,8 +117,8 @@ fn registry(with_memory: bool) -> Vec<BackendDevice> {
                 return None;
             }
             // A device on an RPC server: named by its server; one whose server failed is gone.
-            let link = crate::rpc::link_of_device(dev);
-            if link.as_ref().is_some_and(|l| l.failure().is_some()) {
+            let remote = REMOTE_LOOKUP.get().and_then(|lookup| lookup(dev));
+            if remote.as_ref().is_some_and(|r| r.failed) {
                 return None;
             }
             let (mut free, mut total) = (0usize, 0usize);
@@ -135,12 +152,12 @@ fn registry(with_memory: bool) -> Vec<BackendDevice> {
                 name: text(name),
                 // ggml describes a remote device by the relay's local address; the server is
                 // what a user knows.
-                description: link.as_ref().map_or_else(|| text(desc), |l| format!("device on {}", l.remote)),
+                description: remote.as_ref().map_or_else(|| text(desc), |r| format!("device on {}", r.server)),
                 backend,
                 kind,
                 free: free as u64,
                 total: total as u64,
-                remote: link.map(|l| l.remote.clone()),
+                remote: remote.map(|r| r.server),
             })
         })
         .collect()

@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use llama_cpp_sys_2 as sys;
 
-use crate::devices::{BackendDevice, DeviceKind};
+use crate::devices::{BackendDevice, DeviceKind, RemoteDevice};
 use crate::{Error, Result};
 
 pub(crate) use link::Link;
@@ -115,6 +115,7 @@ pub(crate) fn attach(endpoints: &[String], timeout: Duration) -> Result<Vec<Arc<
     // SAFETY: the RPC backend hands out `ggml_backend_rpc_add_server` under this name with
     // this signature (ggml-rpc.h).
     let add_server: AddServerFn = unsafe { std::mem::transmute::<*mut c_void, AddServerFn>(add_server) };
+    crate::devices::set_remote_lookup(remote_device);
     let mut links = LINKS.lock().unwrap_or_else(|e| e.into_inner());
     let mut out = Vec::with_capacity(endpoints.len());
     for endpoint in endpoints {
@@ -164,10 +165,11 @@ pub(crate) fn any_attached() -> bool {
     !LINKS.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
 }
 
-/// The link a ggml device belongs to, when it is a remote one.
-pub(crate) fn link_of_device(dev: sys::ggml_backend_dev_t) -> Option<Arc<Link>> {
+/// The server a ggml device lives on, when it is a remote one (the lookup `devices` uses).
+fn remote_device(dev: sys::ggml_backend_dev_t) -> Option<RemoteDevice> {
     let links = LINKS.lock().unwrap_or_else(|e| e.into_inner());
-    links.iter().find(|l| l.devices.lock().unwrap_or_else(|e| e.into_inner()).contains(&(dev as usize))).cloned()
+    let link = links.iter().find(|l| l.devices.lock().unwrap_or_else(|e| e.into_inner()).contains(&(dev as usize)))?;
+    Some(RemoteDevice { server: link.remote.clone(), failed: link.failure().is_some() })
 }
 
 /// Names remote buffers by their server rather than by the relay ggml talks to

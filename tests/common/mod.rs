@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use rocm_llama::{Context, ContextConfig, LoadConfig, Model};
 
 /// The test model's path: `ROCM_LLAMA_TEST_MODEL`, else the cache that
-/// `scripts/test-model.sh` fills. `None` (with a message) only when it is really absent
+/// `scripts/test/model.sh` fills. `None` (with a message) only when it is really absent
 /// outside CI; under CI (`CI` set) a missing model fails the test.
 pub fn model_path() -> Option<PathBuf> {
     let path = std::env::var_os("ROCM_LLAMA_TEST_MODEL")
@@ -19,10 +19,10 @@ pub fn model_path() -> Option<PathBuf> {
         return Some(path);
     }
     if std::env::var_os("CI").is_some() {
-        panic!("test model missing at {} under CI: run scripts/test-model.sh", path.display());
+        panic!("test model missing at {} under CI: run scripts/test/model.sh", path.display());
     }
     eprintln!(
-        "SKIPPED: test model not found at {} (run scripts/test-model.sh or set ROCM_LLAMA_TEST_MODEL)",
+        "SKIPPED: test model not found at {} (run scripts/test/model.sh or set ROCM_LLAMA_TEST_MODEL)",
         path.display()
     );
     None
@@ -50,19 +50,19 @@ pub fn context(model: &Model) -> Context<'_> {
 }
 
 /// The folder of published chat templates (`ROCM_LLAMA_TEST_TEMPLATES`, else fetched once by
-/// scripts/test-templates.sh).
+/// scripts/test/templates.sh).
 pub fn templates_dir() -> PathBuf {
     fetched("ROCM_LLAMA_TEST_TEMPLATES", "test-templates.sh")
 }
 
 /// The folder of llama.cpp's tokenizer test vocabularies with their reference tokenizations
-/// (`ROCM_LLAMA_TEST_VOCABS`, else extracted once by scripts/test-vocabs.sh).
+/// (`ROCM_LLAMA_TEST_VOCABS`, else extracted once by scripts/test/vocabs.sh).
 pub fn vocabs_dir() -> PathBuf {
     fetched("ROCM_LLAMA_TEST_VOCABS", "test-vocabs.sh")
 }
 
 /// llama.cpp's own `llama-embedding` tool built from the pinned source
-/// (`ROCM_LLAMA_LLAMA_EMBEDDING`, else built once by scripts/llama-embedding.sh).
+/// (`ROCM_LLAMA_LLAMA_EMBEDDING`, else built once by scripts/test/llama-embedding.sh).
 pub fn llama_embedding_tool() -> PathBuf {
     fetched("ROCM_LLAMA_LLAMA_EMBEDDING", "llama-embedding.sh")
 }

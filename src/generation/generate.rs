@@ -1,0 +1,264 @@
+//! Text generation on one sequence: [`Context::generate`] returns a [`Generation`], an
+//! iterator of [`Event`]s that ends with a [`Summary`].
+
+use std::time::Instant;
+
+pub use super::options::{CancelToken, Event, GenerateOptions, StopReason, Summary};
+use crate::batch::Batch;
+use crate::chat::{ChatMessage, ChatTemplate};
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::request::{check_prompt, Accepted, Request, SeqCache};
+use crate::vocab::Token;
+
+enum Phase {
+    Prefill,
+    Sample,
+    Decode(Token),
+    Finish(StopReason),
+    Done,
+}
+
+/// A running generation on sequence 0 of a [`Context`]. Iterate it for [`Event`]s.
+///
+/// Created by [`Context::generate`] (the whole prompt is computed) or
+/// [`Session::generate`](crate::Session::generate) (a cached prefix is reused). The prompt is
+/// processed on the first `next()`.
+pub struct Generation<'c, 'm> {
+    ctx: &'c mut Context<'m>,
+    /// What sequence 0 holds, when a [`Session`](crate::Session) keeps track of it.
+    cache: Option<&'c mut SeqCache>,
+    request: Request<'m>,
+    pos: i32,
+    batch: Batch,
+    last_index: i32,
+    cancel: Option<CancelToken>,
+    phase: Phase,
+}
+
+impl<'m> Context<'m> {
+    /// Generates from a text prompt (tokenized with BOS as the model wants and with control
+    /// tokens parsed). Errors at once when the prompt does not fit the context.
+    ///
+    /// Runs on sequence 0, which it empties first: the whole prompt is computed. A
+    /// [`Session`](crate::Session) reuses the prompt prefix the previous generation left.
+    ///
+    /// ```
+    /// # fn main() -> rocm_llama::Result<()> {
+    /// use rocm_llama::{Context, ContextConfig, Event, GenerateOptions, LoadConfig, Model};
+    ///
+    /// let model = Model::load(rocm_llama::synth::tiny_model()?, &LoadConfig::default())?;
+    /// let mut ctx = Context::new(&model, &ContextConfig::default().n_ctx(256))?;
+    /// for event in ctx.generate("t1 t2 t3", &GenerateOptions::greedy(8))? {
+    ///     match event? {
+    ///         Event::Token { text, .. } | Event::Text(text) => print!("{text}"),
+    ///         Event::Done(summary) => assert!(summary.generated_tokens <= 8),
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn generate(&mut self, prompt: &str, opts: &GenerateOptions) -> Result<Generation<'_, 'm>> {
+        Generation::from_text(self, None, prompt, opts)
+    }
+
+    /// Formats `messages` with a chat template and generates the assistant's reply.
+    pub fn chat(
+        &mut self,
+        messages: &[ChatMessage],
+        template: &ChatTemplate,
+        opts: &GenerateOptions,
+    ) -> Result<Generation<'_, 'm>> {
+        Generation::from_chat(self, None, messages, template, opts)
+    }
+
+    /// Generates from prompt tokens.
+    pub fn generate_tokens(&mut self, prompt: Vec<Token>, opts: &GenerateOptions) -> Result<Generation<'_, 'm>> {
+        Generation::new(self, None, prompt, opts)
+    }
+}
+
+/// Joins the text of a stream of events and returns it with the final summary; a stream
+/// that ends without one is [`Error::Cancelled`].
+pub fn collect_events(events: impl IntoIterator<Item = Result<Event>>) -> Result<(String, Summary)> {
+    let mut text = String::new();
+    for ev in events {
+        match ev? {
+            Event::Token { text: t, .. } | Event::Text(t) => text.push_str(&t),
+            Event::Done(s) => return Ok((text, s)),
+        }
+    }
+    Err(Error::Cancelled)
+}
+
+impl<'c, 'm> Generation<'c, 'm> {
+    pub(crate) fn new(
+        ctx: &'c mut Context<'m>,
+        cache: Option<&'c mut SeqCache>,
+        prompt: Vec<Token>,
+        opts: &GenerateOptions,
+    ) -> Result<Self> {
+        check_prompt(ctx.model().vocab(), &prompt, ctx.n_ctx_seq())?;
+        let mut request = Request::new(ctx.model(), prompt, opts, Instant::now())?;
+        request.try_device(ctx, 0, &opts.sampling)?;
+        let batch = Batch::new(ctx.n_batch() as usize, 1)?;
+        Ok(Generation {
+            ctx,
+            cache,
+            request,
+            pos: 0,
+            batch,
+            last_index: -1,
+            cancel: opts.cancel.clone(),
+            phase: Phase::Prefill,
+        })
+    }
+
+    /// Starts from a text prompt, tokenized with BOS as the model wants and with control
+    /// tokens parsed (for [`Context::generate`] and [`Session`](crate::Session)).
+    pub(crate) fn from_text(
+        ctx: &'c mut Context<'m>,
+        cache: Option<&'c mut SeqCache>,
+        prompt: &str,
+        opts: &GenerateOptions,
+    ) -> Result<Self> {
+        let tokens = ctx.model().vocab().tokenize(prompt, true, true)?;
+        Generation::new(ctx, cache, tokens, opts)
+    }
+
+    /// Starts the assistant's reply to `messages` formatted with `template`.
+    pub(crate) fn from_chat(
+        ctx: &'c mut Context<'m>,
+        cache: Option<&'c mut SeqCache>,
+        messages: &[ChatMessage],
+        template: &ChatTemplate,
+        opts: &GenerateOptions,
+    ) -> Result<Self> {
+        let tokens = template.tokens(ctx.model(), messages, &opts.chat)?;
+        Generation::new(ctx, cache, tokens, opts)
+    }
+
+    /// Runs to the end; returns the whole text and the summary.
+    pub fn collect_text(self) -> Result<(String, Summary)> {
+        collect_events(self)
+    }
+
+    /// Computes the prompt, reusing what the session's cache of sequence 0 shares with it.
+    fn prefill(&mut self) -> Result<()> {
+        let ctx = &mut *self.ctx;
+        let prompt = &self.request.prompt;
+        let common = match self.cache.as_deref_mut() {
+            Some(cache) => cache.reuse(ctx, 0, prompt, usize::MAX)?,
+            None => {
+                ctx.seq_remove(Some(0), ..)?;
+                0
+            }
+        };
+        self.request.cached = common;
+        let n_batch = ctx.n_batch() as usize;
+        let rest = &prompt[common..];
+        let mut pos = common as i32;
+        for (k, chunk) in rest.chunks(n_batch).enumerate() {
+            self.batch.clear();
+            let last = (k + 1) * n_batch >= rest.len();
+            self.batch.add_sequence(chunk, pos, 0, last)?;
+            ctx.decode(&self.batch)?;
+            if let Some(cache) = self.cache.as_deref_mut() {
+                cache.extend(chunk);
+            }
+            pos += chunk.len() as i32;
+        }
+        self.last_index = self.batch.len() as i32 - 1;
+        self.pos = pos;
+        Ok(())
+    }
+
+    fn decode_one(&mut self, token: Token) -> Result<()> {
+        self.batch.clear();
+        self.batch.add(token, self.pos, &[0], true)?;
+        self.ctx.decode(&self.batch)?;
+        if let Some(cache) = self.cache.as_deref_mut() {
+            cache.extend(&[token]);
+        }
+        self.pos += 1;
+        self.last_index = 0;
+        Ok(())
+    }
+
+    fn step(&mut self) -> Result<Option<Event>> {
+        loop {
+            if self.cancel.as_ref().is_some_and(|c| c.is_cancelled())
+                && !matches!(self.phase, Phase::Done | Phase::Finish(_))
+            {
+                self.phase = Phase::Finish(StopReason::Cancelled);
+            }
+            match std::mem::replace(&mut self.phase, Phase::Done) {
+                Phase::Done => return Ok(None),
+                Phase::Prefill => {
+                    let now = Instant::now();
+                    self.request.submitted = now;
+                    self.request.started = now;
+                    self.prefill()?;
+                    self.request.prefilled();
+                    self.phase = Phase::Sample;
+                }
+                Phase::Decode(t) => {
+                    self.decode_one(t)?;
+                    self.phase = Phase::Sample;
+                }
+                Phase::Sample => {
+                    if self.request.budget_spent() {
+                        self.phase = Phase::Finish(StopReason::MaxTokens);
+                        continue;
+                    }
+                    let t = self.request.sample(self.ctx, self.last_index)?;
+                    match self.request.accept(t, self.pos as usize, self.ctx.n_ctx_seq() as usize)? {
+                        Accepted::EndOfGeneration => self.phase = Phase::Finish(StopReason::Eos),
+                        Accepted::Token { id, text, stop } => {
+                            self.phase = match stop {
+                                Some(reason) => Phase::Finish(reason),
+                                None => Phase::Decode(id),
+                            };
+                            let logprobs = self.request.take_logprobs();
+                            return Ok(Some(Event::Token { id, text, logprobs }));
+                        }
+                    }
+                }
+                Phase::Finish(reason) => {
+                    let rest = self.request.tail(&reason);
+                    if !rest.is_empty() {
+                        // Emit the held text first; the summary follows on the next call.
+                        self.phase = Phase::Finish(reason);
+                        return Ok(Some(Event::Text(rest)));
+                    }
+                    self.phase = Phase::Done;
+                    return Ok(Some(Event::Done(self.request.summary(reason))));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Generation<'_, '_> {
+    /// A chain attached for this generation leaves with it: later decodes on sequence 0
+    /// give logits again.
+    fn drop(&mut self) {
+        if self.request.sampler.is_none() {
+            let _ = self.ctx.clear_device_sampler(0);
+        }
+    }
+}
+
+impl Iterator for Generation<'_, '_> {
+    type Item = Result<Event>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.step() {
+            Ok(ev) => ev.map(Ok),
+            Err(e) => {
+                self.phase = Phase::Done;
+                Some(Err(e))
+            }
+        }
+    }
+}

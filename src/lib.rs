@@ -5,7 +5,7 @@
 //! through CUDA, and any CPU.
 //!
 //! ```
-//! use rocm_llama::{ChatMessage, ChatTemplate, Context, ContextConfig, Event, GenerateOptions, LoadConfig, Model};
+//! use rocm_llama::{Context, ContextConfig, Event, GenerateOptions, LoadConfig, Model};
 //!
 //! # fn main() -> rocm_llama::Result<()> {
 //! # let path = rocm_llama::synth::tiny_model()?;
@@ -14,9 +14,8 @@
 //! # */
 //! let model = Model::load(&path, &LoadConfig::default())?;
 //! let mut ctx = Context::new(&model, &ContextConfig::default().n_ctx(4096))?;
-//! let messages = [ChatMessage::user("Name three rivers.")];
-//! let opts = GenerateOptions::greedy(64).stop("\n\n");
-//! for event in ctx.chat(&messages, &ChatTemplate::Model, &opts)? {
+//! let opts = GenerateOptions::greedy(40);
+//! for event in ctx.generate("The three longest rivers in the world are", &opts)? {
 //!     match event? {
 //!         Event::Token { text, .. } | Event::Text(text) => print!("{text}"),
 //!         Event::Done(summary) => eprintln!("\n{:.1} tokens/s", summary.decode_tokens_per_s),
@@ -25,6 +24,10 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! The guides are in the repository's `docs/` folder (library, engine, server, command line,
+//! models, GPUs, RPC, performance, safety and testing); this page and the modules' pages are the
+//! reference.
 //!
 //! Modules follow llama.cpp's concepts: [`init`] (process-wide init and logging),
 //! [`model`], [`vocab`], [`context`], [`batch`], [`memory`] (KV cache per sequence),
@@ -42,10 +45,11 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
 
-// The tree is the architecture. Layers, each using only those above it in this list:
-// the safe llama.cpp layer; model files and devices; generation; embeddings; the engine; the
-// server and the benchmarks. The layer folders are private: their modules are re-exported here,
-// so paths stay `rocm_llama::context`, `rocm_llama::engine`, ...
+// The tree is the architecture: one private folder per layer, lowest first (the safe llama.cpp
+// layer; model files; generation; embeddings), then the engine, the server and the benchmarks.
+// Their modules are re-exported here, so paths stay `rocm_llama::context`, `rocm_llama::engine`,
+// ... The exact rule (each module's layer, none naming a higher one, no import circles) is
+// tests/layers.rs.
 mod llama;
 pub use llama::{batch, context, init, memory, model, sampler, threads, vocab};
 pub(crate) use llama::{checksum, gbnf, seq_state};
@@ -104,7 +108,28 @@ pub use vocab::{Detokenizer, Token, Vocab};
 /// The raw llama.cpp bindings, for anything this crate does not wrap.
 pub use llama_cpp_sys_2 as sys;
 
-/// The README's examples compile as doc tests.
+/// The README's and the docs pages' examples compile (and those not marked `no_run` run) as doc
+/// tests.
 #[cfg(doctest)]
-#[doc = include_str!("../README.md")]
-pub struct ReadmeDoctests;
+mod doc_pages {
+    #[doc = include_str!("../README.md")]
+    pub struct Readme;
+    #[doc = include_str!("../docs/library.md")]
+    pub struct Library;
+    #[doc = include_str!("../docs/engine.md")]
+    pub struct Engine;
+    #[doc = include_str!("../docs/server.md")]
+    pub struct Server;
+    #[doc = include_str!("../docs/cli.md")]
+    pub struct Cli;
+    #[doc = include_str!("../docs/models.md")]
+    pub struct Models;
+    #[doc = include_str!("../docs/gpus.md")]
+    pub struct Gpus;
+    #[doc = include_str!("../docs/rpc.md")]
+    pub struct Rpc;
+    #[doc = include_str!("../docs/performance.md")]
+    pub struct Performance;
+    #[doc = include_str!("../docs/testing.md")]
+    pub struct Testing;
+}

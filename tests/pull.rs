@@ -141,7 +141,7 @@ fn full_download_from_a_url_and_from_hf() {
     let o = options(&d, server.port).progress(Arc::new(move |p: &rocm_llama::pull::Progress| {
         assert!(p.total == Some(300_008) && p.done <= 300_008);
         s2.fetch_add(1, Ordering::SeqCst);
-    }) as Arc<rocm_llama::pull::ProgressFn>);
+    }) as Arc<rocm_llama::pull::DownloadProgressFn>);
     let got = pull(&format!("http://127.0.0.1:{}/models/small.gguf", server.port), &o).unwrap();
     assert_eq!(got, vec![d.join("small.gguf")]);
     assert_eq!(std::fs::read(&got[0]).unwrap(), body);

@@ -4,7 +4,7 @@
 # model comes as a pip package). Does nothing when everything is present.
 set -euo pipefail
 
-# rustfmt and clippy for the house-rule checks in scripts/test.sh.
+# rustfmt and clippy for the house-rule checks in scripts/test/run.sh.
 for component in rustfmt clippy; do
     if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1 && command -v rustup >/dev/null; then
         rustup component add "$component" >&2

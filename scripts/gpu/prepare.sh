@@ -12,7 +12,7 @@ tar czf .dev/llama.cpp.tar.gz -C "$src" llama.cpp
 if [ "${TESTS:-1}" = 0 ]; then
     exit 0
 fi
-# Test binaries for scripts/gpu-test.sh.
+# Test binaries for scripts/gpu/test.sh.
 rm -rf .dev/tests && mkdir -p .dev/tests
 cargo test --release --locked --features dynamic-link,async --target-dir target-dyn --no-run \
     --message-format json 2>/dev/null |

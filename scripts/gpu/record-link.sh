@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A stand-in linker for scripts/gpu-static-prepare.sh. A static `--features cuda` build needs
+# A stand-in linker for scripts/gpu/static-prepare.sh. A static `--features cuda` build needs
 # the CUDA toolkit's static libraries (cublas_static, cublasLt_static, culibos), which only a
 # full toolkit install has; the pip CUDA packages have the compiler but not those. So cargo
 # compiles everything here and this script, named as the linker, saves each link it is asked

@@ -4,7 +4,7 @@
 #      copied from the llama-cpp-sys-2 crate);
 #   2. runs the rocm-llama binary built elsewhere with `--features dynamic-link` (.dev/rocm-llama)
 #      against them: devices, a synthetic llama3-8b Q4_K_M, a fitted run, and the bench.
-# Results go to $OUT (default ./gpu-out). Prepare the two .dev files with scripts/gpu-prepare.sh.
+# Results go to $OUT (default ./gpu-out). Prepare the two .dev files with scripts/gpu/prepare.sh.
 set -uo pipefail
 source scripts/gpu/env.sh
 

@@ -163,7 +163,7 @@ pub struct Progress {
 }
 
 /// A progress callback.
-pub type ProgressFn = dyn Fn(&Progress) + Send + Sync;
+pub type DownloadProgressFn = dyn Fn(&Progress) + Send + Sync;
 
 /// Hugging Face's hub, where `hf:` sources resolve when `HF_ENDPOINT` is not set.
 pub const HF_DEFAULT_ENDPOINT: &str = "https://huggingface.co";
@@ -194,7 +194,7 @@ pub struct PullOptions {
     /// How often a broken transfer is resumed before giving up.
     pub retries: u32,
     /// Called as bytes arrive.
-    pub progress: Option<Arc<ProgressFn>>,
+    pub progress: Option<Arc<DownloadProgressFn>>,
 }
 
 impl std::fmt::Debug for PullOptions {
@@ -217,7 +217,7 @@ crate::config::setters!(PullOptions {
 } optional {
     sha256: String,
     hf_token: String,
-    progress: Arc<ProgressFn>,
+    progress: Arc<DownloadProgressFn>,
 });
 
 impl PullOptions {

@@ -1,6 +1,6 @@
 //! Devices on other machines: llama.cpp's RPC backend.
 //!
-//! A machine runs [`Server`] (`rocm-llama rpc-server`) to offer one of its devices; a process
+//! A machine runs [`RpcServer`] (`rocm-llama rpc-server`) to offer one of its devices; a process
 //! names such servers in [`LoadConfig::rpc`](crate::LoadConfig::rpc), and llama.cpp spreads the
 //! model's layers over the remote devices (first) and the local ones, as it does over local
 //! GPUs. [`devices`] lists what the servers offer, and [`LoadConfig::fit`](crate::LoadConfig::fit)
@@ -233,10 +233,10 @@ pub(crate) fn load_devices(links: &[Arc<Link>]) -> Option<Vec<sys::ggml_backend_
     Some(list)
 }
 
-/// Settings of an RPC [`Server`].
+/// Settings of an RPC [`RpcServer`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct ServerConfig {
+pub struct RpcServerConfig {
     /// The address to listen on (default `127.0.0.1`: this machine only). Anything else
     /// lets whoever reaches the port use the device: see the module's documentation.
     pub host: String,
@@ -262,9 +262,9 @@ pub struct ServerConfig {
     pub idle_timeout: Option<Duration>,
 }
 
-impl Default for ServerConfig {
+impl Default for RpcServerConfig {
     fn default() -> Self {
-        ServerConfig {
+        RpcServerConfig {
             host: "127.0.0.1".into(),
             port: DEFAULT_PORT,
             device: None,
@@ -277,7 +277,7 @@ impl Default for ServerConfig {
     }
 }
 
-crate::config::setters!(ServerConfig {
+crate::config::setters!(RpcServerConfig {
     host: String,
     port: u16,
     max_clients: usize,
@@ -296,31 +296,31 @@ crate::config::setters!(ServerConfig {
 /// what ggml asserts on is refused and the connection closed) and runs ggml's server for each
 /// client in a worker process of its own, so that what no check catches ends that worker,
 /// not the server, and so that clients are served side by side. Workers are this program run
-/// again: a program that runs a `Server` calls [`worker_init`] first thing in `main`.
+/// again: a program that runs an `RpcServer` calls [`worker_init`] first thing in `main`.
 ///
 /// ```no_run
 /// # fn main() -> rocm_llama::Result<()> {
-/// use rocm_llama::rpc::{Server, ServerConfig};
+/// use rocm_llama::rpc::{RpcServer, RpcServerConfig};
 ///
 /// rocm_llama::rpc::worker_init(); // first thing in main
-/// let server = Server::new(&ServerConfig::default().port(50052))?;
+/// let server = RpcServer::new(&RpcServerConfig::default().port(50052))?;
 /// eprintln!("offering {} on {}", server.device().name, server.endpoint());
 /// server.run()?; // serves until the process ends
 /// # Ok(())
 /// # }
 /// ```
 #[derive(Debug)]
-pub struct Server {
+pub struct RpcServer {
     endpoint: String,
     device: BackendDevice,
     listener: TcpListener,
     front: front::FrontConfig,
 }
 
-impl Server {
+impl RpcServer {
     /// Checks the settings and starts listening: the device exists and starts (a first
     /// worker is started and ended), the address is free, the cache folder can be made.
-    pub fn new(config: &ServerConfig) -> Result<Server> {
+    pub fn new(config: &RpcServerConfig) -> Result<RpcServer> {
         let endpoint = format!("{}:{}", config.host, config.port);
         check_endpoint(&endpoint)?;
         rpc_fn(c"ggml_backend_rpc_start_server")?;
@@ -380,7 +380,7 @@ impl Server {
             worker,
             version,
         };
-        Ok(Server { endpoint, device, listener, front })
+        Ok(RpcServer { endpoint, device, listener, front })
     }
 
     /// The device offered.

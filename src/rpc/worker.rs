@@ -54,7 +54,7 @@ impl WorkerSpec {
     }
 }
 
-/// Call first thing in `main` of a program that runs an RPC [`Server`](super::Server).
+/// Call first thing in `main` of a program that runs an RPC [`RpcServer`](super::RpcServer).
 ///
 /// The server runs ggml's code for each client in a process of its own (a worker), so that a
 /// malformed command ends that process and not the server; it starts workers by running the
@@ -63,7 +63,7 @@ impl WorkerSpec {
 /// calls it.
 ///
 /// ```no_run
-/// // The first line of `main`; then the program, which may start an `rpc::Server`.
+/// // The first line of `main`; then the program, which may start an `rpc::RpcServer`.
 /// rocm_llama::rpc::worker_init();
 /// ```
 pub fn worker_init() {

@@ -52,19 +52,19 @@ pub fn context(model: &Model) -> Context<'_> {
 /// The folder of published chat templates (`ROCM_LLAMA_TEST_TEMPLATES`, else fetched once by
 /// scripts/test/templates.sh).
 pub fn templates_dir() -> PathBuf {
-    fetched("ROCM_LLAMA_TEST_TEMPLATES", "test-templates.sh")
+    fetched("ROCM_LLAMA_TEST_TEMPLATES", "test/templates.sh")
 }
 
 /// The folder of llama.cpp's tokenizer test vocabularies with their reference tokenizations
 /// (`ROCM_LLAMA_TEST_VOCABS`, else extracted once by scripts/test/vocabs.sh).
 pub fn vocabs_dir() -> PathBuf {
-    fetched("ROCM_LLAMA_TEST_VOCABS", "test-vocabs.sh")
+    fetched("ROCM_LLAMA_TEST_VOCABS", "test/vocabs.sh")
 }
 
 /// llama.cpp's own `llama-embedding` tool built from the pinned source
 /// (`ROCM_LLAMA_LLAMA_EMBEDDING`, else built once by scripts/test/llama-embedding.sh).
 pub fn llama_embedding_tool() -> PathBuf {
-    fetched("ROCM_LLAMA_LLAMA_EMBEDDING", "llama-embedding.sh")
+    fetched("ROCM_LLAMA_LLAMA_EMBEDDING", "test/llama-embedding.sh")
 }
 
 /// Test data of other projects: the path in `var` when set, else what `scripts/{script}`

@@ -511,7 +511,7 @@ pub fn pull_with_progress(
             }
             b.set_message(p.file.clone());
             b.set_position(p.done);
-        }) as std::sync::Arc<rocm_llama::pull::ProgressFn>);
+        }) as std::sync::Arc<rocm_llama::pull::DownloadProgressFn>);
     }
     let files = rocm_llama::pull::pull(source, &opts);
     if let Some(bar) = bar {

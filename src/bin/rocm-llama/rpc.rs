@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 use rocm_llama::accounting::gib;
-use rocm_llama::rpc::{Server, ServerConfig, DEFAULT_PORT};
+use rocm_llama::rpc::{RpcServer, RpcServerConfig, DEFAULT_PORT};
 
 use crate::AnyResult;
 
@@ -48,11 +48,11 @@ fn is_loopback(host: &str) -> bool {
 }
 
 pub fn rpc_server(args: RpcServerArgs) -> AnyResult<()> {
-    let mut config = ServerConfig::default().host(args.host.clone()).port(args.port);
+    let mut config = RpcServerConfig::default().host(args.host.clone()).port(args.port);
     config = config.device(args.device).threads(args.threads).cache_dir(args.cache.clone());
     config = config.max_clients(args.max_clients).timeout(Duration::from_secs(args.timeout.max(1)));
     config = config.idle_timeout(args.idle_timeout.map(|s| Duration::from_secs(s.max(1))));
-    let server = Server::new(&config)?;
+    let server = RpcServer::new(&config)?;
     let d = server.device();
     eprintln!(
         "rpc-server: offering {} ({}, {} free of {}) on {} (Ctrl-C stops it)",

@@ -64,7 +64,7 @@ fn load_failure_reason(log: &[String]) -> String {
 }
 
 /// A load-progress callback: called with 0.0..=1.0; return `false` to cancel the load.
-pub type ProgressFn = dyn Fn(f32) -> bool + Send + Sync;
+pub type LoadProgressFn = dyn Fn(f32) -> bool + Send + Sync;
 
 /// Settings for [`Model::load`].
 ///
@@ -95,7 +95,7 @@ pub struct LoadConfig {
     /// Called as the weights load; returning `false` cancels with [`Error::LoadCancelled`].
     /// A panic in it stops the load and resumes in [`Model::load`]'s caller once llama.cpp has
     /// returned.
-    pub progress: Option<Arc<ProgressFn>>,
+    pub progress: Option<Arc<LoadProgressFn>>,
     /// Let the CPU backend repack weights into its faster interleaved layouts
     /// (`use_extra_bufts`, default true; llama.cpp's `--no-repack` turns it off). Repacked
     /// matrix kernels pick different code paths for different batch sizes, but so do the plain
@@ -139,7 +139,7 @@ crate::config::setters!(LoadConfig {
     rpc: Vec<String>,
 } optional {
     use_mmap: bool,
-    progress: Arc<ProgressFn>,
+    progress: Arc<LoadProgressFn>,
     cpu_repack: bool,
     rpc_timeout: std::time::Duration,
 });
@@ -179,7 +179,7 @@ unsafe impl Send for Model {}
 unsafe impl Sync for Model {}
 
 struct ProgressState {
-    f: Arc<ProgressFn>,
+    f: Arc<LoadProgressFn>,
     cancelled: bool,
     /// A panic of the callback, parked here and resumed once llama.cpp has returned (a panic
     /// must not unwind through C).

@@ -39,9 +39,26 @@ pub enum Error {
     /// llama.cpp could not create a context (usually out of memory).
     #[error("llama.cpp failed to create a context: {0}")]
     ContextCreate(String),
-    /// A setting is out of its valid range.
-    #[error("invalid setting: {0}")]
-    InvalidConfig(String),
+    /// An argument or setting the caller gave is out of its range or malformed: fix the input.
+    #[error("invalid {what}: {reason}")]
+    InvalidArgument {
+        /// Which argument or setting (`n_batch`, `main_gpu`, `position range`, ...).
+        what: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The call does not fit the state of what it was called on (a context made without
+    /// embeddings, a model loaded without weights, a save whose token record does not match
+    /// the cells): the calling program must change, not its input.
+    #[error("{0}")]
+    InvalidState(String),
+    /// This model, build or setup cannot do what was asked (a memory that cannot shift
+    /// positions, a partial copy between separate KV buffers, a build without any device).
+    #[error("not supported: {0}")]
+    Unsupported(String),
+    /// A fault inside rocm-llama itself (a bug): please report it.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// A model file lacks something this needs (an architecture key, a head count).
     #[error("the model file lacks {0}")]
     InvalidModel(String),
@@ -151,8 +168,14 @@ pub enum Error {
     JsonSchema(String),
     /// Embeddings, reranking or classification cannot do what was asked (empty or
     /// over-long input, a pooling the model cannot give, labels that tokenize to nothing).
-    #[error("embedding: {0}")]
-    Embedding(String),
+    #[error("embedding{}: {reason}", .text.map(|i| format!(" of text {i}")).unwrap_or_default())]
+    Embedding {
+        /// Which of the caller's texts (documents for reranking), counted from 0, when the
+        /// error belongs to one.
+        text: Option<usize>,
+        /// What is wrong.
+        reason: String,
+    },
     /// A chat template is missing or not supported.
     #[error("chat template: {0}")]
     ChatTemplate(String),
@@ -230,6 +253,89 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+}
+
+/// What a caller can do about an [`Error`]: its class. [`Error::class`] gives it; `serve`
+/// maps it to an HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorClass {
+    /// The input is wrong (an argument, a setting, a token, a file's contents, a template, a
+    /// schema, a prompt too long): change it and call again.
+    InvalidArgument,
+    /// The call does not fit the state of the object: the program must change.
+    InvalidState,
+    /// This model, build or setup cannot do it.
+    Unsupported,
+    /// Memory, KV cells, queue places or time ran out: try later or ask for less.
+    ResourceExhausted,
+    /// Something outside the process (a file system, a download, a GPU runtime, an RPC
+    /// server) failed or is missing.
+    Unavailable,
+    /// The work was cancelled or aborted.
+    Cancelled,
+    /// A fault inside llama.cpp or rocm-llama that no input explains.
+    Internal,
+}
+
+impl Error {
+    /// An [`Error::InvalidArgument`] naming the argument.
+    pub(crate) fn invalid(what: &'static str, reason: impl Into<String>) -> Error {
+        Error::InvalidArgument { what, reason: reason.into() }
+    }
+
+    /// An [`Error::Embedding`] that belongs to no one text.
+    pub(crate) fn embedding(reason: impl Into<String>) -> Error {
+        Error::Embedding { text: None, reason: reason.into() }
+    }
+
+    /// The class of this error: what a caller can do about it.
+    ///
+    /// ```
+    /// use rocm_llama::{Batch, ErrorClass};
+    /// let err = Batch::new(0, 1).unwrap_err();
+    /// assert_eq!(err.class(), ErrorClass::InvalidArgument);
+    /// ```
+    pub fn class(&self) -> ErrorClass {
+        use ErrorClass as C;
+        match self {
+            Error::InvalidArgument { .. }
+            | Error::NotGguf { .. }
+            | Error::InvalidModel(_)
+            | Error::NulByte { .. }
+            | Error::InvalidToken { .. }
+            | Error::InvalidSeqId { .. }
+            | Error::InvalidPosition { .. }
+            | Error::BatchFull { .. }
+            | Error::BatchSize { .. }
+            | Error::ContextOverflow { .. }
+            | Error::InvalidBatch(_)
+            | Error::Tokenize(_)
+            | Error::Grammar(_)
+            | Error::JsonSchema(_)
+            | Error::Embedding { .. }
+            | Error::ChatTemplate(_)
+            | Error::Sampling(_)
+            | Error::StateFile { .. }
+            | Error::ModelLoad { .. }
+            | Error::ChecksumMismatch { .. } => C::InvalidArgument,
+            Error::InvalidState(_) | Error::NoOutput { .. } | Error::SlotBusy { .. } => C::InvalidState,
+            Error::Unsupported(_) => C::Unsupported,
+            Error::OutOfMemory(_)
+            | Error::NoKvSlot
+            | Error::Busy { .. }
+            | Error::DoesNotFit(_)
+            | Error::ContextCreate(_)
+            | Error::Thread { .. } => C::ResourceExhausted,
+            Error::Io { .. }
+            | Error::Download { .. }
+            | Error::HipUnavailable(_)
+            | Error::Hip { .. }
+            | Error::Rpc { .. } => C::Unavailable,
+            Error::Cancelled | Error::Aborted | Error::LoadCancelled => C::Cancelled,
+            Error::Llama { .. } | Error::Decode(_) | Error::Engine(_) | Error::Internal(_) => C::Internal,
+        }
+    }
 }
 
 /// The crate's result type.

@@ -314,7 +314,7 @@ mod jinja {
         assert!(matches!(builtin.prompt_with(&model, &conversation(), &kw), Err(Error::ChatTemplate(_))));
         // A vocabulary-only model cannot decode.
         let err = rocm_llama::Context::new(&model, &rocm_llama::ContextConfig::default()).err().unwrap();
-        assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
+        assert!(matches!(err, Error::InvalidState(_)), "{err}");
         // Named variants the file lacks are a clear error.
         let variant = rocm_llama::ChatTemplate::ModelVariant("tool_use".into());
         assert!(matches!(variant.prompt(&model, &conversation()), Err(Error::ChatTemplate(_))));

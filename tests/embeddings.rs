@@ -108,8 +108,8 @@ fn token_rows_without_pooling() {
         // The last token's row is what last pooling returns.
         assert!(cosine(r.last().unwrap(), p) > 0.998);
     }
-    assert!(matches!(rows.embed(&["x"]), Err(Error::Embedding(_))));
-    assert!(matches!(last.token_embeddings(&["x"]), Err(Error::Embedding(_))));
+    assert!(matches!(rows.embed(&["x"]), Err(Error::Embedding { .. })));
+    assert!(matches!(last.token_embeddings(&["x"]), Err(Error::Embedding { .. })));
 }
 
 #[test]
@@ -153,8 +153,8 @@ fn rerank_scores_come_back_in_document_order() {
         let alone = ranker.rerank("t1 t2 t3", &[doc]).unwrap()[0];
         assert!((alone - s).abs() < 1e-4, "{doc}: {alone} alone against {s} packed");
     }
-    assert!(matches!(ranker.rerank("", &docs), Err(Error::Embedding(_))));
-    assert!(matches!(ranker.rerank("q", &["ok", ""]), Err(Error::Embedding(_))));
+    assert!(matches!(ranker.rerank("", &docs), Err(Error::Embedding { .. })));
+    assert!(matches!(ranker.rerank("q", &["ok", ""]), Err(Error::Embedding { text: Some(1), .. })));
     let model_mean = require_model!();
     let mut mean = Embedder::new(model_mean, &embed_config(Pooling::Mean)).unwrap();
     assert!(mean.rerank("q", &["d"]).unwrap_err().to_string().contains("rank pooling"));
@@ -274,6 +274,10 @@ fn bad_classification_input_is_a_clear_error() {
     assert!(err(&["a", "b", "c"], &config.clone().n_seq_max(2)).contains("n_seq_max"));
     let mut c = Classifier::new(model, &["yes", "no"], &config).unwrap();
     assert!(c.classify(&["fine", ""]).unwrap_err().to_string().contains("text 1"));
+    // Which text and which setting, as fields a program can read.
+    assert!(matches!(c.classify(&["fine", ""]), Err(Error::Embedding { text: Some(1), .. })));
+    let dup = Classifier::new(model, &["yes", "yes"], &config).err().unwrap();
+    assert!(matches!(dup, Error::InvalidArgument { what: "labels", .. }), "{dup}");
     let long = "word ".repeat(300);
     assert!(c.classify(&[long.as_str()]).unwrap_err().to_string().contains("n_batch"));
     assert_eq!(c.classify(&["still works"]).unwrap().len(), 1);

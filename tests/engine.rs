@@ -130,7 +130,7 @@ fn reproducible_requests_get_the_same_tokens_whatever_runs_beside_them() {
         .threads(Some(2))
         .reproducible(true);
     let unified = Engine::start(model.clone(), config.clone().kv_unified(true));
-    assert!(matches!(unified, Err(Error::InvalidConfig(_))), "a shared KV buffer cannot be reproducible");
+    assert!(matches!(unified, Err(Error::InvalidArgument { .. })), "a shared KV buffer cannot be reproducible");
     let handle = Engine::start(model.clone(), config).unwrap();
     let options = |i: usize| {
         let mut o = GenerateOptions::greedy(12);

@@ -62,7 +62,7 @@ fn sample_logits_takes_exactly_one_logit_per_token() {
         for mut s in chains {
             for len in [0, 1, n - 1, n + 1, n + 100] {
                 let logits = vec![0.5f32; len];
-                assert!(matches!(s.sample_logits(&logits), Err(Error::InvalidConfig(_))), "len {len}");
+                assert!(matches!(s.sample_logits(&logits), Err(Error::InvalidArgument { .. })), "len {len}");
             }
             let mut logits = vec![0.0f32; n];
             logits[token(model, "yes") as usize] = 5.0;
@@ -80,26 +80,26 @@ fn sample_logits_takes_exactly_one_logit_per_token() {
 }
 
 #[test]
-fn batch_smaller_than_the_sequence_count_is_a_config_error() {
-    in_child("batch_smaller_than_the_sequence_count_is_a_config_error", || {
+fn batch_smaller_than_the_sequence_count_is_an_invalid_argument() {
+    in_child("batch_smaller_than_the_sequence_count_is_an_invalid_argument", || {
         let Some(model) = common::model() else { return };
         let cfg = ContextConfig::default().n_ctx(512).threads(1).n_seq_max(8).n_batch(4);
-        assert!(matches!(Context::new(model, &cfg), Err(Error::InvalidConfig(_))));
+        assert!(matches!(Context::new(model, &cfg), Err(Error::InvalidArgument { .. })));
         // n_batch above n_ctx is capped by llama.cpp at n_ctx: the same check applies.
         let cfg = ContextConfig::default().n_ctx(8).threads(1).n_seq_max(16);
-        assert!(matches!(Context::new(model, &cfg), Err(Error::InvalidConfig(_))));
+        assert!(matches!(Context::new(model, &cfg), Err(Error::InvalidArgument { .. })));
         let shared = std::sync::Arc::new(Model::load(common::model_path().unwrap(), &LoadConfig::default()).unwrap());
         let engine = Engine::start(shared, EngineConfig::default().n_batch(1).threads(Some(1)));
-        assert!(matches!(engine, Err(Error::InvalidConfig(_))));
+        assert!(matches!(engine, Err(Error::InvalidArgument { .. })));
     });
 }
 
 #[test]
 fn batches_too_large_to_allocate_are_errors() {
     in_child("batches_too_large_to_allocate_are_errors", || {
-        assert!(matches!(Batch::new(100_000, 1 << 30), Err(Error::InvalidConfig(_))));
+        assert!(matches!(Batch::new(100_000, 1 << 30), Err(Error::InvalidArgument { .. })));
         let started = std::time::Instant::now();
-        assert!(matches!(Batch::new(1 << 30, 1 << 30), Err(Error::InvalidConfig(_))));
+        assert!(matches!(Batch::new(1 << 30, 1 << 30), Err(Error::InvalidArgument { .. })));
         assert!(started.elapsed().as_secs() < 5);
     });
 }
@@ -231,8 +231,8 @@ fn partial_copies_between_separate_kv_buffers_are_refused() {
         let mut b = Batch::new(8, 1).unwrap();
         b.add_sequence(&[token(model, "yes"); 3], 0, 0, true).unwrap();
         ctx.decode(&b).unwrap();
-        assert!(matches!(ctx.seq_copy(0, 1, 1..2), Err(Error::InvalidConfig(_))));
-        assert!(matches!(ctx.seq_copy(0, 1, ..2), Err(Error::InvalidConfig(_))));
+        assert!(matches!(ctx.seq_copy(0, 1, 1..2), Err(Error::Unsupported(_))));
+        assert!(matches!(ctx.seq_copy(0, 1, ..2), Err(Error::Unsupported(_))));
         ctx.seq_copy(0, 1, ..).unwrap();
         assert_eq!(ctx.seq_pos_max(1).unwrap(), Some(2));
         // One shared buffer takes any range.
@@ -250,9 +250,9 @@ fn huge_penalty_windows_are_refused() {
         let Some(model) = common::model() else { return };
         for last_n in [i32::MAX, rocm_llama::sampler::MAX_LOOKBACK + 1, -2] {
             let b = Sampler::builder(model).penalties(last_n, 1.1, 0.0, 0.0).greedy().build();
-            assert!(matches!(b, Err(Error::InvalidConfig(_))), "penalties {last_n}");
+            assert!(matches!(b, Err(Error::InvalidArgument { .. })), "penalties {last_n}");
             let b = Sampler::builder(model).dry(0.8, 1.75, 2, last_n, &["\n"]).greedy().build();
-            assert!(matches!(b, Err(Error::InvalidConfig(_))), "DRY {last_n}");
+            assert!(matches!(b, Err(Error::InvalidArgument { .. })), "DRY {last_n}");
         }
         // -1 is the model's context, not "off".
         Sampler::builder(model).penalties(-1, 1.1, 0.0, 0.0).dry(0.8, 1.75, 2, -1, &["\n"]).greedy().build().unwrap();
@@ -271,7 +271,7 @@ fn shifting_a_bf16_k_cache_is_refused() {
         let mut b = Batch::new(8, 1).unwrap();
         b.add_sequence(&[token(model, "yes"); 3], 0, 0, true).unwrap();
         ctx.decode(&b).unwrap();
-        assert!(matches!(ctx.seq_shift(0, .., 5), Err(Error::InvalidConfig(_))));
+        assert!(matches!(ctx.seq_shift(0, .., 5), Err(Error::Unsupported(_))));
         // The next decode still works.
         b.clear();
         b.add(token(model, "yes"), 3, &[0], true).unwrap();

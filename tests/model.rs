@@ -591,7 +591,7 @@ fn json_schema_output_always_validates() {
     let both = GenerateOptions::default()
         .sampling(SamplingParams::default().grammar(r#"root ::= "a""#.to_string()))
         .json_schema(serde_json::json!({"type": "null"}));
-    assert!(matches!(ctx.generate("x", &both).err(), Some(Error::InvalidConfig(_))));
+    assert!(matches!(ctx.generate("x", &both).err(), Some(Error::InvalidArgument { .. })));
 }
 
 /// `ignore_eos` (and `SamplerBuilder::ban`): an end-of-generation token is never picked, on

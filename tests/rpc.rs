@@ -222,7 +222,7 @@ fn a_wrong_port_and_listeners_that_are_not_rpc_servers_are_clear_errors() {
     // Addresses are checked before anything is sent.
     for bad in ["localhost", "[::1]:50052", "host:0"] {
         let r = Model::load(&path, &LoadConfig::default().rpc(vec![bad.to_string()]));
-        assert!(matches!(r, Err(Error::InvalidConfig(_))), "{bad}");
+        assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{bad}");
     }
 }
 

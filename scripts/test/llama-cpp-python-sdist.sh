@@ -7,6 +7,10 @@
 #   ROCM_LLAMA_CACHE   cache folder (default: ~/.cache/rocm-llama)
 set -euo pipefail
 cache="${ROCM_LLAMA_CACHE:-$HOME/.cache/rocm-llama}"
+# One fetch at a time: tests running side by side all ask for the same files on a fresh machine.
+mkdir -p "$cache"
+exec 9>"$cache/.$(basename "$0" .sh).lock"
+flock 9
 dir="$cache/sdist"
 if ! ls "$dir"/llama_cpp_python-*.tar.gz >/dev/null 2>&1; then
     echo "llama-cpp-python-sdist: downloading the llama-cpp-python sdist (77 MB, once)" >&2

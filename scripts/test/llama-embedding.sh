@@ -9,6 +9,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cache="${ROCM_LLAMA_CACHE:-$HOME/.cache/rocm-llama}"
+# One fetch at a time: tests running side by side all ask for the same files on a fresh machine.
+mkdir -p "$cache"
+exec 9>"$cache/.$(basename "$0" .sh).lock"
+flock 9
 dir="$cache/llama-embedding"
 bin="$dir/llama-embedding"
 if [ -x "$bin" ]; then

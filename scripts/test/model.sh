@@ -9,6 +9,10 @@
 set -euo pipefail
 
 cache="${ROCM_LLAMA_CACHE:-$HOME/.cache/rocm-llama}"
+# One fetch at a time: tests running side by side all ask for the same files on a fresh machine.
+mkdir -p "$cache"
+exec 9>"$cache/.$(basename "$0" .sh).lock"
+flock 9
 model="$cache/gemma-3-270m-q4_k_m.gguf"
 sha=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
 mkdir -p "$cache"

@@ -8,6 +8,10 @@
 set -euo pipefail
 
 cache="${ROCM_LLAMA_CACHE:-$HOME/.cache/rocm-llama}"
+# One fetch at a time: tests running side by side all ask for the same files on a fresh machine.
+mkdir -p "$cache"
+exec 9>"$cache/.$(basename "$0" .sh).lock"
+flock 9
 dir="$cache/vocabs"
 if [ -f "$dir/.source" ] && ls "$dir"/ggml-vocab-*.gguf >/dev/null 2>&1; then
     echo "$dir"

@@ -161,12 +161,12 @@ impl EmbedBenchReport {
 /// Runs the embedding and classification benchmarks; `progress` hears each step.
 pub fn run(model: &Model, cfg: &EmbedBenchConfig, progress: &dyn Fn(&str)) -> Result<EmbedBenchReport> {
     if cfg.text_tokens == 0 {
-        return Err(Error::InvalidConfig("text_tokens must be at least 1".into()));
+        return Err(Error::invalid("text_tokens", "must be at least 1"));
     }
     let mut embeddings = Vec::new();
     for &batch in &cfg.batches {
         if batch == 0 || batch > 256 {
-            return Err(Error::InvalidConfig(format!("batch {batch} must be 1..=256 texts")));
+            return Err(Error::invalid("batch", format!("batch {batch} must be 1..=256 texts")));
         }
         let n = cfg.texts.max(batch);
         let texts: Vec<Vec<i32>> = (0..n).map(|i| super::tokens(model, cfg.text_tokens, i + 101)).collect();
@@ -189,7 +189,7 @@ pub fn run(model: &Model, cfg: &EmbedBenchConfig, progress: &dyn Fn(&str)) -> Re
         // The two loops must compute the same thing for the comparison to mean anything.
         if let Some(c) = ours.iter().zip(&theirs).map(|(a, b)| crate::embed::cosine(a, b)).reduce(f64::min) {
             if c < 0.99 {
-                return Err(Error::Embedding(format!("the raw loop's vectors differ from the library's (cosine {c})")));
+                return Err(Error::Internal(format!("the raw loop's vectors differ from the library's (cosine {c})")));
             }
         }
         embeddings.push(EmbedRow {
@@ -247,12 +247,12 @@ fn raw_embeddings(
             }
             sys::llama_memory_clear(sys::llama_get_memory(c), true);
             if sys::llama_decode(c, b) != 0 {
-                return Err(Error::Embedding("raw decode failed".into()));
+                return Err(Error::Llama { call: "llama_decode", reason: "the raw loop's decode failed".into() });
             }
             for s in 0..chunk.len() {
                 let p = sys::llama_get_embeddings_seq(c, s as i32);
                 if p.is_null() {
-                    return Err(Error::Embedding("raw loop: no pooled row".into()));
+                    return Err(Error::Internal("raw loop: no pooled row".into()));
                 }
                 let mut v = std::slice::from_raw_parts(p, n_embd).to_vec();
                 crate::embed::l2_normalize(&mut v);
@@ -308,7 +308,7 @@ fn review(i: usize) -> String {
 fn classification(model: &Model, cfg: &EmbedBenchConfig, progress: &dyn Fn(&str)) -> Result<ClassifyRow> {
     const LABELS: [&str; 8] = ["positive", "negative", "neutral", "mixed", "angry", "sarcastic", "spam", "question"];
     if cfg.labels == 0 || cfg.labels > LABELS.len() {
-        return Err(Error::InvalidConfig(format!("labels must be 1..={}", LABELS.len())));
+        return Err(Error::invalid("labels", format!("labels must be 1..={}", LABELS.len())));
     }
     let texts: Vec<String> = (0..cfg.classify_texts).map(review).collect();
     let config = ClassifyConfig::default()

@@ -302,13 +302,14 @@ fn raw_prefill(ctx: &mut Context<'_>, raw: &RawBatch, prompt: &[i32], depth: usi
 pub fn run(shared: &Arc<Model>, cfg: &BenchConfig, progress: &dyn Fn(&str)) -> Result<BenchReport> {
     let model: &Model = shared;
     if cfg.repetitions == 0 {
-        return Err(Error::InvalidConfig("bench needs at least one repetition".into()));
+        return Err(Error::invalid("repetitions", "bench needs at least one repetition"));
     }
     let prompts: Vec<usize> = cfg.n_prompt.iter().copied().filter(|&n| n > 0).collect();
     let single_stream = !prompts.is_empty() || cfg.n_gen > 0;
     if !single_stream && cfg.concurrency.iter().all(|&n| n == 0) {
-        return Err(Error::InvalidConfig(
-            "nothing to measure: every prompt length, the generated tokens and the concurrency levels are 0".into(),
+        return Err(Error::invalid(
+            "bench settings",
+            "nothing to measure: every prompt length, the generated tokens and the concurrency levels are 0",
         ));
     }
     let first_prompt = prompts.first().copied().unwrap_or(0);

@@ -145,29 +145,32 @@ impl<'m> Classifier<'m> {
     /// the template (`{text}` in it), and makes the context.
     pub fn new<S: AsRef<str>>(model: &'m Model, labels: &[S], config: &ClassifyConfig) -> Result<Classifier<'m>> {
         if model.is_vocab_only() {
-            return Err(Error::InvalidConfig("the model was loaded without weights (vocab_only)".into()));
+            return Err(Error::InvalidState("the model was loaded without weights (vocab_only)".into()));
         }
         let labels: Vec<String> = labels.iter().map(|l| l.as_ref().to_string()).collect();
         if labels.is_empty() {
-            return Err(Error::Embedding("no labels".into()));
+            return Err(Error::invalid("labels", "no labels given"));
         }
         for (i, l) in labels.iter().enumerate() {
             if l.trim().is_empty() {
-                return Err(Error::Embedding(format!("label {i} is empty")));
+                return Err(Error::invalid("labels", format!("label {i} is empty")));
             }
             if labels[..i].contains(l) {
-                return Err(Error::Embedding(format!("label {l:?} appears twice")));
+                return Err(Error::invalid("labels", format!("label {l:?} appears twice")));
             }
         }
         if !config.template.contains("{text}") {
-            return Err(Error::InvalidConfig("the classification template has no {text}".into()));
+            return Err(Error::invalid("template", "the classification template has no {text}"));
         }
         if labels.len() > config.n_seq_max as usize {
-            return Err(Error::InvalidConfig(format!(
-                "{} labels need as many sequences per text, but n_seq_max is {}",
-                labels.len(),
-                config.n_seq_max
-            )));
+            return Err(Error::invalid(
+                "labels",
+                format!(
+                    "{} labels need as many sequences per text, but n_seq_max is {}",
+                    labels.len(),
+                    config.n_seq_max
+                ),
+            ));
         }
         let prefix = config.label_prefix.clone().unwrap_or_else(|| if config.chat { "" } else { " " }.to_string());
         let vocab = model.vocab();
@@ -176,7 +179,7 @@ impl<'m> Classifier<'m> {
             .map(|l| {
                 let t = vocab.tokenize(&format!("{prefix}{l}"), false, false)?;
                 if t.is_empty() {
-                    return Err(Error::Embedding(format!("label {l:?} tokenizes to nothing")));
+                    return Err(Error::invalid("labels", format!("label {l:?} tokenizes to nothing")));
                 }
                 Ok(t)
             })
@@ -184,7 +187,10 @@ impl<'m> Classifier<'m> {
         // Two labels with the same tokens would always tie.
         for (i, t) in label_tokens.iter().enumerate() {
             if let Some(j) = label_tokens[..i].iter().position(|u| u == t) {
-                return Err(Error::Embedding(format!("labels {:?} and {:?} tokenize the same", labels[j], labels[i])));
+                return Err(Error::invalid(
+                    "labels",
+                    format!("labels {:?} and {:?} tokenize the same", labels[j], labels[i]),
+                ));
             }
         }
         let cc = ContextConfig::default()
@@ -218,7 +224,7 @@ impl<'m> Classifier<'m> {
     /// The tokens of `text`'s prompt: the template filled, in the chat template when asked.
     pub fn prompt_tokens(&self, text: &str) -> Result<Vec<Token>> {
         if text.trim().is_empty() {
-            return Err(Error::Embedding("the text is empty".into()));
+            return Err(Error::embedding("the text is empty"));
         }
         let filled = self.config.template.replace("{labels}", &self.labels.join(", ")).replace("{text}", text);
         let model = self.ctx.model();
@@ -230,7 +236,7 @@ impl<'m> Classifier<'m> {
         let longest_label = self.label_tokens.iter().map(Vec::len).max().unwrap_or(0);
         let needed = tokens.len() + self.label_tokens.iter().map(|l| l.len() - 1).sum::<usize>();
         if needed > self.config.n_batch as usize || tokens.len() + longest_label > self.config.n_batch as usize {
-            return Err(Error::Embedding(format!(
+            return Err(Error::embedding(format!(
                 "a prompt of {} tokens and its labels need {needed} tokens, more than n_batch = {}",
                 tokens.len(),
                 self.config.n_batch
@@ -304,7 +310,7 @@ impl<'m> Classifier<'m> {
                 if shared > 0 {
                     for &seq in &seqs {
                         if SeqCache::default().copy_from(&mut self.ctx, seq, prefix_seq, &prefix, shared)? != shared {
-                            return Err(Error::Embedding("the shared prompt prefix could not be shared".into()));
+                            return Err(Error::embedding("the shared prompt prefix could not be shared"));
                         }
                     }
                 }
@@ -400,7 +406,7 @@ impl<'m> Classifier<'m> {
             .enumerate()
             .map(|(i, t)| {
                 self.prompt_tokens(t.as_ref()).map_err(|e| match e {
-                    Error::Embedding(m) => Error::Embedding(format!("text {i}: {m}")),
+                    Error::Embedding { text: None, reason } => Error::Embedding { text: Some(i), reason },
                     other => other,
                 })
             })

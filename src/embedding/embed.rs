@@ -97,14 +97,14 @@ impl<'m> Embedder<'m> {
     /// unless the config picks a pooling.
     pub fn new(model: &'m Model, config: &EmbedConfig) -> Result<Embedder<'m>> {
         if model.is_vocab_only() {
-            return Err(Error::InvalidConfig("the model was loaded without weights (vocab_only)".into()));
+            return Err(Error::InvalidState("the model was loaded without weights (vocab_only)".into()));
         }
         if config.n_batch == 0 || config.n_seq_max == 0 {
-            return Err(Error::InvalidConfig("n_batch and n_seq_max must be at least 1".into()));
+            return Err(Error::invalid("n_batch", "n_batch and n_seq_max must be at least 1"));
         }
         if config.pooling == Pooling::Rank && !has_classifier(model) {
-            return Err(Error::Embedding(
-                "rank pooling needs a classifier head (cls.* tensors), which this model does not have".into(),
+            return Err(Error::embedding(
+                "rank pooling needs a classifier head (cls.* tensors), which this model does not have",
             ));
         }
         // Each decode computes whole texts in one micro-batch (pooling is per micro-batch)
@@ -249,7 +249,7 @@ impl<'m> Embedder<'m> {
     /// Each token's row for each text (pooling none): `[text][token][dimension]`.
     pub fn token_embeddings<S: AsRef<str>>(&mut self, texts: &[S]) -> Result<Vec<Vec<Vec<f32>>>> {
         if self.pooling != Pooling::None {
-            return Err(Error::Embedding(format!(
+            return Err(Error::embedding(format!(
                 "token rows need pooling none; this embedder pools ({})",
                 self.pooling
             )));
@@ -287,20 +287,20 @@ impl<'m> Embedder<'m> {
     /// `BOS query EOS SEP document EOS` with the special tokens the model has.
     pub fn rerank<S: AsRef<str>>(&mut self, query: &str, documents: &[S]) -> Result<Vec<f32>> {
         if self.pooling != Pooling::Rank {
-            return Err(Error::Embedding(format!(
+            return Err(Error::embedding(format!(
                 "reranking needs rank pooling; this embedder pools ({})",
                 self.pooling
             )));
         }
         if query.is_empty() {
-            return Err(Error::Embedding("the query is empty".into()));
+            return Err(Error::embedding("the query is empty"));
         }
         let inputs = documents
             .iter()
             .enumerate()
             .map(|(i, d)| {
                 if d.as_ref().is_empty() {
-                    return Err(at_text(i, Error::Embedding("the document is empty".into())));
+                    return Err(at_text(i, Error::embedding("the document is empty")));
                 }
                 self.pair_tokens(query, d.as_ref()).and_then(|t| self.fit(t)).map_err(|e| at_text(i, e))
             })
@@ -329,12 +329,11 @@ impl<'m> Embedder<'m> {
 
     pub(crate) fn require_pooled(&self) -> Result<()> {
         if self.pooling == Pooling::None {
-            return Err(Error::Embedding(if self.config.pooling == Pooling::Model {
+            return Err(Error::embedding(if self.config.pooling == Pooling::Model {
                 "the model declares no pooling (it is not an embedding model): pick one (mean, cls, last) or read \
                  token rows with pooling none"
-                    .into()
             } else {
-                "pooling none gives one row per token: use token_embeddings".into()
+                "pooling none gives one row per token: use token_embeddings"
             }));
         }
         Ok(())
@@ -344,7 +343,7 @@ impl<'m> Embedder<'m> {
 /// A text's tokens for embedding under `config` (see [`Embedder::tokenize`]).
 pub(crate) fn tokenize_text(model: &Model, text: &str, config: &EmbedConfig) -> Result<Vec<Token>> {
     if text.is_empty() {
-        return Err(Error::Embedding("the text is empty".into()));
+        return Err(Error::embedding("the text is empty"));
     }
     fit_tokens(model.vocab().tokenize(text, true, true)?, config)
 }
@@ -362,11 +361,11 @@ pub(crate) fn tokenize_texts<S: AsRef<str>>(
 fn fit_tokens(mut tokens: Vec<Token>, config: &EmbedConfig) -> Result<Vec<Token>> {
     let max = config.n_batch as usize;
     if tokens.is_empty() {
-        return Err(Error::Embedding("the text has no tokens".into()));
+        return Err(Error::embedding("the text has no tokens"));
     }
     if tokens.len() > max {
         if !config.truncate {
-            return Err(Error::Embedding(format!(
+            return Err(Error::embedding(format!(
                 "a text of {} tokens is longer than n_batch = {max} (raise n_batch or set truncate)",
                 tokens.len()
             )));
@@ -379,7 +378,7 @@ fn fit_tokens(mut tokens: Vec<Token>, config: &EmbedConfig) -> Result<Vec<Token>
 /// Names the text an error belongs to.
 fn at_text(i: usize, e: Error) -> Error {
     match e {
-        Error::Embedding(m) => Error::Embedding(format!("text {i}: {m}")),
+        Error::Embedding { text: None, reason } => Error::Embedding { text: Some(i), reason },
         other => other,
     }
 }

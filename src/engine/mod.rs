@@ -279,19 +279,19 @@ impl Engine {
     /// ```
     pub fn start(model: Arc<Model>, config: EngineConfig) -> Result<EngineHandle> {
         if config.n_ctx_per_seq < 16 || config.n_batch == 0 || config.queue_capacity == 0 {
-            return Err(Error::InvalidConfig("n_ctx_per_seq >= 16, n_batch >= 1 and queue_capacity >= 1".into()));
+            return Err(Error::invalid("engine config", "n_ctx_per_seq >= 16, n_batch >= 1 and queue_capacity >= 1"));
         }
         if config.reproducible && config.kv_unified {
-            return Err(Error::InvalidConfig(
+            return Err(Error::invalid(
+                "kv_unified",
                 "reproducible needs kv_unified off: in one shared KV buffer a sequence's attention spans other \
-                 sequences' cells"
-                    .into(),
+                 sequences' cells",
             ));
         }
         let n_ctx = config
             .n_ctx_per_seq
             .checked_mul(config.n_seq_max)
-            .ok_or_else(|| Error::InvalidConfig("n_ctx_per_seq x n_seq_max overflows".into()))?;
+            .ok_or_else(|| Error::invalid("n_ctx_per_seq", "n_ctx_per_seq x n_seq_max overflows"))?;
         let ctx_config = ContextConfig::default()
             .n_ctx(n_ctx)
             .n_seq_max(config.n_seq_max)

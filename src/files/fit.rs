@@ -70,8 +70,8 @@ impl ModelShape {
         // Per-layer vectors are sized by this number: bound it before allocating (llama.cpp
         // itself takes 1..=512).
         if n_layer == 0 || n_layer > crate::model::MAX_LAYERS {
-            return Err(Error::InvalidConfig(format!(
-                "GGUF's {arch}.block_count is {n_layer}; llama.cpp takes 1..={} layers",
+            return Err(Error::InvalidModel(format!(
+                "a valid layer count: GGUF's {arch}.block_count is {n_layer}; llama.cpp takes 1..={} layers",
                 crate::model::MAX_LAYERS
             )));
         }
@@ -445,7 +445,7 @@ impl LoadConfig {
             let n = gpus.len();
             let one = gpus.get(i as usize).cloned().ok_or_else(|| {
                 let plural = if n == 1 { "" } else { "s" };
-                Error::InvalidConfig(format!("main_gpu {i} does not exist: this process has {n} GPU{plural}"))
+                Error::invalid("main_gpu", format!("main_gpu {i} does not exist: this process has {n} GPU{plural}"))
             })?;
             gpus = vec![one];
         }

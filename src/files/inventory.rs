@@ -317,7 +317,10 @@ pub fn resolve(arg: &str, dir: &Path) -> Result<PathBuf> {
             1 => return Ok(matches[0].path.clone()),
             _ => {
                 let names: Vec<&str> = matches.iter().map(|e| e.name.as_str()).collect();
-                return Err(Error::InvalidConfig(format!("{arg:?} matches several models: {}", names.join(", "))));
+                return Err(Error::invalid(
+                    "model name",
+                    format!("{arg:?} matches several models: {}", names.join(", ")),
+                ));
             }
         }
     }

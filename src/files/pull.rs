@@ -47,7 +47,8 @@ impl Source {
     /// Parses `hf:ORG/REPO/FILE`, `hf:ORG/REPO[:QUANT]` or an `http(s)://` URL.
     pub fn parse(s: &str) -> Result<Source> {
         if let Some(rest) = s.strip_prefix("hf:") {
-            let bad = || Error::InvalidConfig(format!("{s:?}: expected hf:ORG/REPO/FILE.gguf or hf:ORG/REPO[:QUANT]"));
+            let bad =
+                || Error::invalid("source", format!("{s:?}: expected hf:ORG/REPO/FILE.gguf or hf:ORG/REPO[:QUANT]"));
             let mut parts = rest.splitn(3, '/');
             let (Some(org), Some(repo)) = (parts.next(), parts.next()) else { return Err(bad()) };
             let file = parts.next();
@@ -73,7 +74,7 @@ impl Source {
         if s.starts_with("http://") || s.starts_with("https://") {
             return Ok(Source::Url(s.to_string()));
         }
-        Err(Error::InvalidConfig(format!("{s:?}: a source is an http(s):// URL or hf:ORG/REPO/FILE.gguf")))
+        Err(Error::invalid("source", format!("{s:?}: a source is an http(s):// URL or hf:ORG/REPO/FILE.gguf")))
     }
 
     /// The file name the download is saved under (for `hf:ORG/REPO:QUANT`, known only once
@@ -241,9 +242,10 @@ impl PullOptions {
 pub fn pull(source: &str, opts: &PullOptions) -> Result<Vec<PathBuf>> {
     let mut src = Source::parse(source)?;
     if !matches!(src, Source::Url(_)) && opts.hf_endpoint.trim().is_empty() {
-        return Err(Error::InvalidConfig(format!(
-            "{source:?}: hf: sources need the hub's address: set HF_ENDPOINT (or PullOptions::hf_endpoint)"
-        )));
+        return Err(Error::invalid(
+            "hf_endpoint",
+            format!("{source:?}: hf: sources need the hub's address: set HF_ENDPOINT (or PullOptions::hf_endpoint)"),
+        ));
     }
     let client = Client::new(opts);
     if let Source::HuggingFaceQuant { repo, quant } = &src {
@@ -517,7 +519,7 @@ mod tests {
     fn an_hf_source_without_an_endpoint_says_what_to_set() {
         let o = PullOptions::new(std::env::temp_dir().join("rocm-llama-pull-no-endpoint")).hf_endpoint(String::new());
         let err = pull("hf:org/repo/m.gguf", &o).unwrap_err();
-        assert!(matches!(&err, Error::InvalidConfig(m) if m.contains("HF_ENDPOINT")), "{err}");
+        assert!(matches!(&err, Error::InvalidArgument { reason, .. } if reason.contains("HF_ENDPOINT")), "{err}");
     }
 
     #[test]

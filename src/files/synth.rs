@@ -93,7 +93,7 @@ pub const SHAPES: &[Shape] = &[
 pub fn find_shape(name: &str) -> Result<&'static Shape> {
     SHAPES.iter().find(|s| s.name == name).ok_or_else(|| {
         let names: Vec<&str> = SHAPES.iter().map(|s| s.name).collect();
-        Error::InvalidConfig(format!("unknown shape {name:?}; known: {}", names.join(", ")))
+        Error::invalid("shape", format!("unknown shape {name:?}; known: {}", names.join(", ")))
     })
 }
 
@@ -168,7 +168,7 @@ impl std::str::FromStr for SynthType {
             "q4_0" => SynthType::Q4_0,
             "q8_0" => SynthType::Q8_0,
             "f16" => SynthType::F16,
-            o => return Err(Error::InvalidConfig(format!("unknown type {o:?}: q4_k_m, q4_0, q8_0 or f16"))),
+            o => return Err(Error::invalid("type", format!("unknown type {o:?}: q4_k_m, q4_0, q8_0 or f16"))),
         })
     }
 }

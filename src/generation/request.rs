@@ -167,7 +167,7 @@ pub(crate) struct Request<'m> {
 fn sampling_params(opts: &GenerateOptions) -> Result<std::borrow::Cow<'_, SamplingParams>> {
     let Some(schema) = &opts.json_schema else { return Ok(std::borrow::Cow::Borrowed(&opts.sampling)) };
     if opts.sampling.grammar.is_some() {
-        return Err(Error::InvalidConfig("give a grammar or a JSON schema, not both".into()));
+        return Err(Error::invalid("json_schema", "give a grammar or a JSON schema, not both"));
     }
     let grammar = crate::schema::to_grammar(schema)?;
     Ok(std::borrow::Cow::Owned(opts.sampling.clone().grammar(grammar)))
@@ -248,7 +248,7 @@ impl<'m> Request<'m> {
         let s = self
             .sampler
             .as_mut()
-            .ok_or_else(|| Error::Sampling("logits for a request sampled on the device".into()))?;
+            .ok_or_else(|| Error::Internal("logits for a request sampled on the device".into()))?;
         let t = s.sample_logits(row)?;
         if self.n_probs > 0 {
             self.note_logprobs(row, t)?;

@@ -53,20 +53,21 @@ impl Batch {
     ///
     /// `n_seq_max` is at most llama.cpp's sequence limit (`llama_max_parallel_sequences`,
     /// 256); `capacity * n_seq_max` sequence ids must fit in memory. Either failing is
-    /// [`Error::InvalidConfig`].
+    /// [`Error::InvalidArgument`].
     pub fn new(capacity: usize, n_seq_max: usize) -> Result<Batch> {
         if capacity == 0 || n_seq_max == 0 {
-            return Err(Error::InvalidConfig("batch capacity and n_seq_max must be at least 1".into()));
+            return Err(Error::invalid("batch size", "capacity and n_seq_max must be at least 1"));
         }
         if i32::try_from(capacity).is_err() {
-            return Err(Error::InvalidConfig(format!("batch capacity {capacity} too large (at most {})", i32::MAX)));
+            return Err(Error::invalid("batch size", format!("capacity {capacity} too large (at most {})", i32::MAX)));
         }
         // SAFETY: a pure query.
         let max_seq = unsafe { sys::llama_max_parallel_sequences() };
         if n_seq_max > max_seq {
-            return Err(Error::InvalidConfig(format!(
-                "a token can belong to at most {max_seq} sequences (llama.cpp's limit), not {n_seq_max}"
-            )));
+            return Err(Error::invalid(
+                "batch size",
+                format!("a token can belong to at most {max_seq} sequences (llama.cpp's limit), not {n_seq_max}"),
+            ));
         }
         // Token, position, sequence count, sequence pointer and output flag per token, plus
         // `n_seq_max` sequence ids per token.
@@ -77,11 +78,14 @@ impl Batch {
         let ids = match bytes {
             Some(b) if b <= MAX_BATCH_BYTES => capacity * n_seq_max,
             _ => {
-                return Err(Error::InvalidConfig(format!(
+                return Err(Error::invalid(
+                    "batch size",
+                    format!(
                     "a batch of {capacity} tokens in up to {n_seq_max} sequences each needs more than {} MiB of arrays \
                      (the limit here); use fewer tokens per batch or fewer sequences per token",
                     MAX_BATCH_BYTES >> 20
-                )))
+                ),
+                ))
             }
         };
         let tokens = try_filled(capacity, 0, "token")?;
@@ -148,11 +152,10 @@ impl Batch {
             return Err(Error::BatchFull { capacity: self.capacity });
         }
         if seq_ids.is_empty() || seq_ids.len() > self.n_seq_max {
-            return Err(Error::InvalidConfig(format!(
-                "a token needs 1..={} sequence ids, got {}",
-                self.n_seq_max,
-                seq_ids.len()
-            )));
+            return Err(Error::invalid(
+                "batch size",
+                format!("a token needs 1..={} sequence ids, got {}", self.n_seq_max, seq_ids.len()),
+            ));
         }
         if let Some(&bad) = seq_ids.iter().find(|&&s| s < 0) {
             return Err(Error::InvalidSeqId { seq_id: bad, n_seq_max: self.n_seq_max as u32 });
@@ -249,10 +252,10 @@ mod tests {
     fn sizes_that_cannot_be_allocated_are_errors() {
         // llama_batch_init would return unchecked null arrays (a segfault on `add`) or loop for
         // minutes on these.
-        assert!(matches!(Batch::new(100_000, 1 << 30), Err(Error::InvalidConfig(_))));
-        assert!(matches!(Batch::new(1 << 30, 1 << 30), Err(Error::InvalidConfig(_))));
-        assert!(matches!(Batch::new(usize::MAX, 1), Err(Error::InvalidConfig(_))));
-        assert!(matches!(Batch::new(i32::MAX as usize, 256), Err(Error::InvalidConfig(_))));
+        assert!(matches!(Batch::new(100_000, 1 << 30), Err(Error::InvalidArgument { .. })));
+        assert!(matches!(Batch::new(1 << 30, 1 << 30), Err(Error::InvalidArgument { .. })));
+        assert!(matches!(Batch::new(usize::MAX, 1), Err(Error::InvalidArgument { .. })));
+        assert!(matches!(Batch::new(i32::MAX as usize, 256), Err(Error::InvalidArgument { .. })));
         let mut b = Batch::new(4, 256).unwrap();
         let all: Vec<SeqId> = (0..256).collect();
         b.add(7, 0, &all, true).unwrap();

@@ -50,7 +50,7 @@ impl std::str::FromStr for FlashAttention {
             "auto" => Ok(FlashAttention::Auto),
             "on" | "true" | "1" => Ok(FlashAttention::On),
             "off" | "false" | "0" => Ok(FlashAttention::Off),
-            other => Err(Error::InvalidConfig(format!("flash attention must be auto, on or off, not {other:?}"))),
+            other => Err(Error::invalid("flash_attention", format!("must be auto, on or off, not {other:?}"))),
         }
     }
 }
@@ -114,7 +114,7 @@ impl std::str::FromStr for KvType {
             "q5_0" => KvType::Q5_0,
             "q5_1" => KvType::Q5_1,
             "iq4_nl" => KvType::Iq4Nl,
-            other => return Err(Error::InvalidConfig(format!("unknown KV cache type {other:?}"))),
+            other => return Err(Error::invalid("KV cache type", format!("unknown type {other:?}"))),
         })
     }
 }
@@ -227,21 +227,21 @@ impl ContextConfig {
     }
 
     fn validate(&self, model: &Model) -> Result<()> {
-        let bad = |m: String| Err(Error::InvalidConfig(m));
+        let bad = |what: &'static str, m: String| Err(Error::invalid(what, m));
         if self.n_batch == 0 || self.n_ubatch == 0 {
-            return bad("n_batch and n_ubatch must be at least 1".into());
+            return bad("n_batch", "n_batch and n_ubatch must be at least 1".into());
         }
         if self.n_ubatch > self.n_batch {
-            return bad(format!("n_ubatch {} exceeds n_batch {}", self.n_ubatch, self.n_batch));
+            return bad("n_ubatch", format!("n_ubatch {} exceeds n_batch {}", self.n_ubatch, self.n_batch));
         }
         // SAFETY: a pure query.
         let max_seq = unsafe { sys::llama_max_parallel_sequences() } as u32;
         if self.n_seq_max == 0 || self.n_seq_max > max_seq {
-            return bad(format!("n_seq_max must be 1..={max_seq}, got {}", self.n_seq_max));
+            return bad("n_seq_max", format!("n_seq_max must be 1..={max_seq}, got {}", self.n_seq_max));
         }
         if let Some(n) = self.n_ctx {
             if n < 8 {
-                return bad(format!("n_ctx {n} is too small (at least 8)"));
+                return bad("n_ctx", format!("n_ctx {n} is too small (at least 8)"));
             }
         }
         // llama.cpp reserves one output row per sequence inside its logical batch, which it
@@ -249,21 +249,24 @@ impl ContextConfig {
         let n_ctx = self.n_ctx.unwrap_or_else(|| model.n_ctx_train());
         let effective_batch = self.n_batch.min(n_ctx.max(1));
         if self.n_seq_max > effective_batch {
-            return bad(format!(
-                "n_seq_max {} needs a batch of at least as many tokens, but n_batch is {}{}: raise n_batch or \
+            return bad(
+                "n_seq_max",
+                format!(
+                    "n_seq_max {} needs a batch of at least as many tokens, but n_batch is {}{}: raise n_batch or \
                  lower n_seq_max",
-                self.n_seq_max,
-                effective_batch,
-                if effective_batch < self.n_batch { format!(" (capped at n_ctx {n_ctx})") } else { String::new() }
-            ));
+                    self.n_seq_max,
+                    effective_batch,
+                    if effective_batch < self.n_batch { format!(" (capped at n_ctx {n_ctx})") } else { String::new() }
+                ),
+            );
         }
         for t in [self.threads, self.threads_batch].into_iter().flatten() {
             if t == 0 || t > 4096 {
-                return bad(format!("thread count {t} must be 1..=4096"));
+                return bad("threads", format!("thread count {t} must be 1..=4096"));
             }
         }
         if self.type_v.is_quantized() && self.flash_attention == FlashAttention::Off {
-            return bad("a quantized V cache needs flash attention (auto or on)".into());
+            return bad("cache_type_v", "a quantized V cache needs flash attention (auto or on)".into());
         }
         Ok(())
     }
@@ -355,7 +358,7 @@ impl<'m> Context<'m> {
     pub fn new(model: &'m Model, config: &ContextConfig) -> Result<Context<'m>> {
         crate::init::init();
         if model.is_vocab_only() {
-            return Err(Error::InvalidConfig(
+            return Err(Error::InvalidState(
                 "the model was loaded with vocab_only: it has no weights to decode with".into(),
             ));
         }
@@ -509,7 +512,7 @@ impl<'m> Context<'m> {
     /// free cores). Wraps `llama_set_n_threads`.
     pub fn set_threads(&mut self, threads: u32, threads_batch: u32) -> Result<()> {
         if threads == 0 || threads_batch == 0 || threads > 4096 || threads_batch > 4096 {
-            return Err(Error::InvalidConfig("thread counts must be 1..=4096".into()));
+            return Err(Error::invalid("threads", "thread counts must be 1..=4096"));
         }
         self.threads.watch = None;
         self.apply_threads(threads, threads_batch);
@@ -797,7 +800,7 @@ impl<'m> Context<'m> {
     /// Wraps `llama_get_embeddings_ith`.
     pub fn embeddings(&self, index: i32) -> Result<&[f32]> {
         if !self.embeddings {
-            return Err(Error::InvalidConfig("this context was created without embeddings".into()));
+            return Err(Error::InvalidState("this context was created without embeddings".into()));
         }
         self.check_output(index)?;
         // SAFETY: as for `logits`.
@@ -819,10 +822,10 @@ impl<'m> Context<'m> {
     /// `llama_get_embeddings_seq`; a sequence the last decode did not compute is an error.
     pub fn sequence_embedding(&self, seq: SeqId) -> Result<&[f32]> {
         if !self.embeddings {
-            return Err(Error::InvalidConfig("this context was created without embeddings".into()));
+            return Err(Error::InvalidState("this context was created without embeddings".into()));
         }
         if self.pooling == Pooling::None {
-            return Err(Error::InvalidConfig(
+            return Err(Error::InvalidState(
                 "this context pools nothing (pooling none): read each token's row with `embeddings`".into(),
             ));
         }
@@ -830,7 +833,7 @@ impl<'m> Context<'m> {
         // SAFETY: live context; llama.cpp looks the sequence up and returns null when absent.
         let p = unsafe { sys::llama_get_embeddings_seq(self.raw(), seq) };
         if p.is_null() {
-            return Err(Error::Embedding(format!("sequence {seq} has no embedding from the last decode")));
+            return Err(Error::InvalidState(format!("sequence {seq} has no embedding from the last decode")));
         }
         // SAFETY: a pooled row holds `n_cls_out` floats for rank pooling and `n_embd_out`
         // otherwise; it lives until the next decode, which needs `&mut self`.
@@ -955,7 +958,7 @@ impl std::str::FromStr for Pooling {
     type Err = Error;
     fn from_str(s: &str) -> Result<Pooling> {
         Pooling::ALL.into_iter().find(|p| p.name().eq_ignore_ascii_case(s)).ok_or_else(|| {
-            Error::InvalidConfig(format!("unknown pooling {s:?}; known: model, none, mean, cls, last, rank"))
+            Error::invalid("pooling", format!("unknown pooling {s:?}; known: model, none, mean, cls, last, rank"))
         })
     }
 }

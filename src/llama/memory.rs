@@ -16,15 +16,19 @@ fn to_c_range(range: impl RangeBounds<Pos>) -> Result<(Pos, Pos)> {
     let p0 = match range.start_bound() {
         Bound::Unbounded => -1,
         Bound::Included(&p) => p,
-        Bound::Excluded(&p) => p.checked_add(1).ok_or_else(|| Error::InvalidConfig("range start overflows".into()))?,
+        Bound::Excluded(&p) => {
+            p.checked_add(1).ok_or_else(|| Error::invalid("position range", "range start overflows"))?
+        }
     };
     let p1 = match range.end_bound() {
         Bound::Unbounded => -1,
         Bound::Excluded(&p) => p,
-        Bound::Included(&p) => p.checked_add(1).ok_or_else(|| Error::InvalidConfig("range end overflows".into()))?,
+        Bound::Included(&p) => {
+            p.checked_add(1).ok_or_else(|| Error::invalid("position range", "range end overflows"))?
+        }
     };
     if p0 < -1 || p1 < -1 || (p0 >= 0 && p1 >= 0 && p1 < p0) {
-        return Err(Error::InvalidConfig(format!("invalid position range {p0}..{p1}")));
+        return Err(Error::invalid("position range", format!("{p0}..{p1}")));
     }
     Ok((p0, p1))
 }
@@ -63,7 +67,7 @@ impl Context<'_> {
         self.check_seq(dst)?;
         let (p0, p1) = to_c_range(range)?;
         if !self.kv_unified && src != dst && (p0 > 0 || p1 >= 0) {
-            return Err(Error::InvalidConfig(format!(
+            return Err(Error::Unsupported(format!(
                 "this context keeps one KV buffer per sequence (kv_unified off), where a copy between sequences \
                  takes whole sequences: use `..` instead of {p0}..{p1}"
             )));
@@ -110,11 +114,11 @@ impl Context<'_> {
         // Shifting re-applies RoPE to the K cache in place; ggml's CPU RoPE takes F32 and F16
         // (and quantized types through F32) but aborts the process on BF16.
         if self.type_k == crate::context::KvType::BF16 {
-            return Err(Error::InvalidConfig("positions cannot be shifted in a BF16 K cache (use F16 or F32)".into()));
+            return Err(Error::Unsupported("positions cannot be shifted in a BF16 K cache (use F16 or F32)".into()));
         }
         // SAFETY: valid memory handle.
         if !unsafe { sys::llama_memory_can_shift(self.mem()) } {
-            return Err(Error::InvalidConfig("this model's memory cannot shift positions".into()));
+            return Err(Error::Unsupported("this model's memory cannot shift positions".into()));
         }
         // SAFETY: checked id and range.
         unsafe { sys::llama_memory_seq_add(self.mem(), seq, p0, p1, delta) };

@@ -102,17 +102,16 @@ impl<'m> Sampler<'m> {
 
     /// Samples from raw logits (e.g. a row of [`Context::logits`], possibly on another
     /// thread): one logit per vocabulary token, so `logits.len()` must be the model's
-    /// vocabulary size ([`Error::InvalidConfig`] otherwise). Wraps `llama_sampler_apply`; the
+    /// vocabulary size ([`Error::InvalidArgument`] otherwise). Wraps `llama_sampler_apply`; the
     /// chosen token is accepted into the chain, as `llama_sampler_sample` does, so both give
     /// the same tokens. With a grammar, a state in which the grammar allows no token at all is
     /// [`Error::Grammar`].
     pub fn sample_logits(&mut self, logits: &[f32]) -> Result<Token> {
         if logits.len() != self.n_vocab {
-            return Err(Error::InvalidConfig(format!(
-                "sample_logits takes one logit per vocabulary token ({}), got {}",
-                self.n_vocab,
-                logits.len()
-            )));
+            return Err(Error::invalid(
+                "logits",
+                format!("sample_logits takes one logit per vocabulary token ({}), got {}", self.n_vocab, logits.len()),
+            ));
         }
         if self.greedy_only {
             // Greedy alone needs no candidate array: the first maximum, as llama.cpp's greedy
@@ -374,7 +373,7 @@ impl<'m> SamplerBuilder<'m> {
         if v.is_finite() {
             Ok(self)
         } else {
-            Err(self.fail(Error::InvalidConfig(format!("{name} must be finite, got {v}"))))
+            Err(self.fail(Error::invalid("sampling", format!("{name} must be finite, got {v}"))))
         }
     }
 
@@ -445,9 +444,10 @@ impl<'m> SamplerBuilder<'m> {
     fn lookback(&self, what: &str, last_n: i32) -> Result<i32> {
         let n = if last_n == -1 { self.model.n_ctx_train().min(MAX_LOOKBACK as u32) as i32 } else { last_n };
         if !(0..=MAX_LOOKBACK).contains(&n) {
-            return Err(Error::InvalidConfig(format!(
-                "{what} look-back must be -1 (the model's context) or 0..={MAX_LOOKBACK} tokens, got {last_n}"
-            )));
+            return Err(Error::invalid(
+                "logits",
+                format!("{what} look-back must be -1 (the model's context) or 0..={MAX_LOOKBACK} tokens, got {last_n}"),
+            ));
         }
         Ok(n)
     }
@@ -456,10 +456,10 @@ impl<'m> SamplerBuilder<'m> {
     /// model's training context). Wraps `llama_sampler_init_penalties`.
     pub fn penalties(self, last_n: i32, repeat: f32, frequency: f32, presence: f32) -> Self {
         if !(repeat.is_finite() && repeat > 0.0) {
-            return self.fail(Error::InvalidConfig(format!("repeat penalty must be > 0, got {repeat}")));
+            return self.fail(Error::invalid("repeat_penalty", format!("must be > 0, got {repeat}")));
         }
         if !(frequency.is_finite() && presence.is_finite()) {
-            return self.fail(Error::InvalidConfig("penalties must be finite".into()));
+            return self.fail(Error::invalid("penalties", "must be finite"));
         }
         let last_n = match self.lookback("penalty", last_n) {
             Ok(n) => n,
@@ -475,7 +475,7 @@ impl<'m> SamplerBuilder<'m> {
     /// model's training context). Wraps `llama_sampler_init_dry`.
     pub fn dry(self, multiplier: f32, base: f32, allowed_length: i32, last_n: i32, breakers: &[&str]) -> Self {
         if !(multiplier.is_finite() && base.is_finite()) || allowed_length < 0 {
-            return self.fail(Error::InvalidConfig("DRY settings out of range".into()));
+            return self.fail(Error::invalid("dry", "settings out of range"));
         }
         let last_n = match self.lookback("DRY", last_n) {
             Ok(n) => n,

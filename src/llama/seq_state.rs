@@ -55,7 +55,7 @@ pub(crate) fn save(ctx: &Context<'_>, seq: SeqId, tokens: &[Token], path: &Path)
     ctx.check_seq(seq)?;
     let held = ctx.seq_pos_max(seq)?.map_or(0, |p| p as usize + 1);
     if held != tokens.len() {
-        return Err(Error::InvalidConfig(format!(
+        return Err(Error::InvalidState(format!(
             "sequence {seq} holds {held} positions, but the record names {} tokens",
             tokens.len()
         )));
@@ -77,7 +77,7 @@ pub(crate) fn save(ctx: &Context<'_>, seq: SeqId, tokens: &[Token], path: &Path)
         n_tokens: tokens.len(),
         state_bytes: size as u64,
     };
-    let header = serde_json::to_vec(&header).map_err(|e| Error::InvalidConfig(e.to_string()))?;
+    let header = serde_json::to_vec(&header).map_err(|e| Error::Internal(format!("state file header: {e}")))?;
     let mut sum = Checksum::default();
     let mut parts: Vec<Vec<u8>> = vec![MAGIC.to_vec(), (header.len() as u32).to_le_bytes().to_vec(), header];
     parts.push(tokens.iter().flat_map(|t| t.to_le_bytes()).collect());

@@ -88,7 +88,7 @@ fn rpc_fn(name: &std::ffi::CStr) -> Result<*mut c_void> {
 /// Checks a server's address: `HOST:PORT`, an IPv4 address or a host name (ggml's RPC
 /// splits at the first colon, so IPv6 literals cannot be written).
 pub fn check_endpoint(endpoint: &str) -> Result<()> {
-    let bad = |why: &str| Error::InvalidConfig(format!("RPC server `{endpoint}`: {why} (expected HOST:PORT)"));
+    let bad = |why: &str| Error::invalid("RPC server address", format!("`{endpoint}`: {why} (expected HOST:PORT)"));
     let (host, port) = endpoint.rsplit_once(':').ok_or_else(|| bad("no port"))?;
     if host.is_empty() {
         return Err(bad("no host"));
@@ -120,7 +120,7 @@ pub(crate) fn attach(endpoints: &[String], timeout: Duration) -> Result<Vec<Arc<
     let mut out = Vec::with_capacity(endpoints.len());
     for endpoint in endpoints {
         if out.iter().any(|l: &Arc<Link>| &l.remote == endpoint) {
-            return Err(Error::InvalidConfig(format!("RPC server {endpoint} is named twice")));
+            return Err(Error::invalid("RPC servers", format!("{endpoint} is named twice")));
         }
         if let Some(link) = links.iter().rev().find(|l| &l.remote == endpoint && l.failure().is_none()) {
             link.set_timeout(timeout);
@@ -325,14 +325,14 @@ impl RpcServer {
         check_endpoint(&endpoint)?;
         rpc_fn(c"ggml_backend_rpc_start_server")?;
         if !worker::hooked() {
-            return Err(Error::InvalidConfig(
+            return Err(Error::InvalidState(
                 "an RPC server runs ggml in worker processes started from this program, which must call \
                  rocm_llama::rpc::worker_init() first thing in main"
                     .into(),
             ));
         }
         if config.max_clients == 0 {
-            return Err(Error::InvalidConfig("max_clients must be at least 1".into()));
+            return Err(Error::invalid("max_clients", "must be at least 1"));
         }
         let local: Vec<BackendDevice> = crate::devices::backend_devices()
             .into_iter()
@@ -341,13 +341,13 @@ impl RpcServer {
         let device = match config.device {
             Some(i) => local.get(i).cloned().ok_or_else(|| {
                 let names: Vec<String> = local.iter().enumerate().map(|(i, d)| format!("{i}: {}", d.name)).collect();
-                Error::InvalidConfig(format!("device {i} does not exist (this build has {})", names.join(", ")))
+                Error::invalid("device", format!("device {i} does not exist (this build has {})", names.join(", ")))
             })?,
             None => crate::devices::offload_devices(&local)
                 .first()
                 .map(|d| (*d).clone())
                 .or_else(|| local.iter().find(|d| d.kind == DeviceKind::Cpu).cloned())
-                .ok_or_else(|| Error::InvalidConfig("this build has no device to offer".into()))?,
+                .ok_or_else(|| Error::Unsupported("this build has no device to offer".into()))?,
         };
         let listener = TcpListener::bind((config.host.as_str(), config.port))
             .map_err(|e| Error::Rpc { endpoint: endpoint.clone(), reason: format!("cannot listen there: {e}") })?;
@@ -356,7 +356,7 @@ impl RpcServer {
                 std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
                 let s = dir
                     .to_str()
-                    .ok_or_else(|| Error::InvalidConfig(format!("cache folder {} is not UTF-8", dir.display())))?;
+                    .ok_or_else(|| Error::invalid("cache folder", format!("{} is not UTF-8", dir.display())))?;
                 crate::error::c_string("cache folder", s)?;
                 Some(s.to_string())
             }
@@ -412,7 +412,7 @@ mod tests {
         assert!(check_endpoint("127.0.0.1:50052").is_ok());
         assert!(check_endpoint("gpu-box:1").is_ok());
         for bad in ["127.0.0.1", ":50052", "host:0", "host:70000", "host:port", "[::1]:50052", "::1:50052"] {
-            assert!(matches!(check_endpoint(bad), Err(Error::InvalidConfig(_))), "{bad}");
+            assert!(matches!(check_endpoint(bad), Err(Error::InvalidArgument { .. })), "{bad}");
         }
     }
 }

@@ -444,7 +444,10 @@ async fn completions(State(state): State<Arc<AppState>>, body: axum::body::Bytes
     let opts = options(&req.common, top)?;
     let retry = state.config.retry_after_s;
     let engine = state.engine.clone();
-    let streams = state.start(&req.common, move || engine.generate(&prompt, &opts)).await?;
+    let streams = state
+        .start(&req.common, move || engine.generate(&prompt, &opts))
+        .await
+        .map_err(|e| e.prompt_param("prompt"))?;
     let id = state.id("cmpl");
     let model = state.config.model_name.clone();
     let created = now();
@@ -470,7 +473,7 @@ async fn completions(State(state): State<Arc<AppState>>, body: axum::body::Bytes
             }
         }));
     }
-    let out = collect_all(&state, streams, retry).await?;
+    let out = collect_all(&state, streams, retry).await.map_err(|e| e.prompt_param("prompt"))?;
     let summaries: Vec<&Summary> = out.iter().filter_map(|c| c.summary.as_ref()).collect();
     let usage = sum_usage(&summaries);
     let choices: Vec<Value> = out

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::chat::ChatMessage;
-use crate::error::Error;
+use crate::error::{Error, ErrorClass};
 use crate::generate::{StopReason, Summary};
 
 /// `stop`: one string or a list.
@@ -149,42 +149,64 @@ impl ApiError {
         ApiError { param: Some(param), ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", message) }
     }
 
-    /// A library error of a request, mapped to its status.
+    /// A library error of a request, mapped to its status by its class: the client's mistake
+    /// (an invalid argument, something this model cannot do) is a 400, a full queue or memory a
+    /// 503 with `Retry-After`, a missing remote device or a shutdown a 503, and a fault of the
+    /// server's own (a state it should not be in, an internal error) a 500, never a 400.
     pub(crate) fn from_error(e: Error, retry_after: u32) -> ApiError {
-        match e {
-            Error::Busy { .. } => ApiError {
-                retry_after: Some(retry_after),
-                code: Some("server_busy"),
-                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", e.to_string())
-            },
-            Error::ContextOverflow { .. } => ApiError {
+        let message = e.to_string();
+        match (&e, e.class()) {
+            (Error::ContextOverflow { .. }, _) => ApiError {
                 code: Some("context_length_exceeded"),
                 param: Some("messages"),
-                ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", e.to_string())
+                ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
             },
-            Error::JsonSchema(_) => ApiError {
+            (Error::JsonSchema(_), _) => ApiError {
                 param: Some("response_format"),
-                ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", e.to_string())
+                ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
             },
-            Error::Grammar(_)
-            | Error::ChatTemplate(_)
-            | Error::Embedding(_)
-            | Error::InvalidConfig(_)
-            | Error::Sampling(_)
-            | Error::Tokenize(_)
-            | Error::InvalidToken { .. }
-            | Error::NulByte { .. } => ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", e.to_string()),
+            (Error::Busy { .. }, _) => ApiError {
+                retry_after: Some(retry_after),
+                code: Some("server_busy"),
+                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
+            },
             // The model's remote device is gone: nothing this server can do until it is
             // restarted with the RPC server back.
-            Error::Rpc { .. } => ApiError {
+            (Error::Rpc { .. }, _) => ApiError {
                 code: Some("rpc_server_failed"),
-                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", e.to_string())
+                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
             },
-            Error::Cancelled => {
+            (Error::Cancelled, _) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "the server is shutting down")
             }
-            other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", other.to_string()),
+            (_, ErrorClass::InvalidArgument) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+            }
+            (_, ErrorClass::Unsupported) => ApiError {
+                code: Some("unsupported"),
+                ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+            },
+            (_, ErrorClass::ResourceExhausted) => ApiError {
+                retry_after: Some(retry_after),
+                code: Some("resource_exhausted"),
+                ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
+            },
+            (_, ErrorClass::Unavailable | ErrorClass::Cancelled) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
+            }
+            (_, ErrorClass::InvalidState | ErrorClass::Internal) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
+            }
         }
+    }
+
+    /// The same error naming `param` instead of `messages` when the prompt was too long (the
+    /// legacy completions endpoint has no messages).
+    pub(crate) fn prompt_param(mut self, param: &'static str) -> ApiError {
+        if self.code == Some("context_length_exceeded") {
+            self.param = Some(param);
+        }
+        self
     }
 
     pub(crate) fn body(&self) -> Value {
@@ -225,6 +247,42 @@ pub(crate) fn base64_f32(v: &[f32]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_map_to_statuses_by_class() {
+        let status = |e: Error| ApiError::from_error(e, 7);
+        // The client's mistakes.
+        let e = status(Error::invalid("n_batch", "must be at least 1"));
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(status(Error::InvalidToken { token: -1, n_vocab: 10 }).status, StatusCode::BAD_REQUEST);
+        let e = status(Error::Unsupported("shifting".into()));
+        assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, Some("unsupported")));
+        // The server's own faults are never the client's.
+        for e in [
+            Error::InvalidState("a context without embeddings".into()),
+            Error::Internal("a bug".into()),
+            Error::Decode(-3),
+            Error::Engine("decode failed".into()),
+            Error::NoOutput { index: 3 },
+        ] {
+            let text = e.to_string();
+            let e = status(e);
+            assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR, "{text}");
+            assert_eq!(e.kind, "server_error");
+        }
+        // Exhausted: come back later.
+        for e in [Error::Busy { queue_capacity: 4 }, Error::DoesNotFit("KV".into()), Error::NoKvSlot] {
+            let e = status(e);
+            assert_eq!((e.status, e.retry_after), (StatusCode::SERVICE_UNAVAILABLE, Some(7)));
+        }
+        let e = status(Error::Rpc { endpoint: "h:1".into(), reason: "gone".into() });
+        assert_eq!((e.status, e.retry_after), (StatusCode::SERVICE_UNAVAILABLE, None));
+        // A prompt too long names the field the endpoint has.
+        let long = || Error::ContextOverflow { needed: 9, n_ctx: 8 };
+        assert_eq!(status(long()).param, Some("messages"));
+        assert_eq!(status(long()).prompt_param("prompt").param, Some("prompt"));
+        assert_eq!(status(Error::invalid("x", "y")).prompt_param("prompt").param, None);
+    }
 
     #[test]
     fn base64_embeddings_match_pythons_struct_and_base64() {

@@ -69,14 +69,23 @@ pub fn llama_embedding_tool() -> PathBuf {
 
 /// Test data of other projects: the path in `var` when set, else what `scripts/{script}`
 /// fetches or builds (once, into the cache) and prints.
+/// The script runs once per test binary (the tests of a binary run side by side and would
+/// each start it), and takes a lock so concurrent binaries wait for one fetch.
 fn fetched(var: &str, script: &str) -> PathBuf {
     if let Ok(path) = std::env::var(var) {
         return PathBuf::from(path);
     }
-    let script = format!("{}/scripts/{script}", env!("CARGO_MANIFEST_DIR"));
-    let out = std::process::Command::new("bash").arg(&script).output().expect("bash runs the fetch script");
-    assert!(out.status.success(), "{script} failed: {}", String::from_utf8_lossy(&out.stderr));
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    static DONE: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut done = DONE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, path)) = done.iter().find(|(s, _)| s == script) {
+        return path.clone();
+    }
+    let path = format!("{}/scripts/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new("bash").arg(&path).output().expect("bash runs the fetch script");
+    assert!(out.status.success(), "{path} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let found = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    done.push((script.to_string(), found.clone()));
+    found
 }
 
 /// Returns early from a test when the model is absent (never under CI).

@@ -232,7 +232,7 @@ impl Model {
         let load_path = header_copy.as_ref().map_or(path, |c| c.path());
         let path_str = load_path
             .to_str()
-            .ok_or_else(|| Error::InvalidConfig(format!("model path {} is not UTF-8", path.display())))?;
+            .ok_or_else(|| Error::invalid("model path", format!("{} is not UTF-8", path.display())))?;
         let c_path = c_string("model path", path_str)?;
 
         // SAFETY: returns a plain struct by value.
@@ -258,15 +258,18 @@ impl Model {
                 None => crate::devices::offload_devices(&crate::devices::backend_devices_unmeasured()).len(),
             };
             if n > 0 && config.main_gpu as usize >= n {
-                return Err(Error::InvalidConfig(format!(
-                    "main_gpu {} does not exist: this process has {n} GPU{}",
-                    config.main_gpu,
-                    if n == 1 { "" } else { "s" }
-                )));
+                return Err(Error::invalid(
+                    "main_gpu",
+                    format!(
+                        "main_gpu {} does not exist: this process has {n} GPU{}",
+                        config.main_gpu,
+                        if n == 1 { "" } else { "s" }
+                    ),
+                ));
             }
         }
         params.main_gpu = i32::try_from(config.main_gpu)
-            .map_err(|_| Error::InvalidConfig(format!("main_gpu {} is too large", config.main_gpu)))?;
+            .map_err(|_| Error::invalid("main_gpu", format!("{} is too large", config.main_gpu)))?;
         params.split_mode = match config.split_mode {
             SplitMode::None => sys::LLAMA_SPLIT_MODE_NONE,
             SplitMode::Layer => sys::LLAMA_SPLIT_MODE_LAYER,

@@ -14,7 +14,7 @@ mod common;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use rocm_llama::bench::argmax;
+use rocm_llama::bench::{argmax, RawBatch};
 use rocm_llama::{sys, Batch, Context, ContextConfig, FlashAttention, LoadConfig, Model, Sampler};
 
 fn benches(c: &mut Criterion) {
@@ -52,29 +52,23 @@ fn benches(c: &mut Criterion) {
                     token = sampler.sample(&ctx, 0).unwrap();
                 })
             });
-            // SAFETY: a plain one-token batch, freed below; the context is live and only
-            // this closure uses it while it runs; ids come from the vocabulary.
-            let raw = unsafe { sys::llama_batch_init(1, 0, 1) };
+            let mut raw = RawBatch::new(1).unwrap();
             group.bench_with_input(BenchmarkId::new("raw_decode_step", depth), &depth, |b, &depth| {
                 b.iter(|| {
                     ctx.seq_remove(Some(0), depth as i32..).unwrap();
-                    // SAFETY: see above.
+                    // SAFETY: used only below, while `ctx` is not otherwise borrowed.
+                    let c = unsafe { ctx.as_ptr() };
+                    raw.clear();
+                    raw.push(token, depth as i32, 0, true).unwrap();
+                    // SAFETY: the context is live and only this closure uses it while it runs;
+                    // the token comes from the vocabulary and continues the sequence; logits
+                    // of index 0 exist after a decode that succeeded.
                     unsafe {
-                        let c = ctx.as_ptr();
-                        let mut rb = raw;
-                        rb.n_tokens = 1;
-                        *rb.token = token;
-                        *rb.pos = depth as i32;
-                        *rb.n_seq_id = 1;
-                        **rb.seq_id = 0;
-                        *rb.logits = 1;
-                        sys::llama_decode(c, rb);
+                        raw.decode(c).unwrap();
                         token = argmax(std::slice::from_raw_parts(sys::llama_get_logits_ith(c, 0), n_vocab));
                     }
                 })
             });
-            // SAFETY: allocated above, freed once.
-            unsafe { sys::llama_batch_free(raw) };
         }
 
         for n in [128usize, 512] {

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
+use rocm_llama::bench::RawBatch;
 use rocm_llama::{sys, Engine, EngineConfig, GenerateOptions, LoadConfig, Model};
 
 const PROMPT_TOKENS: usize = 16;
@@ -53,7 +54,7 @@ fn raw_batched(model: &Model, prompts: &[Vec<i32>]) -> Duration {
         let ctx = sys::llama_init_from_model(model.as_ptr(), p);
         assert!(!ctx.is_null());
         let n_vocab = model.vocab().n_tokens() as usize;
-        let batch = sys::llama_batch_init(N_BATCH as i32, 0, 1);
+        let mut batch = RawBatch::new(N_BATCH as usize).unwrap();
         let start = Instant::now();
         // Prefill in chunks of n_batch, logits on each prompt's last token.
         let mut flat: Vec<(i32, i32, i32, bool)> = Vec::new();
@@ -64,21 +65,14 @@ fn raw_batched(model: &Model, prompts: &[Vec<i32>]) -> Duration {
         }
         let mut last_index = vec![0i32; n];
         for chunk in flat.chunks(N_BATCH as usize) {
-            let mut b = batch;
-            b.n_tokens = 0;
+            batch.clear();
             for &(tok, pos, seq, logits) in chunk {
-                let i = b.n_tokens as usize;
-                *b.token.add(i) = tok;
-                *b.pos.add(i) = pos;
-                *b.n_seq_id.add(i) = 1;
-                **b.seq_id.add(i) = seq;
-                *b.logits.add(i) = logits as i8;
+                let i = batch.push(tok, pos, seq, logits).unwrap();
                 if logits {
-                    last_index[seq as usize] = i as i32;
+                    last_index[seq as usize] = i;
                 }
-                b.n_tokens += 1;
             }
-            assert_eq!(sys::llama_decode(ctx, b), 0);
+            batch.decode(ctx).unwrap();
         }
         let mut next = vec![0i32; n];
         for step in 0..GEN_TOKENS {
@@ -89,22 +83,14 @@ fn raw_batched(model: &Model, prompts: &[Vec<i32>]) -> Duration {
             if step + 1 == GEN_TOKENS {
                 break;
             }
-            let mut b = batch;
-            b.n_tokens = 0;
+            batch.clear();
             for s in 0..n {
-                let i = s;
-                *b.token.add(i) = next[s];
-                *b.pos.add(i) = (PROMPT_TOKENS + step) as i32;
-                *b.n_seq_id.add(i) = 1;
-                **b.seq_id.add(i) = s as i32;
-                *b.logits.add(i) = 1;
-                last_index[s] = i as i32;
-                b.n_tokens += 1;
+                last_index[s] = batch.push(next[s], (PROMPT_TOKENS + step) as i32, s as i32, true).unwrap();
             }
-            assert_eq!(sys::llama_decode(ctx, b), 0);
+            batch.decode(ctx).unwrap();
         }
         let elapsed = start.elapsed();
-        sys::llama_batch_free(batch);
+        drop(batch);
         sys::llama_free(ctx);
         elapsed
     }

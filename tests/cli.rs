@@ -519,12 +519,33 @@ fn bench_prints_llama_bench_formats() {
     assert_eq!((pp["n_prompt"].as_u64(), pp["n_gen"].as_u64()), (Some(16), Some(0)));
     assert!(pp["avg_ts"].as_f64().unwrap() > 0.0);
     assert_eq!(pp["flash_attn"], "off");
+    // True values: the layers the load put on a GPU (none in a CPU build), the run's time as
+    // its rate says (16 tokens at avg_ts), no invented commit.
+    let gpu = rocm_llama::build_info().backends.iter().any(|b| *b != "cpu");
+    if !gpu {
+        assert_eq!(pp["n_gpu_layers"], 0);
+    }
+    let ns = pp["avg_ns"].as_f64().unwrap();
+    let from_rate = 16.0 / pp["avg_ts"].as_f64().unwrap() * 1e9;
+    assert!((ns - from_rate).abs() <= from_rate * 1e-6 + 1.0, "{ns} vs {from_rate}");
+    assert_eq!(pp["samples_ns"].as_array().unwrap().len(), 1);
+    assert_eq!(pp["build_commit"], "unknown");
+    assert!(pp["build_source"].as_str().unwrap().starts_with("llama-cpp-sys-2 "));
     let jsonl = bench("jsonl");
     assert_eq!(jsonl.lines().count(), rows.len());
     let csv = bench("csv");
     let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
-    for field in ["model_filename", "n_prompt", "n_gen", "n_depth", "avg_ts", "stddev_ts", "n_gpu_layers", "flash_attn"]
-    {
+    for field in [
+        "model_filename",
+        "n_prompt",
+        "n_gen",
+        "n_depth",
+        "avg_ns",
+        "avg_ts",
+        "stddev_ts",
+        "n_gpu_layers",
+        "flash_attn",
+    ] {
         assert!(header.contains(&field), "{field} missing from {header:?}");
     }
     assert_eq!(csv.lines().count(), rows.len() + 1);
@@ -894,4 +915,24 @@ fn embed_classify_and_rerank_read_lines_and_write_jsonl() {
     assert_eq!(v.iter().map(|x| x["index"].as_u64().unwrap()).collect::<Vec<_>>(), vec![0, 1, 2]);
     let out = with_input(&["rerank", "--query", "q"], &model, "d\n");
     assert!(String::from_utf8_lossy(&out.stderr).contains("classifier head"));
+}
+
+/// `bench-embed` runs its raw-FFI baseline beside the library (the raw vectors are compared
+/// with the library's inside the run, which fails if they differ).
+#[test]
+fn bench_embed_runs_the_raw_baseline() {
+    let Some(model) = common::model_path() else { return };
+    let out = bin()
+        .args(["bench-embed", "--batches", "1,4", "--texts", "8", "--text-tokens", "16", "--classify", "0"])
+        .args(["-t", "1", "--json", "-m"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = json["report"]["embeddings"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for r in rows {
+        assert!(r["texts_per_s"].as_f64().unwrap() > 0.0 && r["raw_texts_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    }
 }

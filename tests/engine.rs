@@ -299,6 +299,22 @@ fn bad_requests_fail_at_once() {
     bad.sampling.grammar = Some("root ::= (".into());
     assert!(matches!(handle.generate("hi", &bad), Err(Error::Grammar(_))));
     assert!(handle.generate_tokens(vec![-5], &GenerateOptions::greedy(1)).is_err());
+    // A JSON schema becomes its grammar on the caller's thread: one the converter cannot
+    // handle, or one beside a grammar, fails here rather than in the stream.
+    let schema = GenerateOptions::greedy(4).json_schema(serde_json::json!({"type": "string", "pattern": "^a"}));
+    assert!(matches!(handle.generate("hi", &schema), Err(Error::JsonSchema(_))));
+    let mut both = GenerateOptions::greedy(4).json_schema(serde_json::json!({"type": "null"}));
+    both.sampling.grammar = Some(r#"root ::= "a""#.into());
+    assert!(matches!(handle.generate("hi", &both), Err(Error::InvalidArgument { what: "json_schema", .. })));
+    // The worker samples with the grammar the caller's thread made.
+    let schema = serde_json::json!({"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]});
+    let (text, _) = handle
+        .generate("Some JSON:", &GenerateOptions::greedy(64).json_schema(schema))
+        .unwrap()
+        .collect_text()
+        .unwrap();
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    assert!(value["ok"].is_boolean(), "{text}");
     // The engine still serves.
     assert!(handle.generate("hi", &GenerateOptions::greedy(2)).unwrap().collect_text().is_ok());
 }

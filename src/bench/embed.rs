@@ -223,32 +223,24 @@ fn raw_embeddings(
         .flash_attention(config.flash_attention)
         .threads(config.threads);
     let ctx = Context::new(model, &cc)?;
-    // SAFETY: plain llama.cpp calls on a live context; every batch holds at most `n_batch`
-    // tokens of `n_seq_max` sequences with checked ids and positions from 0, and the pooled
-    // rows are read before the next decode.
-    unsafe {
-        let c = ctx.as_ptr();
-        let n_embd = sys::llama_model_n_embd_out(model.raw()).max(0) as usize;
-        let raw = sys::llama_batch_init(config.n_batch as i32, 0, 1);
-        let mut out = Vec::with_capacity(texts.len());
-        let pass = |chunk: &[Vec<i32>], out: &mut Vec<Vec<f32>>| -> Result<()> {
-            let mut b = raw;
-            b.n_tokens = 0;
-            for (s, t) in chunk.iter().enumerate() {
-                for (p, &tok) in t.iter().enumerate() {
-                    let i = b.n_tokens as usize;
-                    *b.token.add(i) = tok;
-                    *b.pos.add(i) = p as i32;
-                    *b.n_seq_id.add(i) = 1;
-                    *(*b.seq_id.add(i)) = s as i32;
-                    *b.logits.add(i) = 1;
-                    b.n_tokens += 1;
-                }
+    // SAFETY: used only below, while `ctx` is not otherwise borrowed.
+    let c = unsafe { ctx.as_ptr() };
+    // SAFETY: a pure query on a live model.
+    let n_embd = unsafe { sys::llama_model_n_embd_out(model.raw()) }.max(0) as usize;
+    let mut raw = super::RawBatch::new(config.n_batch as usize)?;
+    let mut pass = |chunk: &[Vec<i32>], out: &mut Vec<Vec<f32>>| -> Result<()> {
+        raw.clear();
+        for (s, t) in chunk.iter().enumerate() {
+            for (p, &tok) in t.iter().enumerate() {
+                raw.push(tok, p as i32, s as i32, true)?;
             }
+        }
+        // SAFETY: a live context used by this thread alone; every batch holds at most `n_batch`
+        // tokens (push checks) of `n_seq_max` sequences, token ids from the tokenizer,
+        // positions from 0 in a cleared memory; the pooled rows are read before the next decode.
+        unsafe {
             sys::llama_memory_clear(sys::llama_get_memory(c), true);
-            if sys::llama_decode(c, b) != 0 {
-                return Err(Error::Llama { call: "llama_decode", reason: "the raw loop's decode failed".into() });
-            }
+            raw.decode(c)?;
             for s in 0..chunk.len() {
                 let p = sys::llama_get_embeddings_seq(c, s as i32);
                 if p.is_null() {
@@ -258,19 +250,17 @@ fn raw_embeddings(
                 crate::embed::l2_normalize(&mut v);
                 out.push(v);
             }
-            Ok(())
-        };
-        let mut warm = Vec::new();
-        let result = pass(&texts[..batch], &mut warm).and_then(|()| {
-            let t = Instant::now();
-            for chunk in texts.chunks(batch) {
-                pass(chunk, &mut out)?;
-            }
-            Ok(t.elapsed().as_secs_f64())
-        });
-        sys::llama_batch_free(raw);
-        Ok((result?, out))
+        }
+        Ok(())
+    };
+    let mut warm = Vec::new();
+    pass(&texts[..batch], &mut warm)?;
+    let mut out = Vec::with_capacity(texts.len());
+    let t = Instant::now();
+    for chunk in texts.chunks(batch) {
+        pass(chunk, &mut out)?;
     }
+    Ok((t.elapsed().as_secs_f64(), out))
 }
 
 /// Made-up review texts of varied length, deterministic.

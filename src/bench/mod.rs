@@ -12,6 +12,7 @@
 //! Embeddings and classification have their own run in [`embed`] (`rocm-llama bench-embed`).
 
 pub mod embed;
+mod raw;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::generate::{Event, GenerateOptions};
 use crate::model::Model;
 use crate::sampler::SamplingParams;
+pub use raw::RawBatch;
 
 /// What to measure.
 ///
@@ -253,49 +255,23 @@ fn lib_prefill(ctx: &mut Context<'_>, batch: &mut Batch, prompt: &[i32], depth: 
     Ok(t.elapsed().as_secs_f64())
 }
 
-/// A `llama_batch` of the raw baselines, freed on every way out.
-struct RawBatch(sys::llama_batch);
-
-impl RawBatch {
-    fn new(n_tokens: usize) -> RawBatch {
-        // SAFETY: allocation of a plain batch of one sequence per token; freed in `drop`.
-        RawBatch(unsafe { sys::llama_batch_init(n_tokens as i32, 0, 1) })
-    }
-}
-
-impl Drop for RawBatch {
-    fn drop(&mut self) {
-        // SAFETY: allocated by `llama_batch_init` in `new`, freed once.
-        unsafe { sys::llama_batch_free(self.0) };
-    }
-}
-
 /// The same through plain llama.cpp calls on the context's raw pointer.
-fn raw_prefill(ctx: &mut Context<'_>, raw: &RawBatch, prompt: &[i32], depth: usize, n_batch: usize) -> Result<f64> {
-    let raw_batch = raw.0;
-    // SAFETY: `ctx` is live and exclusively borrowed; the batch was allocated with room for
-    // `n_batch` tokens of one sequence; every id comes from `tokens` (in the vocabulary).
-    unsafe {
-        let c = ctx.as_ptr();
-        let t = Instant::now();
-        for (k, chunk) in prompt.chunks(n_batch).enumerate() {
-            let mut b = raw_batch;
-            b.n_tokens = chunk.len() as i32;
-            for (i, &tok) in chunk.iter().enumerate() {
-                *b.token.add(i) = tok;
-                *b.pos.add(i) = (depth + k * n_batch + i) as i32;
-                *b.n_seq_id.add(i) = 1;
-                **b.seq_id.add(i) = 0;
-                *b.logits.add(i) = (i + 1 == chunk.len()) as i8;
-            }
-            let rc = sys::llama_decode(c, b);
-            if rc != 0 {
-                return Err(Error::Decode(rc));
-            }
+fn raw_prefill(ctx: &mut Context<'_>, raw: &mut RawBatch, prompt: &[i32], depth: usize, n_batch: usize) -> Result<f64> {
+    // SAFETY: used only below, while `ctx` is not otherwise borrowed.
+    let c = unsafe { ctx.as_ptr() };
+    let t = Instant::now();
+    for (k, chunk) in prompt.chunks(n_batch).enumerate() {
+        raw.clear();
+        for (i, &tok) in chunk.iter().enumerate() {
+            raw.push(tok, (depth + k * n_batch + i) as i32, 0, i + 1 == chunk.len())?;
         }
-        sys::llama_synchronize(c);
-        Ok(t.elapsed().as_secs_f64())
+        // SAFETY: `ctx` is live and exclusively borrowed; every id comes from `tokens` (in
+        // the vocabulary), one sequence, positions continuing the cached depth.
+        unsafe { raw.decode(c)? };
     }
+    // SAFETY: a live context.
+    unsafe { sys::llama_synchronize(c) };
+    Ok(t.elapsed().as_secs_f64())
 }
 
 /// Runs the whole bench on `model`; `progress` hears each step.
@@ -338,7 +314,7 @@ pub fn run(shared: &Arc<Model>, cfg: &BenchConfig, progress: &dyn Fn(&str)) -> R
         }
         let n_batch = ctx.n_batch() as usize;
         let mut batch = Batch::new(n_batch, 1)?;
-        let raw_batch = RawBatch::new(n_batch);
+        let mut raw_batch = RawBatch::new(n_batch)?;
 
         for &np in &prompts {
             let prompt = tokens(model, np, np);
@@ -359,7 +335,7 @@ pub fn run(shared: &Arc<Model>, cfg: &BenchConfig, progress: &dyn Fn(&str)) -> R
                         if depth > 0 {
                             lib_prefill(&mut ctx, &mut batch, &fill, 0)?;
                         }
-                        let r = raw_prefill(&mut ctx, &raw_batch, &prompt, depth, n_batch)?;
+                        let r = raw_prefill(&mut ctx, &mut raw_batch, &prompt, depth, n_batch)?;
                         if rep > 0 {
                             lib.push(np as f64 / s);
                             raw.push(np as f64 / r);
@@ -431,28 +407,22 @@ pub fn run(shared: &Arc<Model>, cfg: &BenchConfig, progress: &dyn Fn(&str)) -> R
                 }
                 let s = t.elapsed().as_secs_f64();
                 let mut tok = prepare(&mut ctx, &mut batch)?;
-                // SAFETY: as in `raw_prefill`; logits of index 0 exist after each decode that
-                // returned 0.
-                let r = unsafe {
-                    let c = ctx.as_ptr();
-                    let n_vocab = model.vocab().n_tokens() as usize;
-                    let t = Instant::now();
-                    for i in 0..cfg.n_gen {
-                        let mut b = raw_batch.0;
-                        b.n_tokens = 1;
-                        *b.token = tok;
-                        *b.pos = (start + i) as i32;
-                        *b.n_seq_id = 1;
-                        **b.seq_id = 0;
-                        *b.logits = 1;
-                        let rc = sys::llama_decode(c, b);
-                        if rc != 0 {
-                            return Err(Error::Decode(rc));
-                        }
-                        tok = argmax(std::slice::from_raw_parts(sys::llama_get_logits_ith(c, 0), n_vocab));
-                    }
-                    t.elapsed().as_secs_f64()
-                };
+                // SAFETY: used only below, while `ctx` is not otherwise borrowed.
+                let c = unsafe { ctx.as_ptr() };
+                let n_vocab = model.vocab().n_tokens() as usize;
+                let t = Instant::now();
+                for i in 0..cfg.n_gen {
+                    raw_batch.clear();
+                    raw_batch.push(tok, (start + i) as i32, 0, true)?;
+                    // SAFETY: as in `raw_prefill`; the token was picked from the logits, so it
+                    // is in the vocabulary; logits of index 0 exist after a decode that
+                    // succeeded.
+                    tok = unsafe {
+                        raw_batch.decode(c)?;
+                        argmax(std::slice::from_raw_parts(sys::llama_get_logits_ith(c, 0), n_vocab))
+                    };
+                }
+                let r = t.elapsed().as_secs_f64();
                 if rep > 0 {
                     lib.push(cfg.n_gen as f64 / s);
                     raw.push(cfg.n_gen as f64 / r);

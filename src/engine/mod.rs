@@ -390,9 +390,10 @@ impl EngineHandle {
         if inner.stopped.load(Ordering::SeqCst) {
             return Err(Error::Cancelled);
         }
-        crate::request::check_prompt(inner.model.vocab(), &tokens, inner.config.n_ctx_per_seq)?;
-        // Bad grammars and sampler settings fail here, on the caller's thread.
-        drop(options.sampling.build(&inner.model)?);
+        // The prompt checks, the schema's grammar and the chain's build (a bad grammar or
+        // setting fails here) run on the caller's thread, never on the engine's.
+        let (spec, _chain) =
+            crate::request::RequestSpec::resolve(&inner.model, tokens, options, inner.config.n_ctx_per_seq)?;
         // Admission counts every request not yet finished against the slots plus the queue:
         // a permit, released when the request ends (or its job is dropped), so the count
         // cannot drift and free slots count at once, before the worker has seen anything.
@@ -406,8 +407,8 @@ impl EngineHandle {
         let cancel = crate::generate::CancelToken::new();
         let (events, stream) = stream::channel(cancel.clone());
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let job = Job { id, tokens, options: options.clone(), events, cancel, permit, submitted: Instant::now() };
-        if inner.tx.send(Command::Submit(Box::new(job))).is_err() {
+        let job = Job { id, events, cancel, caller_cancel: options.cancel.clone(), permit, submitted: Instant::now() };
+        if inner.tx.send(Command::Submit(Box::new(worker::Submission { job, spec }))).is_err() {
             inner.stats.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(Error::Cancelled);
         }

@@ -13,8 +13,8 @@ use crate::batch::{Batch, SeqId};
 use crate::context::Context;
 use crate::embed::{EmbedConfig, Embedder};
 use crate::error::{Error, Result};
-use crate::generate::{CancelToken, Event, GenerateOptions, StopReason};
-use crate::request::{cancelled_before_start, Accepted, Request, SeqCache};
+use crate::generate::{CancelToken, Event, StopReason};
+use crate::request::{cancelled_before_start, Accepted, Request, RequestSpec, SeqCache};
 use crate::sampler::SamplingParams;
 use crate::vocab::Token;
 
@@ -48,19 +48,26 @@ impl Drop for Permit {
 /// A request on its way to a slot.
 pub(crate) struct Job {
     pub(crate) id: u64,
-    pub(crate) tokens: Vec<Token>,
-    pub(crate) options: GenerateOptions,
     pub(crate) events: EventSender,
     /// Cancelled by this request's stream (drop or `cancel`).
     pub(crate) cancel: CancelToken,
+    /// The caller's own token from its options, which other requests may share.
+    pub(crate) caller_cancel: Option<CancelToken>,
     pub(crate) permit: Permit,
     pub(crate) submitted: Instant,
+}
+
+/// A request as the caller submits it: its job, and what it asks for, resolved on the
+/// caller's thread. At admission the spec moves into the slot's [`Request`].
+pub(crate) struct Submission {
+    pub(crate) job: Job,
+    pub(crate) spec: RequestSpec,
 }
 
 impl Job {
     /// Cancelled through its stream or through the caller's own token in the options.
     fn cancelled(&self) -> bool {
-        self.cancel.is_cancelled() || self.options.cancel.as_ref().is_some_and(CancelToken::is_cancelled)
+        self.cancel.is_cancelled() || self.caller_cancel.as_ref().is_some_and(CancelToken::is_cancelled)
     }
 
     /// Sends the request's last event, after giving its place back, so a caller that sees the
@@ -107,7 +114,7 @@ pub(crate) struct SlotJob {
 
 /// What handles send to the worker.
 pub(crate) enum Command {
-    Submit(Box<Job>),
+    Submit(Box<Submission>),
     Embed(Box<EmbedJob>),
     Slot(Box<SlotJob>),
     Shutdown,
@@ -177,7 +184,7 @@ pub(crate) struct Worker<'m> {
     ctx: Context<'m>,
     batch: Batch,
     slots: Vec<Slot<'m>>,
-    queue: VecDeque<Job>,
+    queue: VecDeque<Submission>,
     stats: Arc<SharedStats>,
     n_batch: usize,
     n_ctx_per_seq: usize,
@@ -261,7 +268,7 @@ impl<'m> Worker<'m> {
 
     fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Submit(job) => self.queue.push_back(*job),
+            Command::Submit(submission) => self.queue.push_back(*submission),
             Command::Embed(job) => self.embeds.push_back(EmbedWork { job: *job, done: Vec::new() }),
             Command::Slot(job) => {
                 let answer = self.slot_action(job.id, job.action);
@@ -356,7 +363,7 @@ impl<'m> Worker<'m> {
         for work in self.embeds.drain(..) {
             let _ = work.job.reply.send(Err(Error::Cancelled));
         }
-        for mut job in self.queue.drain(..) {
+        for Submission { mut job, .. } in self.queue.drain(..) {
             self.stats.queued.fetch_sub(1, Ordering::SeqCst);
             job.end(Err(Error::Cancelled));
         }
@@ -380,30 +387,33 @@ impl<'m> Worker<'m> {
     /// Moves waiting requests into free slots, each with the longest prefix of its prompt that
     /// any slot holds or is computing (see [`plan`](Self::plan)).
     fn admit(&mut self) {
-        while let Some(mut job) = self.queue.pop_front() {
+        while let Some(submission) = self.queue.pop_front() {
             self.stats.queued.fetch_sub(1, Ordering::SeqCst);
+            let Submission { mut job, spec } = submission;
             if job.cancelled() {
-                let summary = cancelled_before_start(job.tokens.len(), job.submitted);
+                let summary = cancelled_before_start(spec.prompt.len(), job.submitted);
                 job.end(Ok(Event::Done(summary)));
                 continue;
             }
             let free: Vec<usize> = (0..self.slots.len()).filter(|&i| self.slots[i].active.is_none()).collect();
             if free.is_empty() {
-                self.queue.push_front(job);
+                self.queue.push_front(Submission { job, spec });
                 self.stats.queued.fetch_add(1, Ordering::SeqCst);
                 break;
             }
-            let mut request =
-                match Request::new(self.ctx.model(), std::mem::take(&mut job.tokens), &job.options, job.submitted) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        job.end(Err(e));
-                        continue;
-                    }
-                };
-            let (best, source) = self.plan(&request.prompt, &free);
+            // The spec was checked and its chain built once on the caller's thread (a bad
+            // grammar failed there); the chain is built again here for this thread's borrow of
+            // the model, from the same spec.
+            let mut request = match spec.sampling.build(self.ctx.model()) {
+                Ok(sampler) => Request::new(self.ctx.model(), spec, sampler, job.submitted),
+                Err(e) => {
+                    job.end(Err(e));
+                    continue;
+                }
+            };
+            let (best, source) = self.plan(&request.spec.prompt, &free);
             let seq = self.slots[best].seq;
-            if let Err(e) = place_sampler(&mut self.ctx, &mut self.slots[best], &mut request, &job.options.sampling) {
+            if let Err(e) = place_sampler(&mut self.ctx, &mut self.slots[best], &mut request) {
                 job.end(Err(e));
                 continue;
             }
@@ -411,9 +421,9 @@ impl<'m> Worker<'m> {
             let common = match source {
                 Source::Own => {
                     // A cache that cannot be cut is dropped and the prompt computed whole.
-                    let limit = self.reusable(best, &request.prompt);
+                    let limit = self.reusable(best, &request.spec.prompt);
                     let slot = &mut self.slots[best];
-                    let got = slot.cached.reuse(&mut self.ctx, seq, &request.prompt, limit).unwrap_or_else(|_| {
+                    let got = slot.cached.reuse(&mut self.ctx, seq, &request.spec.prompt, limit).unwrap_or_else(|_| {
                         slot.cached.clear();
                         0
                     });
@@ -446,7 +456,7 @@ impl<'m> Worker<'m> {
                 "request",
                 id = job.id,
                 seq,
-                prompt_tokens = request.prompt.len(),
+                prompt_tokens = request.spec.prompt.len(),
                 cached = common,
                 shared = request.shared,
             );
@@ -493,8 +503,8 @@ impl<'m> Worker<'m> {
             if h > now.0 {
                 now = (h, Some(i));
             }
-            if a.prefilled < a.request.prompt.len() {
-                let will = self.aligned(crate::request::common_prefix(&a.request.prompt, prompt).min(usable));
+            if a.prefilled < a.request.spec.prompt.len() {
+                let will = self.aligned(crate::request::common_prefix(&a.request.spec.prompt, prompt).min(usable));
                 if will > later.0 {
                     later = (will, Some((i, a.job.id)));
                 }
@@ -559,7 +569,7 @@ impl<'m> Worker<'m> {
         for w in 0..self.slots.len() {
             let Some(a) = self.slots[w].active.as_ref() else { continue };
             let Some(wait) = a.wait else { continue };
-            let prompt = &a.request.prompt;
+            let prompt = &a.request.spec.prompt;
             let donor = &self.slots[wait.donor];
             let ready = self.reusable(wait.donor, prompt) >= wait.upto;
             let donor_on_it = donor.active.as_ref().is_some_and(|d| d.job.id == wait.donor_job);
@@ -609,13 +619,28 @@ impl<'m> Worker<'m> {
     }
 
     /// One decode of every running sequence (or of slot `only`) with prefill chunks, then
-    /// sampling of every sequence that produced logits.
+    /// sampling of every sequence that produced logits, in five phases.
     fn decode_and_sample(&mut self, only: Option<usize>) {
-        let included = |i: usize| only.is_none_or(|o| o == i);
         self.batch.clear();
+        let budget = self.add_decode_tokens(only);
+        let prompt_tokens = self.add_prefill_chunks(only, budget);
+        if self.batch.is_empty() {
+            return;
+        }
+        if !self.decode_batch(prompt_tokens) {
+            return;
+        }
+        let t_sample = Instant::now();
+        self.record_batch();
+        self.sample_outputs();
+        self.stats.sample_ns.fetch_add(t_sample.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Phase 1: one decode token for every running sequence that has one (its last sampled
+    /// token). Returns the batch budget left.
+    fn add_decode_tokens(&mut self, only: Option<usize>) -> usize {
         let mut budget = self.n_batch;
-        // One decode token for every running sequence first.
-        for (_, slot) in self.slots.iter_mut().enumerate().filter(|(i, _)| included(*i)) {
+        for (_, slot) in self.slots.iter_mut().enumerate().filter(|(i, _)| only.is_none_or(|o| o == *i)) {
             let Some(a) = slot.active.as_mut() else { continue };
             a.output = None;
             if let Some(t) = a.pending {
@@ -629,17 +654,22 @@ impl<'m> Worker<'m> {
                 }
             }
         }
-        // Then prefill chunks of waiting prompts with what is left: the prompts closest to
-        // their first token first, so a short prompt never waits for a long one's prefill and
-        // equal prompts finish one after another instead of all at the end.
+        budget
+    }
+
+    /// Phase 2: prefill chunks of waiting prompts with the `budget` left: the prompts closest
+    /// to their first token first, so a short prompt never waits for a long one's prefill and
+    /// equal prompts finish one after another instead of all at the end. Returns the prompt
+    /// tokens added.
+    fn add_prefill_chunks(&mut self, only: Option<usize>, budget: usize) -> usize {
         let waiting: Vec<(usize, usize, u64)> = self
             .slots
             .iter()
             .enumerate()
-            .filter(|(i, _)| included(*i))
+            .filter(|(i, _)| only.is_none_or(|o| o == *i))
             .filter_map(|(i, slot)| {
                 let a = slot.active.as_ref()?;
-                let left = a.request.prompt.len().saturating_sub(a.prefilled);
+                let left = a.request.spec.prompt.len().saturating_sub(a.prefilled);
                 (a.pending.is_none() && a.wait.is_none() && left > 0).then_some((i, left, a.job.id))
             })
             .collect();
@@ -651,25 +681,25 @@ impl<'m> Worker<'m> {
             }
             let slot = &mut self.slots[i];
             let Some(a) = slot.active.as_mut() else { continue };
-            let chunk = &a.request.prompt[a.prefilled..a.prefilled + take];
-            let last = a.prefilled + take == a.request.prompt.len();
+            let chunk = &a.request.spec.prompt[a.prefilled..a.prefilled + take];
+            let last = a.prefilled + take == a.request.spec.prompt.len();
             if self.batch.add_sequence(chunk, a.prefilled as i32, slot.seq, last).is_ok() && last {
                 a.output = Some(self.batch.len() as i32 - 1);
             }
         }
-        if self.batch.is_empty() {
-            return;
-        }
+        prompt_tokens
+    }
 
+    /// Phase 3: the decode, waited for (so the time splits into decode and sampling), and its
+    /// counters. A failure fails the batch's sequences; returns whether it succeeded.
+    fn decode_batch(&mut self, prompt_tokens: usize) -> bool {
         let t_decode = Instant::now();
-        // Waits for the outputs here, so the time splits into decode and sampling.
         if let Err(e) = self.ctx.decode(&self.batch) {
             self.fail_batch(&e);
-            return;
+            return false;
         }
         self.ctx.synchronize();
-        let t_sample = Instant::now();
-        let decode_ns = (t_sample - t_decode).as_nanos() as u64;
+        let decode_ns = t_decode.elapsed().as_nanos() as u64;
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
         self.stats.decode_ns.fetch_add(decode_ns, Ordering::Relaxed);
         if prompt_tokens > 0 {
@@ -677,8 +707,12 @@ impl<'m> Worker<'m> {
             self.stats.prompt_decode_ns.fetch_add(decode_ns, Ordering::Relaxed);
         }
         self.stats.graphs_reused.store(self.ctx.perf().n_reused.max(0) as u64, Ordering::Relaxed);
+        true
+    }
 
-        // Record what went into the cache.
+    /// Phase 4: records what the decode put into each sequence's cells: the slot caches, and
+    /// the prompt progress of requests still prefilling.
+    fn record_batch(&mut self) {
         let tokens = self.batch.tokens().to_vec();
         let mut k = 0;
         let n = tokens.len();
@@ -703,40 +737,16 @@ impl<'m> Worker<'m> {
             }
             k = j;
         }
+    }
 
-        // Sample every sequence that produced logits, in parallel across cores: with many
-        // sequences and a large vocabulary this host work would otherwise serialize between
-        // decode steps.
-        // Sequences sampled on the device already have their token: read it first (the
-        // context is borrowed mutably for that, then shared by the host samplers).
+    /// Phase 5: samples every sequence that produced logits, in parallel across cores (with
+    /// many sequences and a large vocabulary this host work would otherwise serialize between
+    /// decode steps), then ends the requests that finished or failed.
+    fn sample_outputs(&mut self) {
         let Worker { ctx, slots, stats, n_ctx_per_seq, pool, .. } = self;
         // As many sampling threads as llama.cpp's: the cores free of other work.
         let sample_threads = ctx.threads().0 as usize;
-        let mut device_picks: Vec<Option<Result<Token>>> = (0..slots.len()).map(|_| None).collect();
-        for (i, slot) in slots.iter_mut().enumerate() {
-            let Some(a) = slot.active.as_mut().filter(|a| a.request.sampler.is_none()) else { continue };
-            if let Some(index) = a.output.take() {
-                device_picks[i] = Some(ctx.sampled_token(index));
-            }
-        }
-        let mut work: Vec<(&mut Slot<'m>, Pick<'_>)> = Vec::new();
-        for (slot, pick) in slots.iter_mut().zip(device_picks) {
-            let pick = match pick {
-                Some(token) => token.map(Pick::Token),
-                None => match slot.active.as_mut().and_then(|a| a.output.take()) {
-                    Some(index) => ctx.logits(index).map(Pick::Logits),
-                    None => continue,
-                },
-            };
-            match pick {
-                Ok(pick) => work.push((slot, pick)),
-                Err(e) => {
-                    if let Some(mut a) = slot.active.take() {
-                        a.job.end(Err(e));
-                    }
-                }
-            }
-        }
+        let work = gather_picks(ctx, slots);
         let n_ctx = *n_ctx_per_seq;
         let sample = |slot: &mut Slot<'m>, pick: Pick<'_>| {
             let n_cached = slot.cached.len();
@@ -773,27 +783,7 @@ impl<'m> Worker<'m> {
                 }
             }
         }
-        for slot in slots.iter_mut() {
-            let Some(a) = slot.active.as_mut() else { continue };
-            let Some(outcome) = a.outcome.take() else { continue };
-            stats.generated.fetch_add((a.request.generated - a.counted) as u64, Ordering::Relaxed);
-            a.counted = a.request.generated;
-            match outcome {
-                Ok(None) => {}
-                Ok(Some(reason)) => {
-                    if let Some(a) = slot.active.take() {
-                        finish(a, reason, stats, slot.cached.len());
-                    }
-                }
-                Err(e) => {
-                    if let Some(mut a) = slot.active.take() {
-                        release(stats, slot.cached.len(), true);
-                        a.job.end(Err(e));
-                    }
-                }
-            }
-        }
-        stats.sample_ns.fetch_add(t_sample.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        settle_outcomes(slots, stats);
     }
 
     /// A decode failed: fail only the sequences in this batch, free their cells, keep serving.
@@ -852,13 +842,9 @@ fn sampling_pool(n_seq_max: usize) -> Option<rayon::ThreadPool> {
 /// Decides where a newly admitted request samples and sets the slot's sequence up for it:
 /// the slot's device chain reused (reset) when the settings match, a new one attached, or
 /// none (host sampling).
-fn place_sampler<'m>(
-    ctx: &mut Context<'m>,
-    slot: &mut Slot<'m>,
-    request: &mut Request<'m>,
-    params: &SamplingParams,
-) -> Result<()> {
-    let wanted = request.wants_device(params);
+fn place_sampler<'m>(ctx: &mut Context<'m>, slot: &mut Slot<'m>, request: &mut Request<'m>) -> Result<()> {
+    let wanted = request.wants_device();
+    let params = &request.spec.sampling;
     if wanted && slot.device_sampler.as_ref() == Some(params) && ctx.has_device_sampler(slot.seq) {
         ctx.reset_device_sampler(slot.seq)?;
         request.sampler = None;
@@ -867,10 +853,67 @@ fn place_sampler<'m>(
     if slot.device_sampler.take().is_some() {
         ctx.clear_device_sampler(slot.seq)?;
     }
-    if wanted && request.try_device(ctx, slot.seq, params)? {
-        slot.device_sampler = Some(params.clone());
+    if wanted && request.try_device(ctx, slot.seq)? {
+        slot.device_sampler = Some(request.spec.sampling.clone());
     }
     Ok(())
+}
+
+/// What the last decode gave each sequence with an output: the token its device sampler
+/// picked (read first, while the context is borrowed mutably), else its logits row for the
+/// host samplers. A sequence whose output cannot be read fails alone.
+fn gather_picks<'s, 'c, 'm>(ctx: &'c mut Context<'m>, slots: &'s mut [Slot<'m>]) -> Vec<(&'s mut Slot<'m>, Pick<'c>)> {
+    let mut device_picks: Vec<Option<Result<Token>>> = (0..slots.len()).map(|_| None).collect();
+    for (i, slot) in slots.iter_mut().enumerate() {
+        let Some(a) = slot.active.as_mut().filter(|a| a.request.sampler.is_none()) else { continue };
+        if let Some(index) = a.output.take() {
+            device_picks[i] = Some(ctx.sampled_token(index));
+        }
+    }
+    let ctx: &'c Context<'m> = ctx;
+    let mut work = Vec::new();
+    for (slot, pick) in slots.iter_mut().zip(device_picks) {
+        let pick = match pick {
+            Some(token) => token.map(Pick::Token),
+            None => match slot.active.as_mut().and_then(|a| a.output.take()) {
+                Some(index) => ctx.logits(index).map(Pick::Logits),
+                None => continue,
+            },
+        };
+        match pick {
+            Ok(pick) => work.push((slot, pick)),
+            Err(e) => {
+                if let Some(mut a) = slot.active.take() {
+                    a.job.end(Err(e));
+                }
+            }
+        }
+    }
+    work
+}
+
+/// Counts what was generated and ends the requests whose sampling finished or failed.
+fn settle_outcomes(slots: &mut [Slot<'_>], stats: &SharedStats) {
+    for slot in slots.iter_mut() {
+        let Some(a) = slot.active.as_mut() else { continue };
+        let Some(outcome) = a.outcome.take() else { continue };
+        stats.generated.fetch_add((a.request.generated - a.counted) as u64, Ordering::Relaxed);
+        a.counted = a.request.generated;
+        match outcome {
+            Ok(None) => {}
+            Ok(Some(reason)) => {
+                if let Some(a) = slot.active.take() {
+                    finish(a, reason, stats, slot.cached.len());
+                }
+            }
+            Err(e) => {
+                if let Some(mut a) = slot.active.take() {
+                    release(stats, slot.cached.len(), true);
+                    a.job.end(Err(e));
+                }
+            }
+        }
+    }
 }
 
 /// What a decode gave one sequence: logits to sample on the host, or the device's token.

@@ -8,7 +8,7 @@ use crate::batch::Batch;
 use crate::chat::{ChatMessage, ChatTemplate};
 use crate::context::Context;
 use crate::error::{Error, Result};
-use crate::request::{check_prompt, Accepted, Request, SeqCache};
+use crate::request::{Accepted, Request, RequestSpec, SeqCache};
 use crate::vocab::Token;
 
 enum Phase {
@@ -98,9 +98,9 @@ impl<'c, 'm> Generation<'c, 'm> {
         prompt: Vec<Token>,
         opts: &GenerateOptions,
     ) -> Result<Self> {
-        check_prompt(ctx.model().vocab(), &prompt, ctx.n_ctx_seq())?;
-        let mut request = Request::new(ctx.model(), prompt, opts, Instant::now())?;
-        request.try_device(ctx, 0, &opts.sampling)?;
+        let (spec, sampler) = RequestSpec::resolve(ctx.model(), prompt, opts, ctx.n_ctx_seq())?;
+        let mut request = Request::new(ctx.model(), spec, sampler, Instant::now());
+        request.try_device(ctx, 0)?;
         let batch = Batch::new(ctx.n_batch() as usize, 1)?;
         Ok(Generation {
             ctx,
@@ -146,7 +146,7 @@ impl<'c, 'm> Generation<'c, 'm> {
     /// Computes the prompt, reusing what the session's cache of sequence 0 shares with it.
     fn prefill(&mut self) -> Result<()> {
         let ctx = &mut *self.ctx;
-        let prompt = &self.request.prompt;
+        let prompt = &self.request.spec.prompt;
         let common = match self.cache.as_deref_mut() {
             Some(cache) => cache.reuse(ctx, 0, prompt, usize::MAX)?,
             None => {

@@ -134,10 +134,55 @@ pub(crate) enum Accepted {
     Token { id: Token, text: String, stop: Option<StopReason> },
 }
 
+/// A generation request resolved once, on the caller's thread, into what every later stage
+/// only reads: the checked prompt, the final sampling settings (the caller's, with the grammar
+/// of its JSON schema), the stops and the limits. The engine's worker and the sampler placement
+/// (device or host, and the host fallback) build from this and nothing else, so no copy of the
+/// settings can disagree with another, and no conversion runs on the engine's thread.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestSpec {
+    pub(crate) prompt: Vec<Token>,
+    /// The chain to run, grammar included.
+    pub(crate) sampling: SamplingParams,
+    pub(crate) max_tokens: usize,
+    pub(crate) stop: Vec<String>,
+    /// Log-probabilities to report with each token (0: none), at most the vocabulary.
+    pub(crate) n_probs: usize,
+}
+
+impl RequestSpec {
+    /// Checks `prompt` for a sequence of `n_ctx_seq` cells ([`check_prompt`]), turns a JSON
+    /// schema into its grammar, and builds the chain once, so a bad grammar or setting fails
+    /// here. Returns the spec with that chain.
+    pub(crate) fn resolve<'m>(
+        model: &'m Model,
+        prompt: Vec<Token>,
+        opts: &GenerateOptions,
+        n_ctx_seq: u32,
+    ) -> Result<(RequestSpec, Sampler<'m>)> {
+        check_prompt(model.vocab(), &prompt, n_ctx_seq)?;
+        let sampling = match &opts.json_schema {
+            None => opts.sampling.clone(),
+            Some(_) if opts.sampling.grammar.is_some() => {
+                return Err(Error::invalid("json_schema", "give a grammar or a JSON schema, not both"))
+            }
+            Some(schema) => opts.sampling.clone().grammar(crate::schema::to_grammar(schema)?),
+        };
+        let sampler = sampling.build(model)?;
+        let spec = RequestSpec {
+            prompt,
+            sampling,
+            max_tokens: opts.max_tokens,
+            stop: opts.stop.clone(),
+            n_probs: opts.n_probs.min(model.vocab().n_tokens().max(0) as usize),
+        };
+        Ok((spec, sampler))
+    }
+}
+
 /// A request from its prompt to its summary.
 pub(crate) struct Request<'m> {
-    pub(crate) prompt: Vec<Token>,
-    max_tokens: usize,
+    pub(crate) spec: RequestSpec,
     /// The chain when it runs on the host; `None` when it runs inside the decode graph,
     /// attached to the request's sequence in the context.
     pub(crate) sampler: Option<Sampler<'m>>,
@@ -157,38 +202,19 @@ pub(crate) struct Request<'m> {
     pub(crate) started: Instant,
     prefill_done: Option<Instant>,
     first_token: Option<Instant>,
-    /// Log-probabilities to report with each token (0: none).
-    n_probs: usize,
-    /// Those of the token sampled last, until its event takes them.
+    /// The log-probabilities of the token sampled last, until its event takes them.
     logprobs: Option<TokenLogprobs>,
 }
 
-/// The request's sampling settings, with the grammar of its JSON schema, if any.
-fn sampling_params(opts: &GenerateOptions) -> Result<std::borrow::Cow<'_, SamplingParams>> {
-    let Some(schema) = &opts.json_schema else { return Ok(std::borrow::Cow::Borrowed(&opts.sampling)) };
-    if opts.sampling.grammar.is_some() {
-        return Err(Error::invalid("json_schema", "give a grammar or a JSON schema, not both"));
-    }
-    let grammar = crate::schema::to_grammar(schema)?;
-    Ok(std::borrow::Cow::Owned(opts.sampling.clone().grammar(grammar)))
-}
-
 impl<'m> Request<'m> {
-    /// Builds the sampler (a bad grammar or setting fails here) and the text state. The
-    /// prompt must have passed [`check_prompt`].
-    pub(crate) fn new(
-        model: &'m Model,
-        prompt: Vec<Token>,
-        opts: &GenerateOptions,
-        submitted: Instant,
-    ) -> Result<Self> {
+    /// The request for `spec`, sampling with `sampler` (built from `spec.sampling`).
+    pub(crate) fn new(model: &'m Model, spec: RequestSpec, sampler: Sampler<'m>, submitted: Instant) -> Self {
         let vocab = model.vocab();
-        Ok(Request {
-            prompt,
-            max_tokens: opts.max_tokens,
-            sampler: Some(sampling_params(opts)?.build(model)?),
+        Request {
+            stops: StopMatcher::new(&spec.stop),
+            spec,
+            sampler: Some(sampler),
             detok: vocab.detokenizer(false),
-            stops: StopMatcher::new(&opts.stop),
             vocab,
             cached: 0,
             shared: 0,
@@ -197,26 +223,25 @@ impl<'m> Request<'m> {
             started: submitted,
             prefill_done: None,
             first_token: None,
-            n_probs: opts.n_probs.min(model.vocab().n_tokens().max(0) as usize),
             logprobs: None,
-        })
+        }
     }
 
     /// Whether this request's chain goes to the device: its placement prefers it and every
     /// stage can run there.
-    pub(crate) fn wants_device(&self, params: &SamplingParams) -> bool {
-        params.placement.prefers_device()
-            && self.n_probs == 0
+    pub(crate) fn wants_device(&self) -> bool {
+        self.spec.sampling.placement.prefers_device()
+            && self.spec.n_probs == 0
             && self.sampler.as_ref().is_some_and(Sampler::runs_on_device)
     }
 
     /// Moves the chain onto the device for sequence `seq` when [`wants_device`]. Returns
     /// whether it runs there now; when llama.cpp will not take it, the request samples on
-    /// the host with a chain built again.
+    /// the host with a chain built again from the same spec.
     ///
     /// [`wants_device`]: Request::wants_device
-    pub(crate) fn try_device(&mut self, ctx: &mut Context<'m>, seq: SeqId, params: &SamplingParams) -> Result<bool> {
-        if !self.wants_device(params) {
+    pub(crate) fn try_device(&mut self, ctx: &mut Context<'m>, seq: SeqId) -> Result<bool> {
+        if !self.wants_device() {
             return Ok(false);
         }
         let Some(chain) = self.sampler.take() else { return Ok(true) };
@@ -224,7 +249,7 @@ impl<'m> Request<'m> {
             Ok(()) => Ok(true),
             Err(e) => {
                 tracing::debug!("sampling on the host: {e}");
-                self.sampler = Some(params.build(ctx.model())?);
+                self.sampler = Some(self.spec.sampling.build(ctx.model())?);
                 Ok(false)
             }
         }
@@ -237,7 +262,7 @@ impl<'m> Request<'m> {
             Some(s) => s.sample(ctx, index)?,
             None => ctx.sampled_token(index)?,
         };
-        if self.n_probs > 0 {
+        if self.spec.n_probs > 0 {
             self.note_logprobs(ctx.logits(index)?, t)?;
         }
         Ok(t)
@@ -250,14 +275,14 @@ impl<'m> Request<'m> {
             .as_mut()
             .ok_or_else(|| Error::Internal("logits for a request sampled on the device".into()))?;
         let t = s.sample_logits(row)?;
-        if self.n_probs > 0 {
+        if self.spec.n_probs > 0 {
             self.note_logprobs(row, t)?;
         }
         Ok(t)
     }
 
     fn note_logprobs(&mut self, row: &[f32], t: Token) -> Result<()> {
-        self.logprobs = Some(crate::logprobs::logprobs(&self.vocab, row, t, self.n_probs)?);
+        self.logprobs = Some(crate::logprobs::logprobs(&self.vocab, row, t, self.spec.n_probs)?);
         Ok(())
     }
 
@@ -269,7 +294,7 @@ impl<'m> Request<'m> {
     /// Whether `max_tokens` are out (`max_tokens: 0` computes and caches the prompt and
     /// generates nothing).
     pub(crate) fn budget_spent(&self) -> bool {
-        self.generated >= self.max_tokens
+        self.generated >= self.spec.max_tokens
     }
 
     /// Marks the end of the prompt's computation (the first logits are ready).
@@ -319,10 +344,10 @@ impl<'m> Request<'m> {
         let first = self.first_token.unwrap_or(now);
         let prefill_secs = prefill_done.saturating_duration_since(self.started).as_secs_f64();
         let decode_secs = (now - first).as_secs_f64();
-        let computed = self.prompt.len().saturating_sub(self.cached);
+        let computed = self.spec.prompt.len().saturating_sub(self.cached);
         Summary {
             stop_reason,
-            prompt_tokens: self.prompt.len(),
+            prompt_tokens: self.spec.prompt.len(),
             cached_prompt_tokens: self.cached,
             shared_prompt_tokens: self.shared,
             generated_tokens: self.generated,

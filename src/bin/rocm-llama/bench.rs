@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
 use rocm_llama::bench::{BenchConfig, BenchReport, Measurement};
-use rocm_llama::{FlashAttention, GpuLayers, LoadConfig, Model};
+use rocm_llama::{FlashAttention, LoadConfig, Model};
 
 use crate::options::{model_path, parse_ngl, FaArg, KvArg, NglArg, SplitArg};
 use crate::{AnyResult, UserError};
@@ -175,7 +175,7 @@ pub fn bench(args: BenchArgs) -> AnyResult<()> {
     if save_report(&report, args.save.as_deref(), args.json)? {
         return Ok(());
     }
-    let rows = || rows(&model, &report, gpu_layers, args.split_mode, args.main_gpu);
+    let rows = || rows(&model, &report, args.split_mode, args.main_gpu);
     match args.output {
         Output::Table => print!("{}", report.table()),
         Output::Md => print!("{}", markdown(&rows())),
@@ -194,6 +194,7 @@ pub fn bench(args: BenchArgs) -> AnyResult<()> {
 /// and `stddev_ms` for time-to-first-token tests, which it does not have).
 const FIELDS: &[&str] = &[
     "build_commit",
+    "build_source",
     "backends",
     "model_filename",
     "model_type",
@@ -211,12 +212,26 @@ const FIELDS: &[&str] = &[
     "n_gen",
     "n_depth",
     "test",
+    "avg_ns",
+    "stddev_ns",
+    "samples_ns",
     "avg_ts",
     "stddev_ts",
     "samples_ts",
     "avg_ms",
     "stddev_ms",
 ];
+
+/// Mean and sample standard deviation, as llama-bench computes them (0 for one sample).
+fn mean_stddev(v: &[f64]) -> (f64, f64) {
+    if v.is_empty() {
+        return (0.0, 0.0);
+    }
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 { v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (mean, var.sqrt())
+}
 
 /// `pp512` -> (512, 0), `tg128` -> (0, 128), `ttft512` -> (512, 1); a `raw ` prefix (the
 /// raw-FFI baseline) is kept in the test name but not here.
@@ -242,20 +257,42 @@ fn fa_name(fa: FlashAttention) -> &'static str {
     }
 }
 
-fn rows(model: &Model, report: &BenchReport, ngl: GpuLayers, split: SplitArg, main_gpu: u32) -> Vec<serde_json::Value> {
+/// One row per measurement with llama-bench's fields and true values: `n_gpu_layers` is what
+/// the load put on GPUs (0 without a GPU backend), `build_commit` is "unknown" as llama-bench
+/// built from the same source says (the crate's copy of llama.cpp carries no git commit) and
+/// `build_source` names that source; `samples_ns` are the times of each repetition.
+fn rows(model: &Model, report: &BenchReport, split: SplitArg, main_gpu: u32) -> Vec<serde_json::Value> {
     let info = rocm_llama::build_info();
     let threads = report.config.threads.unwrap_or_else(rocm_llama::default_threads);
     let kv = format!("{:?}", report.config.kv_type).to_lowercase();
-    let ngl = match ngl {
-        GpuLayers::All => 99,
-        GpuLayers::Count(n) => n as i64,
-    };
+    let ngl = model.gpu_layers();
+    let source = format!("llama-cpp-sys-2 {} (llama.cpp {})", info.llama_cpp_sys_version, info.llama_cpp_version);
     let row = |m: &Measurement| {
         let (n_prompt, n_gen) = test_sizes(&m.test);
         let per_s = m.unit != "ms";
         let test = if m.depth > 0 { format!("{} @ d{}", m.test, m.depth) } else { m.test.clone() };
+        // Each repetition's time: tokens over its rate, or its milliseconds.
+        let tokens = (n_prompt + n_gen) as f64;
+        let samples_ns: Vec<u64> = m
+            .runs
+            .iter()
+            .map(|&r| {
+                if per_s {
+                    if r > 0.0 {
+                        tokens / r * 1e9
+                    } else {
+                        0.0
+                    }
+                } else {
+                    r * 1e6
+                }
+            })
+            .map(|ns| ns.round() as u64)
+            .collect();
+        let (avg_ns, stddev_ns) = mean_stddev(&samples_ns.iter().map(|&n| n as f64).collect::<Vec<_>>());
         serde_json::json!({
-            "build_commit": info.llama_cpp_version,
+            "build_commit": "unknown",
+            "build_source": source,
             "backends": info.backends.join(","),
             "model_filename": model.path().display().to_string(),
             "model_type": model.description(),
@@ -273,6 +310,9 @@ fn rows(model: &Model, report: &BenchReport, ngl: GpuLayers, split: SplitArg, ma
             "n_gen": n_gen,
             "n_depth": m.depth,
             "test": test,
+            "avg_ns": avg_ns.round() as u64,
+            "stddev_ns": stddev_ns.round() as u64,
+            "samples_ns": samples_ns,
             "avg_ts": per_s.then_some(m.mean),
             "stddev_ts": per_s.then_some(m.stddev),
             "samples_ts": if per_s { m.runs.clone() } else { Vec::new() },
@@ -296,6 +336,10 @@ fn rows(model: &Model, report: &BenchReport, ngl: GpuLayers, split: SplitArg, ma
             let mut r = row(&m);
             r["n_prompt"] = report.config.concurrent_prompt.into();
             r["n_gen"] = report.config.concurrent_gen.into();
+            // The decode phase's time: every sequence's tokens at the aggregate rate.
+            let ns = if ts > 0.0 { (report.config.concurrent_gen * c.sequences) as f64 / ts * 1e9 } else { 0.0 };
+            r["avg_ns"] = (ns.round() as u64).into();
+            r["samples_ns"] = serde_json::json!([ns.round() as u64]);
             r["flash_attn"] = report.config.flash_attention.last().map_or("auto", |&f| fa_name(f)).into();
             out.push(r);
         }

@@ -162,6 +162,7 @@ pub struct Model {
     path: PathBuf,
     memory: MemoryBreakdown,
     output_on_gpu: bool,
+    gpu_layers: u32,
     vocab_only: bool,
     /// The RPC servers the weights went to: every use checks they still answer.
     rpc: Vec<Arc<crate::rpc::Link>>,
@@ -317,11 +318,16 @@ impl Model {
                 crate::accounting::account(&memory, true);
                 // llama.cpp says so in its load log when it places the output layer on a GPU.
                 let output_on_gpu = log.iter().any(|l| l.contains("offloading output layer to GPU"));
+                // llama.cpp logs an offload count whenever it could offload (an RPC backend
+                // built in is enough); the layers went somewhere only if weights did.
+                let on_device = memory.weights.iter().any(|b| !b.is_host());
+                let gpu_layers = if on_device { log.iter().find_map(|l| offloaded_layers(l)).unwrap_or(0) } else { 0 };
                 Ok(Model {
                     ptr,
                     path: path.to_path_buf(),
                     memory,
                     output_on_gpu,
+                    gpu_layers,
                     vocab_only: config.vocab_only,
                     rpc,
                     eog: std::sync::OnceLock::new(),
@@ -368,6 +374,13 @@ impl Model {
     /// would miss a CPU-only build).
     pub fn output_on_gpu(&self) -> bool {
         self.output_on_gpu
+    }
+
+    /// How many layers llama.cpp put on GPUs, the output layer counted as one (its load log's
+    /// `offloaded N/M layers to GPU`); 0 in a build without a GPU backend. What
+    /// [`GpuLayers::All`] or a count larger than the model came to.
+    pub fn gpu_layers(&self) -> u32 {
+        self.gpu_layers
     }
 
     /// Whether only the vocabulary was loaded ([`LoadConfig::vocab_only`]).
@@ -627,6 +640,13 @@ fn file_fingerprint(path: &Path) -> std::io::Result<String> {
     Ok(format!("{len} bytes, sample hash {:016x}", hash.finish()))
 }
 
+/// N of llama.cpp's load line `load_tensors: offloaded N/M layers to GPU`.
+fn offloaded_layers(line: &str) -> Option<u32> {
+    let rest = line.split_once("offloaded ")?.1;
+    let (n, rest) = rest.split_once('/')?;
+    rest.contains("layers to GPU").then(|| n.trim().parse().ok())?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -673,6 +693,14 @@ mod tests {
         assert!(check_gguf_header(&p).is_ok());
         assert!(matches!(check_gguf_header(Path::new("/nonexistent/x.gguf")), Err(Error::Io { .. })));
         assert!(matches!(check_gguf_header(&std::env::temp_dir()), Err(Error::NotGguf { .. })));
+    }
+
+    #[test]
+    fn offloaded_layers_come_from_the_load_log() {
+        assert_eq!(offloaded_layers("load_tensors: offloaded 19/19 layers to GPU"), Some(19));
+        assert_eq!(offloaded_layers("load_tensors: offloaded 0/33 layers to GPU"), Some(0));
+        assert_eq!(offloaded_layers("load_tensors: offloading 18 repeating layers to GPU"), None);
+        assert_eq!(offloaded_layers("offloaded x/3 layers to GPU"), None);
     }
 
     #[test]

@@ -94,7 +94,7 @@ pub use devices::{available, devices, DeviceReport};
 pub use embed::{EmbedConfig, Embedder, Pooling};
 #[cfg(feature = "async")]
 pub use engine::AsyncTokenStream;
-pub use engine::{Engine, EngineConfig, EngineHandle, EngineStats, SlotFile, SlotInfo, TokenStream};
+pub use engine::{Engine, EngineConfig, EngineStats, SlotFile, SlotInfo, TokenStream};
 pub use error::{Error, ErrorClass, Result};
 pub use fit::{FitOptions, FitPlan};
 pub use generate::{CancelToken, Event, GenerateOptions, Generation, StopReason, Summary};

@@ -936,3 +936,21 @@ fn bench_embed_runs_the_raw_baseline() {
         assert!(r["texts_per_s"].as_f64().unwrap() > 0.0 && r["raw_texts_per_s"].as_f64().unwrap() > 0.0, "{r}");
     }
 }
+
+/// A command with nothing to drain or cancel (here a long `bench`) ends at once on SIGTERM
+/// with the status a shell expects (143): the one signal thread's default.
+#[test]
+fn sigterm_ends_a_command_at_once() {
+    let model = rocm_llama::synth::tiny_model().unwrap();
+    let mut child = bin()
+        .args(["bench", "-p", "64", "-n", "64", "-r", "1000", "-t", "1", "-o", "json", "-m"])
+        .arg(&model)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(143));
+}

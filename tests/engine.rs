@@ -5,7 +5,7 @@ mod common;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use rocm_llama::{Engine, EngineConfig, EngineHandle, Error, Event, GenerateOptions, Model, StopReason};
+use rocm_llama::{Engine, EngineConfig, Error, Event, GenerateOptions, Model, StopReason};
 
 /// Tests run in parallel, except the one that measures the process's memory: it holds this
 /// lock for writing, every other test for reading (loading its model included).
@@ -40,11 +40,11 @@ fn model_alone() -> Option<TestModel> {
 
 /// One thread per engine by default: tests run in parallel on a 2-core machine, and
 /// llama.cpp's spinning thread pools slow down badly when oversubscribed.
-fn engine(model: &Arc<Model>, n_seq_max: u32, queue: usize) -> EngineHandle {
+fn engine(model: &Arc<Model>, n_seq_max: u32, queue: usize) -> Engine {
     engine_with(model, n_seq_max, queue, 1)
 }
 
-fn engine_with(model: &Arc<Model>, n_seq_max: u32, queue: usize, threads: u32) -> EngineHandle {
+fn engine_with(model: &Arc<Model>, n_seq_max: u32, queue: usize, threads: u32) -> Engine {
     let config = EngineConfig::default()
         .n_seq_max(n_seq_max)
         .n_ctx_per_seq(256)

@@ -7,7 +7,7 @@ mod common;
 
 use std::sync::Arc;
 
-use rocm_llama::{Engine, EngineConfig, EngineHandle, GenerateOptions, Model, SamplingParams, Summary};
+use rocm_llama::{Engine, EngineConfig, GenerateOptions, Model, SamplingParams, Summary};
 
 /// Text of at least `n` tokens: numbered notes, so that no two stretches repeat.
 fn long_prefix(model: &Model, n: usize) -> String {
@@ -34,7 +34,7 @@ const QUESTIONS: [&str; 8] = [
 ];
 
 /// Returns once the engine has generated a token or two (its first request is past its prompt).
-fn wait_until_generating(handle: &EngineHandle) {
+fn wait_until_generating(handle: &Engine) {
     let start = std::time::Instant::now();
     while handle.stats().generated_tokens < 2 {
         assert!(start.elapsed().as_secs() < 120, "the first request never started generating");
@@ -49,7 +49,7 @@ fn shared_tokens(model: &Model, prompts: &[String]) -> usize {
     toks[1..].iter().map(|t| first.iter().zip(t).take_while(|(a, b)| a == b).count()).min().unwrap()
 }
 
-fn engine(model: &Arc<Model>, config: EngineConfig) -> EngineHandle {
+fn engine(model: &Arc<Model>, config: EngineConfig) -> Engine {
     Engine::start(model.clone(), config.n_ctx_per_seq(1280).n_batch(512).threads(Some(2))).unwrap()
 }
 

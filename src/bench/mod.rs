@@ -113,7 +113,7 @@ impl Default for BenchConfig {
             threads: None,
             n_batch: 2048,
             kv_unified: false,
-            placement: crate::sampler::SamplerPlacement::Auto,
+            placement: crate::sampler::SamplerPlacement::Host,
             greedy: false,
             reproducible: false,
             shared_prompt: false,

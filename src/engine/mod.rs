@@ -1,4 +1,4 @@
-//! Many concurrent generations on one model: [`Engine`] and its [`EngineHandle`].
+//! Many concurrent generations on one model: [`Engine`] and its [`Engine`].
 //!
 //! One worker thread owns the [`Context`], the [`Batch`](crate::Batch) and every sequence (an actor, like
 //! TGI's router). Handles only send commands. Each step builds one batch holding one decode
@@ -117,7 +117,7 @@ impl Default for EngineConfig {
     }
 }
 
-/// Counters of a running engine, from [`EngineHandle::stats`].
+/// Counters of a running engine, from [`Engine::stats`].
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct EngineStats {
     /// Sequences generating now.
@@ -165,11 +165,11 @@ pub struct EngineStats {
     /// (its `n_reused` counter); a decode step whose batch has the shape of the last one
     /// reuses its graph.
     pub graphs_reused: u64,
-    /// Texts embedded since start ([`EngineHandle::embed`]).
+    /// Texts embedded since start ([`Engine::embed`]).
     pub texts_embedded: u64,
 }
 
-/// One slot of an engine, from [`EngineHandle::slots`].
+/// One slot of an engine, from [`Engine::slots`].
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct SlotInfo {
@@ -183,8 +183,8 @@ pub struct SlotInfo {
     pub cached_tokens: usize,
 }
 
-/// What a slot's save or restore moved, from [`EngineHandle::save_slot`] and
-/// [`EngineHandle::restore_slot`].
+/// What a slot's save or restore moved, from [`Engine::save_slot`] and
+/// [`Engine::restore_slot`].
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 #[non_exhaustive]
 pub struct SlotFile {
@@ -251,8 +251,14 @@ impl Drop for HandleInner {
     }
 }
 
-/// Starts engines.
-pub struct Engine;
+/// A continuous-batching engine: one worker thread that owns the context and serves every
+/// request in shared decode steps. The value is a handle: clone it freely (it is Send +
+/// Sync); when the last clone is dropped the engine shuts down (as with
+/// [`shutdown`](Engine::shutdown)).
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<HandleInner>,
+}
 
 impl Engine {
     /// Spawns the worker thread, which creates the context. Returns once the context exists,
@@ -277,7 +283,7 @@ impl Engine {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn start(model: Arc<Model>, config: EngineConfig) -> Result<EngineHandle> {
+    pub fn start(model: Arc<Model>, config: EngineConfig) -> Result<Engine> {
         if config.n_ctx_per_seq < 16 || config.n_batch == 0 || config.queue_capacity == 0 {
             return Err(Error::invalid("engine config", "n_ctx_per_seq >= 16, n_batch >= 1 and queue_capacity >= 1"));
         }
@@ -341,7 +347,7 @@ impl Engine {
                 return Err(Error::ContextCreate("the engine thread exited during start-up".into()));
             }
         };
-        Ok(EngineHandle {
+        Ok(Engine {
             inner: Arc::new(HandleInner {
                 tx,
                 model,
@@ -356,14 +362,7 @@ impl Engine {
     }
 }
 
-/// Sends requests to an engine. Clone it freely; it is Send + Sync. When the last clone is
-/// dropped the engine shuts down (as with [`shutdown`](EngineHandle::shutdown)).
-#[derive(Clone)]
-pub struct EngineHandle {
-    inner: Arc<HandleInner>,
-}
-
-impl EngineHandle {
+impl Engine {
     /// Queues a text prompt (tokenized on the caller's thread, with BOS and control tokens
     /// parsed). Errors at once: [`Error::Busy`] when the queue is full,
     /// [`Error::ContextOverflow`] when the prompt cannot fit a slot, a bad grammar or

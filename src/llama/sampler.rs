@@ -641,14 +641,12 @@ pub struct SamplingParams {
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum SamplerPlacement {
-    /// Whichever measured faster: today the host. On an H200 with a synthetic llama3-8b
-    /// (2026-11-28, `scripts/gpu/compare.sh`), the engine's parallel host sampling gave 3,735
-    /// tokens/s at 64 streams against 2,560 on the device (default chain) and 3,765 against
-    /// 3,300 for greedy, and attaching a device chain delays the first token at one stream
-    /// by 19 to 37 ms (llama.cpp plans its graph again).
+    /// On the host (the default, as the faster one measured). On an H200 with a synthetic
+    /// llama3-8b (2026-11-28, `scripts/gpu/compare.sh`), the engine's parallel host sampling
+    /// gave 3,735 tokens/s at 64 streams against 2,560 on the device (default chain) and 3,765
+    /// against 3,300 for greedy, and attaching a device chain delays the first token at one
+    /// stream by 19 to 37 ms (llama.cpp plans its graph again). Not measured on AMD GPUs.
     #[default]
-    Auto,
-    /// Always on the host.
     Host,
     /// On the device whenever the chain can run there (also on the CPU backend).
     Device,
@@ -659,8 +657,7 @@ impl SamplerPlacement {
     pub fn prefers_device(self) -> bool {
         match self {
             SamplerPlacement::Device => true,
-            // See `Auto`: the host measured faster everywhere so far.
-            SamplerPlacement::Auto | SamplerPlacement::Host => false,
+            SamplerPlacement::Host => false,
         }
     }
 }
@@ -683,7 +680,7 @@ impl Default for SamplingParams {
             dry_penalty_last_n: -1,
             seed: 0xFFFF_FFFF,
             grammar: None,
-            placement: SamplerPlacement::Auto,
+            placement: SamplerPlacement::Host,
             ignore_eos: false,
         }
     }

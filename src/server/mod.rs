@@ -31,7 +31,7 @@ pub use listen::{serve, ConnectionLimits};
 
 use crate::chat::{ChatOptions, ChatTemplate};
 use crate::embed::{EmbedConfig, Pooling};
-use crate::engine::{AsyncTokenStream, EngineHandle};
+use crate::engine::{AsyncTokenStream, Engine};
 use crate::generate::{Event, GenerateOptions, Summary};
 use crate::logprobs::TokenLogprobs;
 use crate::sampler::SamplingParams;
@@ -91,14 +91,14 @@ impl ServerConfig {
 }
 
 struct AppState {
-    engine: EngineHandle,
+    engine: Engine,
     config: ServerConfig,
     next_id: AtomicU64,
     metrics: metrics::Metrics,
 }
 
 /// The routes, serving `engine`.
-pub fn router(engine: EngineHandle, config: ServerConfig) -> Router {
+pub fn router(engine: Engine, config: ServerConfig) -> Router {
     let state = Arc::new(AppState { engine, config, next_id: AtomicU64::new(1), metrics: metrics::Metrics::new() });
     let api = Router::new()
         .route("/v1/chat/completions", post(chat_completions))

@@ -14,9 +14,7 @@ use crate::{AnyResult, UserError};
 /// Where sampling runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum PlacementArg {
-    /// Whichever measured faster (today the host; see the library's `SamplerPlacement`).
-    Auto,
-    /// On the host.
+    /// On the host (the default: it measured faster; see the library's `SamplerPlacement`).
     Host,
     /// Inside the decode graph whenever the chain can run there.
     Device,
@@ -25,7 +23,6 @@ pub enum PlacementArg {
 impl From<PlacementArg> for rocm_llama::SamplerPlacement {
     fn from(p: PlacementArg) -> Self {
         match p {
-            PlacementArg::Auto => rocm_llama::SamplerPlacement::Auto,
             PlacementArg::Host => rocm_llama::SamplerPlacement::Host,
             PlacementArg::Device => rocm_llama::SamplerPlacement::Device,
         }
@@ -102,7 +99,7 @@ pub struct BenchArgs {
     #[arg(long)]
     kv_unified: bool,
     /// Where the engine's requests sample in the concurrency test.
-    #[arg(long, value_enum, default_value_t = PlacementArg::Auto)]
+    #[arg(long, value_enum, default_value_t = PlacementArg::Host)]
     sampling: PlacementArg,
     /// Greedy requests in the concurrency test (default: the default sampling chain).
     #[arg(long)]

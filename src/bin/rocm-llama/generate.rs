@@ -4,7 +4,7 @@
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Mutex;
 
 use clap::Args;
 use rocm_llama::{
@@ -12,6 +12,7 @@ use rocm_llama::{
 };
 
 use crate::options::{context_config, generate_options, load_model, ContextArgs, ModelArgs, SamplingArgs};
+use crate::signals::{self, Action, Signal};
 use crate::{AnyResult, UserError};
 
 /// Where the prompt comes from, and everything a generation needs (`run` and `chat`).
@@ -271,42 +272,38 @@ fn chat_options(kwargs: Option<&str>) -> AnyResult<ChatOptions> {
     Ok(options)
 }
 
-/// Ctrl-C presses while a reply is being written; any press outside one exits.
-static PRESSES: AtomicU32 = AtomicU32::new(0);
-static GENERATING: AtomicBool = AtomicBool::new(false);
+/// The reply being written, which the first Ctrl-C cancels.
+static REPLY: Mutex<Option<CancelToken>> = Mutex::new(None);
 
-extern "C" fn on_interrupt(_: libc::c_int) {
-    // Only atomics and `_exit`, both async-signal-safe.
-    let presses = PRESSES.fetch_add(1, Ordering::SeqCst) + 1;
-    if !GENERATING.load(Ordering::SeqCst) || presses >= 2 {
-        // SAFETY: `_exit` ends the process at once and is async-signal-safe.
-        unsafe { libc::_exit(130) };
-    }
-}
-
+/// Ctrl-C while a reply is being written stops that reply (the conversation goes on); a second
+/// press, a press outside a reply, or SIGTERM ends the program.
 fn install_interrupt_handler() {
-    let handler = on_interrupt as extern "C" fn(libc::c_int);
-    // SAFETY: the handler only touches atomics and calls `_exit`.
-    unsafe { libc::signal(libc::SIGINT, handler as libc::sighandler_t) };
+    signals::on_signal(|signal| {
+        let reply = REPLY.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        match (signal, reply) {
+            (Signal::Interrupt, Some(cancel)) => {
+                cancel.cancel();
+                Action::Handled
+            }
+            (signal, _) => signals::default_exit(signal),
+        }
+    });
 }
 
-/// Marks a reply as being written for as long as it lives.
+/// Marks a reply as being written, cancelled through `cancel` by Ctrl-C, for as long as it
+/// lives.
 struct Reply;
 
 impl Reply {
-    fn start() -> Reply {
-        PRESSES.store(0, Ordering::SeqCst);
-        GENERATING.store(true, Ordering::SeqCst);
+    fn start(cancel: &CancelToken) -> Reply {
+        *REPLY.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(cancel.clone());
         Reply
-    }
-    fn interrupted() -> bool {
-        PRESSES.load(Ordering::SeqCst) > 0
     }
 }
 
 impl Drop for Reply {
     fn drop(&mut self) {
-        GENERATING.store(false, Ordering::SeqCst);
+        *REPLY.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     }
 }
 
@@ -340,14 +337,11 @@ fn summary_json(text: &str, s: &Summary) -> serde_json::Value {
 /// Streams a generation to stdout (or collects it for --json); Ctrl-C cancels it through
 /// `cancel`. Returns the text and the summary.
 fn stream(gen: Generation<'_, '_>, cancel: &CancelToken, json: bool) -> AnyResult<Answer> {
-    let _reply = Reply::start();
+    let _reply = Reply::start(cancel);
     let mut out = std::io::stdout().lock();
     let mut text = String::new();
     let mut tokens = Vec::new();
     for ev in gen {
-        if Reply::interrupted() {
-            cancel.cancel();
-        }
         let ev = ev?;
         if let Event::Token { id, text: t, logprobs: Some(lp) } = &ev {
             tokens.push(serde_json::json!({"id": id, "text": t, "logprob": lp.logprob, "top_logprobs": lp.top}));

@@ -11,6 +11,7 @@ mod inventory;
 mod options;
 mod rpc;
 mod serve;
+mod signals;
 mod system;
 mod tokenize;
 
@@ -164,6 +165,9 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // Ctrl-C and SIGTERM go to one thread of their own for every command (before any other
+    // thread starts, so all of them leave the signals to it).
+    signals::start();
     // A flag given twice takes its last value, as in llama.cpp's tools.
     let mut command = Cli::command().args_override_self(true);
     let names: Vec<String> = command.get_subcommands().map(|s| s.get_name().to_string()).collect();

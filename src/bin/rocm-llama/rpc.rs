@@ -71,32 +71,14 @@ pub fn rpc_server(args: RpcServerArgs) -> AnyResult<()> {
         );
     }
     // A client that leaves while the server writes to it must not end the server (ggml sends
-    // without MSG_NOSIGNAL); Ctrl-C and SIGTERM are taken by a thread of their own, which
-    // ends the process at once: ggml's server loop cannot be asked to return.
-    // SAFETY: dispositions and masks set before any thread is started here.
-    let set = unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-        // A shell starts background jobs with SIGINT ignored, and an ignored signal never
-        // reaches sigwait: take both back to their default first.
-        libc::signal(libc::SIGINT, libc::SIG_DFL);
-        libc::signal(libc::SIGTERM, libc::SIG_DFL);
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        set
-    };
-    std::thread::Builder::new().name("signals".into()).spawn(move || {
-        let mut sig: libc::c_int = 0;
-        // SAFETY: waits for the signals blocked above.
-        unsafe { libc::sigwait(&set, &mut sig) };
-        let name = if sig == libc::SIGTERM { "SIGTERM" } else { "Ctrl-C" };
-        eprintln!("rpc-server: stopped ({name})");
-        // SAFETY: ends the process without running C++ static destructors while ggml's
-        // server thread may still be inside them.
-        unsafe { libc::_exit(0) };
-    })?;
+    // without MSG_NOSIGNAL).
+    // SAFETY: a disposition set before this command starts any thread of its own.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    // Ctrl-C and SIGTERM end the process at once: ggml's server loop cannot be asked to return.
+    crate::signals::on_signal(|signal| {
+        eprintln!("rpc-server: stopped ({})", signal.name());
+        crate::signals::Action::Exit(0)
+    });
     server.run()?;
     Ok(())
 }

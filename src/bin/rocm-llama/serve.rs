@@ -144,6 +144,14 @@ pub fn serve(args: ServeArgs) -> AnyResult<()> {
             );
         }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        // The first Ctrl-C or SIGTERM drains; a second ends the process at once.
+        let (signal_tx, mut signal_rx) = tokio::sync::watch::channel(false);
+        crate::signals::on_signal(move |signal| {
+            if signal_tx.send_replace(true) {
+                return crate::signals::default_exit(signal);
+            }
+            crate::signals::Action::Handled
+        });
         let limits = ConnectionLimits::default()
             .max_connections(args.max_connections)
             .header_timeout(Duration::from_secs(args.timeout.max(1)))
@@ -157,9 +165,12 @@ pub fn serve(args: ServeArgs) -> AnyResult<()> {
         let mut server = std::pin::pin!(server);
         tokio::select! {
             r = &mut server => return r.map_err(|e| UserError::boxed(format!("server: {e}"))),
-            () = shutdown_signal() => {}
+            _ = signal_rx.wait_for(|&s| s) => {}
         }
-        eprintln!("stopping: no new connections; {}s for requests in flight", drain.as_secs());
+        eprintln!(
+            "stopping: no new connections; {}s for requests in flight (Ctrl-C again to stop now)",
+            drain.as_secs()
+        );
         let _ = stop_tx.send(true);
         if tokio::time::timeout(drain, &mut server).await.is_err() {
             eprintln!("requests still running after {}s: cancelling them", drain.as_secs());
@@ -167,26 +178,4 @@ pub fn serve(args: ServeArgs) -> AnyResult<()> {
         engine.shutdown();
         Ok(())
     })
-}
-
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
 }

@@ -189,9 +189,14 @@ fn routes_errors_and_streaming() {
     // Errors: OpenAI-style objects with the right status.
     let (status, v) = server.json("/v1/chat/completions", key, "not json");
     assert_eq!((status, v["error"]["type"].as_str()), (400, Some("invalid_request_error")));
-    let (status, v) =
-        server.json("/v1/chat/completions", key, r#"{"model":"gpt-4","messages":[{"role":"user","content":"x"}]}"#);
-    assert_eq!((status, v["error"]["code"].as_str()), (404, Some("model_not_found")));
+    // Any model name is served by the one model, which the response names (as llama-server).
+    let (status, v) = server.json(
+        "/v1/chat/completions",
+        key,
+        r#"{"model":"gpt-4o","messages":[{"role":"user","content":"x"}],"max_tokens":1}"#,
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_ne!(v["model"], "gpt-4o");
     let long = "word ".repeat(2000);
     let (status, v) = server.json("/v1/completions", key, &format!(r#"{{"prompt":"{long}"}}"#));
     assert_eq!(status, 400, "{v}");
@@ -577,4 +582,129 @@ fn slots_are_listed_saved_erased_and_restored() {
     let (status, body) = plain.json("/slots/0?action=save", None, r#"{"filename": "x.bin"}"#);
     assert_eq!(status, 501, "{body}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 29: every field read or refused, prompts and inputs in every shape OpenAI takes,
+/// seeded `n` choices that differ, streamed legacy log-probabilities.
+#[test]
+fn every_field_is_read_or_refused_and_every_prompt_shape_is_taken() {
+    let Some(server) = Server::start(&["--pooling", "mean"]) else { return };
+    let post = |path: &str, body: serde_json::Value| server.json(path, None, &body.to_string());
+    // Unknown and refused fields are 400s that name them; neutral values pass.
+    let (status, v) = post("/v1/completions", serde_json::json!({"prompt": "x", "max_tokens": 1, "frobnicate": 1}));
+    assert_eq!((status, v["error"]["param"].as_str()), (400, Some("frobnicate")), "{v}");
+    let (status, v) = post("/v1/completions", serde_json::json!({"prompt": "x", "max_tokens": 1, "mirostat": 2}));
+    assert_eq!((status, v["error"]["param"].as_str()), (400, Some("mirostat")), "{v}");
+    let (status, v) =
+        post("/v1/completions", serde_json::json!({"prompt": "x", "max_tokens": 1, "mirostat": 0, "user": "u"}));
+    assert_eq!(status, 200, "{v}");
+
+    // top_k 1 at a high temperature is greedy whatever the seed (it was dropped once).
+    let text = |seed: u32| {
+        let (status, v) = post(
+            "/v1/completions",
+            serde_json::json!({"prompt": "The river", "max_tokens": 8, "temperature": 1.5, "top_k": 1, "seed": seed}),
+        );
+        assert_eq!(status, 200, "{v}");
+        v["choices"][0]["text"].as_str().unwrap().to_string()
+    };
+    assert_eq!(text(1), text(2));
+    // A grammar (llama-server's field) is obeyed.
+    let (_, v) = post(
+        "/v1/completions",
+        serde_json::json!({"prompt": "Answer:", "max_tokens": 8, "grammar": "root ::= \"yes\" | \"no\""}),
+    );
+    assert!(["yes", "no"].contains(&v["choices"][0]["text"].as_str().unwrap()), "{v}");
+    // A logit bias is obeyed: ban the greedy choice and the reply changes.
+    let greedy = |bias: serde_json::Value| {
+        let (status, v) = post(
+            "/v1/completions",
+            serde_json::json!({"prompt": "The river", "max_tokens": 1, "temperature": 0, "logit_bias": bias, "logprobs": 1}),
+        );
+        assert_eq!(status, 200, "{v}");
+        v["choices"][0]["logprobs"]["tokens"][0].as_str().unwrap().to_string()
+    };
+    let first = greedy(serde_json::json!({}));
+    let ids =
+        rocm_llama::Model::load(common::model_path().unwrap(), &rocm_llama::LoadConfig::default().vocab_only(true))
+            .unwrap()
+            .vocab()
+            .tokenize(&first, false, true)
+            .unwrap();
+    assert_ne!(greedy(serde_json::json!({ ids[0].to_string(): -100 })), first);
+
+    // Prompts: text, texts, token ids, lists of token ids; n choices each, indexed prompt by
+    // prompt; seeded choices differ (seed + i) and repeat.
+    let many = serde_json::json!({"prompt": ["One", "Two"], "n": 2, "max_tokens": 6, "temperature": 1.0, "seed": 5});
+    let (status, a) = post("/v1/completions", many.clone());
+    assert_eq!(status, 200, "{a}");
+    let texts: Vec<&str> = a["choices"].as_array().unwrap().iter().map(|c| c["text"].as_str().unwrap()).collect();
+    assert_eq!(texts.len(), 4);
+    assert_ne!(texts[0], texts[1], "seeded choices of one prompt differ");
+    let (_, b) = post("/v1/completions", many);
+    assert_eq!(a["choices"], b["choices"], "and repeat with the same seed");
+    assert!(a["usage"]["prompt_tokens"].as_u64().unwrap() >= 4, "both prompts counted: {a}");
+    let (status, v) =
+        post("/v1/completions", serde_json::json!({"prompt": [2, 818, 8858], "max_tokens": 2, "echo": true}));
+    assert_eq!(status, 200, "{v}");
+    assert!(v["choices"][0]["text"].as_str().unwrap().starts_with("The river"), "echo of a token prompt: {v}");
+    let (status, v) = post("/v1/completions", serde_json::json!({"prompt": [[2, 818], [2, 8858]], "max_tokens": 2}));
+    assert_eq!((status, v["choices"].as_array().map(Vec::len)), (200, Some(2)), "{v}");
+    let (status, _) = post("/v1/completions", serde_json::json!({"prompt": [2, "x"], "max_tokens": 2}));
+    assert_eq!(status, 400);
+    let (status, _) = post("/v1/completions", serde_json::json!({"prompt": [999_999_999], "max_tokens": 2}));
+    assert_eq!(status, 400);
+
+    // Streamed legacy log-probabilities are filled.
+    let (_, _, body) = server.request(
+        "POST",
+        "/v1/completions",
+        None,
+        &serde_json::json!({"prompt": "The river", "max_tokens": 3, "logprobs": 2, "stream": true}).to_string(),
+    );
+    let with_lp = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter(|c| c["choices"][0]["logprobs"]["tokens"].is_array())
+        .count();
+    assert!(with_lp >= 3, "{body}");
+
+    // Embeddings of token ids (LangChain's default), and dimensions.
+    let (status, v) = post("/v1/embeddings", serde_json::json!({"input": [[2, 818], [2, 8858]]}));
+    assert_eq!((status, v["data"].as_array().map(Vec::len)), (200, Some(2)), "{v}");
+    let (status, v) = post("/v1/embeddings", serde_json::json!({"input": "The river", "dimensions": 8}));
+    assert_eq!(status, 200, "{v}");
+    let e: Vec<f64> = v["data"][0]["embedding"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    assert_eq!(e.len(), 8);
+    assert!((e.iter().map(|x| x * x).sum::<f64>() - 1.0).abs() < 1e-3, "normalised again");
+    let (status, _) = post("/v1/embeddings", serde_json::json!({"input": "x", "dimensions": 0}));
+    assert_eq!(status, 400);
+}
+
+/// llama-server's own command line works: -np, -a, -ctk/-ctv, --chat-template with a
+/// built-in name and --chat-template-kwargs, and the flags that are always on here (--jinja,
+/// --embeddings, --metrics, -cb) accepted.
+#[test]
+fn llama_server_flags_are_taken() {
+    let flags = ["-np", "2", "-a", "served", "-ctk", "q8_0", "-ctv", "q8_0", "--jinja", "--embeddings", "--metrics"];
+    let flags = [&flags[..], &["-cb", "--chat-template", "chatml"]].concat();
+    let Some(server) = Server::start(&flags) else { return };
+    // Variables a built-in format cannot take are refused at start, not on every request.
+    let out = Command::new(env!("CARGO_BIN_EXE_rocm-llama"))
+        .args(["serve", "--port", "0", "--chat-template", "chatml", "--chat-template-kwargs", r#"{"x": 1}"#, "-m"])
+        .arg(common::model_path().unwrap())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("built-in format takes no template variables"));
+    let (status, v) = server.json(
+        "/v1/chat/completions",
+        None,
+        r#"{"model":"anything","messages":[{"role":"user","content":"Hi"}],"max_tokens":2}"#,
+    );
+    assert_eq!((status, v["model"].as_str()), (200, Some("served")), "{v}");
+    let (_, _, slots) = server.request("GET", "/slots", None, "");
+    let slots: serde_json::Value = serde_json::from_str(&slots).unwrap();
+    assert_eq!(slots.as_array().map(Vec::len), Some(2), "{slots}");
 }

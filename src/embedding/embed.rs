@@ -357,6 +357,22 @@ pub(crate) fn tokenize_texts<S: AsRef<str>>(
     texts.iter().enumerate().map(|(i, t)| tokenize_text(model, t.as_ref(), config).map_err(|e| at_text(i, e))).collect()
 }
 
+/// Checks token lists given as they are (every id in the vocabulary, the length as
+/// [`fit_tokens`] wants), naming the list at fault.
+pub(crate) fn check_token_lists(model: &Model, inputs: &[Vec<Token>], config: &EmbedConfig) -> Result<Vec<Vec<Token>>> {
+    let vocab = model.vocab();
+    inputs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            for &id in t {
+                vocab.check(id)?;
+            }
+            fit_tokens(t.clone(), config).map_err(|e| at_text(i, e))
+        })
+        .collect()
+}
+
 /// Checks a token list's length against `n_batch` (cut to it with `truncate`).
 fn fit_tokens(mut tokens: Vec<Token>, config: &EmbedConfig) -> Result<Vec<Token>> {
     let max = config.n_batch as usize;

@@ -25,7 +25,7 @@ pub use stream::TokenStream;
 use worker::{Command, Job, SlotAction, SlotJob, Worker};
 
 use crate::chat::{ChatMessage, ChatTemplate};
-use crate::context::{AbortHandle, Context, ContextConfig, FlashAttention};
+use crate::context::{AbortHandle, Context, ContextConfig, FlashAttention, KvType};
 use crate::embed::EmbedConfig;
 use crate::error::{Error, Result};
 use crate::generate::GenerateOptions;
@@ -84,6 +84,10 @@ pub struct EngineConfig {
     /// load the model with `cpu_repack(false)` as well (see the README's section on
     /// determinism).
     pub reproducible: bool,
+    /// KV cache element type of K (llama.cpp's `-ctk`), default F16.
+    pub type_k: KvType,
+    /// KV cache element type of V (`-ctv`), default F16.
+    pub type_v: KvType,
 }
 
 crate::config::setters!(EngineConfig {
@@ -96,6 +100,8 @@ crate::config::setters!(EngineConfig {
     swa_full: bool,
     prefix_sharing: bool,
     reproducible: bool,
+    type_k: KvType,
+    type_v: KvType,
 } optional {
     threads: u32,
 });
@@ -113,6 +119,8 @@ impl Default for EngineConfig {
             swa_full: true,
             prefix_sharing: true,
             reproducible: false,
+            type_k: KvType::F16,
+            type_v: KvType::F16,
         }
     }
 }
@@ -298,7 +306,7 @@ impl Engine {
             .n_ctx_per_seq
             .checked_mul(config.n_seq_max)
             .ok_or_else(|| Error::invalid("n_ctx_per_seq", "n_ctx_per_seq x n_seq_max overflows"))?;
-        let ctx_config = ContextConfig::default()
+        let mut ctx_config = ContextConfig::default()
             .n_ctx(n_ctx)
             .n_seq_max(config.n_seq_max)
             .n_batch(config.n_batch)
@@ -306,6 +314,8 @@ impl Engine {
             .kv_unified(config.kv_unified)
             .swa_full(config.swa_full)
             .threads(config.threads);
+        ctx_config.type_k = config.type_k;
+        ctx_config.type_v = config.type_v;
         let (tx, rx) = crossbeam_channel::unbounded();
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<AbortHandle>>(1);
         let stats = Arc::new(SharedStats::default());
@@ -442,13 +452,38 @@ impl Engine {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let config = config
-            .clone()
-            .n_batch(inner.config.n_batch)
-            .n_seq_max(inner.config.n_seq_max.clamp(1, 64).min(inner.config.n_batch))
-            .threads(inner.config.threads)
-            .flash_attention(inner.config.flash_attention);
+        let config = self.embed_config(config);
         let inputs = crate::embed::tokenize_texts(&inner.model, texts, &config)?;
+        self.submit_embed(inputs, config)
+    }
+
+    /// [`embed`](Self::embed) for texts already tokenized (as OpenAI's `/v1/embeddings` takes
+    /// token ids): every id must be in the vocabulary and every list fit `n_batch`.
+    pub fn embed_tokens(&self, inputs: &[Vec<Token>], config: &EmbedConfig) -> Result<Vec<Vec<f32>>> {
+        if self.inner.stopped.load(Ordering::SeqCst) {
+            return Err(Error::Cancelled);
+        }
+        if inputs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let config = self.embed_config(config);
+        let inputs = crate::embed::check_token_lists(&self.inner.model, inputs, &config)?;
+        self.submit_embed(inputs, config)
+    }
+
+    /// The caller's pooling and normalisation with the engine's sizes.
+    fn embed_config(&self, config: &EmbedConfig) -> EmbedConfig {
+        let c = &self.inner.config;
+        config
+            .clone()
+            .n_batch(c.n_batch)
+            .n_seq_max(c.n_seq_max.clamp(1, 64).min(c.n_batch))
+            .threads(c.threads)
+            .flash_attention(c.flash_attention)
+    }
+
+    fn submit_embed(&self, inputs: Vec<Vec<Token>>, config: EmbedConfig) -> Result<Vec<Vec<f32>>> {
+        let inner = &self.inner;
         let (reply, answer) = crossbeam_channel::bounded(1);
         if inner.tx.send(Command::Embed(Box::new(worker::EmbedJob { inputs, config, reply }))).is_err() {
             return Err(Error::Cancelled);

@@ -445,7 +445,7 @@ impl<'m> SamplerBuilder<'m> {
         let n = if last_n == -1 { self.model.n_ctx_train().min(MAX_LOOKBACK as u32) as i32 } else { last_n };
         if !(0..=MAX_LOOKBACK).contains(&n) {
             return Err(Error::invalid(
-                "logits",
+                "look-back",
                 format!("{what} look-back must be -1 (the model's context) or 0..={MAX_LOOKBACK} tokens, got {last_n}"),
             ));
         }
@@ -537,6 +537,39 @@ impl<'m> SamplerBuilder<'m> {
         self.push(s, "grammar")
     }
 
+    /// Adds `bias` to each listed token's logit before the later stages (OpenAI's and
+    /// llama-server's `logit_bias`; a bias of -inf is a ban, see [`ban`](Self::ban)). A token
+    /// outside the vocabulary is [`Error::InvalidToken`], a NaN or +inf bias an
+    /// [`Error::InvalidArgument`]. Wraps `llama_sampler_init_logit_bias`; such a chain runs on
+    /// the host.
+    pub fn logit_bias(self, biases: &[(Token, f32)]) -> Self {
+        let n_vocab = self.model.vocab().n_tokens();
+        let mut finite = Vec::new();
+        let mut banned = Vec::new();
+        for &(t, b) in biases {
+            if !(0..n_vocab).contains(&t) {
+                return self.fail(Error::InvalidToken { token: t, n_vocab });
+            }
+            match b {
+                b if b.is_finite() => finite.push(sys::llama_logit_bias { token: t, bias: b }),
+                b if b == f32::NEG_INFINITY => banned.push(t),
+                b => {
+                    return self.fail(Error::invalid(
+                        "logit_bias",
+                        format!("token {t}: a bias must be finite or -inf, not {b}"),
+                    ))
+                }
+            }
+        }
+        let this = if banned.is_empty() { self } else { self.ban(&banned) };
+        if finite.is_empty() {
+            return this;
+        }
+        // SAFETY: `finite` holds `len` entries with ids in the vocabulary; llama.cpp copies them.
+        let s = unsafe { sys::llama_sampler_init_logit_bias(n_vocab, finite.len() as i32, finite.as_ptr()) };
+        this.push(s, "logit-bias")
+    }
+
     /// Never picks these tokens: their logits count as -inf before any stage sees them (as a
     /// logit bias of -inf would, without giving up the top-k shortcut). A token outside the
     /// vocabulary is [`Error::InvalidToken`]. A chain with banned tokens runs on the host.
@@ -615,6 +648,10 @@ pub struct SamplingParams {
     pub dry_allowed_length: i32,
     /// DRY look-back (-1: whole context).
     pub dry_penalty_last_n: i32,
+    /// Strings that break a DRY repetition (`None`: llama.cpp's default `\n`, `:`, `"`, `*`).
+    pub dry_sequence_breakers: Option<Vec<String>>,
+    /// Added to the listed tokens' logits before any other stage but the grammar (-inf bans).
+    pub logit_bias: Vec<(Token, f32)>,
     /// RNG seed for `dist`.
     pub seed: u32,
     /// A GBNF grammar whose root rule is `root`.
@@ -678,6 +715,8 @@ impl Default for SamplingParams {
             dry_base: 1.75,
             dry_allowed_length: 2,
             dry_penalty_last_n: -1,
+            dry_sequence_breakers: None,
+            logit_bias: Vec::new(),
             seed: 0xFFFF_FFFF,
             grammar: None,
             placement: SamplerPlacement::Host,
@@ -700,11 +739,13 @@ crate::config::setters!(SamplingParams {
     dry_base: f32,
     dry_allowed_length: i32,
     dry_penalty_last_n: i32,
+    logit_bias: Vec<(Token, f32)>,
     seed: u32,
     placement: SamplerPlacement,
     ignore_eos: bool,
 } optional {
     grammar: String,
+    dry_sequence_breakers: Vec<String>,
 });
 
 impl SamplingParams {
@@ -727,17 +768,18 @@ impl SamplingParams {
         if let Some(g) = &self.grammar {
             b = b.grammar(g, "root");
         }
+        if !self.logit_bias.is_empty() {
+            b = b.logit_bias(&self.logit_bias);
+        }
         if self.repeat_penalty != 1.0 || self.frequency_penalty != 0.0 || self.presence_penalty != 0.0 {
             b = b.penalties(self.penalty_last_n, self.repeat_penalty, self.frequency_penalty, self.presence_penalty);
         }
         if self.dry_multiplier != 0.0 {
-            b = b.dry(
-                self.dry_multiplier,
-                self.dry_base,
-                self.dry_allowed_length,
-                self.dry_penalty_last_n,
-                &["\n", ":", "\"", "*"],
-            );
+            let breakers: Vec<&str> = match &self.dry_sequence_breakers {
+                Some(v) => v.iter().map(String::as_str).collect(),
+                None => vec!["\n", ":", "\"", "*"],
+            };
+            b = b.dry(self.dry_multiplier, self.dry_base, self.dry_allowed_length, self.dry_penalty_last_n, &breakers);
         }
         if self.is_greedy() {
             return b.greedy().build();

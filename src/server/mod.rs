@@ -8,6 +8,7 @@
 //! engine's queue cannot take is answered 503 with `Retry-After` at once; a client that goes
 //! away cancels its generation at the engine's next step (its stream is dropped).
 
+mod fields;
 mod listen;
 mod metrics;
 mod openai;
@@ -35,6 +36,7 @@ use crate::engine::{AsyncTokenStream, Engine};
 use crate::generate::{Event, GenerateOptions, Summary};
 use crate::logprobs::TokenLogprobs;
 use crate::sampler::SamplingParams;
+use crate::vocab::{Token, Vocab};
 use openai::{ApiError, ChatRequest, Common, CompletionRequest, EmbeddingRequest};
 
 /// Settings for [`router`].
@@ -48,7 +50,8 @@ use openai::{ApiError, ChatRequest, Common, CompletionRequest, EmbeddingRequest}
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ServerConfig {
-    /// The model id the API reports and accepts (requests naming another model get 404).
+    /// The model id the API reports (`--alias`); requests may name any model, and are
+    /// answered by this one under this name.
     pub model_name: String,
     /// Requests must carry `Authorization: Bearer KEY` (`/health` excepted).
     pub api_key: Option<String>,
@@ -59,6 +62,12 @@ pub struct ServerConfig {
     /// The folder where `POST /slots/{id}?action=save|restore` keeps slot files (llama-server's
     /// `--slot-save-path`); without it those actions answer 501.
     pub slot_save_path: Option<std::path::PathBuf>,
+    /// How `/v1/chat/completions` renders conversations (llama-server's `--chat-template`):
+    /// the model's own template by default.
+    pub chat_template: ChatTemplate,
+    /// Template variables every chat request gets (llama-server's `--chat-template-kwargs`);
+    /// a request's own `chat_template_kwargs` override them one by one.
+    pub chat_template_kwargs: serde_json::Map<String, Value>,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +78,8 @@ impl Default for ServerConfig {
             retry_after_s: 1,
             pooling: Pooling::Model,
             slot_save_path: None,
+            chat_template: ChatTemplate::Model,
+            chat_template_kwargs: serde_json::Map::new(),
         }
     }
 }
@@ -76,6 +87,8 @@ impl Default for ServerConfig {
 crate::config::setters!(ServerConfig {
     retry_after_s: u32,
     pooling: Pooling,
+    chat_template: ChatTemplate,
+    chat_template_kwargs: serde_json::Map<String, Value>,
 } optional {
     api_key: String,
     slot_save_path: std::path::PathBuf,
@@ -172,24 +185,8 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 }
 
 impl AppState {
-    fn check_model(&self, model: Option<&str>) -> Result<(), ApiError> {
-        match model {
-            Some(m) if m != self.config.model_name => {
-                let mut e = ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "invalid_request_error",
-                    format!("the model {m:?} does not exist; this server serves {:?}", self.config.model_name),
-                );
-                e.param = Some("model");
-                e.code = Some("model_not_found");
-                Err(e)
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// The request's `n` generations, each started by `start`; the first refusal answers
-    /// for all (the ones already started are cancelled as they drop).
+    /// A request's `jobs` generations (choices), each started by `start(choice index)`; the
+    /// first refusal answers for all (the ones already started are cancelled as they drop).
     ///
     /// Rendering a chat template and tokenizing a prompt are CPU work that grows with the
     /// request, so `start` runs on tokio's blocking pool, never on the async workers that
@@ -197,12 +194,11 @@ impl AppState {
     /// `/health` for 17 s).
     async fn start(
         &self,
-        common: &Common,
-        start: impl Fn() -> crate::Result<crate::TokenStream> + Send + 'static,
+        jobs: usize,
+        start: impl Fn(usize) -> crate::Result<crate::TokenStream> + Send + 'static,
     ) -> Result<Vec<AsyncTokenStream>, ApiError> {
-        let n = choices(common)?;
         let made = tokio::task::spawn_blocking(move || {
-            (0..n).map(|_| start().map(|s| s.into_async())).collect::<Result<Vec<_>, _>>()
+            (0..jobs).map(|i| start(i).map(|s| s.into_async())).collect::<Result<Vec<_>, _>>()
         })
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.to_string()))?;
@@ -222,34 +218,78 @@ impl AppState {
     }
 }
 
-/// The generation options both endpoints share.
-fn options(c: &Common, n_probs: usize) -> Result<GenerateOptions, ApiError> {
+/// The generation options both endpoints share: every field `fields.rs` marks as read for
+/// them, mapped onto the library's settings (`vocab` turns `logit_bias` texts into tokens).
+fn options(c: &Common, n_probs: usize, vocab: Vocab<'_>) -> Result<GenerateOptions, ApiError> {
     let mut sampling = SamplingParams::default();
-    if let Some(t) = c.temperature {
-        if !(0.0..=2.0).contains(&t) {
-            return Err(ApiError::invalid("temperature must be between 0 and 2", "temperature"));
+    let range = |v: f32, lo: f32, hi: f32, name: &'static str| {
+        if (lo..=hi).contains(&v) {
+            Ok(v)
+        } else {
+            Err(ApiError::invalid(format!("{name} must be between {lo} and {hi}"), name))
         }
-        sampling = sampling.temperature(t);
+    };
+    if let Some(t) = c.temperature {
+        sampling.temperature = range(t, 0.0, 2.0, "temperature")?;
     }
     if let Some(p) = c.top_p {
-        if !(0.0..=1.0).contains(&p) {
-            return Err(ApiError::invalid("top_p must be between 0 and 1", "top_p"));
-        }
-        sampling = sampling.top_p(p);
+        sampling.top_p = range(p, 0.0, 1.0, "top_p")?;
     }
-    if let Some(s) = c.seed {
-        sampling = sampling.seed((s as u64 & 0xffff_ffff) as u32);
+    if let Some(k) = c.top_k {
+        if k < 0 {
+            return Err(ApiError::invalid("top_k must be 0 (off) or more", "top_k"));
+        }
+        sampling.top_k = k;
+    }
+    if let Some(p) = c.min_p {
+        sampling.min_p = range(p, 0.0, 1.0, "min_p")?;
+    }
+    if let Some(p) = c.typical_p {
+        sampling.typical_p = range(p, 0.0, 1.0, "typical_p")?;
+    }
+    if let Some(r) = c.repeat_penalty {
+        sampling.repeat_penalty = range(r, f32::MIN_POSITIVE, 100.0, "repeat_penalty")?;
+    }
+    if let Some(n) = c.repeat_last_n {
+        sampling.penalty_last_n = n;
     }
     if let Some(f) = c.frequency_penalty {
-        sampling = sampling.frequency_penalty(f);
+        sampling.frequency_penalty = range(f, -2.0, 2.0, "frequency_penalty")?;
     }
     if let Some(p) = c.presence_penalty {
-        sampling = sampling.presence_penalty(p);
+        sampling.presence_penalty = range(p, -2.0, 2.0, "presence_penalty")?;
     }
-    sampling = sampling.ignore_eos(c.ignore_eos);
-    let mut o = GenerateOptions::default().sampling(sampling).n_probs(n_probs);
-    if let Some(m) = c.max_completion_tokens.or(c.max_tokens) {
-        o = o.max_tokens(m as usize);
+    if let Some(m) = c.dry_multiplier {
+        sampling.dry_multiplier = range(m, 0.0, 100.0, "dry_multiplier")?;
+    }
+    if let Some(b) = c.dry_base {
+        sampling.dry_base = range(b, 1.0, 100.0, "dry_base")?;
+    }
+    if let Some(a) = c.dry_allowed_length {
+        sampling.dry_allowed_length = a;
+    }
+    if let Some(n) = c.dry_penalty_last_n {
+        sampling.dry_penalty_last_n = n;
+    }
+    if let Some(b) = &c.dry_sequence_breakers {
+        sampling.dry_sequence_breakers = Some(b.clone());
+    }
+    if let Some(s) = c.seed {
+        sampling.seed = (s as u64 & 0xffff_ffff) as u32;
+    }
+    if let Some(bias) = &c.logit_bias {
+        sampling.logit_bias = logit_bias(bias, vocab)?;
+    }
+    sampling.grammar = c.grammar.clone().filter(|g| !g.is_empty());
+    sampling.ignore_eos = c.ignore_eos;
+    let mut o =
+        GenerateOptions::default().sampling(sampling).n_probs(n_probs.max(c.n_probs.unwrap_or(0).min(20) as usize));
+    match (c.max_completion_tokens.or(c.max_tokens), c.n_predict) {
+        (Some(m), _) => o = o.max_tokens(m as usize),
+        (None, Some(n)) if n >= 0 => o = o.max_tokens(n as usize),
+        // -1: until the end of generation or of the context.
+        (None, Some(_)) => o = o.max_tokens(usize::MAX),
+        (None, None) => {}
     }
     if let Some(stop) = &c.stop {
         let stops = match stop {
@@ -261,7 +301,97 @@ fn options(c: &Common, n_probs: usize) -> Result<GenerateOptions, ApiError> {
         }
         o = o.stops(stops.into_iter().filter(|s| !s.is_empty()));
     }
+    if let Some(schema) = &c.json_schema {
+        o = o.json_schema(schema.clone());
+    }
+    if let Some(format) = &c.response_format {
+        match format.get("type").and_then(Value::as_str) {
+            Some("text") | None => {}
+            Some("json_object") => o = o.json_schema(json!({"type": "object"})),
+            Some("json_schema") => {
+                // OpenAI nests it under json_schema.schema; llama-server also takes `schema`.
+                let schema = format
+                    .pointer("/json_schema/schema")
+                    .or_else(|| format.get("schema"))
+                    .cloned()
+                    .ok_or_else(|| ApiError::invalid("json_schema.schema is missing", "response_format"))?;
+                o = o.json_schema(schema);
+            }
+            Some(other) => {
+                return Err(ApiError::invalid(format!("unknown response_format type {other:?}"), "response_format"))
+            }
+        }
+    }
+    if o.json_schema.is_some() && o.sampling.grammar.is_some() {
+        return Err(ApiError::invalid(
+            "give a grammar or a JSON schema (json_schema, response_format), not both",
+            "grammar",
+        ));
+    }
     Ok(o)
+}
+
+/// `logit_bias` as OpenAI sends it (`{"15496": -100}`) or as llama-server takes it
+/// (`[[15496, -1.5], ["Hello", false]]`: a text biases each of its tokens, `false` bans).
+fn logit_bias(v: &Value, vocab: Vocab<'_>) -> Result<Vec<(Token, f32)>, ApiError> {
+    let bad = |why: String| ApiError::invalid(format!("logit_bias: {why}"), "logit_bias");
+    let bias_of = |b: &Value| match b {
+        Value::Bool(false) => Ok(f32::NEG_INFINITY),
+        Value::Number(n) => n
+            .as_f64()
+            .map(|x| x as f32)
+            .filter(|x| x.is_finite())
+            .ok_or_else(|| bad(format!("{n} is not a finite bias"))),
+        other => Err(bad(format!("a bias is a number or false, not {other}"))),
+    };
+    let token = |t: i64| {
+        let t = i32::try_from(t).map_err(|_| bad(format!("token {t} is outside the vocabulary")))?;
+        vocab.check(t).map_err(|e| bad(e.to_string()))?;
+        Ok::<_, ApiError>(t)
+    };
+    let mut out = Vec::new();
+    match v {
+        Value::Object(map) => {
+            for (k, b) in map {
+                let id: i64 = k.parse().map_err(|_| bad(format!("{k:?} is not a token id")))?;
+                out.push((token(id)?, bias_of(b)?));
+            }
+        }
+        Value::Array(pairs) => {
+            for p in pairs {
+                let (Some(what), Some(b), 2) = (p.get(0), p.get(1), p.as_array().map_or(0, Vec::len)) else {
+                    return Err(bad(format!("each entry is [token or text, bias], not {p}")));
+                };
+                let b = bias_of(b)?;
+                match what {
+                    Value::Number(n) => {
+                        out.push((token(n.as_i64().ok_or_else(|| bad(format!("{n} is not a token id")))?)?, b))
+                    }
+                    Value::String(text) => {
+                        let ids = vocab.tokenize(text, false, false).map_err(|e| bad(e.to_string()))?;
+                        out.extend(ids.into_iter().map(|t| (t, b)));
+                    }
+                    other => return Err(bad(format!("{other} is neither a token id nor a text"))),
+                }
+            }
+        }
+        Value::Null => {}
+        other => return Err(bad(format!("expected an object or a list, not {other}"))),
+    }
+    if out.len() > 1 << 16 {
+        return Err(bad("more than 65,536 entries".into()));
+    }
+    Ok(out)
+}
+
+/// The options of choice `i`: with a seed, choice `i` samples with seed + i, so `n` seeded
+/// choices differ from each other and each is reproducible.
+fn choice_options(opts: &GenerateOptions, i: usize) -> GenerateOptions {
+    let mut o = opts.clone();
+    if o.sampling.seed != SamplingParams::default().seed {
+        o.sampling.seed = o.sampling.seed.wrapping_add(i as u32);
+    }
+    o
 }
 
 fn choices(c: &Common) -> Result<usize, ApiError> {
@@ -324,13 +454,15 @@ fn chat_logprobs(items: &[(String, TokenLogprobs)], top: usize) -> Value {
     )
 }
 
-/// OpenAI's `usage`: the prompt once (every choice decodes the same prompt), the choices'
+/// OpenAI's `usage` of choices given as (choice index, summary), `n` choices per prompt: each
+/// prompt once (its `n` choices decode the same prompt; counted from its first), the choices'
 /// tokens together, and how many prompt tokens came from the KV cache (OpenAI's
-/// `prompt_tokens_details.cached_tokens`, of the first choice).
-fn sum_usage(summaries: &[&Summary]) -> Value {
-    let prompt = summaries.first().map_or(0, |s| s.prompt_tokens);
-    let cached = summaries.first().map_or(0, |s| s.cached_prompt_tokens);
-    let completion: usize = summaries.iter().map(|s| s.generated_tokens).sum();
+/// `prompt_tokens_details.cached_tokens`).
+fn sum_usage(summaries: &[(usize, &Summary)], n: usize) -> Value {
+    let firsts = || summaries.iter().filter(|(i, _)| i % n.max(1) == 0).map(|(_, s)| s);
+    let prompt: usize = firsts().map(|s| s.prompt_tokens).sum();
+    let cached: usize = firsts().map(|s| s.cached_prompt_tokens).sum();
+    let completion: usize = summaries.iter().map(|(_, s)| s.generated_tokens).sum();
     json!({
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -341,38 +473,35 @@ fn sum_usage(summaries: &[&Summary]) -> Value {
 
 async fn chat_completions(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Result<Response, ApiError> {
     state.metrics.chat.fetch_add(1, Ordering::Relaxed);
+    fields::check(&body, fields::Route::Chat)?;
     let req: ChatRequest = parse(&body)?;
-    state.check_model(req.common.model.as_deref())?;
     if req.messages.is_empty() {
         return Err(ApiError::invalid("messages must not be empty", "messages"));
     }
     let messages = req.messages.into_iter().map(openai::chat_message).collect::<Result<Vec<_>, _>>()?;
     let top = if req.logprobs { req.top_logprobs.unwrap_or(0).min(20) as usize } else { 0 };
-    let mut opts = options(&req.common, if req.logprobs { top.max(1) } else { 0 })?;
-    let mut chat = ChatOptions::default().tools(req.tools);
-    if let Some(k) = req.chat_template_kwargs {
-        chat.kwargs = k;
-    }
-    opts = opts.chat(chat);
-    if let Some(format) = &req.response_format {
-        match format.get("type").and_then(Value::as_str) {
-            Some("text") | None => {}
-            Some("json_object") => opts = opts.json_schema(json!({"type": "object"})),
-            Some("json_schema") => {
-                let schema = format
-                    .pointer("/json_schema/schema")
-                    .cloned()
-                    .ok_or_else(|| ApiError::invalid("json_schema.schema is missing", "response_format"))?;
-                opts = opts.json_schema(schema);
-            }
-            Some(other) => {
-                return Err(ApiError::invalid(format!("unknown response_format type {other:?}"), "response_format"))
-            }
+    let mut opts = options(&req.common, if req.logprobs { top.max(1) } else { 0 }, state.engine.model().vocab())?;
+    // `none` renders the conversation without the tools, so the model cannot call one;
+    // forcing a call waits for tool-call parsing.
+    let tools = match req.tool_choice.as_ref().and_then(Value::as_str) {
+        None | Some("auto") if req.tool_choice.as_ref().is_none_or(Value::is_string) => req.tools,
+        Some("none") => None,
+        _ => {
+            return Err(ApiError::invalid(
+                "tool_choice: only \"auto\" and \"none\" are supported until tool calls are parsed from replies",
+                "tool_choice",
+            ))
         }
-    }
+    };
+    let mut chat = ChatOptions::default().tools(tools);
+    chat.kwargs = state.config.chat_template_kwargs.clone();
+    chat.kwargs.extend(req.chat_template_kwargs.unwrap_or_default());
+    opts = opts.chat(chat);
     let retry = state.config.retry_after_s;
     let engine = state.engine.clone();
-    let streams = state.start(&req.common, move || engine.chat(&messages, &ChatTemplate::Model, &opts)).await?;
+    let n = choices(&req.common)?;
+    let template = state.config.chat_template.clone();
+    let streams = state.start(n, move |i| engine.chat(&messages, &template, &choice_options(&opts, i))).await?;
     let id = state.id("chatcmpl");
     let model = state.config.model_name.clone();
     let created = now();
@@ -385,7 +514,7 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: axum::body::
             }
             c
         };
-        return Ok(sse(state.clone(), streams, include_usage, top, move |index, piece| match piece {
+        return Ok(sse(state.clone(), streams, include_usage, n, move |index, piece| match piece {
             Piece::Start => chunk(
                 json!([{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]),
                 None,
@@ -393,7 +522,7 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: axum::body::
             Piece::Text(text, lp) => {
                 let mut choice = json!({"index": index, "delta": {"content": text}, "finish_reason": null});
                 if let Some(lp) = lp {
-                    choice["logprobs"] = json!({"content": lp});
+                    choice["logprobs"] = json!({"content": chat_logprobs(&[lp], top)});
                 }
                 chunk(json!([choice]), None)
             }
@@ -409,9 +538,10 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: axum::body::
         }));
     }
     let out = collect_all(&state, streams, retry).await?;
-    let summaries: Vec<&Summary> = out.iter().filter_map(|c| c.summary.as_ref()).collect();
-    let usage = sum_usage(&summaries);
-    let timings = summaries.first().map(|s| openai::timings(s)).unwrap_or(Value::Null);
+    let summaries: Vec<(usize, &Summary)> =
+        out.iter().enumerate().filter_map(|(i, c)| Some((i, c.summary.as_ref()?))).collect();
+    let usage = sum_usage(&summaries, n);
+    let timings = summaries.first().map(|(_, s)| openai::timings(s)).unwrap_or(Value::Null);
     let choices: Vec<Value> = out
         .iter()
         .enumerate()
@@ -431,21 +561,101 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: axum::body::
     .into_response())
 }
 
+/// OpenAI's `prompt` in each shape it allows: a string, strings, token ids, or lists of token
+/// ids. Several prompts give `n` choices each.
+enum Prompt {
+    Text(String),
+    Tokens(Vec<Token>),
+}
+
+fn prompts(v: &Value) -> Result<Vec<Prompt>, ApiError> {
+    let bad = || {
+        ApiError::invalid(
+            "prompt must be a string, a list of strings, a list of token ids or a list of lists of token ids",
+            "prompt",
+        )
+    };
+    let ids = |a: &[Value]| -> Result<Vec<Token>, ApiError> {
+        a.iter().map(|t| t.as_i64().and_then(|t| i32::try_from(t).ok()).ok_or_else(bad)).collect()
+    };
+    match v {
+        Value::String(s) => Ok(vec![Prompt::Text(s.clone())]),
+        Value::Array(a) if a.is_empty() => Err(bad()),
+        Value::Array(a) if a.iter().all(Value::is_string) => {
+            Ok(a.iter().map(|s| Prompt::Text(s.as_str().unwrap_or_default().to_string())).collect())
+        }
+        Value::Array(a) if a.iter().all(Value::is_number) => Ok(vec![Prompt::Tokens(ids(a)?)]),
+        Value::Array(a) if a.iter().all(Value::is_array) => a
+            .iter()
+            .map(|p| match p.as_array() {
+                Some(p) if !p.is_empty() => ids(p).map(Prompt::Tokens),
+                _ => Err(bad()),
+            })
+            .collect(),
+        _ => Err(bad()),
+    }
+}
+
+/// Legacy completions' `logprobs` object for `items` (token text, log-probabilities), with
+/// `text_offset` counted in bytes from `offset`.
+fn legacy_logprobs(items: &[(String, TokenLogprobs)], top: usize, offset: usize) -> Value {
+    let mut at = offset;
+    let offsets: Vec<usize> = items
+        .iter()
+        .map(|(t, _)| {
+            let o = at;
+            at += t.len();
+            o
+        })
+        .collect();
+    json!({
+        "tokens": items.iter().map(|(t, _)| t.clone()).collect::<Vec<_>>(),
+        "token_logprobs": items.iter().map(|(_, l)| l.logprob).collect::<Vec<_>>(),
+        "top_logprobs": items.iter().map(|(_, l)| l.top.iter().take(top).map(|t| (t.text.clone(), json!(t.logprob))).collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>(),
+        "text_offset": offsets,
+    })
+}
+
 async fn completions(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Result<Response, ApiError> {
     state.metrics.completions.fetch_add(1, Ordering::Relaxed);
+    fields::check(&body, fields::Route::Completions)?;
     let req: CompletionRequest = parse(&body)?;
-    state.check_model(req.common.model.as_deref())?;
-    let prompt = match &req.prompt {
-        Value::String(s) => s.clone(),
-        Value::Array(a) if a.len() == 1 && a[0].is_string() => a[0].as_str().unwrap_or_default().to_string(),
-        _ => return Err(ApiError::invalid("prompt must be a string (or a list of one string)", "prompt")),
-    };
+    let prompts = prompts(&req.prompt)?;
+    let n = choices(&req.common)?;
+    if prompts.len() * n > 64 {
+        return Err(ApiError::invalid("at most 64 choices (prompts x n) per request", "prompt"));
+    }
     let top = req.logprobs.unwrap_or(0).min(20) as usize;
-    let opts = options(&req.common, top)?;
+    if req.echo && top > 0 {
+        return Err(ApiError::invalid(
+            "echo with logprobs is not supported (no log-probabilities of the prompt)",
+            "echo",
+        ));
+    }
+    let opts = options(&req.common, top, state.engine.model().vocab())?;
+    // With echo, each choice starts with its prompt's text.
+    let echoes: Vec<String> = if req.echo {
+        let vocab = state.engine.model().vocab();
+        prompts
+            .iter()
+            .map(|p| match p {
+                Prompt::Text(t) => Ok(t.clone()),
+                Prompt::Tokens(ids) => vocab.detokenize(ids, false, false).map_err(|e| ApiError::from_error(e, 1)),
+            })
+            .collect::<Result<_, _>>()?
+    } else {
+        Vec::new()
+    };
     let retry = state.config.retry_after_s;
     let engine = state.engine.clone();
     let streams = state
-        .start(&req.common, move || engine.generate(&prompt, &opts))
+        .start(prompts.len() * n, move |i| {
+            let o = choice_options(&opts, i % n);
+            match &prompts[i / n] {
+                Prompt::Text(t) => engine.generate(t, &o),
+                Prompt::Tokens(ids) => engine.generate_tokens(ids.clone(), &o),
+            }
+        })
         .await
         .map_err(|e| e.prompt_param("prompt"))?;
     let id = state.id("cmpl");
@@ -454,10 +664,18 @@ async fn completions(State(state): State<Arc<AppState>>, body: axum::body::Bytes
     if req.common.stream {
         let include_usage = req.common.stream_options.as_ref().is_some_and(|o| o.include_usage);
         let chunk = move |choices: Value| json!({"id": id, "object": "text_completion", "created": created, "model": model, "choices": choices});
-        return Ok(sse(state.clone(), streams, include_usage, top, move |index, piece| match piece {
-            Piece::Start => chunk(json!([])),
-            Piece::Text(text, _) => {
-                chunk(json!([{"index": index, "text": text, "finish_reason": null, "logprobs": null}]))
+        let offsets: Vec<std::sync::atomic::AtomicUsize> = (0..streams.len())
+            .map(|i| std::sync::atomic::AtomicUsize::new(echoes.get(i / n).map_or(0, String::len)))
+            .collect();
+        return Ok(sse(state.clone(), streams, include_usage, n, move |index, piece| match piece {
+            Piece::Start => match echoes.get(index / n) {
+                Some(text) => chunk(json!([{"index": index, "text": text, "finish_reason": null, "logprobs": null}])),
+                None => chunk(json!([])),
+            },
+            Piece::Text(text, lp) => {
+                let at = offsets[index].fetch_add(text.len(), Ordering::Relaxed);
+                let lp = lp.map(|lp| legacy_logprobs(&[lp], top, at));
+                chunk(json!([{"index": index, "text": text, "finish_reason": null, "logprobs": lp}]))
             }
             Piece::End(summary) => {
                 let mut c = chunk(
@@ -474,21 +692,17 @@ async fn completions(State(state): State<Arc<AppState>>, body: axum::body::Bytes
         }));
     }
     let out = collect_all(&state, streams, retry).await.map_err(|e| e.prompt_param("prompt"))?;
-    let summaries: Vec<&Summary> = out.iter().filter_map(|c| c.summary.as_ref()).collect();
-    let usage = sum_usage(&summaries);
+    let summaries: Vec<(usize, &Summary)> =
+        out.iter().enumerate().filter_map(|(i, c)| Some((i, c.summary.as_ref()?))).collect();
+    let usage = sum_usage(&summaries, n);
     let choices: Vec<Value> = out
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let logprobs = (top > 0).then(|| {
-                json!({
-                    "tokens": c.logprobs.iter().map(|(t, _)| t.clone()).collect::<Vec<_>>(),
-                    "token_logprobs": c.logprobs.iter().map(|(_, l)| l.logprob).collect::<Vec<_>>(),
-                    "top_logprobs": c.logprobs.iter().map(|(_, l)| l.top.iter().take(top).map(|t| (t.text.clone(), json!(t.logprob))).collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>(),
-                })
-            });
+            let echo = echoes.get(i / n).map_or("", String::as_str);
+            let logprobs = (top > 0).then(|| legacy_logprobs(&c.logprobs, top, 0));
             json!({
-                "index": i, "text": c.text, "logprobs": logprobs,
+                "index": i, "text": format!("{echo}{}", c.text), "logprobs": logprobs,
                 "finish_reason": c.summary.as_ref().map(|s| openai::finish_reason(&s.stop_reason)),
             })
         })
@@ -500,7 +714,8 @@ async fn completions(State(state): State<Arc<AppState>>, body: axum::body::Bytes
 /// One piece of a streamed choice.
 enum Piece<'a> {
     Start,
-    Text(String, Option<Value>),
+    /// Text, with the log-probabilities of its token (the token's text and them) when asked.
+    Text(String, Option<(String, TokenLogprobs)>),
     End(&'a Summary),
     Usage(Value),
 }
@@ -512,14 +727,14 @@ fn sse(
     state: Arc<AppState>,
     streams: Vec<AsyncTokenStream>,
     include_usage: bool,
-    top: usize,
+    per_prompt: usize,
     shape: impl Fn(usize, Piece<'_>) -> Value + Send + Sync + 'static,
 ) -> Response {
     let shape = Arc::new(shape);
     let n = streams.len();
     let starts: Vec<Value> = (0..n).map(|i| shape(i, Piece::Start)).filter(|v| v["choices"] != json!([])).collect();
     let merged = stream::select_all(streams.into_iter().enumerate().map(|(i, s)| s.map(move |e| (i, e))));
-    let summaries = Arc::new(std::sync::Mutex::new(Vec::<Summary>::new()));
+    let summaries = Arc::new(std::sync::Mutex::new(Vec::<(usize, Summary)>::new()));
     let shape2 = shape.clone();
     let sums = summaries.clone();
     let events = merged.filter_map(move |(i, event)| {
@@ -528,7 +743,7 @@ fn sse(
                 let lp = logprobs.map(|lp| {
                     let piece =
                         lp.top.iter().find(|t| t.id == id).map(|t| t.text.clone()).unwrap_or_else(|| text.clone());
-                    chat_logprobs(&[(piece, lp)], top)
+                    (piece, lp)
                 });
                 (!text.is_empty() || lp.is_some()).then(|| shape2(i, Piece::Text(text, lp)))
             }
@@ -537,7 +752,7 @@ fn sse(
                 state.metrics.finished(&summary);
                 let v = shape2(i, Piece::End(&summary));
                 if let Ok(mut s) = sums.lock() {
-                    s.push(summary);
+                    s.push((i, summary));
                 }
                 Some(v)
             }
@@ -546,7 +761,8 @@ fn sse(
         std::future::ready(out.map(|v| SseEvent::default().data(v.to_string())))
     });
     let tail = stream::once(async move {
-        let usage = summaries.lock().ok().map(|s| sum_usage(&s.iter().collect::<Vec<_>>()));
+        let usage =
+            summaries.lock().ok().map(|s| sum_usage(&s.iter().map(|(i, s)| (*i, s)).collect::<Vec<_>>(), per_prompt));
         match usage {
             Some(u) if include_usage => vec![SseEvent::default().data(shape(0, Piece::Usage(u)).to_string())],
             _ => vec![],
@@ -567,8 +783,8 @@ fn sse_response(s: impl Stream<Item = Result<SseEvent, std::convert::Infallible>
 
 async fn embeddings(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Result<Response, ApiError> {
     state.metrics.embeddings.fetch_add(1, Ordering::Relaxed);
+    fields::check(&body, fields::Route::Embeddings)?;
     let req: EmbeddingRequest = parse(&body)?;
-    state.check_model(req.model.as_deref())?;
     // The `openai` Python package asks for base64 unless told otherwise.
     let base64 = match req.encoding_format.as_deref() {
         None | Some("float") => false,
@@ -580,21 +796,45 @@ async fn embeddings(State(state): State<Arc<AppState>>, body: axum::body::Bytes)
             ))
         }
     };
-    let texts: Vec<String> = match req.input {
-        Value::String(s) => vec![s],
-        Value::Array(a) if a.iter().all(Value::is_string) && !a.is_empty() => {
-            a.into_iter().map(|v| v.as_str().unwrap_or_default().to_string()).collect()
+    // Every shape OpenAI takes: a string, strings, token ids, lists of token ids (LangChain's
+    // OpenAIEmbeddings sends token ids by default).
+    let inputs = prompts(&req.input).map_err(|_| {
+        ApiError::invalid(
+            "input must be a string, a list of strings, a list of token ids or a list of lists of token ids",
+            "input",
+        )
+    })?;
+    let n_embd = state.engine.model().n_embd() as usize;
+    let dimensions = match req.dimensions {
+        None => None,
+        Some(d) if (1..=n_embd).contains(&(d as usize)) => Some(d as usize),
+        Some(d) => {
+            return Err(ApiError::invalid(format!("dimensions must be between 1 and {n_embd}, not {d}"), "dimensions"))
         }
-        _ => return Err(ApiError::invalid("input must be a string or a non-empty list of strings", "input")),
     };
     let engine = state.engine.clone();
     let config = EmbedConfig::default().pooling(state.config.pooling);
     let retry = state.config.retry_after_s;
     // Counting and embedding are CPU work: off the async workers.
     let (counted, vectors) = tokio::task::spawn_blocking(move || {
-        let counted: usize =
-            texts.iter().map(|t| engine.model().vocab().tokenize(t, true, true).map_or(0, |v| v.len())).sum();
-        (counted, engine.embed(&texts, &config))
+        let vocab = engine.model().vocab();
+        let counted: usize = inputs
+            .iter()
+            .map(|p| match p {
+                Prompt::Text(t) => vocab.tokenize(t, true, true).map_or(0, |v| v.len()),
+                Prompt::Tokens(ids) => ids.len(),
+            })
+            .sum();
+        let vectors = if inputs.iter().all(|p| matches!(p, Prompt::Tokens(_))) {
+            let ids: Vec<Vec<Token>> =
+                inputs.into_iter().filter_map(|p| if let Prompt::Tokens(t) = p { Some(t) } else { None }).collect();
+            engine.embed_tokens(&ids, &config)
+        } else {
+            let texts: Vec<String> =
+                inputs.into_iter().filter_map(|p| if let Prompt::Text(t) = p { Some(t) } else { None }).collect();
+            engine.embed(&texts, &config)
+        };
+        (counted, vectors)
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", e.to_string()))?;
@@ -602,7 +842,12 @@ async fn embeddings(State(state): State<Arc<AppState>>, body: axum::body::Bytes)
     let data: Vec<Value> = vectors
         .into_iter()
         .enumerate()
-        .map(|(i, v)| {
+        .map(|(i, mut v)| {
+            // OpenAI's `dimensions`: the first d values, normalised again.
+            if let Some(d) = dimensions.filter(|&d| d < v.len()) {
+                v.truncate(d);
+                crate::embed::l2_normalize(&mut v);
+            }
             let embedding = if base64 { Value::from(openai::base64_f32(&v)) } else { json!(v) };
             json!({"object": "embedding", "index": i, "embedding": embedding})
         })
@@ -618,15 +863,70 @@ async fn embeddings(State(state): State<Arc<AppState>>, body: axum::body::Bytes)
 mod tests {
     use super::*;
 
+    fn tiny() -> crate::Model {
+        let path = crate::synth::tiny_model().unwrap();
+        crate::Model::load(&path, &crate::LoadConfig::default().vocab_only(true)).unwrap()
+    }
+
     #[test]
     fn request_fields_reach_the_sampling_params() {
+        let model = tiny();
+        let vocab = model.vocab();
         let c: Common =
             serde_json::from_str(r#"{"temperature":0.5,"top_p":0.9,"seed":7,"ignore_eos":true,"max_tokens":3}"#)
                 .unwrap();
-        let o = options(&c, 0).unwrap();
+        let o = options(&c, 0, vocab).unwrap();
         assert!(o.sampling.ignore_eos);
         assert_eq!((o.sampling.temperature, o.sampling.top_p, o.sampling.seed), (0.5, 0.9, 7));
         assert_eq!(o.max_tokens, 3);
-        assert!(!options(&Common::default(), 0).unwrap().sampling.ignore_eos);
+        assert!(!options(&Common::default(), 0, vocab).unwrap().sampling.ignore_eos);
+    }
+
+    /// Every field the table marks as read changes the generation's options (those the
+    /// handlers read themselves are listed apart and tested through the server).
+    #[test]
+    fn every_read_field_changes_the_options() {
+        let model = tiny();
+        let vocab = model.vocab();
+        let by_handler = [
+            "messages",
+            "prompt",
+            "stream",
+            "stream_options",
+            "n",
+            "logprobs",
+            "top_logprobs",
+            "tools",
+            "tool_choice",
+            "chat_template_kwargs",
+            "echo",
+        ];
+        let samples = json!({
+            "max_tokens": 3, "max_completion_tokens": 4, "n_predict": 5, "temperature": 0.3, "top_p": 0.5,
+            "top_k": 7, "min_p": 0.2, "typical_p": 0.5, "repeat_penalty": 1.2, "repeat_last_n": 32,
+            "frequency_penalty": 0.5, "presence_penalty": 0.5, "dry_multiplier": 0.8, "dry_base": 2.0,
+            "dry_allowed_length": 3, "dry_penalty_last_n": 16, "dry_sequence_breakers": ["x"], "seed": 7,
+            "stop": "x", "ignore_eos": true, "logit_bias": {"5": 2.0}, "grammar": "root ::= \"a\"",
+            "json_schema": {"type": "object"}, "response_format": {"type": "json_object"}, "n_probs": 2,
+        });
+        let default = format!("{:?}", options(&Common::default(), 0, vocab).unwrap());
+        for route in [fields::Route::Chat, fields::Route::Completions] {
+            for (name, handling) in route.fields() {
+                if !matches!(handling, fields::Handling::Read) || by_handler.contains(&name) {
+                    continue;
+                }
+                let value = samples.get(name).unwrap_or_else(|| panic!("no sample value for the read field {name}"));
+                let c: Common = serde_json::from_value(json!({ name: value })).unwrap();
+                let got = format!("{:?}", options(&c, 0, vocab).unwrap());
+                assert_ne!(got, default, "{name} changed nothing");
+            }
+        }
+        // llama-server's logit_bias shapes: ids, texts (each of their tokens), false bans.
+        let c: Common = serde_json::from_value(json!({"logit_bias": [[5, 1.5], [6, false]]})).unwrap();
+        assert_eq!(options(&c, 0, vocab).unwrap().sampling.logit_bias, vec![(5, 1.5), (6, f32::NEG_INFINITY)]);
+        for bad in [json!({"x": 1}), json!({"999999": 1}), json!([[1]]), json!("no")] {
+            let c: Common = serde_json::from_value(json!({"logit_bias": bad})).unwrap();
+            assert!(options(&c, 0, vocab).is_err(), "{bad}");
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! The OpenAI API's request and response shapes that the server reads and writes, and its
 //! error object.
 
+use std::borrow::Cow;
+
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -18,25 +20,46 @@ pub(crate) enum Stop {
     Many(Vec<String>),
 }
 
-/// The sampling and length fields both endpoints share.
+/// The sampling and length fields both endpoints share (the table in `fields.rs` lists them
+/// with the rest; a field there marked read is read here).
 #[derive(Debug, Deserialize, Default)]
 pub(crate) struct Common {
-    pub(crate) model: Option<String>,
     #[serde(default)]
     pub(crate) stream: bool,
     pub(crate) stream_options: Option<StreamOptions>,
     pub(crate) max_tokens: Option<u32>,
     pub(crate) max_completion_tokens: Option<u32>,
+    /// llama-server's name for max_tokens (-1: no limit but the context).
+    pub(crate) n_predict: Option<i64>,
     pub(crate) temperature: Option<f32>,
     pub(crate) top_p: Option<f32>,
+    pub(crate) top_k: Option<i32>,
+    pub(crate) min_p: Option<f32>,
+    pub(crate) typical_p: Option<f32>,
+    pub(crate) repeat_penalty: Option<f32>,
+    pub(crate) repeat_last_n: Option<i32>,
+    pub(crate) frequency_penalty: Option<f32>,
+    pub(crate) presence_penalty: Option<f32>,
+    pub(crate) dry_multiplier: Option<f32>,
+    pub(crate) dry_base: Option<f32>,
+    pub(crate) dry_allowed_length: Option<i32>,
+    pub(crate) dry_penalty_last_n: Option<i32>,
+    pub(crate) dry_sequence_breakers: Option<Vec<String>>,
     pub(crate) stop: Option<Stop>,
     pub(crate) seed: Option<i64>,
     pub(crate) n: Option<u32>,
-    pub(crate) frequency_penalty: Option<f32>,
-    pub(crate) presence_penalty: Option<f32>,
     /// llama-server's extension: never end at an end-of-generation token.
     #[serde(default)]
     pub(crate) ignore_eos: bool,
+    /// OpenAI's `{"token id": bias}`, or llama-server's `[[id or text, bias or false], ...]`.
+    pub(crate) logit_bias: Option<Value>,
+    /// A GBNF grammar (llama-server's extension).
+    pub(crate) grammar: Option<String>,
+    /// A JSON schema the output must match (llama-server's extension).
+    pub(crate) json_schema: Option<Value>,
+    pub(crate) response_format: Option<Value>,
+    /// llama-server's top log-probabilities per token.
+    pub(crate) n_probs: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -54,8 +77,8 @@ pub(crate) struct ChatRequest {
     #[serde(default)]
     pub(crate) logprobs: bool,
     pub(crate) top_logprobs: Option<u32>,
-    pub(crate) response_format: Option<Value>,
     pub(crate) tools: Option<Value>,
+    pub(crate) tool_choice: Option<Value>,
     pub(crate) chat_template_kwargs: Option<serde_json::Map<String, Value>>,
 }
 
@@ -67,14 +90,18 @@ pub(crate) struct CompletionRequest {
     pub(crate) common: Common,
     /// Legacy completions: the number of top log-probabilities per token.
     pub(crate) logprobs: Option<u32>,
+    /// The prompt's text before the completion in each choice.
+    #[serde(default)]
+    pub(crate) echo: bool,
 }
 
 /// `POST /v1/embeddings`.
 #[derive(Debug, Deserialize)]
 pub(crate) struct EmbeddingRequest {
     pub(crate) input: Value,
-    pub(crate) model: Option<String>,
     pub(crate) encoding_format: Option<String>,
+    /// Keep the first this many dimensions (normalised again), as OpenAI's text-embedding-3.
+    pub(crate) dimensions: Option<u32>,
 }
 
 /// An OpenAI message (content a string, a list of parts or null) as a chat message.
@@ -135,7 +162,7 @@ pub(crate) struct ApiError {
     pub(crate) status: StatusCode,
     pub(crate) message: String,
     pub(crate) kind: &'static str,
-    pub(crate) param: Option<&'static str>,
+    pub(crate) param: Option<Cow<'static, str>>,
     pub(crate) code: Option<&'static str>,
     pub(crate) retry_after: Option<u32>,
 }
@@ -146,7 +173,18 @@ impl ApiError {
     }
 
     pub(crate) fn invalid(message: impl Into<String>, param: &'static str) -> ApiError {
-        ApiError { param: Some(param), ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", message) }
+        ApiError {
+            param: Some(Cow::Borrowed(param)),
+            ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+        }
+    }
+
+    /// A 400 naming a field of the request body by its name as sent.
+    pub(crate) fn invalid_field(message: impl Into<String>, field: &str) -> ApiError {
+        ApiError {
+            param: Some(Cow::Owned(field.to_string())),
+            ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+        }
     }
 
     /// A library error of a request, mapped to its status by its class: the client's mistake
@@ -158,11 +196,11 @@ impl ApiError {
         match (&e, e.class()) {
             (Error::ContextOverflow { .. }, _) => ApiError {
                 code: Some("context_length_exceeded"),
-                param: Some("messages"),
+                param: Some(Cow::Borrowed("messages")),
                 ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
             },
             (Error::JsonSchema(_), _) => ApiError {
-                param: Some("response_format"),
+                param: Some(Cow::Borrowed("response_format")),
                 ..ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
             },
             (Error::Busy { .. }, _) => ApiError {
@@ -204,7 +242,7 @@ impl ApiError {
     /// legacy completions endpoint has no messages).
     pub(crate) fn prompt_param(mut self, param: &'static str) -> ApiError {
         if self.code == Some("context_length_exceeded") {
-            self.param = Some(param);
+            self.param = Some(Cow::Borrowed(param));
         }
         self
     }
@@ -279,8 +317,8 @@ mod tests {
         assert_eq!((e.status, e.retry_after), (StatusCode::SERVICE_UNAVAILABLE, None));
         // A prompt too long names the field the endpoint has.
         let long = || Error::ContextOverflow { needed: 9, n_ctx: 8 };
-        assert_eq!(status(long()).param, Some("messages"));
-        assert_eq!(status(long()).prompt_param("prompt").param, Some("prompt"));
+        assert_eq!(status(long()).param.as_deref(), Some("messages"));
+        assert_eq!(status(long()).prompt_param("prompt").param.as_deref(), Some("prompt"));
         assert_eq!(status(Error::invalid("x", "y")).prompt_param("prompt").param, None);
     }
 

@@ -238,7 +238,7 @@ pub struct ChatArgs {
 }
 
 /// `--chat-template`: a file holds a Jinja template; otherwise a built-in format's name.
-fn chat_template(arg: Option<String>) -> AnyResult<ChatTemplate> {
+pub(crate) fn chat_template(arg: Option<String>) -> AnyResult<ChatTemplate> {
     let Some(arg) = arg else { return Ok(ChatTemplate::Model) };
     let path = std::path::Path::new(&arg);
     if path.is_file() {
@@ -257,7 +257,7 @@ fn chat_template(arg: Option<String>) -> AnyResult<ChatTemplate> {
 }
 
 /// `--chat-template-kwargs`: a JSON object of template variables.
-fn chat_options(kwargs: Option<&str>) -> AnyResult<ChatOptions> {
+pub(crate) fn chat_options(kwargs: Option<&str>) -> AnyResult<ChatOptions> {
     let mut options = ChatOptions::default();
     if let Some(text) = kwargs {
         let value: serde_json::Value = serde_json::from_str(text)

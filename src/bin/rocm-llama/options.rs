@@ -28,6 +28,9 @@ const LLAMA_FLAGS: &[(&str, &str)] = &[
     ("-nr", "--no-repack"),
     ("-hf", "--hf-repo"),
     ("-ot", "--override-tensor"),
+    ("-np", "--parallel"),
+    ("-cb", "--cont-batching"),
+    ("-nocb", "--no-cont-batching"),
 ];
 
 /// More of llama-cli's single-dash flags, rewritten only for `run` and `chat` (elsewhere `-r`

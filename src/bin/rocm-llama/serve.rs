@@ -8,7 +8,7 @@ use clap::Args;
 use rocm_llama::server::{router, ConnectionLimits, ServerConfig};
 use rocm_llama::{Engine, EngineConfig, FlashAttention, Pooling};
 
-use crate::options::{load_model, model_path, ContextPlan, FaArg, ModelArgs};
+use crate::options::{load_model, model_path, ContextPlan, FaArg, KvArg, ModelArgs};
 use crate::{AnyResult, UserError};
 
 #[derive(Args)]
@@ -53,9 +53,39 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer KEY` on every /v1 route (or set ROCM_LLAMA_API_KEY).
     #[arg(long, env = "ROCM_LLAMA_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-    /// The model id clients use [default: the file name without .gguf].
-    #[arg(long)]
+    /// The model id responses name [default: the file name without .gguf]; requests may
+    /// name any model.
+    #[arg(short = 'a', long)]
     alias: Option<String>,
+    /// How chat requests are rendered: a Jinja template file, or a built-in format's name
+    /// [default: the model's own template].
+    #[arg(long, value_name = "FILE|NAME")]
+    chat_template: Option<String>,
+    /// Template variables every chat request gets, as a JSON object (a request's own
+    /// chat_template_kwargs override them).
+    #[arg(long, value_name = "JSON")]
+    chat_template_kwargs: Option<String>,
+    /// K cache type (-ctk).
+    #[arg(long, value_enum, default_value_t = KvArg::F16)]
+    cache_type_k: KvArg,
+    /// V cache type (-ctv).
+    #[arg(long, value_enum, default_value_t = KvArg::F16)]
+    cache_type_v: KvArg,
+    /// Accepted for llama-server's command lines: Jinja templates are always used.
+    #[arg(long, hide = true)]
+    jinja: bool,
+    /// Accepted for llama-server's command lines: /v1/embeddings is always served.
+    #[arg(long, visible_alias = "embedding", hide = true)]
+    embeddings: bool,
+    /// Accepted for llama-server's command lines: /metrics is always served.
+    #[arg(long, hide = true)]
+    metrics: bool,
+    /// Accepted for llama-server's command lines (-cb): batching is always continuous.
+    #[arg(long, hide = true)]
+    cont_batching: bool,
+    /// Refused: batching is always continuous here.
+    #[arg(long, hide = true)]
+    no_cont_batching: bool,
     /// Pooling for /v1/embeddings: model (the model's own), mean, cls, last, rank.
     #[arg(long, default_value = "model")]
     pooling: Pooling,
@@ -75,6 +105,17 @@ pub struct ServeArgs {
 }
 
 pub fn serve(args: ServeArgs) -> AnyResult<()> {
+    args.model.check_compat()?;
+    if args.no_cont_batching {
+        return Err(UserError::boxed("--no-cont-batching (-nocb): batching is always continuous here"));
+    }
+    let chat_template = crate::generate::chat_template(args.chat_template.clone())?;
+    let chat_kwargs = crate::generate::chat_options(args.chat_template_kwargs.as_deref())?.kwargs;
+    if matches!(chat_template, rocm_llama::ChatTemplate::Builtin(_)) && !chat_kwargs.is_empty() {
+        return Err(UserError::boxed(
+            "--chat-template-kwargs: a built-in format takes no template variables (give a Jinja template file)",
+        ));
+    }
     let path = model_path(args.model.model.as_deref())?;
     let name = args.alias.clone().unwrap_or_else(|| {
         path.file_name().map(|n| n.to_string_lossy().trim_end_matches(".gguf").to_string()).unwrap_or_default()
@@ -90,8 +131,8 @@ pub fn serve(args: ServeArgs) -> AnyResult<()> {
         max_ctx: total_ctx,
         n_seq: args.parallel,
         flash_attention: matches!(args.flash_attn, FaArg::On),
-        type_k: rocm_llama::KvType::F16,
-        type_v: rocm_llama::KvType::F16,
+        type_k: args.cache_type_k.into(),
+        type_v: args.cache_type_v.into(),
     };
     let (model, _) = load_model(&args.model, Some(plan))?;
     let model = Arc::new(model);
@@ -107,7 +148,9 @@ pub fn serve(args: ServeArgs) -> AnyResult<()> {
             .flash_attention(fa)
             .kv_unified(args.kv_unified)
             .prefix_sharing(!args.no_prefix_sharing)
-            .reproducible(args.reproducible),
+            .reproducible(args.reproducible)
+            .type_k(args.cache_type_k.into())
+            .type_v(args.cache_type_v.into()),
     )?;
     if let Some(dir) = &args.slot_save_path {
         std::fs::create_dir_all(dir)
@@ -117,7 +160,9 @@ pub fn serve(args: ServeArgs) -> AnyResult<()> {
         .model_name(name.clone())
         .api_key(args.api_key.clone())
         .pooling(args.pooling)
-        .slot_save_path(args.slot_save_path.clone());
+        .slot_save_path(args.slot_save_path.clone())
+        .chat_template(chat_template)
+        .chat_template_kwargs(chat_kwargs);
     let app = router(engine.clone(), config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

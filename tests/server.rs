@@ -17,7 +17,10 @@ struct Server {
 
 impl Server {
     fn start(extra: &[&str]) -> Option<Server> {
-        let model = common::model_path()?;
+        Some(Server::start_model(&common::model_path()?, extra))
+    }
+
+    fn start_model(model: &std::path::Path, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_rocm-llama"))
             .args(["serve", "--port", "0", "--threads", "1", "--no-progress", "-c", "512", "--model"])
             .arg(model)
@@ -34,7 +37,7 @@ impl Server {
         };
         // Keep draining its log so it never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Some(Server { child, port })
+        Server { child, port }
     }
 
     /// One request; the status, the headers (lower-case names) and the body.
@@ -707,4 +710,79 @@ fn llama_server_flags_are_taken() {
     let (_, _, slots) = server.request("GET", "/slots", None, "");
     let slots: serde_json::Value = serde_json::from_str(&slots).unwrap();
     assert_eq!(slots.as_array().map(Vec::len), Some(2), "{slots}");
+}
+
+/// llama-server's own routes in its shapes: /completion (whole and streamed), /tokenize,
+/// /detokenize, /apply-template, /props, /v1/models/{id}, and /rerank (with its aliases) on a
+/// reranker.
+#[test]
+fn llama_server_routes_answer_in_its_shapes() {
+    let Some(server) = Server::start(&["-a", "served"]) else { return };
+    let post = |path: &str, body: serde_json::Value| server.json(path, None, &body.to_string());
+    let (status, v) = post("/tokenize", serde_json::json!({"content": "The river", "add_special": true}));
+    assert_eq!((status, &v["tokens"]), (200, &serde_json::json!([2, 818, 8858])), "{v}");
+    let (_, v) = post("/tokenize", serde_json::json!({"content": "The river", "with_pieces": true}));
+    assert_eq!(v["tokens"][1], serde_json::json!({"id": 8858, "piece": " river"}), "{v}");
+    let (status, v) = post("/detokenize", serde_json::json!({"tokens": [818, 8858]}));
+    assert_eq!((status, v["content"].as_str()), (200, Some("The river")), "{v}");
+    let (status, _) = post("/detokenize", serde_json::json!({"tokens": [-1]}));
+    assert_eq!(status, 400);
+    let (status, v) =
+        post("/apply-template", serde_json::json!({"messages": [{"role": "user", "content": "Hi there"}]}));
+    assert_eq!(status, 200, "{v}");
+    assert!(v["prompt"].as_str().unwrap().contains("Hi there"), "{v}");
+
+    // /completion, whole: llama-server's fields; greedy, so the same as /v1/completions.
+    let body = serde_json::json!({"prompt": "The river", "n_predict": 6, "temperature": 0});
+    let (status, whole) = post("/completion", body.clone());
+    assert_eq!(status, 200, "{whole}");
+    assert_eq!((whole["stop"].as_bool(), whole["tokens_predicted"].as_u64()), (Some(true), Some(6)), "{whole}");
+    assert_eq!(whole["stop_type"], "limit");
+    let (_, v1) =
+        post("/v1/completions", serde_json::json!({"prompt": "The river", "max_tokens": 6, "temperature": 0}));
+    assert_eq!(whole["content"], v1["choices"][0]["text"]);
+    // Streamed: content pieces, then the last object with stop and timings.
+    let mut streamed = body;
+    streamed["stream"] = true.into();
+    let (_, _, text) = server.request("POST", "/completion", None, &streamed.to_string());
+    let events: Vec<serde_json::Value> =
+        text.lines().filter_map(|l| l.strip_prefix("data: ")).map(|d| serde_json::from_str(d).unwrap()).collect();
+    let last = events.last().unwrap();
+    assert_eq!(last["stop"], true, "{text}");
+    assert!(last["timings"]["predicted_n"].as_u64().is_some(), "{last}");
+    let joined: String = events.iter().filter(|e| e["stop"] == false).map(|e| e["content"].as_str().unwrap()).collect();
+    assert_eq!(joined, whole["content"].as_str().unwrap());
+
+    let (status, _, props) = server.request("GET", "/props", None, "");
+    let props: serde_json::Value = serde_json::from_str(&props).unwrap();
+    assert_eq!((status, props["model_alias"].as_str()), (200, Some("served")), "{props}");
+    assert!(props["default_generation_settings"]["params"]["top_k"].as_i64().is_some(), "{props}");
+    let (status, _, model) = server.request("GET", "/v1/models/gpt-4o", None, "");
+    assert_eq!(status, 200);
+    assert!(model.contains("\"served\""), "{model}");
+    // Reranking needs a reranker: this base model has no classifier head, a clear 400.
+    let (status, v) = post("/rerank", serde_json::json!({"query": "q", "documents": ["a"]}));
+    assert_eq!(status, 400, "{v}");
+    drop(server);
+
+    // On a reranker: scores best first, top_n, documents back when asked, every alias.
+    let reranker = rocm_llama::synth::tiny_reranker().unwrap();
+    let server = Server::start_model(&reranker, &[]);
+    let docs = ["t1 t2", "t3 t4 t5", "t6"];
+    let (status, v) = server.json(
+        "/v1/rerank",
+        None,
+        &serde_json::json!({"query": "t1 t2 t3", "documents": docs, "top_n": 2, "return_documents": true}).to_string(),
+    );
+    assert_eq!(status, 200, "{v}");
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    assert!(results[0]["relevance_score"].as_f64() >= results[1]["relevance_score"].as_f64());
+    let i = results[0]["index"].as_u64().unwrap() as usize;
+    assert_eq!(results[0]["document"]["text"], docs[i]);
+    for alias in ["/rerank", "/reranking", "/v1/reranking"] {
+        let (status, v) =
+            server.json(alias, None, &serde_json::json!({"query": "q", "documents": [{"text": "t1"}]}).to_string());
+        assert_eq!(status, 200, "{alias}: {v}");
+    }
 }

@@ -292,39 +292,8 @@ impl<'m> Embedder<'m> {
                 self.pooling
             )));
         }
-        if query.is_empty() {
-            return Err(Error::embedding("the query is empty"));
-        }
-        let inputs = documents
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                if d.as_ref().is_empty() {
-                    return Err(at_text(i, Error::embedding("the document is empty")));
-                }
-                self.pair_tokens(query, d.as_ref()).and_then(|t| self.fit(t)).map_err(|e| at_text(i, e))
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let inputs = rerank_inputs(self.ctx.model(), query, documents, &self.config)?;
         Ok(self.embed_tokens(&inputs, &mut |_, _| {})?.into_iter().map(|v| v.first().copied().unwrap_or(0.0)).collect())
-    }
-
-    fn pair_tokens(&self, query: &str, document: &str) -> Result<Vec<Token>> {
-        let model = self.ctx.model();
-        let vocab = model.vocab();
-        if let Some(template) = model.meta("tokenizer.chat_template.rerank") {
-            let text = template.replace("{query}", query).replace("{document}", document);
-            return vocab.tokenize(&text, true, true);
-        }
-        let mut tokens = Vec::new();
-        if vocab.add_bos() {
-            tokens.extend(vocab.bos());
-        }
-        tokens.extend(vocab.tokenize(query, false, false)?);
-        tokens.extend(vocab.eos());
-        tokens.extend(vocab.sep());
-        tokens.extend(vocab.tokenize(document, false, false)?);
-        tokens.extend(vocab.eos());
-        Ok(tokens)
     }
 
     pub(crate) fn require_pooled(&self) -> Result<()> {
@@ -338,6 +307,50 @@ impl<'m> Embedder<'m> {
         }
         Ok(())
     }
+}
+
+/// The tokens of one (query, document) pair for a reranker: the model's rerank template when
+/// it has one (`tokenizer.chat_template.rerank`, with `{query}` and `{document}`), otherwise
+/// `BOS query EOS SEP document EOS` with the special tokens the model has.
+pub(crate) fn rerank_pair(model: &Model, query: &str, document: &str) -> Result<Vec<Token>> {
+    let vocab = model.vocab();
+    if let Some(template) = model.meta("tokenizer.chat_template.rerank") {
+        let text = template.replace("{query}", query).replace("{document}", document);
+        return vocab.tokenize(&text, true, true);
+    }
+    let mut tokens = Vec::new();
+    if vocab.add_bos() {
+        tokens.extend(vocab.bos());
+    }
+    tokens.extend(vocab.tokenize(query, false, false)?);
+    tokens.extend(vocab.eos());
+    tokens.extend(vocab.sep());
+    tokens.extend(vocab.tokenize(document, false, false)?);
+    tokens.extend(vocab.eos());
+    Ok(tokens)
+}
+
+/// Every (query, document) pair's tokens for a reranker, checked as texts are (neither may be
+/// empty; each pair must fit `n_batch`), errors naming the document.
+pub(crate) fn rerank_inputs<S: AsRef<str>>(
+    model: &Model,
+    query: &str,
+    documents: &[S],
+    config: &EmbedConfig,
+) -> Result<Vec<Vec<Token>>> {
+    if query.is_empty() {
+        return Err(Error::embedding("the query is empty"));
+    }
+    documents
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            if d.as_ref().is_empty() {
+                return Err(at_text(i, Error::embedding("the document is empty")));
+            }
+            rerank_pair(model, query, d.as_ref()).and_then(|t| fit_tokens(t, config)).map_err(|e| at_text(i, e))
+        })
+        .collect()
 }
 
 /// A text's tokens for embedding under `config` (see [`Embedder::tokenize`]).

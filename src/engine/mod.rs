@@ -471,6 +471,28 @@ impl Engine {
         self.submit_embed(inputs, config)
     }
 
+    /// Scores `documents` against `query` with the model's classifier head (rank pooling, as
+    /// [`Embedder::rerank`](crate::embed::Embedder::rerank) does), computed by the engine's
+    /// worker beside generation. One score per document, in document order; a model without
+    /// a classifier head, an empty query or document, or a pair longer than `n_batch` is an
+    /// error naming it. Blocks until the scores are ready.
+    pub fn rerank<S: AsRef<str>>(&self, query: &str, documents: &[S]) -> Result<Vec<f32>> {
+        if self.inner.stopped.load(Ordering::SeqCst) {
+            return Err(Error::Cancelled);
+        }
+        if documents.is_empty() {
+            return Ok(Vec::new());
+        }
+        let config = self.embed_config(&EmbedConfig::default().pooling(crate::embed::Pooling::Rank));
+        let inputs = crate::embed::rerank_inputs(&self.inner.model, query, documents, &config)?;
+        Ok(self.submit_embed(inputs, config)?.into_iter().map(|v| v.first().copied().unwrap_or(0.0)).collect())
+    }
+
+    /// The settings the engine was started with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
     /// The caller's pooling and normalisation with the engine's sizes.
     fn embed_config(&self, config: &EmbedConfig) -> EmbedConfig {
         let c = &self.inner.config;

@@ -119,13 +119,49 @@ pub(crate) const EMBEDDINGS: &[Field] = &[
     ("user", Ignored("an end-user id for the caller's own records")),
 ];
 
+/// llama-server's `POST /completion`: the shared fields and these.
+const COMPLETION_NATIVE: &[Field] = &[("prompt", Read)];
+
+const TOKENIZE: &[Field] = &[("content", Read), ("add_special", Read), ("parse_special", Read), ("with_pieces", Read)];
+
+const DETOKENIZE: &[Field] = &[("tokens", Read)];
+
+const APPLY_TEMPLATE: &[Field] = &[("messages", Read), ("tools", Read), ("chat_template_kwargs", Read)];
+
+const RERANK: &[Field] = &[
+    ("query", Read),
+    ("documents", Read),
+    ("top_n", Read),
+    ("return_documents", Read),
+    ("model", Ignored("any name is served by the one model, which the response names")),
+    ("user", Ignored("an end-user id for the caller's own records")),
+];
+
 /// A route's table.
 #[derive(Clone, Copy)]
 pub(crate) enum Route {
     Chat,
     Completions,
     Embeddings,
+    Completion,
+    Tokenize,
+    Detokenize,
+    ApplyTemplate,
+    Rerank,
 }
+
+/// Every route with a table, in the docs' order.
+#[cfg(test)]
+pub(crate) const ROUTES: [Route; 8] = [
+    Route::Chat,
+    Route::Completions,
+    Route::Embeddings,
+    Route::Completion,
+    Route::Tokenize,
+    Route::Detokenize,
+    Route::ApplyTemplate,
+    Route::Rerank,
+];
 
 impl Route {
     /// Every field of the route, the route's own first.
@@ -134,6 +170,11 @@ impl Route {
             Route::Chat => CHAT_ONLY.iter().chain(SAMPLING).copied().collect(),
             Route::Completions => COMPLETION_ONLY.iter().chain(SAMPLING).copied().collect(),
             Route::Embeddings => EMBEDDINGS.to_vec(),
+            Route::Completion => COMPLETION_NATIVE.iter().chain(SAMPLING).copied().collect(),
+            Route::Tokenize => TOKENIZE.to_vec(),
+            Route::Detokenize => DETOKENIZE.to_vec(),
+            Route::ApplyTemplate => APPLY_TEMPLATE.to_vec(),
+            Route::Rerank => RERANK.to_vec(),
         }
     }
 
@@ -142,6 +183,11 @@ impl Route {
             Route::Chat => "/v1/chat/completions",
             Route::Completions => "/v1/completions",
             Route::Embeddings => "/v1/embeddings",
+            Route::Completion => "/completion",
+            Route::Tokenize => "/tokenize",
+            Route::Detokenize => "/detokenize",
+            Route::ApplyTemplate => "/apply-template",
+            Route::Rerank => "/rerank",
         }
     }
 }
@@ -217,7 +263,7 @@ mod tests {
 
     #[test]
     fn no_field_is_listed_twice() {
-        for route in [Route::Chat, Route::Completions, Route::Embeddings] {
+        for route in ROUTES {
             let fields = route.fields();
             for (i, (name, _)) in fields.iter().enumerate() {
                 assert!(!fields[..i].iter().any(|(n, _)| n == name), "{name} twice in {}", route.path());
@@ -231,11 +277,7 @@ mod tests {
     fn the_docs_table_is_this_table() {
         const START: &str = "<!-- request fields: generated from src/server/fields.rs -->\n";
         const END: &str = "<!-- end of request fields -->";
-        let tables: String = [Route::Chat, Route::Completions, Route::Embeddings]
-            .iter()
-            .map(|&r| markdown(r))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let tables: String = ROUTES.iter().map(|&r| markdown(r)).collect::<Vec<_>>().join("\n");
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/server.md");
         let doc = std::fs::read_to_string(path).unwrap();
         let (Some(a), Some(b)) = (doc.find(START), doc.find(END)) else { panic!("docs/server.md lacks the markers") };

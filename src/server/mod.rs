@@ -4,12 +4,15 @@
 //!
 //! Routes: `POST /v1/chat/completions`, `POST /v1/completions` (streamed as server-sent
 //! events or whole), `POST /v1/embeddings`, `GET /v1/models`, `GET /health`, `GET /metrics`,
-//! and llama-server's `GET /slots` and `POST /slots/{id}?action=save|restore|erase`. A request the
+//! and llama-server's `GET /slots`, `POST /slots/{id}?action=save|restore|erase`,
+//! `/completion`, `/tokenize`, `/detokenize`, `/apply-template`, `/rerank` (and aliases),
+//! `/props` and `/v1/models/{id}`. Every body field is read or refused (`fields`). A request the
 //! engine's queue cannot take is answered 503 with `Retry-After` at once; a client that goes
 //! away cancels its generation at the engine's next step (its stream is dropped).
 
 mod fields;
 mod listen;
+mod llama_server;
 mod metrics;
 mod openai;
 mod slots;
@@ -118,6 +121,16 @@ pub fn router(engine: Engine, config: ServerConfig) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(llama_server::model_info))
+        .route("/completion", post(llama_server::completion))
+        .route("/tokenize", post(llama_server::tokenize))
+        .route("/detokenize", post(llama_server::detokenize))
+        .route("/apply-template", post(llama_server::apply_template))
+        .route("/rerank", post(llama_server::rerank))
+        .route("/reranking", post(llama_server::rerank))
+        .route("/v1/rerank", post(llama_server::rerank))
+        .route("/v1/reranking", post(llama_server::rerank))
+        .route("/props", get(llama_server::props))
         .route("/slots", get(slots::list))
         .route("/slots/{id}", post(slots::action))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));

@@ -312,6 +312,12 @@ mod jinja {
         // Built-in formats take no template variables; asking is an error, not ignored.
         let kw = ChatOptions::default().kwarg("enable_thinking", false);
         assert!(matches!(builtin.prompt_with(&model, &conversation(), &kw), Err(Error::ChatTemplate(_))));
+        // An empty or null tool list is no tools (Ollama's client sends `[]`).
+        let plain = builtin.prompt_with(&model, &conversation(), &ChatOptions::default()).unwrap();
+        for none in [serde_json::json!([]), serde_json::Value::Null] {
+            let o = ChatOptions::default().tools(none);
+            assert_eq!(builtin.prompt_with(&model, &conversation(), &o).unwrap(), plain);
+        }
         // A vocabulary-only model cannot decode.
         let err = rocm_llama::Context::new(&model, &rocm_llama::ContextConfig::default()).err().unwrap();
         assert!(matches!(err, Error::InvalidState(_)), "{err}");

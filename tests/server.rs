@@ -786,3 +786,40 @@ fn llama_server_routes_answer_in_its_shapes() {
         assert_eq!(status, 200, "{alias}: {v}");
     }
 }
+
+/// Ollama's API through the `ollama` Python package: chat and generate, whole and streamed as
+/// NDJSON, Ollama's option names, a format schema, embed, list, ps, show, and its errors.
+#[test]
+fn the_ollama_python_package_speaks_to_it() {
+    let python = std::env::var("ROCM_LLAMA_PYTHON").unwrap_or_else(|_| "python3".into());
+    let has = Command::new(&python).args(["-c", "import ollama"]).output().is_ok_and(|o| o.status.success());
+    if !has {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{python} lacks the ollama package under CI (scripts/test/run.sh installs it)"
+        );
+        eprintln!("SKIPPED: {python} has no ollama package (pip install ollama)");
+        return;
+    }
+    let Some(server) = Server::start(&["--pooling", "mean"]) else { return };
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let out = Command::new(&python)
+        .args([concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ollama_client.py"), &base])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("all ollama checks passed"), "{stdout}");
+    // The stream is NDJSON: one object per line, the last one done.
+    let (_, head, body) = server.request(
+        "POST",
+        "/api/generate",
+        None,
+        r#"{"model": "m", "prompt": "The river", "raw": true, "options": {"num_predict": 3}}"#,
+    );
+    assert!(head.contains("application/x-ndjson"), "{head}");
+    let lines: Vec<serde_json::Value> = body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.last().unwrap()["done"], true, "{body}");
+    let (_, _, version) = server.request("GET", "/api/version", None, "");
+    assert!(version.contains("\"version\""), "{version}");
+}

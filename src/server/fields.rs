@@ -137,6 +137,48 @@ const RERANK: &[Field] = &[
     ("user", Ignored("an end-user id for the caller's own records")),
 ];
 
+const KEEP_ALIVE: Field = ("keep_alive", Ignored("the model stays loaded for as long as the server runs"));
+const OLLAMA_MODEL: Field = ("model", Ignored("any name is served by the one model, which the response names"));
+
+/// Ollama's `POST /api/chat`.
+const OLLAMA_CHAT: &[Field] = &[
+    OLLAMA_MODEL,
+    ("messages", Read),
+    ("tools", Read),
+    ("format", Read),
+    ("options", Read),
+    ("stream", Read),
+    KEEP_ALIVE,
+    ("think", Refused("reasoning is not separated from content yet")),
+];
+
+/// Ollama's `POST /api/generate`.
+const OLLAMA_GENERATE: &[Field] = &[
+    OLLAMA_MODEL,
+    ("prompt", Read),
+    ("system", Read),
+    ("raw", Read),
+    ("format", Read),
+    ("options", Read),
+    ("stream", Read),
+    KEEP_ALIVE,
+    ("suffix", Refused("fill-in-the-middle is not supported")),
+    ("images", Refused("multimodal input is not supported")),
+    ("template", Refused("the template is the server's (--chat-template)")),
+    ("context", Refused("deprecated by Ollama: send the conversation to /api/chat")),
+    ("think", Refused("reasoning is not separated from content yet")),
+];
+
+/// Ollama's `POST /api/embed` and `/api/embeddings`.
+const OLLAMA_EMBED: &[Field] =
+    &[OLLAMA_MODEL, ("input", Read), ("truncate", Read), ("dimensions", Read), ("options", Read), KEEP_ALIVE];
+const OLLAMA_EMBEDDINGS: &[Field] = &[OLLAMA_MODEL, ("prompt", Read), ("options", Read), KEEP_ALIVE];
+const OLLAMA_SHOW: &[Field] = &[
+    OLLAMA_MODEL,
+    ("name", Ignored("the one served model is shown")),
+    ("verbose", Ignored("every field is always given")),
+];
+
 /// A route's table.
 #[derive(Clone, Copy)]
 pub(crate) enum Route {
@@ -148,11 +190,16 @@ pub(crate) enum Route {
     Detokenize,
     ApplyTemplate,
     Rerank,
+    OllamaChat,
+    OllamaGenerate,
+    OllamaEmbed,
+    OllamaEmbeddings,
+    OllamaShow,
 }
 
 /// Every route with a table, in the docs' order.
 #[cfg(test)]
-pub(crate) const ROUTES: [Route; 8] = [
+pub(crate) const ROUTES: [Route; 13] = [
     Route::Chat,
     Route::Completions,
     Route::Embeddings,
@@ -161,6 +208,11 @@ pub(crate) const ROUTES: [Route; 8] = [
     Route::Detokenize,
     Route::ApplyTemplate,
     Route::Rerank,
+    Route::OllamaChat,
+    Route::OllamaGenerate,
+    Route::OllamaEmbed,
+    Route::OllamaEmbeddings,
+    Route::OllamaShow,
 ];
 
 impl Route {
@@ -175,6 +227,11 @@ impl Route {
             Route::Detokenize => DETOKENIZE.to_vec(),
             Route::ApplyTemplate => APPLY_TEMPLATE.to_vec(),
             Route::Rerank => RERANK.to_vec(),
+            Route::OllamaChat => OLLAMA_CHAT.to_vec(),
+            Route::OllamaGenerate => OLLAMA_GENERATE.to_vec(),
+            Route::OllamaEmbed => OLLAMA_EMBED.to_vec(),
+            Route::OllamaEmbeddings => OLLAMA_EMBEDDINGS.to_vec(),
+            Route::OllamaShow => OLLAMA_SHOW.to_vec(),
         }
     }
 
@@ -188,6 +245,11 @@ impl Route {
             Route::Detokenize => "/detokenize",
             Route::ApplyTemplate => "/apply-template",
             Route::Rerank => "/rerank",
+            Route::OllamaChat => "/api/chat",
+            Route::OllamaGenerate => "/api/generate",
+            Route::OllamaEmbed => "/api/embed",
+            Route::OllamaEmbeddings => "/api/embeddings",
+            Route::OllamaShow => "/api/show",
         }
     }
 }
@@ -208,13 +270,17 @@ fn neutral(v: &Value) -> bool {
 /// Checks `body` (already JSON) against `route`'s table: an object whose every field is known
 /// and not refused. A body that is not JSON is left to the parser's error.
 pub(crate) fn check(body: &[u8], route: Route) -> Result<(), ApiError> {
+    check_against(body, &route.fields(), route.path())
+}
+
+/// [`check`] against any table; `what` names where the fields are (a route, `options`).
+pub(crate) fn check_against(body: &[u8], fields: &[Field], what: &str) -> Result<(), ApiError> {
     let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) else { return Ok(()) };
-    let fields = route.fields();
     for (key, value) in &map {
         match fields.iter().find(|(name, _)| name == key) {
             None => {
                 return Err(ApiError::invalid_field(
-                    format!("unrecognized request field {key:?} for {} (see docs/server.md)", route.path()),
+                    format!("unrecognized field {key:?} in {what} (see docs/server.md)"),
                     key,
                 ))
             }
@@ -230,8 +296,14 @@ pub(crate) fn check(body: &[u8], route: Route) -> Result<(), ApiError> {
 /// The docs' table of `route`'s fields (Markdown rows).
 #[cfg(test)]
 pub(crate) fn markdown(route: Route) -> String {
-    let mut out = format!("| `{}` field | handling |\n|---|---|\n", route.path());
-    for (name, handling) in route.fields() {
+    table(&format!("`{}` field", route.path()), &route.fields())
+}
+
+/// A Markdown table of `fields` under the heading `title`.
+#[cfg(test)]
+pub(crate) fn table(title: &str, fields: &[Field]) -> String {
+    let mut out = format!("| {title} | handling |\n|---|---|\n");
+    for &(name, handling) in fields {
         let h = match handling {
             Read => "read".to_string(),
             Ignored(why) => format!("accepted, changes nothing: {why}"),
@@ -277,7 +349,12 @@ mod tests {
     fn the_docs_table_is_this_table() {
         const START: &str = "<!-- request fields: generated from src/server/fields.rs -->\n";
         const END: &str = "<!-- end of request fields -->";
-        let tables: String = ROUTES.iter().map(|&r| markdown(r)).collect::<Vec<_>>().join("\n");
+        let tables: String = ROUTES
+            .iter()
+            .map(|&r| markdown(r))
+            .chain([table("Ollama `options` key", super::super::ollama::OPTIONS)])
+            .collect::<Vec<_>>()
+            .join("\n");
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/server.md");
         let doc = std::fs::read_to_string(path).unwrap();
         let (Some(a), Some(b)) = (doc.find(START), doc.find(END)) else { panic!("docs/server.md lacks the markers") };

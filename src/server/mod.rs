@@ -6,7 +6,8 @@
 //! events or whole), `POST /v1/embeddings`, `GET /v1/models`, `GET /health`, `GET /metrics`,
 //! and llama-server's `GET /slots`, `POST /slots/{id}?action=save|restore|erase`,
 //! `/completion`, `/tokenize`, `/detokenize`, `/apply-template`, `/rerank` (and aliases),
-//! `/props` and `/v1/models/{id}`. Every body field is read or refused (`fields`). A request the
+//! `/props` and `/v1/models/{id}`, and Ollama's `/api/*`. Every body field is read or refused
+//! (`fields`). A request the
 //! engine's queue cannot take is answered 503 with `Retry-After` at once; a client that goes
 //! away cancels its generation at the engine's next step (its stream is dropped).
 
@@ -14,6 +15,7 @@ mod fields;
 mod listen;
 mod llama_server;
 mod metrics;
+mod ollama;
 mod openai;
 mod slots;
 
@@ -131,6 +133,14 @@ pub fn router(engine: Engine, config: ServerConfig) -> Router {
         .route("/v1/rerank", post(llama_server::rerank))
         .route("/v1/reranking", post(llama_server::rerank))
         .route("/props", get(llama_server::props))
+        .route("/api/chat", post(ollama::chat))
+        .route("/api/generate", post(ollama::generate))
+        .route("/api/embed", post(ollama::embed))
+        .route("/api/embeddings", post(ollama::embeddings))
+        .route("/api/tags", get(ollama::tags))
+        .route("/api/ps", get(ollama::ps))
+        .route("/api/show", post(ollama::show))
+        .route("/api/version", get(ollama::version))
         .route("/slots", get(slots::list))
         .route("/slots/{id}", post(slots::action))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));

@@ -58,7 +58,7 @@ fn render_with(
     context.insert("add_generation_prompt".into(), options.add_generation_prompt.into());
     context.insert("bos_token".into(), specials.bos.clone().into());
     context.insert("eos_token".into(), specials.eos.clone().into());
-    if let Some(tools) = &options.tools {
+    if let Some(tools) = options.tool_list() {
         context.insert("tools".into(), tools.clone());
     }
     for (key, value) in &options.kwargs {

@@ -99,6 +99,14 @@ impl Default for ChatOptions {
     }
 }
 
+impl ChatOptions {
+    /// The tools, if any: `None` also for a null or an empty list, which clients send to mean
+    /// no tools (a template then renders as it would without them).
+    pub fn tool_list(&self) -> Option<&serde_json::Value> {
+        self.tools.as_ref().filter(|t| !t.is_null() && t.as_array().is_none_or(|a| !a.is_empty()))
+    }
+}
+
 crate::config::setters!(ChatOptions {
     add_generation_prompt: bool,
 } optional {
@@ -130,7 +138,7 @@ impl ChatTemplate {
                 jinja::render(&name, &source, messages, options, &specials(model))
             }
             TemplateSource::Builtin(name) => {
-                if options.tools.is_some() || !options.kwargs.is_empty() {
+                if options.tool_list().is_some() || !options.kwargs.is_empty() {
                     return Err(Error::ChatTemplate(format!(
                         "llama.cpp's built-in {name:?} format takes no tools or template variables"
                     )));

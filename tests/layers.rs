@@ -10,7 +10,19 @@ use std::path::Path;
 const LAYERS: &[(&str, &[&str])] = &[
     (
         "foundation: no llama.cpp objects",
-        &["error", "config", "build_info", "init", "gguf", "checksum", "gbnf", "schema", "threads", "accounting"],
+        &[
+            "error",
+            "config",
+            "build_info",
+            "init",
+            "gguf",
+            "checksum",
+            "gbnf",
+            "schema",
+            "tools",
+            "threads",
+            "accounting",
+        ],
     ),
     ("the machine", &["devices", "rpc"]),
     ("the safe llama.cpp layer", &["vocab", "batch", "model", "context", "sampler", "memory", "seq_state"]),

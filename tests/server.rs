@@ -823,3 +823,64 @@ fn the_ollama_python_package_speaks_to_it() {
     let (_, _, version) = server.request("GET", "/api/version", None, "");
     assert!(version.contains("\"version\""), "{version}");
 }
+
+/// Tool calls (issue 29): with Qwen 2.5's published template, `tool_choice: "required"` and a
+/// named function come back as valid parsed calls whose arguments match the parameters
+/// (forced through a grammar), whole and streamed in OpenAI's shape; `none` renders no tools.
+#[test]
+fn forced_tool_calls_come_back_parsed() {
+    let Some(_) = common::model_path() else { return };
+    let template = common::templates_dir().join("Qwen-Qwen2.5-7B-Instruct.jinja");
+    let server = Server::start(&["--chat-template", template.to_str().unwrap()]).unwrap();
+    let tools = serde_json::json!([
+        {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+         "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"]}}},
+        {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}},
+    ]);
+    let ask = |choice: serde_json::Value, stream: bool| {
+        let body = serde_json::json!({"messages": [{"role": "user", "content": "What is the weather in Oslo?"}],
+            "tools": tools, "tool_choice": choice, "max_tokens": 64, "temperature": 0, "stream": stream});
+        server.request("POST", "/v1/chat/completions", None, &body.to_string())
+    };
+    for choice in
+        [serde_json::json!("required"), serde_json::json!({"type": "function", "function": {"name": "get_weather"}})]
+    {
+        let (status, _, body) = ask(choice.clone(), false);
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let c = &v["choices"][0];
+        assert_eq!(c["finish_reason"], "tool_calls", "{v}");
+        let call = &c["message"]["tool_calls"][0];
+        assert_eq!(call["type"], "function");
+        assert!(call["id"].as_str().is_some_and(|id| !id.is_empty()));
+        let name = call["function"]["name"].as_str().unwrap();
+        let args: serde_json::Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+        match name {
+            "get_weather" => assert!(args["city"].is_string(), "{args}"),
+            "get_time" => assert!(args.is_object() && choice == "required", "{v}"),
+            other => panic!("unknown tool {other}"),
+        }
+        // Streamed: the same call, its arguments in pieces that join to the whole.
+        let (_, _, sse) = ask(choice, true);
+        let chunks: Vec<serde_json::Value> = sse
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        let deltas: Vec<&serde_json::Value> =
+            chunks.iter().filter_map(|c| c["choices"][0]["delta"]["tool_calls"].get(0)).collect();
+        assert_eq!(deltas[0]["function"]["name"], name, "{sse}");
+        let joined: String = deltas.iter().filter_map(|d| d["function"]["arguments"].as_str()).collect();
+        assert_eq!(joined, call["function"]["arguments"].as_str().unwrap());
+        assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "tool_calls");
+    }
+    // A named function that does not exist, and a forced call beside a schema, are 400s.
+    let (status, _, _) = ask(serde_json::json!({"type": "function", "function": {"name": "nope"}}), false);
+    assert_eq!(status, 400);
+    // none: the tools are not rendered, the reply is text.
+    let (status, _, body) = ask(serde_json::json!("none"), false);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert!(v["choices"][0]["message"]["tool_calls"].is_null(), "{v}");
+}

@@ -9,3 +9,4 @@ mod options;
 pub(crate) mod request;
 pub mod schema;
 pub mod session;
+pub mod tools;

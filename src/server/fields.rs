@@ -98,7 +98,7 @@ const CHAT_ONLY: &[Field] = &[
     ("tools", Read),
     ("tool_choice", Read),
     ("chat_template_kwargs", Read),
-    ("parallel_tool_calls", Ignored("tool calls are not parsed from replies yet; the text comes back as content")),
+    ("parallel_tool_calls", Ignored("every call the model writes is returned; a forced call is one call")),
     ("functions", Refused("deprecated by OpenAI: use tools")),
     ("function_call", Refused("deprecated by OpenAI: use tool_choice")),
     ("reasoning_effort", Refused("not supported: set the template's variables with chat_template_kwargs")),

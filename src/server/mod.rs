@@ -407,6 +407,113 @@ fn logit_bias(v: &Value, vocab: Vocab<'_>) -> Result<Vec<(Token, f32)>, ApiError
     Ok(out)
 }
 
+/// OpenAI's `tool_choice` against `tools`: the tools the template renders, and the JSON schema a
+/// forced call is sampled under. `none` renders no tools (so no call), `auto` (the default)
+/// lets the model choose, `required` forces one call to any tool, and
+/// `{"type": "function", "function": {"name": N}}` forces a call to N.
+fn tool_choice(tools: Option<Value>, choice: Option<&Value>) -> Result<(Option<Value>, Option<Value>), ApiError> {
+    let bad = |m: String| ApiError::invalid(m, "tool_choice");
+    let forced = |tools: &Option<Value>, only: Option<&str>| {
+        let t = tools.as_ref().ok_or_else(|| bad("a forced tool call needs tools".into()))?;
+        crate::tools::forced_call_schema(t, only)
+            .ok_or_else(|| bad(format!("no tool {}", only.map_or("at all".into(), |n| format!("named {n:?}")))))
+    };
+    match choice {
+        None | Some(Value::Null) => Ok((tools, None)),
+        Some(Value::String(s)) if s == "auto" => Ok((tools, None)),
+        Some(Value::String(s)) if s == "none" => Ok((None, None)),
+        Some(Value::String(s)) if s == "required" => {
+            let schema = forced(&tools, None)?;
+            Ok((tools, Some(schema)))
+        }
+        Some(v) => match v.pointer("/function/name").and_then(Value::as_str) {
+            Some(name) => {
+                let schema = forced(&tools, Some(name))?;
+                Ok((tools, Some(schema)))
+            }
+            None => Err(bad(format!("expected \"none\", \"auto\", \"required\" or a named function, not {v}"))),
+        },
+    }
+}
+
+/// A chat answer with tools: each choice's reply parsed for calls (OpenAI's `tool_calls`,
+/// `finish_reason: "tool_calls"`), whole or as a stream of chunks in OpenAI's shape (the
+/// content, then each call's id and name, then its arguments in pieces).
+fn tool_reply(head: &Value, out: &[Collected], n: usize, stream: bool, include_usage: bool) -> Response {
+    let summaries: Vec<(usize, &Summary)> =
+        out.iter().enumerate().filter_map(|(i, c)| Some((i, c.summary.as_ref()?))).collect();
+    let usage = sum_usage(&summaries, n);
+    let id = head["id"].as_str().unwrap_or_default();
+    let parsed: Vec<(String, Vec<crate::tools::ToolCall>)> =
+        out.iter().map(|c| crate::tools::parse_tool_calls(&c.text)).collect();
+    let finish = |i: usize, calls: &[crate::tools::ToolCall]| {
+        if calls.is_empty() {
+            out[i].summary.as_ref().map_or("stop", |s| openai::finish_reason(&s.stop_reason))
+        } else {
+            "tool_calls"
+        }
+    };
+    let call_id = |i: usize, k: usize| format!("call_{id}_{i}_{k}");
+    if !stream {
+        let choices: Vec<Value> = parsed
+            .iter()
+            .enumerate()
+            .map(|(i, (text, calls))| {
+                let mut message = json!({"role": "assistant", "content": text});
+                if !calls.is_empty() {
+                    if text.is_empty() {
+                        message["content"] = Value::Null;
+                    }
+                    message["tool_calls"] = calls
+                        .iter()
+                        .enumerate()
+                        .map(|(k, c)| json!({"id": call_id(i, k), "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
+                        .collect();
+                }
+                json!({"index": i, "message": message, "finish_reason": finish(i, calls), "logprobs": null})
+            })
+            .collect();
+        let mut v = head.clone();
+        v["object"] = "chat.completion".into();
+        v["choices"] = choices.into();
+        v["usage"] = usage;
+        return Json(v).into_response();
+    }
+    let chunk = |choices: Value| {
+        let mut v = head.clone();
+        v["object"] = "chat.completion.chunk".into();
+        v["choices"] = choices;
+        SseEvent::default().data(v.to_string())
+    };
+    let mut events = Vec::new();
+    for (i, (text, calls)) in parsed.iter().enumerate() {
+        events.push(chunk(json!([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}])));
+        if !text.is_empty() {
+            events.push(chunk(json!([{"index": i, "delta": {"content": text}, "finish_reason": null}])));
+        }
+        for (k, c) in calls.iter().enumerate() {
+            let first = json!({"index": k, "id": call_id(i, k), "type": "function", "function": {"name": c.name, "arguments": ""}});
+            events.push(chunk(json!([{"index": i, "delta": {"tool_calls": [first]}, "finish_reason": null}])));
+            let chars: Vec<char> = c.arguments.chars().collect();
+            for piece in chars.chunks(16) {
+                let piece: String = piece.iter().collect();
+                let d = json!({"index": k, "function": {"arguments": piece}});
+                events.push(chunk(json!([{"index": i, "delta": {"tool_calls": [d]}, "finish_reason": null}])));
+            }
+        }
+        events.push(chunk(json!([{"index": i, "delta": {}, "finish_reason": finish(i, calls)}])));
+    }
+    if include_usage {
+        let mut v = head.clone();
+        v["object"] = "chat.completion.chunk".into();
+        v["choices"] = json!([]);
+        v["usage"] = usage;
+        events.push(SseEvent::default().data(v.to_string()));
+    }
+    events.push(SseEvent::default().data("[DONE]"));
+    sse_response(stream::iter(events.into_iter().map(Ok::<_, std::convert::Infallible>)))
+}
+
 /// The options of choice `i`: with a seed, choice `i` samples with seed + i, so `n` seeded
 /// choices differ from each other and each is reproducible.
 fn choice_options(opts: &GenerateOptions, i: usize) -> GenerateOptions {
@@ -504,21 +611,22 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: axum::body::
     let messages = req.messages.into_iter().map(openai::chat_message).collect::<Result<Vec<_>, _>>()?;
     let top = if req.logprobs { req.top_logprobs.unwrap_or(0).min(20) as usize } else { 0 };
     let mut opts = options(&req.common, if req.logprobs { top.max(1) } else { 0 }, state.engine.model().vocab())?;
-    // `none` renders the conversation without the tools, so the model cannot call one;
-    // forcing a call waits for tool-call parsing.
-    let tools = match req.tool_choice.as_ref().and_then(Value::as_str) {
-        None | Some("auto") if req.tool_choice.as_ref().is_none_or(Value::is_string) => req.tools,
-        Some("none") => None,
-        _ => {
+    let (tools, forced) = tool_choice(req.tools, req.tool_choice.as_ref())?;
+    if let Some(schema) = forced {
+        if opts.json_schema.is_some() || opts.sampling.grammar.is_some() {
             return Err(ApiError::invalid(
-                "tool_choice: only \"auto\" and \"none\" are supported until tool calls are parsed from replies",
+                "a forced tool call (tool_choice) cannot be combined with response_format or a grammar",
                 "tool_choice",
-            ))
+            ));
         }
-    };
+        opts = opts.json_schema(schema);
+    }
     let mut chat = ChatOptions::default().tools(tools);
     chat.kwargs = state.config.chat_template_kwargs.clone();
     chat.kwargs.extend(req.chat_template_kwargs.unwrap_or_default());
+    // With tools, replies are parsed for calls (whole, so a stream is sent once the reply
+    // is complete).
+    let parse_calls = chat.tool_list().is_some();
     opts = opts.chat(chat);
     let retry = state.config.retry_after_s;
     let engine = state.engine.clone();
@@ -528,6 +636,12 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: axum::body::
     let id = state.id("chatcmpl");
     let model = state.config.model_name.clone();
     let created = now();
+    if parse_calls {
+        let include_usage = req.common.stream_options.as_ref().is_some_and(|o| o.include_usage);
+        let out = collect_all(&state, streams, retry).await?;
+        let head = json!({"id": id, "created": created, "model": model});
+        return Ok(tool_reply(&head, &out, n, req.common.stream, include_usage));
+    }
     if req.common.stream {
         let include_usage = req.common.stream_options.as_ref().is_some_and(|o| o.include_usage);
         let chunk = move |choices: Value, usage: Option<Value>| {

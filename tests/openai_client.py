@@ -110,6 +110,43 @@ vectors = [d.embedding for d in emb.data]
 check("embeddings: two vectors of one size", len(vectors) == 2 and len(vectors[0]) == len(vectors[1]) > 0, len(vectors))
 check("embeddings: normalized", abs(sum(x * x for x in vectors[0]) - 1.0) < 1e-3, sum(x * x for x in vectors[0]))
 
+# Prompts in every shape OpenAI takes; several prompts give n choices each.
+for prompt in (["One", "Two"], [2, 818, 8858], [[2, 818], [2, 8858]]):
+    r = client.completions.create(model=model, prompt=prompt, max_tokens=2, temperature=0)
+    expected = 1 if isinstance(prompt[0], int) else len(prompt)
+    check(f"completions: prompt {prompt!r}", len(r.choices) == expected, r.choices)
+seeded = client.completions.create(model=model, prompt="Once upon a time", max_tokens=8, n=2, temperature=1.0, seed=5)
+check("completions: seeded n=2 choices differ", seeded.choices[0].text != seeded.choices[1].text, seeded.choices)
+lp_chunks = [
+    c
+    for c in client.completions.create(model=model, prompt="The river", max_tokens=3, logprobs=2, stream=True)
+    if c.choices and c.choices[0].logprobs is not None
+]
+check("completions stream: legacy logprobs filled", len(lp_chunks) >= 3 and lp_chunks[0].choices[0].logprobs.tokens, lp_chunks)
+# llama-server's fields through extra_body: top_k 1 is greedy whatever the seed.
+k1 = [
+    client.completions.create(model=model, prompt="The river", max_tokens=6, temperature=1.5, seed=s, extra_body={"top_k": 1}).choices[0].text
+    for s in (1, 2)
+]
+check("extra_body top_k=1: the same text for two seeds", k1[0] == k1[1], k1)
+ids = client.embeddings.create(model=model, input=[[2, 818], [2, 8858]], encoding_format="float")
+check("embeddings: token-id input", len(ids.data) == 2, len(ids.data))
+
+# Tools: a forced call comes back parsed, whole and streamed.
+tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+          "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"]}}}]
+ask = [{"role": "user", "content": "What is the weather in Oslo?"}]
+tc = client.chat.completions.create(model=model, messages=ask, tools=tools, tool_choice="required", max_tokens=64, temperature=0)
+calls = tc.choices[0].message.tool_calls
+check("tools: a parsed call", tc.choices[0].finish_reason == "tool_calls" and calls and calls[0].function.name == "get_weather", tc)
+check("tools: arguments fit the schema", isinstance(json.loads(calls[0].function.arguments).get("city"), str), calls[0].function.arguments)
+name, args = None, ""
+for chunk in client.chat.completions.create(model=model, messages=ask, tools=tools, tool_choice="required", max_tokens=64, temperature=0, stream=True):
+    for d in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+        name = d.function.name or name
+        args += d.function.arguments or ""
+check("tools stream: the same call in pieces", name == "get_weather" and args == calls[0].function.arguments, (name, args))
+
 # Errors arrive as the package's exceptions.
 other = client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}], max_tokens=1)
 check("any model name is served by the one model, named in the reply", other.model == model, other.model)

@@ -301,7 +301,11 @@ fn python_with_openai() -> Option<String> {
 #[test]
 fn the_openai_python_package_and_curl_speak_to_it() {
     let Some(python) = python_with_openai() else { return };
-    let Some(server) = Server::start(&["--api-key", "sekrit", "--parallel", "4", "--pooling", "mean"]) else { return };
+    let Some(_) = common::model_path() else { return };
+    // Qwen 2.5's published template renders tools (the test model has no template).
+    let template = common::templates_dir().join("Qwen-Qwen2.5-7B-Instruct.jinja");
+    let flags = ["--api-key", "sekrit", "--parallel", "4", "--pooling", "mean", "--chat-template"];
+    let server = Server::start(&[&flags[..], &[template.to_str().unwrap()]].concat()).unwrap();
     let base = format!("http://127.0.0.1:{}/v1", server.port);
     let out = Command::new(&python)
         .args([concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_client.py"), &base, "sekrit"])
@@ -883,4 +887,31 @@ fn forced_tool_calls_come_back_parsed() {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(status, 200, "{v}");
     assert!(v["choices"][0]["message"]["tool_calls"].is_null(), "{v}");
+}
+
+/// LangChain's `langchain-openai` (ChatOpenAI invoke, stream, bind_tools with a forced tool,
+/// with_structured_output; OpenAIEmbeddings sending token ids), as LangChain users run it.
+#[test]
+fn langchain_openai_speaks_to_it() {
+    let python = std::env::var("ROCM_LLAMA_PYTHON").unwrap_or_else(|_| "python3".into());
+    let has = Command::new(&python).args(["-c", "import langchain_openai"]).output().is_ok_and(|o| o.status.success());
+    if !has {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{python} lacks langchain-openai under CI (scripts/test/run.sh installs it)"
+        );
+        eprintln!("SKIPPED: {python} has no langchain_openai package (pip install langchain-openai)");
+        return;
+    }
+    let Some(_) = common::model_path() else { return };
+    let template = common::templates_dir().join("Qwen-Qwen2.5-7B-Instruct.jinja");
+    let server = Server::start(&["--pooling", "mean", "--chat-template", template.to_str().unwrap()]).unwrap();
+    let base = format!("http://127.0.0.1:{}/v1", server.port);
+    let out = Command::new(&python)
+        .args([concat!(env!("CARGO_MANIFEST_DIR"), "/tests/langchain_client.py"), &base])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("all langchain checks passed"), "{stdout}");
 }

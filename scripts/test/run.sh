@@ -5,11 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 bash scripts/dev/setup.sh
-# The clients the server tests drive besides their own: curl and the openai and ollama Python
-# packages.
+# The clients the server tests drive besides their own: curl and the openai, ollama and
+# langchain-openai Python packages.
 command -v curl >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null; }
 python3 -c "import openai" 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check openai >&2
 python3 -c "import ollama" 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check ollama >&2
+python3 -c "import langchain_openai" 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check langchain-openai >&2
 ROCM_LLAMA_TEST_MODEL="$(bash scripts/test/model.sh)"
 export ROCM_LLAMA_TEST_MODEL
 # Published chat templates of many model families (other projects' files, fetched once).

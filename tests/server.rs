@@ -334,6 +334,15 @@ fn the_openai_python_package_and_curl_speak_to_it() {
     }
     let code = curl(&["-o", "/dev/null", "-w", "%{http_code}", &format!("{base}/models")]);
     assert_eq!(code, "401");
+    // curl on llama-server's own routes, as its README shows them.
+    let root = format!("http://127.0.0.1:{}", server.port);
+    let auth = ["-H", "Authorization: Bearer sekrit", "-H", "Content-Type: application/json"];
+    let tokens = curl(&[&auth[..], &["-d", r#"{"content": "The river"}"#, &format!("{root}/tokenize")]].concat());
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&tokens).unwrap()["tokens"], serde_json::json!([818, 8858]), "{tokens}");
+    let body = r#"{"prompt": "The river", "n_predict": 4, "stream": true}"#;
+    let sse = curl(&[&["-N"][..], &auth[..], &["-d", body, &format!("{root}/completion")]].concat());
+    let last = sse.lines().filter_map(|l| l.strip_prefix("data: ")).last().unwrap();
+    assert_eq!(serde_json::from_str::<serde_json::Value>(last).unwrap()["stop"], true, "{sse}");
     let models = curl(&["-H", "Authorization: Bearer sekrit", &format!("{base}/models")]);
     let v: serde_json::Value = serde_json::from_str(&models).unwrap();
     assert_eq!(v["data"].as_array().map(Vec::len), Some(1), "{models}");

@@ -64,7 +64,7 @@ pub mod rpc;
 
 mod generation;
 pub(crate) use generation::request;
-pub use generation::{chat, generate, logprobs, schema, session, tools};
+pub use generation::{chat, generate, logprobs, reasoning, schema, session, tools};
 
 mod embedding;
 pub use embedding::{classify, embed};

@@ -338,10 +338,14 @@ fn the_openai_python_package_and_curl_speak_to_it() {
     let root = format!("http://127.0.0.1:{}", server.port);
     let auth = ["-H", "Authorization: Bearer sekrit", "-H", "Content-Type: application/json"];
     let tokens = curl(&[&auth[..], &["-d", r#"{"content": "The river"}"#, &format!("{root}/tokenize")]].concat());
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&tokens).unwrap()["tokens"], serde_json::json!([818, 8858]), "{tokens}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&tokens).unwrap()["tokens"],
+        serde_json::json!([818, 8858]),
+        "{tokens}"
+    );
     let body = r#"{"prompt": "The river", "n_predict": 4, "stream": true}"#;
     let sse = curl(&[&["-N"][..], &auth[..], &["-d", body, &format!("{root}/completion")]].concat());
-    let last = sse.lines().filter_map(|l| l.strip_prefix("data: ")).last().unwrap();
+    let last = sse.lines().filter_map(|l| l.strip_prefix("data: ")).next_back().unwrap();
     assert_eq!(serde_json::from_str::<serde_json::Value>(last).unwrap()["stop"], true, "{sse}");
     let models = curl(&["-H", "Authorization: Bearer sekrit", &format!("{base}/models")]);
     let v: serde_json::Value = serde_json::from_str(&models).unwrap();
@@ -923,4 +927,37 @@ fn langchain_openai_speaks_to_it() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("all langchain checks passed"), "{stdout}");
+}
+
+/// A thinking model's `<think>` reasoning goes to `reasoning_content`, whole and streamed
+/// (llama-server's and DeepSeek's shape); `reasoning_format: "none"` leaves it in the content.
+/// The reply is forced with a grammar, so any model writes it.
+#[test]
+fn reasoning_goes_to_reasoning_content() {
+    let Some(server) = Server::start(&[]) else { return };
+    let ask = |extra: serde_json::Value| {
+        let mut body = serde_json::json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 64,
+            "grammar": "root ::= \"<think>plan it</think>\\n\\nthe answer\""});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        server.request("POST", "/v1/chat/completions", None, &body.to_string())
+    };
+    let (status, _, body) = ask(serde_json::json!({}));
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status, 200, "{v}");
+    let m = &v["choices"][0]["message"];
+    assert_eq!((m["reasoning_content"].as_str(), m["content"].as_str()), (Some("plan it"), Some("the answer")), "{v}");
+    let (_, _, sse) = ask(serde_json::json!({"stream": true}));
+    let (mut reasoning, mut content) = (String::new(), String::new());
+    for d in sse.lines().filter_map(|l| l.strip_prefix("data: ")).filter(|d| *d != "[DONE]") {
+        let c: serde_json::Value = serde_json::from_str(d).unwrap();
+        let delta = &c["choices"][0]["delta"];
+        reasoning += delta["reasoning_content"].as_str().unwrap_or("");
+        content += delta["content"].as_str().unwrap_or("");
+    }
+    assert_eq!((reasoning.as_str(), content.as_str()), ("plan it", "the answer"), "{sse}");
+    let (_, _, body) = ask(serde_json::json!({"reasoning_format": "none"}));
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "<think>plan it</think>\n\nthe answer", "{v}");
+    let (status, _, _) = ask(serde_json::json!({"reasoning_format": "other"}));
+    assert_eq!(status, 400);
 }

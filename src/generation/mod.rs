@@ -6,6 +6,7 @@ pub mod chat;
 pub mod generate;
 pub mod logprobs;
 mod options;
+pub mod reasoning;
 pub(crate) mod request;
 pub mod schema;
 pub mod session;

@@ -102,7 +102,7 @@ const CHAT_ONLY: &[Field] = &[
     ("functions", Refused("deprecated by OpenAI: use tools")),
     ("function_call", Refused("deprecated by OpenAI: use tool_choice")),
     ("reasoning_effort", Refused("not supported: set the template's variables with chat_template_kwargs")),
-    ("reasoning_format", Refused("reasoning is not separated from content yet")),
+    ("reasoning_format", Read),
     ("web_search_options", Refused("web search is not supported")),
 ];
 
@@ -363,8 +363,8 @@ mod tests {
             std::fs::write(path, format!("{}{tables}{}", &doc[..a + START.len()], &doc[b..])).unwrap();
             return;
         }
-        assert_eq!(
-            current, tables,
+        assert!(
+            current == tables,
             "docs/server.md's field tables are stale: ROCM_LLAMA_BLESS_DOCS=1 cargo test the_docs_table"
         );
     }

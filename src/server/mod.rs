@@ -40,6 +40,7 @@ use crate::embed::{EmbedConfig, Pooling};
 use crate::engine::{AsyncTokenStream, Engine};
 use crate::generate::{Event, GenerateOptions, Summary};
 use crate::logprobs::TokenLogprobs;
+use crate::reasoning::{Part, ReasoningSplitter};
 use crate::sampler::SamplingParams;
 use crate::vocab::{Token, Vocab};
 use openai::{ApiError, ChatRequest, Common, CompletionRequest, EmbeddingRequest};
@@ -407,6 +408,66 @@ fn logit_bias(v: &Value, vocab: Vocab<'_>) -> Result<Vec<(Token, f32)>, ApiError
     Ok(out)
 }
 
+/// Whether the conversation's generation prompt already opens the reasoning (a template that
+/// ends it with `<think>`, as DeepSeek R1's and Qwen 3's do): then the reply starts inside it.
+/// Rendered only when the template mentions `<think>` at all.
+async fn thinking_opened(
+    state: &Arc<AppState>,
+    template: &ChatTemplate,
+    messages: &[crate::chat::ChatMessage],
+    chat: &ChatOptions,
+) -> bool {
+    let source = match template {
+        ChatTemplate::Model => state.engine.model().chat_template(),
+        ChatTemplate::Jinja(s) => Some(s.clone()),
+        _ => None,
+    };
+    if !source.is_some_and(|s| s.contains("<think>")) {
+        return false;
+    }
+    let (state, template, messages, chat) = (state.clone(), template.clone(), messages.to_vec(), chat.clone());
+    tokio::task::spawn_blocking(move || {
+        template.prompt_with(state.engine.model(), &messages, &chat).is_ok_and(|p| p.trim_end().ends_with("<think>"))
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// A delta of reasoning and content parts: `reasoning_content` and `content` when each has
+/// text (an empty content when neither does).
+fn delta_of(parts: &[Part]) -> Value {
+    let (mut reasoning, mut content) = (String::new(), String::new());
+    for p in parts {
+        match p {
+            Part::Reasoning(t) => reasoning.push_str(t),
+            Part::Content(t) => content.push_str(t),
+        }
+    }
+    let mut d = serde_json::Map::new();
+    if !reasoning.is_empty() {
+        d.insert("reasoning_content".into(), reasoning.into());
+    }
+    if !content.is_empty() || d.is_empty() {
+        d.insert("content".into(), content.into());
+    }
+    Value::Object(d)
+}
+
+/// A whole reply as an assistant message, its reasoning apart when `split` (`Some(open)`).
+fn message_of(text: &str, split: Option<bool>) -> Value {
+    match split {
+        Some(open) => {
+            let (reasoning, content) = crate::reasoning::split_reasoning(text, open);
+            let mut m = json!({"role": "assistant", "content": content});
+            if !reasoning.is_empty() {
+                m["reasoning_content"] = reasoning.into();
+            }
+            m
+        }
+        None => json!({"role": "assistant", "content": text}),
+    }
+}
+
 /// OpenAI's `tool_choice` against `tools`: the tools the template renders, and the JSON schema a
 /// forced call is sampled under. `none` renders no tools (so no call), `auto` (the default)
 /// lets the model choose, `required` forces one call to any tool, and
@@ -439,13 +500,33 @@ fn tool_choice(tools: Option<Value>, choice: Option<&Value>) -> Result<(Option<V
 /// A chat answer with tools: each choice's reply parsed for calls (OpenAI's `tool_calls`,
 /// `finish_reason: "tool_calls"`), whole or as a stream of chunks in OpenAI's shape (the
 /// content, then each call's id and name, then its arguments in pieces).
-fn tool_reply(head: &Value, out: &[Collected], n: usize, stream: bool, include_usage: bool) -> Response {
+fn tool_reply(
+    head: &Value,
+    out: &[Collected],
+    n: usize,
+    stream: bool,
+    include_usage: bool,
+    split: Option<bool>,
+) -> Response {
     let summaries: Vec<(usize, &Summary)> =
         out.iter().enumerate().filter_map(|(i, c)| Some((i, c.summary.as_ref()?))).collect();
     let usage = sum_usage(&summaries, n);
     let id = head["id"].as_str().unwrap_or_default();
-    let parsed: Vec<(String, Vec<crate::tools::ToolCall>)> =
-        out.iter().map(|c| crate::tools::parse_tool_calls(&c.text)).collect();
+    // The reasoning apart first, then the calls in the answer.
+    let reasonings: Vec<String> = out
+        .iter()
+        .map(|c| split.map(|open| crate::reasoning::split_reasoning(&c.text, open).0).unwrap_or_default())
+        .collect();
+    let parsed: Vec<(String, Vec<crate::tools::ToolCall>)> = out
+        .iter()
+        .map(|c| {
+            let answer = match split {
+                Some(open) => crate::reasoning::split_reasoning(&c.text, open).1,
+                None => c.text.clone(),
+            };
+            crate::tools::parse_tool_calls(&answer)
+        })
+        .collect();
     let finish = |i: usize, calls: &[crate::tools::ToolCall]| {
         if calls.is_empty() {
             out[i].summary.as_ref().map_or("stop", |s| openai::finish_reason(&s.stop_reason))
@@ -460,6 +541,9 @@ fn tool_reply(head: &Value, out: &[Collected], n: usize, stream: bool, include_u
             .enumerate()
             .map(|(i, (text, calls))| {
                 let mut message = json!({"role": "assistant", "content": text});
+                if !reasonings[i].is_empty() {
+                    message["reasoning_content"] = reasonings[i].clone().into();
+                }
                 if !calls.is_empty() {
                     if text.is_empty() {
                         message["content"] = Value::Null;
@@ -488,6 +572,11 @@ fn tool_reply(head: &Value, out: &[Collected], n: usize, stream: bool, include_u
     let mut events = Vec::new();
     for (i, (text, calls)) in parsed.iter().enumerate() {
         events.push(chunk(json!([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}])));
+        if !reasonings[i].is_empty() {
+            events.push(chunk(
+                json!([{"index": i, "delta": {"reasoning_content": reasonings[i]}, "finish_reason": null}]),
+            ));
+        }
         if !text.is_empty() {
             events.push(chunk(json!([{"index": i, "delta": {"content": text}, "finish_reason": null}])));
         }
@@ -627,11 +716,25 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: axum::body::
     // With tools, replies are parsed for calls (whole, so a stream is sent once the reply
     // is complete).
     let parse_calls = chat.tool_list().is_some();
+    // Reasoning between <think> tags goes to reasoning_content (llama-server's
+    // reasoning_format: auto and deepseek split it, none leaves it in the content).
+    let split = match req.reasoning_format.as_deref() {
+        None | Some("auto" | "deepseek") => true,
+        Some("none") => false,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                format!("reasoning_format must be \"auto\", \"deepseek\" or \"none\", not {other:?}"),
+                "reasoning_format",
+            ))
+        }
+    };
+    let template = state.config.chat_template.clone();
+    let open = split && thinking_opened(&state, &template, &messages, &chat).await;
+    let split = split.then_some(open);
     opts = opts.chat(chat);
     let retry = state.config.retry_after_s;
     let engine = state.engine.clone();
     let n = choices(&req.common)?;
-    let template = state.config.chat_template.clone();
     let streams = state.start(n, move |i| engine.chat(&messages, &template, &choice_options(&opts, i))).await?;
     let id = state.id("chatcmpl");
     let model = state.config.model_name.clone();
@@ -640,7 +743,7 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: axum::body::
         let include_usage = req.common.stream_options.as_ref().is_some_and(|o| o.include_usage);
         let out = collect_all(&state, streams, retry).await?;
         let head = json!({"id": id, "created": created, "model": model});
-        return Ok(tool_reply(&head, &out, n, req.common.stream, include_usage));
+        return Ok(tool_reply(&head, &out, n, req.common.stream, include_usage, split));
     }
     if req.common.stream {
         let include_usage = req.common.stream_options.as_ref().is_some_and(|o| o.include_usage);
@@ -651,13 +754,26 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: axum::body::
             }
             c
         };
+        let splitters: Vec<std::sync::Mutex<Option<ReasoningSplitter>>> =
+            (0..n).map(|_| std::sync::Mutex::new(split.map(ReasoningSplitter::new))).collect();
+        // The parts of a piece (reasoning, content) as a delta.
+        let delta = move |index: usize, text: Option<String>| {
+            let mut guard = splitters[index].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let parts = match (guard.as_mut(), text) {
+                (Some(s), Some(t)) => s.push(&t),
+                (Some(s), None) => s.finish(),
+                (None, Some(t)) => vec![Part::Content(t)],
+                (None, None) => vec![],
+            };
+            delta_of(&parts)
+        };
         return Ok(sse(state.clone(), streams, include_usage, n, move |index, piece| match piece {
             Piece::Start => chunk(
                 json!([{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]),
                 None,
             ),
             Piece::Text(text, lp) => {
-                let mut choice = json!({"index": index, "delta": {"content": text}, "finish_reason": null});
+                let mut choice = json!({"index": index, "delta": delta(index, Some(text)), "finish_reason": null});
                 if let Some(lp) = lp {
                     choice["logprobs"] = json!({"content": chat_logprobs(&[lp], top)});
                 }
@@ -665,7 +781,7 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: axum::body::
             }
             Piece::End(summary) => {
                 let mut c = chunk(
-                    json!([{"index": index, "delta": {}, "finish_reason": openai::finish_reason(&summary.stop_reason)}]),
+                    json!([{"index": index, "delta": delta(index, None), "finish_reason": openai::finish_reason(&summary.stop_reason)}]),
                     None,
                 );
                 c["timings"] = openai::timings(summary);
@@ -685,7 +801,7 @@ async fn chat_completions(State(state): State<Arc<AppState>>, body: axum::body::
         .map(|(i, c)| {
             json!({
                 "index": i,
-                "message": {"role": "assistant", "content": c.text},
+                "message": message_of(&c.text, split),
                 "finish_reason": c.summary.as_ref().map(|s| openai::finish_reason(&s.stop_reason)),
                 "logprobs": if req.logprobs { json!({"content": chat_logprobs(&c.logprobs, top)}) } else { Value::Null },
             })
@@ -1037,6 +1153,7 @@ mod tests {
             "tool_choice",
             "chat_template_kwargs",
             "echo",
+            "reasoning_format",
         ];
         let samples = json!({
             "max_tokens": 3, "max_completion_tokens": 4, "n_predict": 5, "temperature": 0.3, "top_p": 0.5,

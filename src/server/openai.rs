@@ -79,6 +79,9 @@ pub(crate) struct ChatRequest {
     pub(crate) top_logprobs: Option<u32>,
     pub(crate) tools: Option<Value>,
     pub(crate) tool_choice: Option<Value>,
+    /// llama-server's: `auto` (default) or `deepseek` put `<think>` reasoning in
+    /// `reasoning_content`; `none` leaves it in the content.
+    pub(crate) reasoning_format: Option<String>,
     pub(crate) chat_template_kwargs: Option<serde_json::Map<String, Value>>,
 }
 

@@ -19,6 +19,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "checksum",
             "gbnf",
             "schema",
+            "reasoning",
             "tools",
             "threads",
             "accounting",

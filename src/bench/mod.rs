@@ -212,8 +212,8 @@ pub struct BenchReport {
     pub peak_device_bytes: u64,
     /// What the model and one bench context held.
     pub memory: crate::accounting::MemoryBreakdown,
-    /// Whether the model's output layer is on a GPU (where `SamplerPlacement::Auto` samples
-    /// on the device).
+    /// Whether the model's output layer is on a GPU (where `SamplerPlacement::Device` samples
+    /// inside the decode graph).
     pub output_on_gpu: bool,
 }
 

@@ -283,24 +283,25 @@ fn sigterm_drains_and_exits_zero() {
     assert!(code.success(), "{code:?}");
 }
 
-/// A Python that has the `openai` package: `ROCM_LLAMA_PYTHON`, else `python3`. Under CI
-/// (`scripts/test/run.sh` installs the package) its absence fails; elsewhere the test skips.
-fn python_with_openai() -> Option<String> {
+/// A Python that has the package `module` (pip's `package`): `ROCM_LLAMA_PYTHON`, else
+/// `python3`. Under CI (`scripts/test/run.sh` installs the package) its absence fails;
+/// elsewhere the test skips.
+fn python_with(module: &str, package: &str) -> Option<String> {
     let python = std::env::var("ROCM_LLAMA_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&python).args(["-c", "import openai"]).output().is_ok_and(|o| o.status.success());
+    let ok = Command::new(&python).args(["-c", &format!("import {module}")]).output().is_ok_and(|o| o.status.success());
     if ok {
         return Some(python);
     }
     if std::env::var_os("CI").is_some() {
-        panic!("{python} lacks the openai package under CI (scripts/test/run.sh installs it)");
+        panic!("{python} lacks the {package} package under CI (scripts/test/run.sh installs it)");
     }
-    eprintln!("SKIPPED: {python} has no openai package (pip install openai)");
+    eprintln!("SKIPPED: {python} has no {package} package (pip install {package})");
     None
 }
 
 #[test]
 fn the_openai_python_package_and_curl_speak_to_it() {
-    let Some(python) = python_with_openai() else { return };
+    let Some(python) = python_with("openai", "openai") else { return };
     let Some(_) = common::model_path() else { return };
     // Qwen 2.5's published template renders tools (the test model has no template).
     let template = common::templates_dir().join("Qwen-Qwen2.5-7B-Instruct.jinja");
@@ -808,16 +809,7 @@ fn llama_server_routes_answer_in_its_shapes() {
 /// NDJSON, Ollama's option names, a format schema, embed, list, ps, show, and its errors.
 #[test]
 fn the_ollama_python_package_speaks_to_it() {
-    let python = std::env::var("ROCM_LLAMA_PYTHON").unwrap_or_else(|_| "python3".into());
-    let has = Command::new(&python).args(["-c", "import ollama"]).output().is_ok_and(|o| o.status.success());
-    if !has {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{python} lacks the ollama package under CI (scripts/test/run.sh installs it)"
-        );
-        eprintln!("SKIPPED: {python} has no ollama package (pip install ollama)");
-        return;
-    }
+    let Some(python) = python_with("ollama", "ollama") else { return };
     let Some(server) = Server::start(&["--pooling", "mean"]) else { return };
     let base = format!("http://127.0.0.1:{}", server.port);
     let out = Command::new(&python)
@@ -906,16 +898,7 @@ fn forced_tool_calls_come_back_parsed() {
 /// with_structured_output; OpenAIEmbeddings sending token ids), as LangChain users run it.
 #[test]
 fn langchain_openai_speaks_to_it() {
-    let python = std::env::var("ROCM_LLAMA_PYTHON").unwrap_or_else(|_| "python3".into());
-    let has = Command::new(&python).args(["-c", "import langchain_openai"]).output().is_ok_and(|o| o.status.success());
-    if !has {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{python} lacks langchain-openai under CI (scripts/test/run.sh installs it)"
-        );
-        eprintln!("SKIPPED: {python} has no langchain_openai package (pip install langchain-openai)");
-        return;
-    }
+    let Some(python) = python_with("langchain_openai", "langchain-openai") else { return };
     let Some(_) = common::model_path() else { return };
     let template = common::templates_dir().join("Qwen-Qwen2.5-7B-Instruct.jinja");
     let server = Server::start(&["--pooling", "mean", "--chat-template", template.to_str().unwrap()]).unwrap();

@@ -806,11 +806,14 @@ fn llama_server_routes_answer_in_its_shapes() {
 }
 
 /// Ollama's API through the `ollama` Python package: chat and generate, whole and streamed as
-/// NDJSON, Ollama's option names, a format schema, embed, list, ps, show, and its errors.
+/// NDJSON, Ollama's option names, a format schema, tool calls parsed (whole and streamed),
+/// embed, list, ps, show, and its errors.
 #[test]
 fn the_ollama_python_package_speaks_to_it() {
     let Some(python) = python_with("ollama", "ollama") else { return };
-    let Some(server) = Server::start(&["--pooling", "mean"]) else { return };
+    let Some(_) = common::model_path() else { return };
+    let template = common::templates_dir().join("Qwen-Qwen2.5-7B-Instruct.jinja");
+    let server = Server::start(&["--pooling", "mean", "--chat-template", template.to_str().unwrap()]).unwrap();
     let base = format!("http://127.0.0.1:{}", server.port);
     let out = Command::new(&python)
         .args([concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ollama_client.py"), &base])
@@ -831,6 +834,57 @@ fn the_ollama_python_package_speaks_to_it() {
     assert_eq!(lines.last().unwrap()["done"], true, "{body}");
     let (_, _, version) = server.request("GET", "/api/version", None, "");
     assert!(version.contains("\"version\""), "{version}");
+}
+
+/// Ollama's `think` on `/api/chat` and `/api/generate`: with a template whose generation prompt
+/// opens the reasoning (as Qwen 3's does), `think: true` puts the reply in `thinking`; unset, it
+/// stays in the content as the model wrote it; `false` reaches the template as
+/// `enable_thinking: false`, which closes the reasoning; a bad value is a 400.
+#[test]
+fn ollama_think_separates_the_reasoning() {
+    let Some(_) = common::model_path() else { return };
+    let template = std::env::temp_dir().join(format!("rocm-llama-think-{}.jinja", std::process::id()));
+    std::fs::write(
+        &template,
+        "{% for m in messages %}{{ m.content }}\n{% endfor %}\
+         {% if enable_thinking is defined and not enable_thinking %}<think></think>{% else %}<think>{% endif %}",
+    )
+    .unwrap();
+    let server = Server::start(&["--chat-template", template.to_str().unwrap()]).unwrap();
+    let ask = |route: &str, think: serde_json::Value| {
+        let mut body =
+            serde_json::json!({"model": "any", "stream": false, "options": {"num_predict": 8, "temperature": 0}});
+        if route == "/api/chat" {
+            body["messages"] = serde_json::json!([{"role": "user", "content": "The river"}]);
+        } else {
+            body["prompt"] = "The river".into();
+        }
+        if !think.is_null() {
+            body["think"] = think;
+        }
+        let (status, _, body) = server.request("POST", route, None, &body.to_string());
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let answer = if route == "/api/chat" { &v["message"] } else { &v };
+        let text = answer[if route == "/api/chat" { "content" } else { "response" }].as_str().unwrap().to_string();
+        (text, answer["thinking"].as_str().map(str::to_string))
+    };
+    for route in ["/api/chat", "/api/generate"] {
+        let (plain, none) = ask(route, serde_json::Value::Null);
+        assert!(!plain.is_empty() && none.is_none(), "{route}: {plain:?}");
+        let (text, thinking) = ask(route, true.into());
+        assert_eq!((text.as_str(), thinking.as_deref()), ("", Some(plain.as_str())), "{route}");
+        let (closed, none) = ask(route, false.into());
+        assert!(!closed.is_empty() && none.is_none(), "{route}: {closed:?}");
+        let (status, _, _) = server.request(
+            "POST",
+            route,
+            None,
+            r#"{"prompt": "x", "messages": [{"role": "user", "content": "x"}], "think": 3}"#,
+        );
+        assert_eq!(status, 400, "{route}");
+    }
+    let _ = std::fs::remove_file(&template);
 }
 
 /// Tool calls (issue 29): with Qwen 2.5's published template, `tool_choice: "required"` and a
@@ -887,6 +941,30 @@ fn forced_tool_calls_come_back_parsed() {
     // A named function that does not exist, and a forced call beside a schema, are 400s.
     let (status, _, _) = ask(serde_json::json!({"type": "function", "function": {"name": "nope"}}), false);
     assert_eq!(status, 400);
+    // auto, with a reply the grammar makes a Hermes call followed by more text: streamed as it
+    // is written, so the call's chunks come before the text after it, its name first and
+    // its arguments in several chunks (a reader that waited for the whole reply would send
+    // the text first).
+    let body = serde_json::json!({"messages": [{"role": "user", "content": "What is the weather in Oslo?"}],
+        "tools": tools, "max_tokens": 200, "stream": true,
+        "grammar": "root ::= \"Checking.<tool_call>\\n{\\\"name\\\": \\\"get_weather\\\", \\\"arguments\\\": {\\\"city\\\": \\\"Oslo\\\", \\\"note\\\": \\\"\" [a-z]{30} \"\\\"}}\\n</tool_call>\\nDone\" [a-z ]{20}"});
+    let (status, _, sse) = server.request("POST", "/v1/chat/completions", None, &body.to_string());
+    assert_eq!(status, 200, "{sse}");
+    let deltas: Vec<serde_json::Value> = sse
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str::<serde_json::Value>(d).unwrap()["choices"][0]["delta"].clone())
+        .collect();
+    let first_call = deltas.iter().position(|d| d["tool_calls"][0]["function"]["name"] == "get_weather").expect(&sse);
+    let after_text = first_call
+        + deltas[first_call..].iter().position(|d| d["content"].as_str().is_some_and(|c| !c.is_empty())).expect(&sse);
+    let arg_chunks = deltas[first_call..after_text].iter().filter(|d| d["tool_calls"].is_array()).count();
+    assert!(first_call < after_text && arg_chunks >= 5, "call at {first_call}, text at {after_text}: {sse}");
+    let joined: String = deltas.iter().filter_map(|d| d["tool_calls"][0]["function"]["arguments"].as_str()).collect();
+    let args: serde_json::Value = serde_json::from_str(&joined).unwrap();
+    assert_eq!(args["city"], "Oslo");
+    assert_eq!(args["note"].as_str().map(str::len), Some(30), "{joined}");
     // none: the tools are not rendered, the reply is text.
     let (status, _, body) = ask(serde_json::json!("none"), false);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();

@@ -127,6 +127,11 @@ pub fn split_reasoning(reply: &str, open: bool) -> (String, String) {
     let mut s = ReasoningSplitter::new(open);
     let mut parts = s.push(reply);
     parts.extend(s.finish());
+    join(parts)
+}
+
+/// Parts joined into (reasoning, content).
+pub fn join(parts: impl IntoIterator<Item = Part>) -> (String, String) {
     let (mut reasoning, mut content) = (String::new(), String::new());
     for p in parts {
         match p {
@@ -174,14 +179,7 @@ mod tests {
                 parts.extend(s.push(&reply[a..b]));
                 parts.extend(s.push(&reply[b..]));
                 parts.extend(s.finish());
-                let (mut r, mut c) = (String::new(), String::new());
-                for p in parts {
-                    match p {
-                        Part::Reasoning(t) => r.push_str(&t),
-                        Part::Content(t) => c.push_str(&t),
-                    }
-                }
-                assert_eq!((r, c), whole, "cut at {a}, {b}");
+                assert_eq!(join(parts), whole, "cut at {a}, {b}");
             }
         }
     }

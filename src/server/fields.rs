@@ -149,7 +149,7 @@ const OLLAMA_CHAT: &[Field] = &[
     ("options", Read),
     ("stream", Read),
     KEEP_ALIVE,
-    ("think", Refused("reasoning is not separated from content yet")),
+    ("think", Read),
 ];
 
 /// Ollama's `POST /api/generate`.
@@ -166,7 +166,7 @@ const OLLAMA_GENERATE: &[Field] = &[
     ("images", Refused("multimodal input is not supported")),
     ("template", Refused("the template is the server's (--chat-template)")),
     ("context", Refused("deprecated by Ollama: send the conversation to /api/chat")),
-    ("think", Refused("reasoning is not separated from content yet")),
+    ("think", Read),
 ];
 
 /// Ollama's `POST /api/embed` and `/api/embeddings`.

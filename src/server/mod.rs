@@ -11,6 +11,7 @@
 //! engine's queue cannot take is answered 503 with `Retry-After` at once; a client that goes
 //! away cancels its generation at the engine's next step (its stream is dropped).
 
+mod chat;
 mod fields;
 mod listen;
 mod llama_server;
@@ -35,15 +36,14 @@ use serde_json::{json, Value};
 
 pub use listen::{serve, ConnectionLimits};
 
-use crate::chat::{ChatOptions, ChatTemplate};
+use crate::chat::ChatTemplate;
 use crate::embed::{EmbedConfig, Pooling};
 use crate::engine::{AsyncTokenStream, Engine};
 use crate::generate::{Event, GenerateOptions, Summary};
 use crate::logprobs::TokenLogprobs;
-use crate::reasoning::{Part, ReasoningSplitter};
 use crate::sampler::SamplingParams;
 use crate::vocab::{Token, Vocab};
-use openai::{ApiError, ChatRequest, Common, CompletionRequest, EmbeddingRequest};
+use openai::{ApiError, Common, CompletionRequest, EmbeddingRequest};
 
 /// Settings for [`router`].
 ///
@@ -120,7 +120,7 @@ struct AppState {
 pub fn router(engine: Engine, config: ServerConfig) -> Router {
     let state = Arc::new(AppState { engine, config, next_id: AtomicU64::new(1), metrics: metrics::Metrics::new() });
     let api = Router::new()
-        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
@@ -408,201 +408,6 @@ fn logit_bias(v: &Value, vocab: Vocab<'_>) -> Result<Vec<(Token, f32)>, ApiError
     Ok(out)
 }
 
-/// Whether the conversation's generation prompt already opens the reasoning (a template that
-/// ends it with `<think>`, as DeepSeek R1's and Qwen 3's do): then the reply starts inside it.
-/// Rendered only when the template mentions `<think>` at all.
-async fn thinking_opened(
-    state: &Arc<AppState>,
-    template: &ChatTemplate,
-    messages: &[crate::chat::ChatMessage],
-    chat: &ChatOptions,
-) -> bool {
-    let source = match template {
-        ChatTemplate::Model => state.engine.model().chat_template(),
-        ChatTemplate::Jinja(s) => Some(s.clone()),
-        _ => None,
-    };
-    if !source.is_some_and(|s| s.contains("<think>")) {
-        return false;
-    }
-    let (state, template, messages, chat) = (state.clone(), template.clone(), messages.to_vec(), chat.clone());
-    tokio::task::spawn_blocking(move || {
-        template.prompt_with(state.engine.model(), &messages, &chat).is_ok_and(|p| p.trim_end().ends_with("<think>"))
-    })
-    .await
-    .unwrap_or(false)
-}
-
-/// A delta of reasoning and content parts: `reasoning_content` and `content` when each has
-/// text (an empty content when neither does).
-fn delta_of(parts: &[Part]) -> Value {
-    let (mut reasoning, mut content) = (String::new(), String::new());
-    for p in parts {
-        match p {
-            Part::Reasoning(t) => reasoning.push_str(t),
-            Part::Content(t) => content.push_str(t),
-        }
-    }
-    let mut d = serde_json::Map::new();
-    if !reasoning.is_empty() {
-        d.insert("reasoning_content".into(), reasoning.into());
-    }
-    if !content.is_empty() || d.is_empty() {
-        d.insert("content".into(), content.into());
-    }
-    Value::Object(d)
-}
-
-/// A whole reply as an assistant message, its reasoning apart when `split` (`Some(open)`).
-fn message_of(text: &str, split: Option<bool>) -> Value {
-    match split {
-        Some(open) => {
-            let (reasoning, content) = crate::reasoning::split_reasoning(text, open);
-            let mut m = json!({"role": "assistant", "content": content});
-            if !reasoning.is_empty() {
-                m["reasoning_content"] = reasoning.into();
-            }
-            m
-        }
-        None => json!({"role": "assistant", "content": text}),
-    }
-}
-
-/// OpenAI's `tool_choice` against `tools`: the tools the template renders, and the JSON schema a
-/// forced call is sampled under. `none` renders no tools (so no call), `auto` (the default)
-/// lets the model choose, `required` forces one call to any tool, and
-/// `{"type": "function", "function": {"name": N}}` forces a call to N.
-fn tool_choice(tools: Option<Value>, choice: Option<&Value>) -> Result<(Option<Value>, Option<Value>), ApiError> {
-    let bad = |m: String| ApiError::invalid(m, "tool_choice");
-    let forced = |tools: &Option<Value>, only: Option<&str>| {
-        let t = tools.as_ref().ok_or_else(|| bad("a forced tool call needs tools".into()))?;
-        crate::tools::forced_call_schema(t, only)
-            .ok_or_else(|| bad(format!("no tool {}", only.map_or("at all".into(), |n| format!("named {n:?}")))))
-    };
-    match choice {
-        None | Some(Value::Null) => Ok((tools, None)),
-        Some(Value::String(s)) if s == "auto" => Ok((tools, None)),
-        Some(Value::String(s)) if s == "none" => Ok((None, None)),
-        Some(Value::String(s)) if s == "required" => {
-            let schema = forced(&tools, None)?;
-            Ok((tools, Some(schema)))
-        }
-        Some(v) => match v.pointer("/function/name").and_then(Value::as_str) {
-            Some(name) => {
-                let schema = forced(&tools, Some(name))?;
-                Ok((tools, Some(schema)))
-            }
-            None => Err(bad(format!("expected \"none\", \"auto\", \"required\" or a named function, not {v}"))),
-        },
-    }
-}
-
-/// A chat answer with tools: each choice's reply parsed for calls (OpenAI's `tool_calls`,
-/// `finish_reason: "tool_calls"`), whole or as a stream of chunks in OpenAI's shape (the
-/// content, then each call's id and name, then its arguments in pieces).
-fn tool_reply(
-    head: &Value,
-    out: &[Collected],
-    n: usize,
-    stream: bool,
-    include_usage: bool,
-    split: Option<bool>,
-) -> Response {
-    let summaries: Vec<(usize, &Summary)> =
-        out.iter().enumerate().filter_map(|(i, c)| Some((i, c.summary.as_ref()?))).collect();
-    let usage = sum_usage(&summaries, n);
-    let id = head["id"].as_str().unwrap_or_default();
-    // The reasoning apart first, then the calls in the answer.
-    let reasonings: Vec<String> = out
-        .iter()
-        .map(|c| split.map(|open| crate::reasoning::split_reasoning(&c.text, open).0).unwrap_or_default())
-        .collect();
-    let parsed: Vec<(String, Vec<crate::tools::ToolCall>)> = out
-        .iter()
-        .map(|c| {
-            let answer = match split {
-                Some(open) => crate::reasoning::split_reasoning(&c.text, open).1,
-                None => c.text.clone(),
-            };
-            crate::tools::parse_tool_calls(&answer)
-        })
-        .collect();
-    let finish = |i: usize, calls: &[crate::tools::ToolCall]| {
-        if calls.is_empty() {
-            out[i].summary.as_ref().map_or("stop", |s| openai::finish_reason(&s.stop_reason))
-        } else {
-            "tool_calls"
-        }
-    };
-    let call_id = |i: usize, k: usize| format!("call_{id}_{i}_{k}");
-    if !stream {
-        let choices: Vec<Value> = parsed
-            .iter()
-            .enumerate()
-            .map(|(i, (text, calls))| {
-                let mut message = json!({"role": "assistant", "content": text});
-                if !reasonings[i].is_empty() {
-                    message["reasoning_content"] = reasonings[i].clone().into();
-                }
-                if !calls.is_empty() {
-                    if text.is_empty() {
-                        message["content"] = Value::Null;
-                    }
-                    message["tool_calls"] = calls
-                        .iter()
-                        .enumerate()
-                        .map(|(k, c)| json!({"id": call_id(i, k), "type": "function", "function": {"name": c.name, "arguments": c.arguments}}))
-                        .collect();
-                }
-                json!({"index": i, "message": message, "finish_reason": finish(i, calls), "logprobs": null})
-            })
-            .collect();
-        let mut v = head.clone();
-        v["object"] = "chat.completion".into();
-        v["choices"] = choices.into();
-        v["usage"] = usage;
-        return Json(v).into_response();
-    }
-    let chunk = |choices: Value| {
-        let mut v = head.clone();
-        v["object"] = "chat.completion.chunk".into();
-        v["choices"] = choices;
-        SseEvent::default().data(v.to_string())
-    };
-    let mut events = Vec::new();
-    for (i, (text, calls)) in parsed.iter().enumerate() {
-        events.push(chunk(json!([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}])));
-        if !reasonings[i].is_empty() {
-            events.push(chunk(
-                json!([{"index": i, "delta": {"reasoning_content": reasonings[i]}, "finish_reason": null}]),
-            ));
-        }
-        if !text.is_empty() {
-            events.push(chunk(json!([{"index": i, "delta": {"content": text}, "finish_reason": null}])));
-        }
-        for (k, c) in calls.iter().enumerate() {
-            let first = json!({"index": k, "id": call_id(i, k), "type": "function", "function": {"name": c.name, "arguments": ""}});
-            events.push(chunk(json!([{"index": i, "delta": {"tool_calls": [first]}, "finish_reason": null}])));
-            let chars: Vec<char> = c.arguments.chars().collect();
-            for piece in chars.chunks(16) {
-                let piece: String = piece.iter().collect();
-                let d = json!({"index": k, "function": {"arguments": piece}});
-                events.push(chunk(json!([{"index": i, "delta": {"tool_calls": [d]}, "finish_reason": null}])));
-            }
-        }
-        events.push(chunk(json!([{"index": i, "delta": {}, "finish_reason": finish(i, calls)}])));
-    }
-    if include_usage {
-        let mut v = head.clone();
-        v["object"] = "chat.completion.chunk".into();
-        v["choices"] = json!([]);
-        v["usage"] = usage;
-        events.push(SseEvent::default().data(v.to_string()));
-    }
-    events.push(SseEvent::default().data("[DONE]"));
-    sse_response(stream::iter(events.into_iter().map(Ok::<_, std::convert::Infallible>)))
-}
-
 /// The options of choice `i`: with a seed, choice `i` samples with seed + i, so `n` seeded
 /// choices differ from each other and each is reproducible.
 fn choice_options(opts: &GenerateOptions, i: usize) -> GenerateOptions {
@@ -658,21 +463,6 @@ async fn collect(mut stream: AsyncTokenStream) -> Result<Collected, crate::Error
     Ok(c)
 }
 
-/// OpenAI's chat `logprobs.content` entries.
-fn chat_logprobs(items: &[(String, TokenLogprobs)], top: usize) -> Value {
-    let entry = |text: &str, logprob: f32| json!({"token": text, "logprob": logprob, "bytes": text.as_bytes()});
-    Value::Array(
-        items
-            .iter()
-            .map(|(text, lp)| {
-                let mut e = entry(text, lp.logprob);
-                e["top_logprobs"] = Value::Array(lp.top.iter().take(top).map(|t| entry(&t.text, t.logprob)).collect());
-                e
-            })
-            .collect(),
-    )
-}
-
 /// OpenAI's `usage` of choices given as (choice index, summary), `n` choices per prompt: each
 /// prompt once (its `n` choices decode the same prompt; counted from its first), the choices'
 /// tokens together, and how many prompt tokens came from the KV cache (OpenAI's
@@ -688,130 +478,6 @@ fn sum_usage(summaries: &[(usize, &Summary)], n: usize) -> Value {
         "total_tokens": prompt + completion,
         "prompt_tokens_details": {"cached_tokens": cached},
     })
-}
-
-async fn chat_completions(State(state): State<Arc<AppState>>, body: axum::body::Bytes) -> Result<Response, ApiError> {
-    state.metrics.chat.fetch_add(1, Ordering::Relaxed);
-    fields::check(&body, fields::Route::Chat)?;
-    let req: ChatRequest = parse(&body)?;
-    if req.messages.is_empty() {
-        return Err(ApiError::invalid("messages must not be empty", "messages"));
-    }
-    let messages = req.messages.into_iter().map(openai::chat_message).collect::<Result<Vec<_>, _>>()?;
-    let top = if req.logprobs { req.top_logprobs.unwrap_or(0).min(20) as usize } else { 0 };
-    let mut opts = options(&req.common, if req.logprobs { top.max(1) } else { 0 }, state.engine.model().vocab())?;
-    let (tools, forced) = tool_choice(req.tools, req.tool_choice.as_ref())?;
-    if let Some(schema) = forced {
-        if opts.json_schema.is_some() || opts.sampling.grammar.is_some() {
-            return Err(ApiError::invalid(
-                "a forced tool call (tool_choice) cannot be combined with response_format or a grammar",
-                "tool_choice",
-            ));
-        }
-        opts = opts.json_schema(schema);
-    }
-    let mut chat = ChatOptions::default().tools(tools);
-    chat.kwargs = state.config.chat_template_kwargs.clone();
-    chat.kwargs.extend(req.chat_template_kwargs.unwrap_or_default());
-    // With tools, replies are parsed for calls (whole, so a stream is sent once the reply
-    // is complete).
-    let parse_calls = chat.tool_list().is_some();
-    // Reasoning between <think> tags goes to reasoning_content (llama-server's
-    // reasoning_format: auto and deepseek split it, none leaves it in the content).
-    let split = match req.reasoning_format.as_deref() {
-        None | Some("auto" | "deepseek") => true,
-        Some("none") => false,
-        Some(other) => {
-            return Err(ApiError::invalid(
-                format!("reasoning_format must be \"auto\", \"deepseek\" or \"none\", not {other:?}"),
-                "reasoning_format",
-            ))
-        }
-    };
-    let template = state.config.chat_template.clone();
-    let open = split && thinking_opened(&state, &template, &messages, &chat).await;
-    let split = split.then_some(open);
-    opts = opts.chat(chat);
-    let retry = state.config.retry_after_s;
-    let engine = state.engine.clone();
-    let n = choices(&req.common)?;
-    let streams = state.start(n, move |i| engine.chat(&messages, &template, &choice_options(&opts, i))).await?;
-    let id = state.id("chatcmpl");
-    let model = state.config.model_name.clone();
-    let created = now();
-    if parse_calls {
-        let include_usage = req.common.stream_options.as_ref().is_some_and(|o| o.include_usage);
-        let out = collect_all(&state, streams, retry).await?;
-        let head = json!({"id": id, "created": created, "model": model});
-        return Ok(tool_reply(&head, &out, n, req.common.stream, include_usage, split));
-    }
-    if req.common.stream {
-        let include_usage = req.common.stream_options.as_ref().is_some_and(|o| o.include_usage);
-        let chunk = move |choices: Value, usage: Option<Value>| {
-            let mut c = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices});
-            if let Some(u) = usage {
-                c["usage"] = u;
-            }
-            c
-        };
-        let splitters: Vec<std::sync::Mutex<Option<ReasoningSplitter>>> =
-            (0..n).map(|_| std::sync::Mutex::new(split.map(ReasoningSplitter::new))).collect();
-        // The parts of a piece (reasoning, content) as a delta.
-        let delta = move |index: usize, text: Option<String>| {
-            let mut guard = splitters[index].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let parts = match (guard.as_mut(), text) {
-                (Some(s), Some(t)) => s.push(&t),
-                (Some(s), None) => s.finish(),
-                (None, Some(t)) => vec![Part::Content(t)],
-                (None, None) => vec![],
-            };
-            delta_of(&parts)
-        };
-        return Ok(sse(state.clone(), streams, include_usage, n, move |index, piece| match piece {
-            Piece::Start => chunk(
-                json!([{"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]),
-                None,
-            ),
-            Piece::Text(text, lp) => {
-                let mut choice = json!({"index": index, "delta": delta(index, Some(text)), "finish_reason": null});
-                if let Some(lp) = lp {
-                    choice["logprobs"] = json!({"content": chat_logprobs(&[lp], top)});
-                }
-                chunk(json!([choice]), None)
-            }
-            Piece::End(summary) => {
-                let mut c = chunk(
-                    json!([{"index": index, "delta": delta(index, None), "finish_reason": openai::finish_reason(&summary.stop_reason)}]),
-                    None,
-                );
-                c["timings"] = openai::timings(summary);
-                c
-            }
-            Piece::Usage(usage) => chunk(json!([]), Some(usage)),
-        }));
-    }
-    let out = collect_all(&state, streams, retry).await?;
-    let summaries: Vec<(usize, &Summary)> =
-        out.iter().enumerate().filter_map(|(i, c)| Some((i, c.summary.as_ref()?))).collect();
-    let usage = sum_usage(&summaries, n);
-    let timings = summaries.first().map(|(_, s)| openai::timings(s)).unwrap_or(Value::Null);
-    let choices: Vec<Value> = out
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            json!({
-                "index": i,
-                "message": message_of(&c.text, split),
-                "finish_reason": c.summary.as_ref().map(|s| openai::finish_reason(&s.stop_reason)),
-                "logprobs": if req.logprobs { json!({"content": chat_logprobs(&c.logprobs, top)}) } else { Value::Null },
-            })
-        })
-        .collect();
-    Ok(Json(json!({
-        "id": id, "object": "chat.completion", "created": created, "model": model,
-        "choices": choices, "usage": usage, "timings": timings,
-    }))
-    .into_response())
 }
 
 /// OpenAI's `prompt` in each shape it allows: a string, strings, token ids, or lists of token
@@ -920,28 +586,32 @@ async fn completions(State(state): State<Arc<AppState>>, body: axum::body::Bytes
         let offsets: Vec<std::sync::atomic::AtomicUsize> = (0..streams.len())
             .map(|i| std::sync::atomic::AtomicUsize::new(echoes.get(i / n).map_or(0, String::len)))
             .collect();
-        return Ok(sse(state.clone(), streams, include_usage, n, move |index, piece| match piece {
-            Piece::Start => match echoes.get(index / n) {
-                Some(text) => chunk(json!([{"index": index, "text": text, "finish_reason": null, "logprobs": null}])),
-                None => chunk(json!([])),
-            },
-            Piece::Text(text, lp) => {
-                let at = offsets[index].fetch_add(text.len(), Ordering::Relaxed);
-                let lp = lp.map(|lp| legacy_logprobs(&[lp], top, at));
-                chunk(json!([{"index": index, "text": text, "finish_reason": null, "logprobs": lp}]))
-            }
-            Piece::End(summary) => {
-                let mut c = chunk(
-                    json!([{"index": index, "text": "", "finish_reason": openai::finish_reason(&summary.stop_reason), "logprobs": null}]),
-                );
-                c["timings"] = openai::timings(summary);
-                c
-            }
-            Piece::Usage(usage) => {
-                let mut c = chunk(json!([]));
-                c["usage"] = usage;
-                c
-            }
+        return Ok(sse(state.clone(), streams, include_usage, n, move |index, piece| {
+            Some(match piece {
+                Piece::Start => match echoes.get(index / n) {
+                    Some(text) => {
+                        chunk(json!([{"index": index, "text": text, "finish_reason": null, "logprobs": null}]))
+                    }
+                    None => chunk(json!([])),
+                },
+                Piece::Text(text, lp) => {
+                    let at = offsets[index].fetch_add(text.len(), Ordering::Relaxed);
+                    let lp = lp.map(|lp| legacy_logprobs(&[lp], top, at));
+                    chunk(json!([{"index": index, "text": text, "finish_reason": null, "logprobs": lp}]))
+                }
+                Piece::End(summary) => {
+                    let mut c = chunk(
+                        json!([{"index": index, "text": "", "finish_reason": openai::finish_reason(&summary.stop_reason), "logprobs": null}]),
+                    );
+                    c["timings"] = openai::timings(summary);
+                    c
+                }
+                Piece::Usage(usage) => {
+                    let mut c = chunk(json!([]));
+                    c["usage"] = usage;
+                    c
+                }
+            })
         }));
     }
     let out = collect_all(&state, streams, retry).await.map_err(|e| e.prompt_param("prompt"))?;
@@ -974,18 +644,20 @@ enum Piece<'a> {
 }
 
 /// Server-sent events for `streams` (one per choice, interleaved as their tokens come),
-/// each piece shaped by `shape(choice index, piece)`, then usage when asked, then `[DONE]`.
+/// each piece shaped by `shape(choice index, piece)` (`None`: nothing to send for it), then
+/// usage when asked, then `[DONE]`.
 /// Dropping the response (the client went away) drops the streams, which cancels them.
 fn sse(
     state: Arc<AppState>,
     streams: Vec<AsyncTokenStream>,
     include_usage: bool,
     per_prompt: usize,
-    shape: impl Fn(usize, Piece<'_>) -> Value + Send + Sync + 'static,
+    shape: impl Fn(usize, Piece<'_>) -> Option<Value> + Send + Sync + 'static,
 ) -> Response {
     let shape = Arc::new(shape);
     let n = streams.len();
-    let starts: Vec<Value> = (0..n).map(|i| shape(i, Piece::Start)).filter(|v| v["choices"] != json!([])).collect();
+    let starts: Vec<Value> =
+        (0..n).filter_map(|i| shape(i, Piece::Start)).filter(|v| v["choices"] != json!([])).collect();
     let merged = stream::select_all(streams.into_iter().enumerate().map(|(i, s)| s.map(move |e| (i, e))));
     let summaries = Arc::new(std::sync::Mutex::new(Vec::<(usize, Summary)>::new()));
     let shape2 = shape.clone();
@@ -998,16 +670,16 @@ fn sse(
                         lp.top.iter().find(|t| t.id == id).map(|t| t.text.clone()).unwrap_or_else(|| text.clone());
                     (piece, lp)
                 });
-                (!text.is_empty() || lp.is_some()).then(|| shape2(i, Piece::Text(text, lp)))
+                (!text.is_empty() || lp.is_some()).then(|| shape2(i, Piece::Text(text, lp))).flatten()
             }
-            Ok(Event::Text(text)) => (!text.is_empty()).then(|| shape2(i, Piece::Text(text, None))),
+            Ok(Event::Text(text)) => (!text.is_empty()).then(|| shape2(i, Piece::Text(text, None))).flatten(),
             Ok(Event::Done(summary)) => {
                 state.metrics.finished(&summary);
                 let v = shape2(i, Piece::End(&summary));
                 if let Ok(mut s) = sums.lock() {
                     s.push((i, summary));
                 }
-                Some(v)
+                v
             }
             Err(e) => Some(ApiError::from_error(e, 1).body()),
         };
@@ -1017,7 +689,9 @@ fn sse(
         let usage =
             summaries.lock().ok().map(|s| sum_usage(&s.iter().map(|(i, s)| (*i, s)).collect::<Vec<_>>(), per_prompt));
         match usage {
-            Some(u) if include_usage => vec![SseEvent::default().data(shape(0, Piece::Usage(u)).to_string())],
+            Some(u) if include_usage => {
+                shape(0, Piece::Usage(u)).map(|v| SseEvent::default().data(v.to_string())).into_iter().collect()
+            }
             _ => vec![],
         }
     })

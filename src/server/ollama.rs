@@ -3,7 +3,8 @@
 //! `/api/embeddings`, `GET /api/tags`, `POST /api/show`, `GET /api/ps`, `GET /api/version`.
 //! Sampling comes in Ollama's `options` (its Modelfile parameter names); every option and
 //! every field is read, accepted as changing nothing, or refused, as on the other routes.
-//! Errors are Ollama's `{"error": "..."}`.
+//! Replies are read by the chat route's reader: `tool_calls` on `/api/chat`, and with `think`
+//! the reasoning in `thinking`. Errors are Ollama's `{"error": "..."}`.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,11 +17,13 @@ use futures_util::stream::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::chat::ReplyReader;
 use super::fields::{self, Handling, Route};
 use super::openai::{self, ApiError, Common};
 use super::{collect, options, parse, AppState};
 use crate::chat::{ChatMessage, ChatOptions};
 use crate::generate::{Event, GenerateOptions, StopReason, Summary};
+use crate::tools::ToolCall;
 
 /// An error in Ollama's shape: its status and `{"error": message}`.
 pub(super) struct OllamaError(ApiError);
@@ -153,22 +156,97 @@ fn ndjson(lines: impl futures_util::Stream<Item = Value> + Send + 'static) -> Re
     ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
 }
 
-/// Streams or collects one generation: `piece(text)` shapes each object, `last(text, summary)`
-/// the final one.
+/// One read piece of a reply, or the whole reply, as Ollama's fields: `content` (or
+/// `response`), `thinking` and `tool_calls`.
+#[derive(Default)]
+struct Reply {
+    text: String,
+    thinking: String,
+    calls: Vec<ToolCall>,
+}
+
+impl Reply {
+    /// Ollama's message (`/api/chat`): role, content, and thinking and tool_calls when there
+    /// are any. A call's arguments are an object, as Ollama gives them (arguments that are not
+    /// JSON are given as the string the model wrote).
+    fn message(&self) -> Value {
+        let mut m = json!({"role": "assistant", "content": self.text});
+        if !self.thinking.is_empty() {
+            m["thinking"] = self.thinking.clone().into();
+        }
+        if !self.calls.is_empty() {
+            m["tool_calls"] = self
+                .calls
+                .iter()
+                .map(|c| {
+                    let args =
+                        serde_json::from_str::<Value>(&c.arguments).unwrap_or_else(|_| c.arguments.clone().into());
+                    json!({"function": {"name": c.name, "arguments": args}})
+                })
+                .collect();
+        }
+        m
+    }
+}
+
+/// How a reply is read: the reasoning apart (`Some(open)`), tool calls out (`tools`).
+#[derive(Clone, Copy)]
+struct Reading {
+    split: Option<bool>,
+    tools: bool,
+}
+
+/// Ollama's `think`: `true` (or a level, `"low"`, `"medium"`, `"high"`, given to the template
+/// as `reasoning_effort`) puts the reasoning in `thinking`; `false` asks the template not to
+/// think (`enable_thinking: false`, as Qwen 3's reads it); unset leaves the reply as the model
+/// writes it, as Ollama does for clients that do not ask.
+fn think(value: Option<&Value>, chat: &mut ChatOptions) -> Result<bool> {
+    match value {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(true)) => Ok(true),
+        Some(Value::Bool(false)) => {
+            chat.kwargs.insert("enable_thinking".into(), false.into());
+            Ok(false)
+        }
+        Some(Value::String(level)) if ["low", "medium", "high"].contains(&level.as_str()) => {
+            chat.kwargs.insert("reasoning_effort".into(), level.clone().into());
+            Ok(true)
+        }
+        Some(other) => Err(ApiError::invalid(
+            format!("think must be true, false, \"low\", \"medium\" or \"high\", not {other}"),
+            "think",
+        )
+        .into()),
+    }
+}
+
+/// Streams or collects one generation, read as `reading` says: `shape(reply, None)` makes
+/// each streamed object, `shape(reply, Some(summary))` the last one (the whole reply when not
+/// streamed; the calls when streamed, once they are complete).
 async fn answer(
     state: Arc<AppState>,
     stream: crate::engine::AsyncTokenStream,
     streaming: bool,
-    piece: impl Fn(String) -> Value + Send + Sync + 'static,
-    last: impl Fn(String, &Summary) -> Value + Send + Sync + 'static,
+    reading: Reading,
+    shape: impl Fn(Reply, Option<&Summary>) -> Value + Send + Sync + 'static,
 ) -> Result<Response> {
     if streaming {
+        let mut reader = ReplyReader::new(reading.split, reading.tools);
+        let mut events = Vec::new();
         let lines = stream.filter_map(move |event| {
             let out = match event {
-                Ok(Event::Token { text, .. } | Event::Text(text)) => (!text.is_empty()).then(|| piece(text)),
+                Ok(Event::Token { text, .. } | Event::Text(text)) => {
+                    let d = reader.push(&text);
+                    events.extend(d.calls);
+                    (!d.content.is_empty() || !d.reasoning.is_empty())
+                        .then(|| shape(Reply { text: d.content, thinking: d.reasoning, calls: vec![] }, None))
+                }
                 Ok(Event::Done(summary)) => {
                     state.metrics.finished(&summary);
-                    Some(last(String::new(), &summary))
+                    let d = reader.finish();
+                    events.extend(d.calls);
+                    let (_, calls) = crate::tools::gather(std::mem::take(&mut events));
+                    Some(shape(Reply { text: d.content, thinking: d.reasoning, calls }, Some(&summary)))
                 }
                 Err(e) => Some(json!({"error": e.to_string()})),
             };
@@ -179,13 +257,29 @@ async fn answer(
     let c = collect(stream).await.map_err(|e| ApiError::from_error(e, state.config.retry_after_s))?;
     let summary = c.summary.ok_or_else(|| ApiError::from_error(crate::Error::Cancelled, 1))?;
     state.metrics.finished(&summary);
-    Ok(Json(last(c.text, &summary)).into_response())
+    let (thinking, text, calls) = ReplyReader::whole(&c.text, reading.split, reading.tools);
+    Ok(Json(shape(Reply { text, thinking, calls }, Some(&summary))).into_response())
+}
+
+/// The object of a reply: `fields` (the reply's own) beside the model and time, `done`, and
+/// the statistics on the last one.
+fn object(model: &str, fields: Value, summary: Option<&Summary>) -> Value {
+    let mut v = json!({"model": model, "created_at": timestamp(SystemTime::now())});
+    if let (Some(o), Value::Object(f)) = (v.as_object_mut(), fields) {
+        o.extend(f);
+        o.insert("done".into(), summary.is_some().into());
+        if let Some(s) = summary {
+            o.extend(stats(s));
+        }
+    }
+    v
 }
 
 #[derive(Deserialize)]
 struct ChatBody {
     messages: Vec<Value>,
     tools: Option<Value>,
+    think: Option<Value>,
     format: Option<Value>,
     options: Option<Map<String, Value>>,
     stream: Option<bool>,
@@ -210,29 +304,20 @@ pub(super) async fn chat(State(state): State<Arc<AppState>>, body: axum::body::B
     }
     let mut chat = ChatOptions::default().tools(req.tools);
     chat.kwargs = state.config.chat_template_kwargs.clone();
+    let split = think(req.think.as_ref(), &mut chat)?;
+    let template = state.config.chat_template.clone();
+    let split = match split {
+        true => Some(super::chat::thinking_opened(&state, &template, &messages, &chat).await),
+        false => None,
+    };
+    let reading = Reading { split, tools: chat.tool_list().is_some() };
     let opts = generate_options(&state, req.options.as_ref(), req.format.as_ref())?.chat(chat);
     let engine = state.engine.clone();
-    let template = state.config.chat_template.clone();
     let mut streams = state.start(1, move |_| engine.chat(&messages, &template, &opts)).await?;
     let model = state.config.model_name.clone();
-    let m2 = model.clone();
-    answer(
-        state.clone(),
-        streams.remove(0),
-        req.stream.unwrap_or(true),
-        move |text| {
-            json!({"model": model, "created_at": timestamp(SystemTime::now()),
-                   "message": {"role": "assistant", "content": text}, "done": false})
-        },
-        move |text, s| {
-            let mut v = json!({"model": m2, "created_at": timestamp(SystemTime::now()),
-                               "message": {"role": "assistant", "content": text}, "done": true});
-            if let Some(o) = v.as_object_mut() {
-                o.extend(stats(s));
-            }
-            v
-        },
-    )
+    answer(state.clone(), streams.remove(0), req.stream.unwrap_or(true), reading, move |reply, summary| {
+        object(&model, json!({"message": reply.message()}), summary)
+    })
     .await
 }
 
@@ -246,6 +331,7 @@ struct GenerateBody {
     format: Option<Value>,
     options: Option<Map<String, Value>>,
     stream: Option<bool>,
+    think: Option<Value>,
 }
 
 /// `POST /api/generate`: the prompt rendered as a user turn through the chat template (with
@@ -259,37 +345,34 @@ pub(super) async fn generate(State(state): State<Arc<AppState>>, body: axum::bod
         // Ollama answers an empty prompt at once (it only loads the model).
         return Ok(Json(json!({"model": model, "created_at": timestamp(SystemTime::now()), "response": "", "done": true, "done_reason": "load"})).into_response());
     }
-    let opts = generate_options(&state, req.options.as_ref(), req.format.as_ref())?;
-    let chat = ChatOptions { kwargs: state.config.chat_template_kwargs.clone(), ..Default::default() };
-    let opts = opts.chat(chat);
-    let engine = state.engine.clone();
+    let mut chat = ChatOptions { kwargs: state.config.chat_template_kwargs.clone(), ..Default::default() };
+    let split = think(req.think.as_ref(), &mut chat)?;
     let template = state.config.chat_template.clone();
-    let (prompt, system, raw) = (req.prompt, req.system, req.raw);
+    let (prompt, raw) = (req.prompt, req.raw);
+    let mut messages: Vec<ChatMessage> = req.system.into_iter().map(ChatMessage::system).collect();
+    messages.push(ChatMessage::user(prompt.clone()));
+    let split = match (split, raw) {
+        (false, _) => None,
+        (true, true) => Some(false),
+        (true, false) => Some(super::chat::thinking_opened(&state, &template, &messages, &chat).await),
+    };
+    let opts = generate_options(&state, req.options.as_ref(), req.format.as_ref())?.chat(chat);
+    let engine = state.engine.clone();
     let mut streams = state
-        .start(1, move |_| {
-            if raw {
-                return engine.generate(&prompt, &opts);
-            }
-            let mut messages: Vec<ChatMessage> = system.iter().map(|s| ChatMessage::system(s.clone())).collect();
-            messages.push(ChatMessage::user(prompt.clone()));
-            engine.chat(&messages, &template, &opts)
+        .start(1, move |_| match raw {
+            true => engine.generate(&prompt, &opts),
+            false => engine.chat(&messages, &template, &opts),
         })
         .await
         .map_err(|e| e.prompt_param("prompt"))?;
-    let m2 = model.clone();
-    answer(
-        state.clone(),
-        streams.remove(0),
-        req.stream.unwrap_or(true),
-        move |text| json!({"model": model, "created_at": timestamp(SystemTime::now()), "response": text, "done": false}),
-        move |text, s| {
-            let mut v = json!({"model": m2, "created_at": timestamp(SystemTime::now()), "response": text, "done": true});
-            if let Some(o) = v.as_object_mut() {
-                o.extend(stats(s));
-            }
-            v
-        },
-    )
+    let reading = Reading { split, tools: false };
+    answer(state.clone(), streams.remove(0), req.stream.unwrap_or(true), reading, move |reply, summary| {
+        let mut fields = json!({"response": reply.text});
+        if !reply.thinking.is_empty() {
+            fields["thinking"] = reply.thinking.into();
+        }
+        object(&model, fields, summary)
+    })
     .await
 }
 

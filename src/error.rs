@@ -24,6 +24,16 @@ pub enum Error {
         /// What was wrong.
         reason: String,
     },
+    /// A LoRA adapter or control vector file that cannot serve this model: malformed, made
+    /// for another architecture or other shapes, or of a kind not supported (the reason says
+    /// which).
+    #[error("{path}: cannot be used as an adapter for this model ({reason})")]
+    Adapter {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        reason: String,
+    },
     /// llama.cpp could not load the model (truncated or unsupported file, out of memory).
     /// The details are in the `llama_cpp` tracing target.
     #[error("llama.cpp failed to load model {path}: {reason}")]
@@ -301,6 +311,7 @@ impl Error {
         match self {
             Error::InvalidArgument { .. }
             | Error::NotGguf { .. }
+            | Error::Adapter { .. }
             | Error::InvalidModel(_)
             | Error::NulByte { .. }
             | Error::InvalidToken { .. }

@@ -51,7 +51,7 @@
 // ... The exact rule (each module's layer, none naming a higher one, no import circles) is
 // tests/layers.rs.
 mod llama;
-pub use llama::{batch, context, init, memory, model, sampler, threads, vocab};
+pub use llama::{adapter, batch, context, init, memory, model, sampler, threads, vocab};
 pub(crate) use llama::{checksum, gbnf, seq_state};
 
 mod files;
@@ -82,6 +82,7 @@ mod config;
 mod error;
 
 pub use accounting::{process_memory, MemoryBreakdown, ProcessMemory};
+pub use adapter::{ControlVector, LoraAdapter};
 pub use batch::{Batch, Pos, SeqId};
 pub use build_info::{build_info, BuildInfo};
 pub use chat::{

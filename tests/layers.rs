@@ -26,7 +26,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     ("the machine", &["devices", "rpc"]),
-    ("the safe llama.cpp layer", &["vocab", "batch", "model", "context", "sampler", "memory", "seq_state"]),
+    ("the safe llama.cpp layer", &["vocab", "batch", "model", "adapter", "context", "sampler", "memory", "seq_state"]),
     ("generation and fitting", &["chat", "logprobs", "options", "request", "generate", "session", "fit"]),
     ("embeddings and classification", &["embed", "classify"]),
     ("the engine", &["engine"]),

@@ -301,7 +301,7 @@ pub fn f16_writer(s: &Shape, seed: u64, tokenizer: Option<&Tokenizer>) -> Writer
     if s.sliding_window > 0 {
         w = w.meta_u32(&format!("{a}.attention.sliding_window"), s.sliding_window as u32);
     }
-    let (e, q, kv, ff) = (s.n_embd, s.n_head * s.head_dim, s.n_head_kv * s.head_dim, s.n_ff);
+    let e = s.n_embd;
     let t = |w: Writer, name: String, dims: &[u64], ones: bool| {
         let n: u64 = dims.iter().product();
         if ones {
@@ -318,14 +318,13 @@ pub fn f16_writer(s: &Shape, seed: u64, tokenizer: Option<&Tokenizer>) -> Writer
     for l in 0..s.n_layer {
         let p = |n: &str| format!("blk.{l}.{n}.weight");
         w = t(w, p("attn_norm"), &[e], true);
-        w = t(w, p("attn_q"), &[e, q], false);
-        w = t(w, p("attn_k"), &[e, kv], false);
-        w = t(w, p("attn_v"), &[e, kv], false);
-        w = t(w, p("attn_output"), &[q, e], false);
+        for m in ["attn_q", "attn_k", "attn_v", "attn_output"] {
+            w = t(w, p(m), &layer_weight_dims(s, m).unwrap_or_default(), false);
+        }
         w = t(w, p("ffn_norm"), &[e], true);
-        w = t(w, p("ffn_gate"), &[e, ff], false);
-        w = t(w, p("ffn_up"), &[e, ff], false);
-        w = t(w, p("ffn_down"), &[ff, e], false);
+        for m in ["ffn_gate", "ffn_up", "ffn_down"] {
+            w = t(w, p(m), &layer_weight_dims(s, m).unwrap_or_default(), false);
+        }
         if a == "qwen3" || a == "gemma3" {
             w = t(w, p("attn_q_norm"), &[s.head_dim], true);
             w = t(w, p("attn_k_norm"), &[s.head_dim], true);
@@ -336,6 +335,167 @@ pub fn f16_writer(s: &Shape, seed: u64, tokenizer: Option<&Tokenizer>) -> Writer
         }
     }
     w
+}
+
+/// The dimensions (inputs, outputs) of a layer's matrix `name` (`attn_q`, `ffn_down`, ...) in
+/// the models of shape `s`.
+fn layer_weight_dims(s: &Shape, name: &str) -> Option<[u64; 2]> {
+    let (e, q, kv, ff) = (s.n_embd, s.n_head * s.head_dim, s.n_head_kv * s.head_dim, s.n_ff);
+    Some(match name {
+        "attn_q" => [e, q],
+        "attn_k" | "attn_v" => [e, kv],
+        "attn_output" => [q, e],
+        "ffn_gate" | "ffn_up" => [e, ff],
+        "ffn_down" => [ff, e],
+        _ => return None,
+    })
+}
+
+/// A synthetic LoRA adapter for the models [`f16_writer`] makes of a shape.
+#[derive(Debug, Clone)]
+pub struct LoraSpec {
+    /// The matrices it changes in every layer, by name (`attn_q`, `attn_k`, `attn_v`,
+    /// `attn_output`, `ffn_gate`, `ffn_up`, `ffn_down`).
+    pub targets: Vec<String>,
+    /// Its rank.
+    pub rank: u64,
+    /// `adapter.lora.alpha`, or none (then llama.cpp applies the scale as given).
+    pub alpha: Option<f32>,
+    /// Where its values come from.
+    pub seed: u64,
+    /// B all zeros: an adapter that changes nothing.
+    pub zero: bool,
+}
+
+impl Default for LoraSpec {
+    fn default() -> Self {
+        LoraSpec {
+            targets: vec!["attn_q".into(), "attn_v".into(), "ffn_down".into()],
+            rank: 4,
+            alpha: None,
+            seed: 7,
+            zero: false,
+        }
+    }
+}
+
+impl LoraSpec {
+    /// A and B of layer `l`'s `target` (each row-major as GGUF stores them: A `[inputs,
+    /// rank]`, B `[rank, outputs]`), values of about ±0.1.
+    fn pair(&self, shape: &Shape, l: u64, target: &str) -> Option<([u64; 2], Vec<f32>, Vec<f32>)> {
+        let [n_in, n_out] = layer_weight_dims(shape, target)?;
+        let name = format!("blk.{l}.{target}.weight");
+        let a = noise((n_in * self.rank) as usize, seed_of(&format!("{name}.lora_a"), self.seed), 0.1);
+        let b = match self.zero {
+            true => vec![0.0; (self.rank * n_out) as usize],
+            false => noise((self.rank * n_out) as usize, seed_of(&format!("{name}.lora_b"), self.seed), 0.1),
+        };
+        Some(([n_in, n_out], a, b))
+    }
+
+    /// The scale llama.cpp multiplies B·A by for an adapter scale of `scale`.
+    pub fn effective_scale(&self, scale: f32) -> f32 {
+        match self.alpha {
+            Some(alpha) if alpha != 0.0 => scale * alpha / self.rank as f32,
+            _ => scale,
+        }
+    }
+}
+
+/// `n` values uniform in ±`amplitude`.
+fn noise(n: usize, seed: u64, amplitude: f32) -> Vec<f32> {
+    let mut state = seed | 1;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * amplitude
+        })
+        .collect()
+}
+
+/// A LoRA adapter file (F32 A and B) for the models of `shape`, as `spec` says.
+pub fn lora_writer(shape: &Shape, spec: &LoraSpec) -> Result<Writer> {
+    let mut w = Writer::new()
+        .meta_str("general.architecture", shape.arch)
+        .meta_str("general.type", "adapter")
+        .meta_str("general.name", &format!("synthetic LoRA for {}", shape.name))
+        .meta_str("adapter.type", "lora");
+    if let Some(alpha) = spec.alpha {
+        w = w.meta("adapter.lora.alpha", Value::Float(alpha as f64));
+    }
+    for l in 0..shape.n_layer {
+        for target in &spec.targets {
+            let ([n_in, n_out], a, b) = spec.pair(shape, l, target).ok_or_else(|| {
+                Error::invalid("lora target", format!("{target:?} is not a matrix of a layer of {}", shape.name))
+            })?;
+            let name = format!("blk.{l}.{target}.weight");
+            w = w.tensor_f32(&format!("{name}.lora_a"), &[n_in, spec.rank], &a);
+            w = w.tensor_f32(&format!("{name}.lora_b"), &[spec.rank, n_out], &b);
+        }
+    }
+    Ok(w)
+}
+
+/// The model `f16_writer(shape, seed, None)` writes, with `spec`'s adapter merged in at
+/// `scale`: each changed matrix W becomes W + s·B·A in F32, where s is
+/// [`LoraSpec::effective_scale`]. Its logits are what the model with the adapter applied at
+/// `scale` computes (up to rounding).
+pub fn merged_writer(shape: &Shape, seed: u64, spec: &LoraSpec, scale: f32) -> Result<Writer> {
+    let mut w = f16_writer(shape, seed, None);
+    let s = spec.effective_scale(scale);
+    for l in 0..shape.n_layer {
+        for target in &spec.targets {
+            let ([n_in, n_out], a, b) = spec.pair(shape, l, target).ok_or_else(|| {
+                Error::invalid("lora target", format!("{target:?} is not a matrix of a layer of {}", shape.name))
+            })?;
+            let name = format!("blk.{l}.{target}.weight");
+            let mut bytes = Vec::new();
+            f16_data(n_in * n_out, seed_of(&name, seed), false)(&mut bytes)
+                .map_err(|e| Error::Io { path: PathBuf::from(&name), source: e })?;
+            let (n_in, n_out, r) = (n_in as usize, n_out as usize, spec.rank as usize);
+            let mut merged: Vec<f32> =
+                bytes.chunks_exact(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect();
+            for o in 0..n_out {
+                for k in 0..r {
+                    let bk = s * b[o * r + k];
+                    let row = &a[k * n_in..(k + 1) * n_in];
+                    for (m, av) in merged[o * n_in..(o + 1) * n_in].iter_mut().zip(row) {
+                        *m += bk * av;
+                    }
+                }
+            }
+            w = w.replace_tensor_f32(&name, &[n_in as u64, n_out as u64], &merged);
+        }
+    }
+    Ok(w)
+}
+
+/// A control vector file for the models of `shape`: a `direction.N` tensor for each of
+/// `layers`, values of about ±`amplitude`.
+pub fn control_vector_writer(shape: &Shape, layers: &[u64], seed: u64, amplitude: f32) -> Writer {
+    layers.iter().fold(
+        Writer::new()
+            .meta_str("general.architecture", "controlvector")
+            .meta_str("controlvector.model_hint", shape.arch),
+        |w, &l| {
+            let v = noise(shape.n_embd as usize, seed_of(&format!("direction.{l}"), seed), amplitude);
+            w.tensor_f32(&format!("direction.{l}"), &[shape.n_embd], &v)
+        },
+    )
+}
+
+/// IEEE half bits to f32.
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
+    let exp = ((h >> 10) & 0x1f) as i32;
+    let mant = (h & 0x3ff) as f32;
+    sign * match exp {
+        0 => mant * 2f32.powi(-24),
+        31 => f32::INFINITY,
+        _ => (1.0 + mant / 1024.0) * 2f32.powi(exp - 15),
+    }
 }
 
 /// Writes a synthetic model of `shape` as `ty` to `out`. Quantized types are written as F16
@@ -440,6 +600,14 @@ fn cached_example(name: &str, writer: impl FnOnce() -> Result<Writer>) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn half_precision_back() {
+        for x in [0.0f32, 1.0, -2.0, 0.034, -0.0171, 7.3e-3] {
+            let back = f16_to_f32(f16_bits(x));
+            assert!((back - x).abs() <= x.abs() / 1000.0 + 1e-7, "{x} -> {back}");
+        }
+    }
 
     #[test]
     fn half_precision() {

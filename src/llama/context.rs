@@ -8,6 +8,7 @@ use std::sync::Arc;
 use llama_cpp_sys_2 as sys;
 
 use crate::accounting::MemoryBreakdown;
+use crate::adapter::{ControlVector, LoraAdapter};
 use crate::batch::{Batch, Pos, SeqId};
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -301,6 +302,9 @@ pub struct Context<'m> {
     memory: MemoryBreakdown,
     /// Thread counts now, and the core watch that moves the ones the caller left unset.
     threads: Threads,
+    /// The LoRA adapters set on the context (llama.cpp keeps pointers to them: the context
+    /// holds them while they are set, and is freed before they drop).
+    lora: Vec<(LoraAdapter<'m>, f32)>,
 }
 
 /// A context's thread counts, and which of them follow the free cores.
@@ -457,7 +461,84 @@ impl<'m> Context<'m> {
             embeddings: config.embeddings,
             pooling,
             threads,
+            lora: Vec::new(),
         })
+    }
+
+    /// Applies LoRA adapters, each with its scale, to every later decode of every sequence;
+    /// the set replaces the one before, and an empty set removes them. An adapter loaded for
+    /// another model, or a scale that is not finite, is an [`Error::InvalidArgument`]. A
+    /// scale of 0 is the same as leaving the adapter out. The KV cache is not touched: cells
+    /// computed under another set stay as they were.
+    ///
+    /// Changing the set makes llama.cpp plan its compute graph again at the next decode.
+    pub fn set_lora(&mut self, adapters: &[(LoraAdapter<'m>, f32)]) -> Result<()> {
+        for (a, scale) in adapters {
+            if !a.belongs_to(self.model) {
+                return Err(Error::invalid(
+                    "lora adapter",
+                    format!("{} was loaded for another model", a.path().display()),
+                ));
+            }
+            if !scale.is_finite() {
+                return Err(Error::invalid("lora scale", format!("{scale} is not finite")));
+            }
+        }
+        let mut ptrs: Vec<*mut sys::llama_adapter_lora> = adapters.iter().map(|(a, _)| a.raw()).collect();
+        let mut scales: Vec<f32> = adapters.iter().map(|(_, s)| *s).collect();
+        // SAFETY: the adapters belong to this context's model and stay alive while set (the
+        // context keeps clones of them below); both arrays hold `len` elements (for 0, Rust's
+        // empty vectors give non-null pointers, which llama.cpp does not read).
+        unsafe { sys::llama_set_adapters_lora(self.raw(), ptrs.as_mut_ptr(), ptrs.len(), scales.as_mut_ptr()) };
+        self.lora = adapters.to_vec();
+        Ok(())
+    }
+
+    /// The LoRA adapters set on the context, with their scales.
+    pub fn lora(&self) -> &[(LoraAdapter<'m>, f32)] {
+        &self.lora
+    }
+
+    /// Adds `vector`'s directions to the hidden state after each layer in `layers` (numbered
+    /// as the vector's `direction.N` tensors, from 1) at every later decode, or removes the
+    /// control vector with `None`. A range outside `1..=n_layer - 1` or a vector for another
+    /// model is an [`Error::InvalidArgument`].
+    pub fn set_control_vector(
+        &mut self,
+        vector: Option<(&ControlVector, std::ops::RangeInclusive<u32>)>,
+    ) -> Result<()> {
+        let Some((v, layers)) = vector else {
+            // SAFETY: a null vector clears the context's control vector.
+            unsafe { sys::llama_set_adapter_cvec(self.raw(), std::ptr::null(), 0, 0, -1, -1) };
+            return Ok(());
+        };
+        let n_layer = self.model.n_layer();
+        if layers.is_empty() || *layers.start() < 1 || *layers.end() >= n_layer {
+            return Err(Error::invalid(
+                "control vector layers",
+                format!("{layers:?} is not within 1..={}", n_layer - 1),
+            ));
+        }
+        if v.n_embd() != self.model.n_embd() as usize {
+            return Err(Error::invalid("control vector", "it was made for a model of another width"));
+        }
+        let data = v.data();
+        // SAFETY: `data` holds `len` floats, n_embd per layer from layer 1; llama.cpp copies
+        // them into its own tensors before returning.
+        let code = unsafe {
+            sys::llama_set_adapter_cvec(
+                self.raw(),
+                data.as_ptr(),
+                data.len(),
+                v.n_embd() as i32,
+                *layers.start() as i32,
+                *layers.end() as i32,
+            )
+        };
+        if code != 0 {
+            return Err(Error::Llama { call: "llama_set_adapter_cvec", reason: format!("returned {code}") });
+        }
+        Ok(())
     }
 
     /// The raw pointer, for calls this crate does not wrap.

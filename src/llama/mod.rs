@@ -2,6 +2,7 @@
 //! handle. Everything above it (generation, the engine, embeddings, the server) reaches llama.cpp
 //! through these types; nothing in this layer knows about them.
 
+pub mod adapter;
 pub mod batch;
 pub(crate) mod checksum;
 pub mod context;

@@ -265,6 +265,9 @@ pub struct GgufFile {
     pub version: u32,
     /// Metadata in file order.
     pub metadata: Vec<(String, Value)>,
+    /// The type each metadata value was written with, in the same order (a [`Value`] keeps
+    /// f32 and f64 alike, llama.cpp's readers do not).
+    pub value_types: Vec<ValueType>,
     /// Tensor descriptions in file order.
     pub tensors: Vec<TensorInfo>,
     /// Byte offset where tensor data starts.
@@ -293,6 +296,11 @@ impl GgufFile {
             ParseError::Io(e) => e.to_string(),
             ParseError::Bad(s) => s,
         })
+    }
+
+    /// The type a metadata value was written with.
+    pub fn value_type(&self, key: &str) -> Option<ValueType> {
+        self.metadata.iter().position(|(k, _)| k == key).and_then(|i| self.value_types.get(i).copied())
     }
 
     /// A metadata value by key.
@@ -543,6 +551,7 @@ fn parse<R: Read>(r: &mut Reader<R>, opts: ReadOptions) -> std::result::Result<G
         return bad(format!("{n_tensors} tensors cannot fit the file"));
     }
     let mut metadata = Vec::with_capacity(n_kv.min(4096) as usize);
+    let mut value_types = Vec::with_capacity(n_kv.min(4096) as usize);
     let mut seen = BTreeMap::new();
     for i in 0..n_kv {
         let key = r.string("key")?;
@@ -555,6 +564,7 @@ fn parse<R: Read>(r: &mut Reader<R>, opts: ReadOptions) -> std::result::Result<G
             return bad(format!("metadata key {key:?} appears twice"));
         }
         metadata.push((key, value));
+        value_types.push(t);
     }
     let metadata_end = r.pos;
     let mut tensors = Vec::with_capacity(n_tensors.min(65_536) as usize);
@@ -594,7 +604,7 @@ fn parse<R: Read>(r: &mut Reader<R>, opts: ReadOptions) -> std::result::Result<G
             }
         }
     }
-    Ok(GgufFile { version, metadata, tensors, data_offset, metadata_end, file_size: r.len })
+    Ok(GgufFile { version, metadata, value_types, tensors, data_offset, metadata_end, file_size: r.len })
 }
 
 #[cfg(test)]

@@ -95,6 +95,18 @@ impl Writer {
         self
     }
 
+    /// Replaces the tensor `name` (keeping its place) by an F32 one; adds it if there is none.
+    pub fn replace_tensor_f32(mut self, name: &str, dims: &[u64], values: &[f32]) -> Self {
+        let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        match self.tensors.iter().position(|t| t.0 == name) {
+            Some(i) => {
+                self.tensors[i] = (name.to_string(), dims.to_vec(), 0, Data::Bytes(data));
+                self
+            }
+            None => self.tensor(name, dims, 0, data),
+        }
+    }
+
     /// Adds an F32 tensor.
     pub fn tensor_f32(self, name: &str, dims: &[u64], values: &[f32]) -> Self {
         let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();

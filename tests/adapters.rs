@@ -4,6 +4,7 @@
 //! silently is refused with the reason.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rocm_llama::gguf::{Value, Writer};
 use rocm_llama::synth::{self, LoraSpec};
@@ -21,8 +22,8 @@ fn write(w: &Writer, name: &str) -> PathBuf {
     path
 }
 
-fn tiny() -> Model {
-    Model::load(synth::tiny_model().unwrap(), &LoadConfig::default()).unwrap()
+fn tiny() -> Arc<Model> {
+    Arc::new(Model::load(synth::tiny_model().unwrap(), &LoadConfig::default()).unwrap())
 }
 
 /// The logits after a fixed prompt, with `set` applied to the context first.
@@ -81,7 +82,7 @@ fn a_known_adapter_gives_the_merged_models_logits() {
     let adapter = LoraAdapter::load(&model, adapter_file(&spec, "known.gguf")).unwrap();
     assert_eq!(adapter.alpha(), Some(8.0));
     let merged_path = write(&synth::merged_writer(shape, 1, &spec, 0.5).unwrap(), "merged.gguf");
-    let merged = Model::load(&merged_path, &LoadConfig::default()).unwrap();
+    let merged = Arc::new(Model::load(&merged_path, &LoadConfig::default()).unwrap());
     let base = logits_with(&model, |_| {});
     let applied = logits_with(&model, |c| c.set_lora(&[(adapter.clone(), 0.5)]).unwrap());
     let expected = logits_with(&merged, |_| {});
@@ -107,7 +108,7 @@ fn two_adapters_add_up() {
     assert!(max_diff(&both, &sum) < max_diff(&both, &base) / 3.0);
 }
 
-fn expect_adapter_error(model: &Model, path: &Path, words: &str) {
+fn expect_adapter_error(model: &Arc<Model>, path: &Path, words: &str) {
     match LoraAdapter::load(model, path) {
         Err(Error::Adapter { reason, .. }) => assert!(reason.contains(words), "{}: {reason}", path.display()),
         other => panic!("{}: {other:?}", path.display()),
@@ -178,7 +179,7 @@ fn bad_adapter_files_are_refused_with_the_reason() {
     assert!(matches!(missing, Error::Adapter { .. }), "{missing}");
 
     // A vocabulary-only model has no weights to change.
-    let vocab = Model::load(synth::tiny_model().unwrap(), &LoadConfig::default().vocab_only(true)).unwrap();
+    let vocab = Arc::new(Model::load(synth::tiny_model().unwrap(), &LoadConfig::default().vocab_only(true)).unwrap());
     let path = adapter_file(&spec, "for-vocab.gguf");
     assert!(matches!(LoraAdapter::load(&vocab, &path), Err(Error::InvalidState(_))));
     // An adapter loaded for one model cannot be set on another's context.
@@ -224,5 +225,66 @@ fn control_vectors_steer_and_are_checked() {
     ] {
         let got = ControlVector::load(&model, write(&w, name), 1.0);
         assert!(matches!(got, Err(Error::Adapter { .. })), "{name}: {got:?}");
+    }
+}
+
+fn greedy_under(lora: Option<Vec<(LoraAdapter, f32)>>) -> rocm_llama::GenerateOptions {
+    let mut o = rocm_llama::GenerateOptions::greedy(10);
+    o.lora = lora;
+    o
+}
+
+fn ids_of(events: impl IntoIterator<Item = rocm_llama::Result<rocm_llama::Event>>) -> Vec<i32> {
+    events
+        .into_iter()
+        .filter_map(|e| match e.unwrap() {
+            rocm_llama::Event::Token { id, .. } => Some(id),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The engine serves requests under different adapter sets side by side (a decode per set):
+/// each gets exactly what it got alone, the sets give different text, and a prompt cached
+/// under one set is never reused under another.
+#[test]
+fn the_engine_serves_each_request_under_its_own_adapters() {
+    use rocm_llama::{Engine, EngineConfig};
+    let model = tiny();
+    let a = LoraAdapter::load(&model, adapter_file(&LoraSpec { seed: 11, ..LoraSpec::default() }, "engine-a.gguf"))
+        .unwrap();
+    let b = LoraAdapter::load(&model, adapter_file(&LoraSpec { seed: 12, ..LoraSpec::default() }, "engine-b.gguf"))
+        .unwrap();
+    let sets: [Option<Vec<(LoraAdapter, f32)>>; 3] = [None, Some(vec![(a, 4.0)]), Some(vec![(b, 4.0)])];
+    let options = |k: usize| greedy_under(sets[k].clone());
+    let config =
+        EngineConfig::default().n_seq_max(4).n_ctx_per_seq(128).n_batch(64).threads(Some(2)).reproducible(true);
+    let engine = Engine::start(model.clone(), config).unwrap();
+    let prompt = "t1 t2 t3 t4 t5 t6";
+    let alone: Vec<Vec<i32>> = (0..3).map(|k| ids_of(engine.generate(prompt, &options(k)).unwrap())).collect();
+    assert!(alone[0] != alone[1] && alone[1] != alone[2] && alone[0] != alone[2], "{alone:?}");
+    let together: Vec<(usize, Vec<i32>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|t| {
+                let (engine, options) = (engine.clone(), &options);
+                s.spawn(move || (t % 3, ids_of(engine.generate(prompt, &options(t % 3)).unwrap())))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (k, ids) in together {
+        assert_eq!(ids, alone[k], "set {k} beside the others");
+    }
+    // A session computes its cached prompt again under another set.
+    let mut session = rocm_llama::Session::new(&model, &ContextConfig::default().n_ctx(128).threads(2)).unwrap();
+    let fresh: Vec<Vec<i32>> = (0..3)
+        .map(|k| {
+            let mut ctx = Context::new(&model, &ContextConfig::default().n_ctx(128).threads(2)).unwrap();
+            ids_of(ctx.generate(prompt, &greedy_under(Some(sets[k].clone().unwrap_or_default()))).unwrap())
+        })
+        .collect();
+    for k in [1, 0, 2, 1] {
+        let o = greedy_under(Some(sets[k].clone().unwrap_or_default()));
+        assert_eq!(ids_of(session.generate(prompt, &o).unwrap()), fresh[k], "session under set {k}");
     }
 }

@@ -9,6 +9,7 @@ use crossbeam_channel::{Receiver, TryRecvError};
 
 use super::stream::EventSender;
 use super::{EngineConfig, SharedStats};
+use crate::adapter::LoraKey;
 use crate::batch::{Batch, SeqId};
 use crate::context::Context;
 use crate::embed::{EmbedConfig, Embedder};
@@ -411,7 +412,7 @@ impl<'m> Worker<'m> {
                     continue;
                 }
             };
-            let (best, source) = self.plan(&request.spec.prompt, &free);
+            let (best, source) = self.plan(&request.spec.prompt, &request.spec.lora_key, &free);
             let seq = self.slots[best].seq;
             if let Err(e) = place_sampler(&mut self.ctx, &mut self.slots[best], &mut request) {
                 job.end(Err(e));
@@ -421,9 +422,10 @@ impl<'m> Worker<'m> {
             let common = match source {
                 Source::Own => {
                     // A cache that cannot be cut is dropped and the prompt computed whole.
-                    let limit = self.reusable(best, &request.spec.prompt);
+                    let limit = self.reusable(best, &request.spec.prompt, &request.spec.lora_key);
                     let slot = &mut self.slots[best];
-                    let got = slot.cached.reuse(&mut self.ctx, seq, &request.spec.prompt, limit).unwrap_or_else(|_| {
+                    let (prompt, lora) = (&request.spec.prompt, &request.spec.lora_key);
+                    let got = slot.cached.reuse(&mut self.ctx, seq, prompt, lora, limit).unwrap_or_else(|_| {
                         slot.cached.clear();
                         0
                     });
@@ -483,9 +485,9 @@ impl<'m> Worker<'m> {
     ///   free slot holding least, or
     /// - a slot still computing its own prompt will hold a longer one still: the request
     ///   waits for it in the free slot holding least.
-    fn plan(&self, prompt: &[Token], free: &[usize]) -> (usize, Source) {
+    fn plan(&self, prompt: &[Token], lora: &LoraKey, free: &[usize]) -> (usize, Source) {
         let usable = prompt.len().saturating_sub(1);
-        let held = |i: usize| self.reusable(i, prompt);
+        let held = |i: usize| self.reusable(i, prompt, lora);
         let own = free
             .iter()
             .copied()
@@ -503,7 +505,7 @@ impl<'m> Worker<'m> {
             if h > now.0 {
                 now = (h, Some(i));
             }
-            if a.prefilled < a.request.spec.prompt.len() {
+            if a.prefilled < a.request.spec.prompt.len() && a.request.spec.lora_key == *lora {
                 let will = self.aligned(crate::request::common_prefix(&a.request.spec.prompt, prompt).min(usable));
                 if will > later.0 {
                     later = (will, Some((i, a.job.id)));
@@ -524,9 +526,9 @@ impl<'m> Worker<'m> {
     /// How many leading tokens of `prompt` slot `i` can give it: those they share, never the
     /// prompt's last token (its logits must be computed), and in a reproducible engine only
     /// whole `n_batch` chunks of cells computed as a prompt (see [`Slot::prompt_cells`]).
-    fn reusable(&self, i: usize, prompt: &[Token]) -> usize {
+    fn reusable(&self, i: usize, prompt: &[Token], lora: &LoraKey) -> usize {
         let slot = &self.slots[i];
-        let common = slot.cached.common_prefix(prompt).min(prompt.len().saturating_sub(1));
+        let common = slot.cached.common_prefix(prompt, lora).min(prompt.len().saturating_sub(1));
         if self.reproducible {
             self.aligned(common.min(slot.prompt_cells))
         } else {
@@ -569,16 +571,16 @@ impl<'m> Worker<'m> {
         for w in 0..self.slots.len() {
             let Some(a) = self.slots[w].active.as_ref() else { continue };
             let Some(wait) = a.wait else { continue };
-            let prompt = &a.request.spec.prompt;
+            let (prompt, lora) = (&a.request.spec.prompt, &a.request.spec.lora_key);
             let donor = &self.slots[wait.donor];
-            let ready = self.reusable(wait.donor, prompt) >= wait.upto;
+            let ready = self.reusable(wait.donor, prompt, lora) >= wait.upto;
             let donor_on_it = donor.active.as_ref().is_some_and(|d| d.job.id == wait.donor_job);
             if !ready && donor_on_it {
                 continue;
             }
             let (from, len) = (0..self.slots.len())
                 .filter(|&i| i != w)
-                .map(|i| (i, self.reusable(i, prompt)))
+                .map(|i| (i, self.reusable(i, prompt, lora)))
                 .max_by_key(|&(i, len)| (len, i == wait.donor))
                 .unwrap_or((w, 0));
             let got = if len >= self.min_copy { self.copy_prefix(from, w, len) } else { 0 };
@@ -607,23 +609,54 @@ impl<'m> Worker<'m> {
         }
         self.resolve_waits();
         self.admit();
-        if self.reproducible {
-            // One batch per sequence, shaped as it would be if the sequence ran alone.
-            let running: Vec<usize> = (0..self.slots.len()).filter(|&i| self.slots[i].active.is_some()).collect();
-            for i in running {
-                self.decode_and_sample(Some(i));
+        // llama.cpp applies adapters to a whole context, not per sequence: requests under
+        // different LoRA sets get a decode each (every set every step, in the order their
+        // requests came), each under its own set. One set, the usual case, is one decode.
+        let mut sets: Vec<(LoraKey, Vec<(crate::adapter::LoraAdapter, f32)>)> = Vec::new();
+        for a in self.slots.iter().filter_map(|s| s.active.as_ref()) {
+            if !sets.iter().any(|(k, _)| *k == a.request.spec.lora_key) {
+                sets.push((a.request.spec.lora_key.clone(), a.request.spec.lora.clone().unwrap_or_default()));
             }
-        } else {
-            self.decode_and_sample(None);
+        }
+        for (key, set) in sets {
+            if LoraKey::of(self.ctx.lora()) != key {
+                if let Err(e) = self.ctx.set_lora(&set) {
+                    self.fail_set(&key, &e);
+                    continue;
+                }
+            }
+            let in_set: Vec<bool> =
+                self.slots.iter().map(|s| s.active.as_ref().is_some_and(|a| a.request.spec.lora_key == key)).collect();
+            if self.reproducible {
+                // One batch per sequence, shaped as it would be if the sequence ran alone.
+                for i in (0..self.slots.len()).filter(|&i| in_set[i]) {
+                    let only: Vec<bool> = (0..self.slots.len()).map(|j| j == i).collect();
+                    self.decode_and_sample(&only);
+                }
+            } else {
+                self.decode_and_sample(&in_set);
+            }
         }
     }
 
-    /// One decode of every running sequence (or of slot `only`) with prefill chunks, then
+    /// Ends the requests under the LoRA set `key` with `e` (the set could not be applied).
+    fn fail_set(&mut self, key: &LoraKey, e: &Error) {
+        for slot in &mut self.slots {
+            if slot.active.as_ref().is_some_and(|a| a.request.spec.lora_key == *key) {
+                if let Some(mut a) = slot.active.take() {
+                    a.job.end(Err(Error::Engine(format!("the request's LoRA adapters could not be applied: {e}"))));
+                    release(&self.stats, slot.cached.len(), true);
+                }
+            }
+        }
+    }
+
+    /// One decode of the running sequences `in_step` marks, with prefill chunks, then
     /// sampling of every sequence that produced logits, in five phases.
-    fn decode_and_sample(&mut self, only: Option<usize>) {
+    fn decode_and_sample(&mut self, in_step: &[bool]) {
         self.batch.clear();
-        let budget = self.add_decode_tokens(only);
-        let prompt_tokens = self.add_prefill_chunks(only, budget);
+        let budget = self.add_decode_tokens(in_step);
+        let prompt_tokens = self.add_prefill_chunks(in_step, budget);
         if self.batch.is_empty() {
             return;
         }
@@ -638,9 +671,9 @@ impl<'m> Worker<'m> {
 
     /// Phase 1: one decode token for every running sequence that has one (its last sampled
     /// token). Returns the batch budget left.
-    fn add_decode_tokens(&mut self, only: Option<usize>) -> usize {
+    fn add_decode_tokens(&mut self, in_step: &[bool]) -> usize {
         let mut budget = self.n_batch;
-        for (_, slot) in self.slots.iter_mut().enumerate().filter(|(i, _)| only.is_none_or(|o| o == *i)) {
+        for (_, slot) in self.slots.iter_mut().enumerate().filter(|(i, _)| in_step[*i]) {
             let Some(a) = slot.active.as_mut() else { continue };
             a.output = None;
             if let Some(t) = a.pending {
@@ -661,12 +694,12 @@ impl<'m> Worker<'m> {
     /// to their first token first, so a short prompt never waits for a long one's prefill and
     /// equal prompts finish one after another instead of all at the end. Returns the prompt
     /// tokens added.
-    fn add_prefill_chunks(&mut self, only: Option<usize>, budget: usize) -> usize {
+    fn add_prefill_chunks(&mut self, in_step: &[bool], budget: usize) -> usize {
         let waiting: Vec<(usize, usize, u64)> = self
             .slots
             .iter()
             .enumerate()
-            .filter(|(i, _)| only.is_none_or(|o| o == *i))
+            .filter(|(i, _)| in_step[*i])
             .filter_map(|(i, slot)| {
                 let a = slot.active.as_ref()?;
                 let left = a.request.spec.prompt.len().saturating_sub(a.prefilled);

@@ -99,6 +99,9 @@ impl<'c, 'm> Generation<'c, 'm> {
         opts: &GenerateOptions,
     ) -> Result<Self> {
         let (spec, sampler) = RequestSpec::resolve(ctx.model(), prompt, opts, ctx.n_ctx_seq())?;
+        if let Some(set) = &spec.lora {
+            ctx.set_lora(set)?;
+        }
         let mut request = Request::new(ctx.model(), spec, sampler, Instant::now());
         request.try_device(ctx, 0)?;
         let batch = Batch::new(ctx.n_batch() as usize, 1)?;
@@ -147,8 +150,9 @@ impl<'c, 'm> Generation<'c, 'm> {
     fn prefill(&mut self) -> Result<()> {
         let ctx = &mut *self.ctx;
         let prompt = &self.request.spec.prompt;
+        let lora = crate::adapter::LoraKey::of(ctx.lora());
         let common = match self.cache.as_deref_mut() {
-            Some(cache) => cache.reuse(ctx, 0, prompt, usize::MAX)?,
+            Some(cache) => cache.reuse(ctx, 0, prompt, &lora, usize::MAX)?,
             None => {
                 ctx.seq_remove(Some(0), ..)?;
                 0

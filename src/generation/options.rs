@@ -67,6 +67,10 @@ pub struct GenerateOptions {
     /// it cannot handle is [`Error::JsonSchema`](crate::Error::JsonSchema). Not together with a grammar of the
     /// caller's in `sampling`.
     pub json_schema: Option<serde_json::Value>,
+    /// LoRA adapters with their scales to generate under (`None`, the default: a context's
+    /// adapters as they are set, none in the engine). A [`Session`](crate::Session) computes
+    /// again what its cache holds under another set.
+    pub lora: Option<Vec<(crate::adapter::LoraAdapter, f32)>>,
 }
 
 impl Default for GenerateOptions {
@@ -79,6 +83,7 @@ impl Default for GenerateOptions {
             chat: ChatOptions::default(),
             n_probs: 0,
             json_schema: None,
+            lora: None,
         }
     }
 }
@@ -91,6 +96,7 @@ crate::config::setters!(GenerateOptions {
 } optional {
     cancel: CancelToken,
     json_schema: serde_json::Value,
+    lora: Vec<(crate::adapter::LoraAdapter, f32)>,
 });
 
 impl GenerateOptions {

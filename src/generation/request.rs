@@ -8,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use super::options::{GenerateOptions, StopMatcher, StopReason, Summary};
+use crate::adapter::{LoraAdapter, LoraKey};
 use crate::batch::SeqId;
 use crate::context::Context;
 use crate::error::{Error, Result};
@@ -42,6 +43,8 @@ pub(crate) fn common_prefix(a: &[Token], b: &[Token]) -> usize {
 #[derive(Debug, Default, Clone)]
 pub(crate) struct SeqCache {
     tokens: Vec<Token>,
+    /// The adapters the cells were computed under: a prompt under another set shares nothing.
+    lora: LoraKey,
 }
 
 impl SeqCache {
@@ -53,8 +56,12 @@ impl SeqCache {
         self.tokens.len()
     }
 
-    /// How many leading tokens `prompt` shares with the cache.
-    pub(crate) fn common_prefix(&self, prompt: &[Token]) -> usize {
+    /// How many leading tokens `prompt`, to be computed under the adapters `lora`, shares
+    /// with the cache (none when the cache was computed under another set).
+    pub(crate) fn common_prefix(&self, prompt: &[Token], lora: &LoraKey) -> usize {
+        if *lora != self.lora {
+            return 0;
+        }
         common_prefix(&self.tokens, prompt)
     }
 
@@ -75,8 +82,15 @@ impl SeqCache {
     /// Starts over with an empty sequence when llama.cpp cannot cut the sequence there
     /// (recurrent models) or what is left no longer holds what the next position attends to
     /// (see [`prefix_intact`](crate::memory::prefix_intact)).
-    pub(crate) fn reuse(&mut self, ctx: &mut Context<'_>, seq: SeqId, prompt: &[Token], limit: usize) -> Result<usize> {
-        let common = self.common_prefix(prompt).min(prompt.len().saturating_sub(1)).min(limit);
+    pub(crate) fn reuse(
+        &mut self,
+        ctx: &mut Context<'_>,
+        seq: SeqId,
+        prompt: &[Token],
+        lora: &LoraKey,
+        limit: usize,
+    ) -> Result<usize> {
+        let common = self.common_prefix(prompt, lora).min(prompt.len().saturating_sub(1)).min(limit);
         let reused = common > 0 && ctx.seq_remove(Some(seq), common as i32..)? && prefix_intact(ctx, seq, common)?;
         if reused {
             self.tokens.truncate(common);
@@ -84,6 +98,7 @@ impl SeqCache {
         } else {
             ctx.seq_remove(Some(seq), ..)?;
             self.tokens.clear();
+            self.lora = lora.clone();
             Ok(0)
         }
     }
@@ -122,6 +137,7 @@ impl SeqCache {
             return Ok(0);
         }
         self.tokens.extend_from_slice(&src_cache.tokens[..len]);
+        self.lora = src_cache.lora.clone();
         Ok(len)
     }
 }
@@ -148,6 +164,11 @@ pub(crate) struct RequestSpec {
     pub(crate) stop: Vec<String>,
     /// Log-probabilities to report with each token (0: none), at most the vocabulary.
     pub(crate) n_probs: usize,
+    /// The adapters to decode under (`None`: a context's as they are; the engine: none),
+    /// each checked to belong to the model, with a finite scale.
+    pub(crate) lora: Option<Vec<(LoraAdapter, f32)>>,
+    /// `lora`'s key (none given: no adapters).
+    pub(crate) lora_key: LoraKey,
 }
 
 impl RequestSpec {
@@ -161,6 +182,14 @@ impl RequestSpec {
         n_ctx_seq: u32,
     ) -> Result<(RequestSpec, Sampler<'m>)> {
         check_prompt(model.vocab(), &prompt, n_ctx_seq)?;
+        for (a, scale) in opts.lora.iter().flatten() {
+            if !a.belongs_to(model) {
+                return Err(Error::invalid("lora", format!("{} was loaded for another model", a.path().display())));
+            }
+            if !scale.is_finite() {
+                return Err(Error::invalid("lora scale", format!("{scale} is not finite")));
+            }
+        }
         let sampling = match &opts.json_schema {
             None => opts.sampling.clone(),
             Some(_) if opts.sampling.grammar.is_some() => {
@@ -175,6 +204,8 @@ impl RequestSpec {
             max_tokens: opts.max_tokens,
             stop: opts.stop.clone(),
             n_probs: opts.n_probs.min(model.vocab().n_tokens().max(0) as usize),
+            lora: opts.lora.clone(),
+            lora_key: LoraKey::of(opts.lora.as_deref().unwrap_or_default()),
         };
         Ok((spec, sampler))
     }

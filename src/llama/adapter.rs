@@ -16,7 +16,6 @@
 
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -29,13 +28,13 @@ use crate::{sys, Error, Result};
 /// converters write, and what ggml's matrix product takes on every backend.
 const ADAPTER_TYPES: [u32; 4] = [0, 1, 30, 8];
 
-/// A LoRA adapter loaded for one model. Cheap to clone (the weights are shared); freed when
-/// the last clone, and every context it was set on, are gone.
+/// A LoRA adapter loaded for one model. Cheap to clone (the weights are shared); it keeps its
+/// model alive, and is freed when the last clone, and every context it was set on, are gone.
 ///
 /// ```no_run
 /// # fn main() -> rocm_llama::Result<()> {
 /// use rocm_llama::{Context, ContextConfig, LoadConfig, LoraAdapter, Model};
-/// let model = Model::load("model.gguf", &LoadConfig::default())?;
+/// let model = std::sync::Arc::new(Model::load("model.gguf", &LoadConfig::default())?);
 /// let adapter = LoraAdapter::load(&model, "adapter.gguf")?;
 /// let mut ctx = Context::new(&model, &ContextConfig::default())?;
 /// ctx.set_lora(&[(adapter, 0.8)])?;
@@ -43,14 +42,14 @@ const ADAPTER_TYPES: [u32; 4] = [0, 1, 30, 8];
 /// # }
 /// ```
 #[derive(Clone)]
-pub struct LoraAdapter<'m> {
+pub struct LoraAdapter {
     inner: Arc<LoraInner>,
-    _model: PhantomData<&'m Model>,
 }
 
 struct LoraInner {
     ptr: NonNull<sys::llama_adapter_lora>,
-    model: *const sys::llama_model,
+    /// Dropped after the adapter is freed (fields drop after `drop`).
+    model: Arc<Model>,
     path: PathBuf,
     alpha: Option<f32>,
     rank: u64,
@@ -66,17 +65,17 @@ unsafe impl Sync for LoraInner {}
 impl Drop for LoraInner {
     fn drop(&mut self) {
         // SAFETY: made by `llama_adapter_lora_init`, freed once, before its model (the
-        // adapter borrows the model for its lifetime).
+        // `Arc` in `model` is released after this).
         unsafe { sys::llama_adapter_lora_free(self.ptr.as_ptr()) };
     }
 }
 
-impl<'m> LoraAdapter<'m> {
+impl LoraAdapter {
     /// Loads the LoRA adapter at `path` for `model`. A file that is not a LoRA adapter, one
     /// made for another architecture or other tensor shapes, an activated LoRA (aLoRA, not
     /// supported), or a model loaded without weights is an [`Error::Adapter`] (or
     /// [`Error::InvalidState`]) saying why.
-    pub fn load(model: &'m Model, path: impl AsRef<Path>) -> Result<LoraAdapter<'m>> {
+    pub fn load(model: &Arc<Model>, path: impl AsRef<Path>) -> Result<LoraAdapter> {
         let path = path.as_ref();
         if model.is_vocab_only() {
             return Err(Error::InvalidState(
@@ -88,7 +87,7 @@ impl<'m> LoraAdapter<'m> {
             .map_err(|e| Error::NulByte { what: "adapter path", offset: e.nul_position() })?;
         crate::init::init();
         let (raw, log) = crate::init::capture_log(|| {
-            // SAFETY: the model is valid for 'm; the path is a NUL-terminated string. The file
+            // SAFETY: the model is alive (borrowed); the path is a NUL-terminated string. The file
             // was checked above for everything llama.cpp asserts on while loading.
             unsafe { sys::llama_adapter_lora_init(model.as_ptr(), c_path.as_ptr()) }
         });
@@ -99,13 +98,12 @@ impl<'m> LoraAdapter<'m> {
         Ok(LoraAdapter {
             inner: Arc::new(LoraInner {
                 ptr,
-                model: model.raw(),
+                model: model.clone(),
                 path: path.to_path_buf(),
                 alpha: checked.alpha,
                 rank: checked.rank,
                 weights: checked.weights,
             }),
-            _model: PhantomData,
         })
     }
 
@@ -132,7 +130,7 @@ impl<'m> LoraAdapter<'m> {
 
     /// Whether it was loaded for `model`.
     pub(crate) fn belongs_to(&self, model: &Model) -> bool {
-        std::ptr::eq(self.inner.model, model.raw())
+        std::ptr::eq(self.inner.model.raw(), model.raw())
     }
 
     pub(crate) fn raw(&self) -> *mut sys::llama_adapter_lora {
@@ -140,12 +138,12 @@ impl<'m> LoraAdapter<'m> {
     }
 
     /// Whether two handles are the same loaded adapter.
-    pub fn same(&self, other: &LoraAdapter<'_>) -> bool {
+    pub fn same(&self, other: &LoraAdapter) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
     }
 }
 
-impl std::fmt::Debug for LoraAdapter<'_> {
+impl std::fmt::Debug for LoraAdapter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoraAdapter")
             .field("path", &self.inner.path)
@@ -153,6 +151,21 @@ impl std::fmt::Debug for LoraAdapter<'_> {
             .field("rank", &self.inner.rank)
             .field("weights", &self.inner.weights)
             .finish()
+    }
+}
+
+/// What tells one set of adapters with their scales from another (adapters at scale 0 left
+/// out, order ignored, as llama.cpp applies them): KV cells computed under one set are only
+/// valid under the same set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub(crate) struct LoraKey(Vec<(usize, u32)>);
+
+impl LoraKey {
+    pub(crate) fn of(set: &[(LoraAdapter, f32)]) -> LoraKey {
+        let mut key: Vec<(usize, u32)> =
+            set.iter().filter(|(_, s)| *s != 0.0).map(|(a, s)| (a.raw() as usize, s.to_bits())).collect();
+        key.sort_unstable();
+        LoraKey(key)
     }
 }
 

@@ -304,7 +304,7 @@ pub struct Context<'m> {
     threads: Threads,
     /// The LoRA adapters set on the context (llama.cpp keeps pointers to them: the context
     /// holds them while they are set, and is freed before they drop).
-    lora: Vec<(LoraAdapter<'m>, f32)>,
+    lora: Vec<(LoraAdapter, f32)>,
 }
 
 /// A context's thread counts, and which of them follow the free cores.
@@ -472,7 +472,7 @@ impl<'m> Context<'m> {
     /// computed under another set stay as they were.
     ///
     /// Changing the set makes llama.cpp plan its compute graph again at the next decode.
-    pub fn set_lora(&mut self, adapters: &[(LoraAdapter<'m>, f32)]) -> Result<()> {
+    pub fn set_lora(&mut self, adapters: &[(LoraAdapter, f32)]) -> Result<()> {
         for (a, scale) in adapters {
             if !a.belongs_to(self.model) {
                 return Err(Error::invalid(
@@ -495,7 +495,7 @@ impl<'m> Context<'m> {
     }
 
     /// The LoRA adapters set on the context, with their scales.
-    pub fn lora(&self) -> &[(LoraAdapter<'m>, f32)] {
+    pub fn lora(&self) -> &[(LoraAdapter, f32)] {
         &self.lora
     }
 

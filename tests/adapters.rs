@@ -288,3 +288,29 @@ fn the_engine_serves_each_request_under_its_own_adapters() {
         assert_eq!(ids_of(session.generate(prompt, &o).unwrap()), fresh[k], "session under set {k}");
     }
 }
+
+/// An engine started with a control vector generates what a context with that vector set
+/// generates, and something else than one without.
+#[test]
+fn an_engine_with_a_control_vector_steers_every_request() {
+    use rocm_llama::{Engine, EngineConfig};
+    let model = tiny();
+    let shape = synth::find_shape("tiny").unwrap();
+    let path = write(&synth::control_vector_writer(shape, &[1, 2, 3], 9, 2.0), "engine-cvec.gguf");
+    let vector = ControlVector::load(&model, &path, 1.0).unwrap();
+    let prompt = "t1 t2 t3 t4 t5 t6";
+    let mut steered = Context::new(&model, &ContextConfig::default().n_ctx(128).threads(2)).unwrap();
+    steered.set_control_vector(Some((&vector, 1..=3))).unwrap();
+    let want = ids_of(steered.generate(prompt, &greedy_under(None)).unwrap());
+    let mut plain = Context::new(&model, &ContextConfig::default().n_ctx(128).threads(2)).unwrap();
+    let unsteered = ids_of(plain.generate(prompt, &greedy_under(None)).unwrap());
+    assert_ne!(want, unsteered, "the vector changed nothing");
+    let mut config = EngineConfig::default().n_seq_max(2).n_ctx_per_seq(128).threads(Some(2));
+    config.control_vector = Some((vector.clone(), 1..=3));
+    let engine = Engine::start(model.clone(), config).unwrap();
+    assert_eq!(ids_of(engine.generate(prompt, &greedy_under(None)).unwrap()), want);
+    // A range the model does not have fails the start.
+    let mut config = EngineConfig::default().n_seq_max(2).n_ctx_per_seq(128).threads(Some(2));
+    config.control_vector = Some((vector, 1..=4));
+    assert!(matches!(Engine::start(model.clone(), config), Err(Error::InvalidArgument { .. })));
+}

@@ -954,3 +954,55 @@ fn sigterm_ends_a_command_at_once() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert_eq!(child.wait().unwrap().code(), Some(143));
 }
+
+/// `run --lora`, `--lora-scaled FILE:SCALE` and `--control-vector` (llama.cpp's flags) change
+/// the model's distribution; scale 0 is no adapter; bad files and layer ranges are errors
+/// naming why. On the tiny synthetic model, through `--json --logprobs`.
+#[test]
+fn run_takes_lora_adapters_and_control_vectors() {
+    use rocm_llama::synth::{self, LoraSpec};
+    let model = synth::tiny_model().unwrap();
+    let shape = synth::find_shape("tiny").unwrap();
+    let dir = std::env::temp_dir().join(format!("rocm-llama-cli-lora-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let lora = dir.join("lora.gguf");
+    synth::lora_writer(shape, &LoraSpec::default()).unwrap().write_to(&lora).unwrap();
+    let cvec = dir.join("cvec.gguf");
+    synth::control_vector_writer(shape, &[1, 2, 3], 5, 2.0).write_to(&cvec).unwrap();
+    let run = |extra: &[&str]| {
+        bin()
+            .args(["run", "Hello there", "-n", "3", "--temp", "0", "-t", "1", "--json", "--logprobs", "3", "-m"])
+            .arg(&model)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let tokens = |extra: &[&str]| {
+        let out = run(extra);
+        assert!(out.status.success(), "{extra:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["tokens"].to_string()
+    };
+    let (l, c) = (lora.to_str().unwrap(), cvec.to_str().unwrap());
+    let base = tokens(&[]);
+    assert!(base.contains("logprob"), "{base}");
+    assert_ne!(tokens(&["--lora", l]), base, "--lora changed nothing");
+    assert_eq!(tokens(&["--lora-scaled", &format!("{l}:0")]), base, "scale 0 is no adapter");
+    assert_eq!(tokens(&["--lora", &format!("{l}:0")]), base, "--lora FILE:SCALE");
+    assert_ne!(tokens(&["--control-vector", c]), base, "--control-vector changed nothing");
+    assert_eq!(tokens(&["--control-vector-scaled", &format!("{c}:0")]), base, "strength 0");
+    for (extra, needle) in [
+        (vec!["--lora", model.to_str().unwrap()], "not a LoRA adapter"),
+        (vec!["--lora-scaled", l], "FILE:SCALE"),
+        (
+            vec!["--control-vector", c, "--control-vector-layer-range", "1", "9"],
+            "layers with a control vector are 1 to 3",
+        ),
+        (vec!["--control-vector-layer-range", "1", "2"], "no --control-vector"),
+    ] {
+        let out = run(&extra);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(needle), "{extra:?}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1022,3 +1022,71 @@ fn reasoning_goes_to_reasoning_content() {
     let (status, _, _) = ask(serde_json::json!({"reasoning_format": "other"}));
     assert_eq!(status, 400);
 }
+
+/// `serve --lora` / `--lora-scaled`: `GET /lora-adapters` lists them with their scales, a
+/// request's `lora` picks its own scales (unnamed adapters 0), `POST /lora-adapters` sets what
+/// requests without one get, and bad ids or shapes are 400s. Compared through the top
+/// log-probabilities of a greedy token (raw logits), on the tiny synthetic model.
+#[test]
+fn lora_adapters_are_served_per_request() {
+    use rocm_llama::synth::{self, LoraSpec};
+    let dir = std::env::temp_dir().join(format!("rocm-llama-server-lora-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shape = synth::find_shape("tiny").unwrap();
+    let mut files = Vec::new();
+    for seed in [7, 8] {
+        let path = dir.join(format!("adapter-{seed}.gguf"));
+        synth::lora_writer(shape, &LoraSpec { seed, ..LoraSpec::default() }).unwrap().write_to(&path).unwrap();
+        files.push(path.to_string_lossy().to_string());
+    }
+    let model = synth::tiny_model().unwrap();
+    let scaled = format!("{}:0.5", files[1]);
+    let server = Server::start_model(&model, &["--lora", &files[0], "--lora-scaled", &scaled]);
+    let (status, _, listing) = server.request("GET", "/lora-adapters", None, "");
+    assert_eq!(status, 200, "{listing}");
+    let listing: serde_json::Value = serde_json::from_str(&listing).unwrap();
+    assert_eq!(listing[0]["path"], files[0].as_str(), "{listing}");
+    assert_eq!((listing[0]["scale"].as_f64(), listing[1]["scale"].as_f64()), (Some(1.0), Some(0.5)), "{listing}");
+
+    // The top log-probabilities of the first generated token under a request's `lora`.
+    let top = |lora: Option<serde_json::Value>| -> String {
+        let mut body = serde_json::json!({
+            "prompt": [1, 300, 301, 302, 303], "max_tokens": 1, "temperature": 0, "logprobs": 5,
+        });
+        if let Some(l) = lora {
+            body["lora"] = l;
+        }
+        let (status, v) = server.json("/v1/completions", None, &body.to_string());
+        assert_eq!(status, 200, "{v}");
+        v["choices"][0]["logprobs"]["top_logprobs"][0].to_string()
+    };
+    let none = top(Some(serde_json::json!([])));
+    let first = top(Some(serde_json::json!([{"id": 0, "scale": 1.0}])));
+    let served = top(None);
+    assert_ne!(none, first, "adapter 0 changed nothing");
+    assert_ne!(served, first, "the served set (0 at 1, 1 at 0.5) is adapter 0 alone");
+    assert_eq!(top(Some(serde_json::json!([{"id": 0, "scale": 0.0}]))), none, "scale 0 is no adapter");
+    // POST sets the scales of requests without a `lora` field.
+    let (status, v) = server.json("/lora-adapters", None, r#"[{"id": 0, "scale": 1.0}]"#);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v[1]["scale"].as_f64(), Some(0.0), "an adapter left out goes to 0: {v}");
+    assert_eq!(top(None), first);
+    for bad in [r#"[{"id": 2, "scale": 1}]"#, r#"{"id": 0}"#, r#"[{"id": -1}]"#, r#"[{"id": 0, "scale": "x"}]"#] {
+        let (status, v) = server.json("/lora-adapters", None, bad);
+        assert_eq!(status, 400, "POST {bad}: {v}");
+        let body = format!(r#"{{"prompt": "a", "max_tokens": 1, "lora": {bad}}}"#);
+        let (status, v) = server.json("/v1/completions", None, &body);
+        assert_eq!(status, 400, "lora {bad}: {v}");
+    }
+    // A file that is no adapter: serve refuses to start, naming it.
+    let out = Command::new(env!("CARGO_BIN_EXE_rocm-llama"))
+        .args(["serve", "--port", "0", "--no-progress", "--model"])
+        .arg(&model)
+        .args(["--lora"])
+        .arg(&model)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("not a LoRA adapter"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -76,6 +76,24 @@ pub struct BenchConfig {
     /// N requests with that prompt and shares it its own way (one computes, the others wait
     /// and copy).
     pub shared_prompt: bool,
+    /// LoRA adapter sets for the engine's requests in the concurrency test: request `i` runs
+    /// under set `i % len` (empty: none). One set measures an adapter's cost; several measure
+    /// mixing them, as the engine decodes each set apart (the raw baseline runs without).
+    #[serde(serialize_with = "lora_sets")]
+    pub lora_sets: Vec<Vec<(crate::adapter::LoraAdapter, f32)>>,
+}
+
+/// The adapter sets in a report: each adapter's path and scale.
+fn lora_sets<S: serde::Serializer>(
+    sets: &[Vec<(crate::adapter::LoraAdapter, f32)>],
+    ser: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    use serde::Serialize;
+    let named: Vec<Vec<(String, f32)>> = sets
+        .iter()
+        .map(|set| set.iter().map(|(a, scale)| (a.path().display().to_string(), *scale)).collect())
+        .collect();
+    named.serialize(ser)
 }
 
 crate::config::setters!(BenchConfig {
@@ -94,6 +112,7 @@ crate::config::setters!(BenchConfig {
     greedy: bool,
     reproducible: bool,
     shared_prompt: bool,
+    lora_sets: Vec<Vec<(crate::adapter::LoraAdapter, f32)>>,
 } optional {
     threads: u32,
 });
@@ -117,6 +136,7 @@ impl Default for BenchConfig {
             greedy: false,
             reproducible: false,
             shared_prompt: false,
+            lora_sets: Vec::new(),
         }
     }
 }
@@ -628,11 +648,20 @@ fn through_engine(shared: &Arc<Model>, cfg: &BenchConfig, n: usize, fa: FlashAtt
         .threads(cfg.threads)
         .flash_attention(fa);
     let handle = Engine::start(shared.clone(), config)?;
-    let sampling = if cfg.greedy { SamplingParams::greedy() } else { SamplingParams::default().seed(7) };
+    let mut sampling = if cfg.greedy { SamplingParams::greedy() } else { SamplingParams::default().seed(7) };
+    // Every sequence generates its full count, as in the raw loop and llama-batched-bench: a
+    // request ending early at an end-of-generation token would leave the others to run alone.
+    sampling.ignore_eos = true;
     let opts = GenerateOptions::default().max_tokens(cfg.concurrent_gen).sampling(sampling.placement(cfg.placement));
     let start = Instant::now();
     let streams: Vec<_> = (0..n)
-        .map(|s| handle.generate_tokens(tokens(shared, cfg.concurrent_prompt, prompt_salt(cfg, s)), &opts))
+        .map(|s| {
+            let mut opts = opts.clone();
+            if !cfg.lora_sets.is_empty() {
+                opts.lora = Some(cfg.lora_sets[s % cfg.lora_sets.len()].clone());
+            }
+            handle.generate_tokens(tokens(shared, cfg.concurrent_prompt, prompt_salt(cfg, s)), &opts)
+        })
         .collect::<Result<_>>()?;
     let per_stream: Vec<Vec<Instant>> = std::thread::scope(|sc| {
         let joins: Vec<_> = streams

@@ -88,6 +88,9 @@ pub struct EngineConfig {
     pub type_k: KvType,
     /// KV cache element type of V (`-ctv`), default F16.
     pub type_v: KvType,
+    /// A control vector every request is generated under, over these layers (llama.cpp's
+    /// `--control-vector`; applied to the engine's context once, at start).
+    pub control_vector: Option<(crate::adapter::ControlVector, std::ops::RangeInclusive<u32>)>,
 }
 
 crate::config::setters!(EngineConfig {
@@ -104,6 +107,7 @@ crate::config::setters!(EngineConfig {
     type_v: KvType,
 } optional {
     threads: u32,
+    control_vector: (crate::adapter::ControlVector, std::ops::RangeInclusive<u32>),
 });
 
 impl Default for EngineConfig {
@@ -121,6 +125,7 @@ impl Default for EngineConfig {
             reproducible: false,
             type_k: KvType::F16,
             type_v: KvType::F16,
+            control_vector: None,
         }
     }
 }
@@ -326,7 +331,13 @@ impl Engine {
             std::thread::Builder::new()
                 .name("rocm-llama-engine".into())
                 .spawn(move || {
-                    let ctx = match Context::new(&model, &ctx_config) {
+                    let made = Context::new(&model, &ctx_config).and_then(|mut c| {
+                        if let Some((vector, layers)) = &config.control_vector {
+                            c.set_control_vector(Some((vector, layers.clone())))?;
+                        }
+                        Ok(c)
+                    });
+                    let ctx = match made {
                         Ok(c) => c,
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));

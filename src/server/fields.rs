@@ -81,7 +81,7 @@ const SAMPLING: &[Field] = &[
     ("timings_per_token", Refused("not supported: every final chunk carries timings")),
     ("post_sampling_probs", Refused("not supported: log-probabilities are of the raw logits")),
     ("return_progress", Refused("not supported")),
-    ("lora", Refused("LoRA adapters are not supported yet")),
+    ("lora", Read),
     ("image_data", Refused("multimodal input is not supported")),
     ("multimodal_data", Refused("multimodal input is not supported")),
     ("prediction", Refused("predicted outputs are not supported")),

@@ -6,7 +6,7 @@
 //! events or whole), `POST /v1/embeddings`, `GET /v1/models`, `GET /health`, `GET /metrics`,
 //! and llama-server's `GET /slots`, `POST /slots/{id}?action=save|restore|erase`,
 //! `/completion`, `/tokenize`, `/detokenize`, `/apply-template`, `/rerank` (and aliases),
-//! `/props` and `/v1/models/{id}`, and Ollama's `/api/*`. Every body field is read or refused
+//! `/props`, `/v1/models/{id}` and `/lora-adapters`, and Ollama's `/api/*`. Every body field is read or refused
 //! (`fields`). A request the
 //! engine's queue cannot take is answered 503 with `Retry-After` at once; a client that goes
 //! away cancels its generation at the engine's next step (its stream is dropped).
@@ -15,6 +15,7 @@ mod chat;
 mod fields;
 mod listen;
 mod llama_server;
+mod lora;
 mod metrics;
 mod ollama;
 mod openai;
@@ -74,6 +75,10 @@ pub struct ServerConfig {
     /// Template variables every chat request gets (llama-server's `--chat-template-kwargs`);
     /// a request's own `chat_template_kwargs` override them one by one.
     pub chat_template_kwargs: serde_json::Map<String, Value>,
+    /// LoRA adapters served (`serve --lora`), each with the scale requests get unless they
+    /// name their own (`lora` field) or `POST /lora-adapters` changes it; a request's adapters
+    /// are numbered by their place here.
+    pub lora: Vec<(crate::adapter::LoraAdapter, f32)>,
 }
 
 impl Default for ServerConfig {
@@ -86,6 +91,7 @@ impl Default for ServerConfig {
             slot_save_path: None,
             chat_template: ChatTemplate::Model,
             chat_template_kwargs: serde_json::Map::new(),
+            lora: Vec::new(),
         }
     }
 }
@@ -95,6 +101,7 @@ crate::config::setters!(ServerConfig {
     pooling: Pooling,
     chat_template: ChatTemplate,
     chat_template_kwargs: serde_json::Map<String, Value>,
+    lora: Vec<(crate::adapter::LoraAdapter, f32)>,
 } optional {
     api_key: String,
     slot_save_path: std::path::PathBuf,
@@ -112,13 +119,20 @@ impl ServerConfig {
 struct AppState {
     engine: Engine,
     config: ServerConfig,
+    lora: lora::Adapters,
     next_id: AtomicU64,
     metrics: metrics::Metrics,
 }
 
 /// The routes, serving `engine`.
 pub fn router(engine: Engine, config: ServerConfig) -> Router {
-    let state = Arc::new(AppState { engine, config, next_id: AtomicU64::new(1), metrics: metrics::Metrics::new() });
+    let state = Arc::new(AppState {
+        engine,
+        lora: lora::Adapters::new(&config.lora),
+        config,
+        next_id: AtomicU64::new(1),
+        metrics: metrics::Metrics::new(),
+    });
     let api = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions))
@@ -142,6 +156,7 @@ pub fn router(engine: Engine, config: ServerConfig) -> Router {
         .route("/api/ps", get(ollama::ps))
         .route("/api/show", post(ollama::show))
         .route("/api/version", get(ollama::version))
+        .route("/lora-adapters", get(lora::list).post(lora::set))
         .route("/slots", get(slots::list))
         .route("/slots/{id}", post(slots::action))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
@@ -244,7 +259,7 @@ impl AppState {
 
 /// The generation options both endpoints share: every field `fields.rs` marks as read for
 /// them, mapped onto the library's settings (`vocab` turns `logit_bias` texts into tokens).
-fn options(c: &Common, n_probs: usize, vocab: Vocab<'_>) -> Result<GenerateOptions, ApiError> {
+fn options(c: &Common, n_probs: usize, vocab: Vocab<'_>, lora: &lora::Adapters) -> Result<GenerateOptions, ApiError> {
     let mut sampling = SamplingParams::default();
     let range = |v: f32, lo: f32, hi: f32, name: &'static str| {
         if (lo..=hi).contains(&v) {
@@ -308,6 +323,7 @@ fn options(c: &Common, n_probs: usize, vocab: Vocab<'_>) -> Result<GenerateOptio
     sampling.ignore_eos = c.ignore_eos;
     let mut o =
         GenerateOptions::default().sampling(sampling).n_probs(n_probs.max(c.n_probs.unwrap_or(0).min(20) as usize));
+    o.lora = lora.for_request(c.lora.as_ref())?;
     match (c.max_completion_tokens.or(c.max_tokens), c.n_predict) {
         (Some(m), _) => o = o.max_tokens(m as usize),
         (None, Some(n)) if n >= 0 => o = o.max_tokens(n as usize),
@@ -551,7 +567,7 @@ async fn completions(State(state): State<Arc<AppState>>, body: axum::body::Bytes
             "echo",
         ));
     }
-    let opts = options(&req.common, top, state.engine.model().vocab())?;
+    let opts = options(&req.common, top, state.engine.model().vocab(), &state.lora)?;
     // With echo, each choice starts with its prompt's text.
     let echoes: Vec<String> = if req.echo {
         let vocab = state.engine.model().vocab();
@@ -799,14 +815,15 @@ mod tests {
     fn request_fields_reach_the_sampling_params() {
         let model = tiny();
         let vocab = model.vocab();
+        let none = lora::Adapters::new(&[]);
         let c: Common =
             serde_json::from_str(r#"{"temperature":0.5,"top_p":0.9,"seed":7,"ignore_eos":true,"max_tokens":3}"#)
                 .unwrap();
-        let o = options(&c, 0, vocab).unwrap();
+        let o = options(&c, 0, vocab, &none).unwrap();
         assert!(o.sampling.ignore_eos);
         assert_eq!((o.sampling.temperature, o.sampling.top_p, o.sampling.seed), (0.5, 0.9, 7));
         assert_eq!(o.max_tokens, 3);
-        assert!(!options(&Common::default(), 0, vocab).unwrap().sampling.ignore_eos);
+        assert!(!options(&Common::default(), 0, vocab, &none).unwrap().sampling.ignore_eos);
     }
 
     /// Every field the table marks as read changes the generation's options (those the
@@ -815,6 +832,7 @@ mod tests {
     fn every_read_field_changes_the_options() {
         let model = tiny();
         let vocab = model.vocab();
+        let none = lora::Adapters::new(&[]);
         let by_handler = [
             "messages",
             "prompt",
@@ -828,6 +846,8 @@ mod tests {
             "chat_template_kwargs",
             "echo",
             "reasoning_format",
+            // Needs adapters loaded: tests/server.rs serves one.
+            "lora",
         ];
         let samples = json!({
             "max_tokens": 3, "max_completion_tokens": 4, "n_predict": 5, "temperature": 0.3, "top_p": 0.5,
@@ -837,7 +857,7 @@ mod tests {
             "stop": "x", "ignore_eos": true, "logit_bias": {"5": 2.0}, "grammar": "root ::= \"a\"",
             "json_schema": {"type": "object"}, "response_format": {"type": "json_object"}, "n_probs": 2,
         });
-        let default = format!("{:?}", options(&Common::default(), 0, vocab).unwrap());
+        let default = format!("{:?}", options(&Common::default(), 0, vocab, &none).unwrap());
         for route in [fields::Route::Chat, fields::Route::Completions] {
             for (name, handling) in route.fields() {
                 if !matches!(handling, fields::Handling::Read) || by_handler.contains(&name) {
@@ -845,16 +865,16 @@ mod tests {
                 }
                 let value = samples.get(name).unwrap_or_else(|| panic!("no sample value for the read field {name}"));
                 let c: Common = serde_json::from_value(json!({ name: value })).unwrap();
-                let got = format!("{:?}", options(&c, 0, vocab).unwrap());
+                let got = format!("{:?}", options(&c, 0, vocab, &none).unwrap());
                 assert_ne!(got, default, "{name} changed nothing");
             }
         }
         // llama-server's logit_bias shapes: ids, texts (each of their tokens), false bans.
         let c: Common = serde_json::from_value(json!({"logit_bias": [[5, 1.5], [6, false]]})).unwrap();
-        assert_eq!(options(&c, 0, vocab).unwrap().sampling.logit_bias, vec![(5, 1.5), (6, f32::NEG_INFINITY)]);
+        assert_eq!(options(&c, 0, vocab, &none).unwrap().sampling.logit_bias, vec![(5, 1.5), (6, f32::NEG_INFINITY)]);
         for bad in [json!({"x": 1}), json!({"999999": 1}), json!([[1]]), json!("no")] {
             let c: Common = serde_json::from_value(json!({"logit_bias": bad})).unwrap();
-            assert!(options(&c, 0, vocab).is_err(), "{bad}");
+            assert!(options(&c, 0, vocab, &none).is_err(), "{bad}");
         }
     }
 }

@@ -60,6 +60,8 @@ pub(crate) struct Common {
     pub(crate) response_format: Option<Value>,
     /// llama-server's top log-probabilities per token.
     pub(crate) n_probs: Option<u32>,
+    /// llama-server's per-request adapter scales: `[{"id": N, "scale": S}, ...]`.
+    pub(crate) lora: Option<Value>,
 }
 
 #[derive(Debug, Deserialize, Default)]

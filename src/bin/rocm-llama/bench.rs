@@ -112,6 +112,11 @@ pub struct BenchArgs {
     /// `-pps`: the raw loop computes it once and copies it; the engine shares it its own way.
     #[arg(long = "prompt-shared", visible_alias = "pps")]
     prompt_shared: bool,
+    /// A LoRA adapter for the concurrency test's engine requests, FILE or FILE:SCALE
+    /// (repeatable): each is a set of its own and requests take them in turn, so two measure
+    /// what mixing sets costs (the engine decodes each set apart); the raw loop runs without.
+    #[arg(long, value_name = "FILE[:SCALE]")]
+    lora: Vec<String>,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -158,6 +163,12 @@ pub fn bench(args: BenchArgs) -> AnyResult<()> {
         .greedy(args.greedy);
     let path = model_path(args.model.as_deref())?;
     let model = Arc::new(Model::load(&path, &load)?);
+    let mut lora_sets = Vec::new();
+    for item in &args.lora {
+        let (lora, _) = crate::options::AdapterArgs::lora_only(item).load(&model)?;
+        lora_sets.push(lora);
+    }
+    let cfg = cfg.lora_sets(lora_sets);
     let spinner = crate::spinner();
     let sp = spinner.clone();
     let report = rocm_llama::bench::run(&model, &cfg, &move |m| sp.set_message(m.to_string()));

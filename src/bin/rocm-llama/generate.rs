@@ -11,7 +11,7 @@ use rocm_llama::{
     CancelToken, ChatMessage, ChatOptions, ChatTemplate, Context, Event, Generation, Model, Session, Summary,
 };
 
-use crate::options::{context_config, generate_options, load_model, ContextArgs, ModelArgs, SamplingArgs};
+use crate::options::{context_config, generate_options, load_model, AdapterArgs, ContextArgs, ModelArgs, SamplingArgs};
 use crate::signals::{self, Action, Signal};
 use crate::{AnyResult, UserError};
 
@@ -34,6 +34,8 @@ pub struct GenerateArgs {
     context: ContextArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    adapters: AdapterArgs,
     /// Print one JSON object per reply (text and summary) to stdout instead of streaming.
     #[arg(long)]
     json: bool,
@@ -108,6 +110,23 @@ impl GenerateArgs {
             eprintln!("note: --keep has no effect: the context never shifts here; generation stops at its end");
         }
         Ok(())
+    }
+
+    /// Loads --lora and --control-vector: the control vector is set on the session's context
+    /// (before anything is computed in it), the adapters are returned for the options.
+    fn apply_adapters(
+        &self,
+        model: &std::sync::Arc<Model>,
+        session: &mut Session<'_>,
+    ) -> AnyResult<Option<Vec<(rocm_llama::LoraAdapter, f32)>>> {
+        if !self.adapters.any() {
+            return Ok(None);
+        }
+        let (lora, vector) = self.adapters.load(model)?;
+        if let Some((v, layers)) = &vector {
+            session.context_mut().set_control_vector(Some((v, layers.clone())))?;
+        }
+        Ok((!lora.is_empty()).then_some(lora))
     }
 
     /// Loads --prompt-cache into the session, when given and present.
@@ -395,14 +414,17 @@ pub fn run(RunArgs { mut args }: RunArgs) -> AnyResult<()> {
         None => read_stdin()?,
     };
     let (model, fitted_ctx) = load_model(&args.model, Some(args.context.plan()))?;
+    let model = std::sync::Arc::new(model);
     let mut session = Session::new(&model, &context_config(&model, fitted_ctx, &args.model, &args.context))?;
     if !args.json {
         eprintln!("{}", memory_line(&model, session.context()));
     }
+    let lora = args.apply_adapters(&model, &mut session)?;
     args.load_prompt_cache(&mut session)?;
     install_interrupt_handler();
     let cancel = CancelToken::new();
-    let opts = generate_options(&args.sampling)?.cancel(cancel.clone()).n_probs(args.logprobs.unwrap_or(0));
+    let mut opts = generate_options(&args.sampling)?.cancel(cancel.clone()).n_probs(args.logprobs.unwrap_or(0));
+    opts.lora = lora;
     let gen = session.generate(&prompt, &opts)?;
     let answer = stream(gen, &cancel, args.json)?;
     args.save_prompt_cache(&session)?;
@@ -415,16 +437,19 @@ pub fn chat(ChatArgs { system, template, chat_template_kwargs, mut args }: ChatA
     let chat = chat_options(chat_template_kwargs.as_deref())?;
     let prompt = args.given_prompt()?;
     let (model, fitted_ctx) = load_model(&args.model, Some(args.context.plan()))?;
+    let model = std::sync::Arc::new(model);
     let mut session = Session::new(&model, &context_config(&model, fitted_ctx, &args.model, &args.context))?;
     if !args.json {
         eprintln!("{}", memory_line(&model, session.context()));
     }
+    let lora = args.apply_adapters(&model, &mut session)?;
     args.load_prompt_cache(&mut session)?;
     if let Some(note) = base_model_note(&model, &template) {
         eprintln!("{note}");
     }
     install_interrupt_handler();
-    let gen_opts = generate_options(&args.sampling)?.chat(chat).n_probs(args.logprobs.unwrap_or(0));
+    let mut gen_opts = generate_options(&args.sampling)?.chat(chat).n_probs(args.logprobs.unwrap_or(0));
+    gen_opts.lora = lora;
     let mut messages: Vec<ChatMessage> = system.into_iter().map(ChatMessage::system).collect();
 
     if let Some(p) = prompt {

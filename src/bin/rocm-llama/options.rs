@@ -10,6 +10,7 @@ use rocm_llama::{
     ContextConfig, FitOptions, FlashAttention, GenerateOptions, GpuLayers, KvType, LoadConfig, Model, SamplingParams,
     SplitMode,
 };
+use rocm_llama::{ControlVector, LoraAdapter};
 
 use crate::{AnyResult, UserError};
 
@@ -181,6 +182,114 @@ pub fn parse_ngl(s: &str) -> Result<NglArg, String> {
             .parse::<u32>()
             .map(|n| NglArg::Fixed(GpuLayers::Count(n)))
             .map_err(|_| format!("expected a number of layers, `all` or `auto`, not {n:?}")),
+    }
+}
+
+/// LoRA adapters and control vectors, with llama.cpp's flags (`run`, `chat`, `serve`).
+#[derive(Args, Clone, Debug, Default)]
+pub struct AdapterArgs {
+    /// A LoRA adapter, at scale 1 or FILE:SCALE (repeatable; files may also be
+    /// comma-separated, as llama.cpp takes them).
+    #[arg(long, value_name = "FILE[:SCALE]")]
+    lora: Vec<String>,
+    /// A LoRA adapter with its scale, FILE:SCALE (repeatable or comma-separated).
+    #[arg(long, value_name = "FILE:SCALE")]
+    lora_scaled: Vec<String>,
+    /// A control vector (a GGUF of direction.N tensors) at strength 1; several add up
+    /// (repeatable or comma-separated).
+    #[arg(long, value_name = "FILE")]
+    control_vector: Vec<String>,
+    /// A control vector with its strength, FILE:SCALE (repeatable or comma-separated).
+    #[arg(long, value_name = "FILE:SCALE")]
+    control_vector_scaled: Vec<String>,
+    /// The layers the control vectors apply to, first and last (from 1) [default: all but
+    /// the first].
+    #[arg(long, num_args = 2, value_names = ["START", "END"])]
+    control_vector_layer_range: Option<Vec<u32>>,
+}
+
+/// What [`AdapterArgs::load`] gives: adapters with scales, and the summed control vector with
+/// its layers.
+pub type Adapters = (Vec<(LoraAdapter, f32)>, Option<(ControlVector, std::ops::RangeInclusive<u32>)>);
+
+/// `FILE:SCALE` split at its last colon.
+fn scaled(item: &str, flag: &str) -> AnyResult<(String, f32)> {
+    let bad = || UserError::boxed(format!("{flag} {item}: expected FILE:SCALE"));
+    let (file, scale) = item.rsplit_once(':').ok_or_else(bad)?;
+    let scale: f32 = scale.trim().parse().map_err(|_| bad())?;
+    if !scale.is_finite() {
+        return Err(bad());
+    }
+    Ok((file.to_string(), scale))
+}
+
+impl AdapterArgs {
+    /// One `--lora FILE[:SCALE]` alone.
+    pub fn lora_only(item: &str) -> AdapterArgs {
+        AdapterArgs { lora: vec![item.to_string()], ..AdapterArgs::default() }
+    }
+
+    /// Whether any adapter or control vector was asked for.
+    pub fn any(&self) -> bool {
+        !(self.lora.is_empty()
+            && self.lora_scaled.is_empty()
+            && self.control_vector.is_empty()
+            && self.control_vector_scaled.is_empty()
+            && self.control_vector_layer_range.is_none())
+    }
+
+    /// Loads every adapter and control vector for `model`, each checked against it.
+    pub fn load(&self, model: &std::sync::Arc<Model>) -> AnyResult<Adapters> {
+        let items = |list: &[String]| -> Vec<String> {
+            list.iter().flat_map(|v| v.split(',')).map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+        };
+        let mut lora_files = Vec::new();
+        for item in items(&self.lora) {
+            // FILE, or FILE:SCALE when no file has the whole name.
+            if std::path::Path::new(&item).exists() || !item.contains(':') {
+                lora_files.push((item, 1.0));
+            } else {
+                lora_files.push(scaled(&item, "--lora")?);
+            }
+        }
+        for item in items(&self.lora_scaled) {
+            lora_files.push(scaled(&item, "--lora-scaled")?);
+        }
+        let mut lora = Vec::new();
+        for (file, scale) in lora_files {
+            let adapter = LoraAdapter::load(model, &file).map_err(|e| UserError::boxed(format!("--lora: {e}")))?;
+            lora.push((adapter, scale));
+        }
+        let mut vectors: Vec<(String, f32)> = items(&self.control_vector).into_iter().map(|f| (f, 1.0)).collect();
+        for item in items(&self.control_vector_scaled) {
+            vectors.push(scaled(&item, "--control-vector-scaled")?);
+        }
+        if vectors.is_empty() && self.control_vector_layer_range.is_some() {
+            return Err(UserError::boxed("--control-vector-layer-range: no --control-vector given"));
+        }
+        let mut sum: Option<ControlVector> = None;
+        for (file, strength) in vectors {
+            let v = ControlVector::load(model, &file, strength)
+                .map_err(|e| UserError::boxed(format!("--control-vector: {e}")))?;
+            sum = Some(match sum {
+                None => v,
+                Some(s) => s.plus(&v).map_err(|e| UserError::boxed(format!("--control-vector {file}: {e}")))?,
+            });
+        }
+        let n_layer = model.n_layer();
+        let layers = match self.control_vector_layer_range.as_deref() {
+            Some([start, end]) => *start..=*end,
+            _ => 1..=n_layer.saturating_sub(1).max(1),
+        };
+        if sum.is_some() && (layers.is_empty() || *layers.start() < 1 || *layers.end() >= n_layer) {
+            return Err(UserError::boxed(format!(
+                "--control-vector-layer-range {} {}: the model's layers with a control vector are 1 to {}",
+                layers.start(),
+                layers.end(),
+                n_layer.saturating_sub(1)
+            )));
+        }
+        Ok((lora, sum.map(|v| (v, layers))))
     }
 }
 

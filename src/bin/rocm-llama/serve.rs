@@ -8,13 +8,19 @@ use clap::Args;
 use rocm_llama::server::{router, ConnectionLimits, ServerConfig};
 use rocm_llama::{Engine, EngineConfig, FlashAttention, Pooling};
 
-use crate::options::{load_model, model_path, ContextPlan, FaArg, KvArg, ModelArgs};
+use crate::options::{load_model, model_path, AdapterArgs, ContextPlan, FaArg, KvArg, ModelArgs};
 use crate::{AnyResult, UserError};
 
 #[derive(Args)]
 pub struct ServeArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    adapters: AdapterArgs,
+    /// Load the --lora adapters at scale 0: requests (their `lora` field) or POST
+    /// /lora-adapters turn them on.
+    #[arg(long)]
+    lora_init_without_apply: bool,
     /// Address to listen on. Anything but loopback exposes the API to the network.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -136,10 +142,16 @@ pub fn serve(args: ServeArgs) -> AnyResult<()> {
     };
     let (model, _) = load_model(&args.model, Some(plan))?;
     let model = Arc::new(model);
+    let (mut lora, control_vector) = args.adapters.load(&model)?;
+    if args.lora_init_without_apply {
+        lora.iter_mut().for_each(|(_, scale)| *scale = 0.0);
+    }
     let fa: FlashAttention = args.flash_attn.into();
+    let mut engine_config = EngineConfig::default();
+    engine_config.control_vector = control_vector;
     let engine = Engine::start(
         model,
-        EngineConfig::default()
+        engine_config
             .n_seq_max(args.parallel)
             .n_ctx_per_seq(args.ctx_size)
             .n_batch(args.batch_size)
@@ -162,7 +174,8 @@ pub fn serve(args: ServeArgs) -> AnyResult<()> {
         .pooling(args.pooling)
         .slot_save_path(args.slot_save_path.clone())
         .chat_template(chat_template)
-        .chat_template_kwargs(chat_kwargs);
+        .chat_template_kwargs(chat_kwargs)
+        .lora(lora);
     let app = router(engine.clone(), config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

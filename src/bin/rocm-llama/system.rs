@@ -63,6 +63,13 @@ pub struct SynthArgs {
     /// Write only the tokenizer of --tokenizer-from (a few MB, no weights) to --output.
     #[arg(long, requires = "tokenizer_from")]
     tokenizer_only: bool,
+    /// Write a LoRA adapter for --shape instead of a model (F32, random A and B on the
+    /// attention's q and v and the feed-forward's down projection of every layer).
+    #[arg(long, conflicts_with_all = ["tokenizer_from", "tokenizer_only"])]
+    lora: bool,
+    /// The adapter's rank, with --lora.
+    #[arg(long, default_value_t = 16, requires = "lora")]
+    lora_rank: u64,
 }
 
 pub fn synth(args: SynthArgs) -> AnyResult<()> {
@@ -78,6 +85,20 @@ pub fn synth(args: SynthArgs) -> AnyResult<()> {
     }
     let shape =
         rocm_llama::synth::find_shape(args.shape.as_deref().ok_or_else(|| UserError::boxed("--shape is required"))?)?;
+    if args.lora {
+        let spec = rocm_llama::synth::LoraSpec { rank: args.lora_rank, seed: args.seed, ..Default::default() };
+        rocm_llama::synth::lora_writer(shape, &spec)?.write_to(output)?;
+        let size = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
+        eprintln!(
+            "wrote a rank-{} LoRA adapter for {} to {} ({})",
+            args.lora_rank,
+            shape.name,
+            output.display(),
+            gib(size)
+        );
+        println!("{}", output.display());
+        return Ok(());
+    }
     let ty: SynthType = args.ty.into();
     let threads = args.threads.unwrap_or_else(rocm_llama::default_threads);
     let started = std::time::Instant::now();

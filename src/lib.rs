@@ -64,7 +64,7 @@ pub mod rpc;
 
 mod generation;
 pub(crate) use generation::request;
-pub use generation::{chat, generate, logprobs, reasoning, schema, session, tools};
+pub use generation::{chat, generate, logprobs, reasoning, schema, session, speculative, tools};
 
 mod embedding;
 pub use embedding::{classify, embed};
@@ -103,6 +103,7 @@ pub use logprobs::{TokenLogprobs, TopLogprob};
 pub use model::{GpuLayers, LoadConfig, Model, ModelInfo, SplitMode};
 pub use sampler::{Sampler, SamplerBuilder, SamplerPlacement, SamplingParams};
 pub use session::Session;
+pub use speculative::Speculation;
 pub use threads::{available_threads, default_threads};
 pub use vocab::{Detokenizer, Token, Vocab};
 

@@ -414,6 +414,11 @@ impl Engine {
         // setting fails here) run on the caller's thread, never on the engine's.
         let (spec, _chain) =
             crate::request::RequestSpec::resolve(&inner.model, tokens, options, inner.config.n_ctx_per_seq)?;
+        if spec.speculation.is_some() {
+            return Err(Error::Unsupported(
+                "speculative decoding in the engine: use Context::generate or a Session for now".into(),
+            ));
+        }
         // Admission counts every request not yet finished against the slots plus the queue:
         // a permit, released when the request ends (or its job is dropped), so the count
         // cannot drift and free slots count at once, before the worker has seen anything.

@@ -34,6 +34,10 @@ pub struct Generation<'c, 'm> {
     last_index: i32,
     cancel: Option<CancelToken>,
     phase: Phase,
+    /// With speculative decoding: the prompt and the reply so far (what guesses come from),
+    /// and the guess of the last decode with how many of its tokens are confirmed so far.
+    history: Vec<Token>,
+    guess: Option<(Vec<Token>, usize)>,
 }
 
 impl<'m> Context<'m> {
@@ -102,8 +106,12 @@ impl<'c, 'm> Generation<'c, 'm> {
         if let Some(set) = &spec.lora {
             ctx.set_lora(set)?;
         }
+        let history = if spec.speculation.is_some() { spec.prompt.clone() } else { Vec::new() };
         let mut request = Request::new(ctx.model(), spec, sampler, Instant::now());
-        request.try_device(ctx, 0)?;
+        // Speculation checks each guessed position's pick on the host.
+        if request.spec.speculation.is_none() {
+            request.try_device(ctx, 0)?;
+        }
         let batch = Batch::new(ctx.n_batch() as usize, 1)?;
         Ok(Generation {
             ctx,
@@ -114,6 +122,8 @@ impl<'c, 'm> Generation<'c, 'm> {
             last_index: -1,
             cancel: opts.cancel.clone(),
             phase: Phase::Prefill,
+            history,
+            guess: None,
         })
     }
 
@@ -177,10 +187,20 @@ impl<'c, 'm> Generation<'c, 'm> {
         Ok(())
     }
 
+    /// Decodes `token` at the next position, with a speculative guess of the tokens after
+    /// it when one is asked for and found (each guessed position gives logits to check).
     fn decode_one(&mut self, token: Token) -> Result<()> {
         self.batch.clear();
         self.batch.add(token, self.pos, &[0], true)?;
+        let guess = self.guess_after(token);
+        for (i, &t) in guess.iter().enumerate() {
+            self.batch.add(t, self.pos + 1 + i as i32, &[0], true)?;
+        }
         self.ctx.decode(&self.batch)?;
+        if !guess.is_empty() {
+            self.request.drafts.drafted += guess.len();
+            self.guess = Some((guess, 0));
+        }
         if let Some(cache) = self.cache.as_deref_mut() {
             cache.extend(&[token]);
         }
@@ -221,6 +241,7 @@ impl<'c, 'm> Generation<'c, 'm> {
                         Accepted::Token { id, text, stop } => {
                             self.phase = match stop {
                                 Some(reason) => Phase::Finish(reason),
+                                None if self.confirms_guess(id)? => Phase::Sample,
                                 None => Phase::Decode(id),
                             };
                             let logprobs = self.request.take_logprobs();
@@ -229,6 +250,7 @@ impl<'c, 'm> Generation<'c, 'm> {
                     }
                 }
                 Phase::Finish(reason) => {
+                    self.drop_guess()?;
                     let rest = self.request.tail(&reason);
                     if !rest.is_empty() {
                         // Emit the held text first; the summary follows on the next call.
@@ -240,6 +262,50 @@ impl<'c, 'm> Generation<'c, 'm> {
                 }
             }
         }
+    }
+}
+
+impl Generation<'_, '_> {
+    /// The guess of the tokens after `token` (already accepted), within the batch, the
+    /// context and the tokens still to generate; empty without speculation.
+    fn guess_after(&mut self, token: Token) -> Vec<Token> {
+        let Some(spec) = &self.request.spec.speculation else { return Vec::new() };
+        self.history.push(token);
+        // Room: the batch, the context (each guessed token takes a cell) and the budget (the
+        // last token of the budget needs no guess after it).
+        let batch_room = self.ctx.n_batch() as usize - 1;
+        let ctx_room = (self.ctx.n_ctx_seq() as usize).saturating_sub(self.pos as usize + 2);
+        let budget_room = self.request.spec.max_tokens.saturating_sub(self.request.generated + 1);
+        spec.draft(&self.history, batch_room.min(ctx_room).min(budget_room))
+    }
+
+    /// After the pick `id` at a guessed decode: whether it is the next token of the guess, so
+    /// the guess's cell already holds it and the next pick reads the following position's
+    /// logits with no decode. Otherwise the rest of the guess leaves the KV cache and `id`
+    /// is decoded as usual.
+    fn confirms_guess(&mut self, id: Token) -> Result<bool> {
+        let Some((guess, at)) = self.guess.as_mut() else { return Ok(false) };
+        if guess.get(*at) != Some(&id) {
+            self.drop_guess()?;
+            return Ok(false);
+        }
+        *at += 1;
+        self.request.drafts.accepted += 1;
+        self.history.push(id);
+        if let Some(cache) = self.cache.as_deref_mut() {
+            cache.extend(&[id]);
+        }
+        self.pos += 1;
+        self.last_index += 1;
+        Ok(true)
+    }
+
+    /// Removes the cells of guessed tokens not confirmed (none if there is no guess).
+    fn drop_guess(&mut self) -> Result<()> {
+        if self.guess.take().is_some() {
+            self.ctx.seq_remove(Some(0), self.pos..)?;
+        }
+        Ok(())
     }
 }
 

@@ -10,4 +10,5 @@ pub mod reasoning;
 pub(crate) mod request;
 pub mod schema;
 pub mod session;
+pub mod speculative;
 pub mod tools;

@@ -71,6 +71,10 @@ pub struct GenerateOptions {
     /// adapters as they are set, none in the engine). A [`Session`](crate::Session) computes
     /// again what its cache holds under another set.
     pub lora: Option<Vec<(crate::adapter::LoraAdapter, f32)>>,
+    /// Speculative decoding (default none): several tokens per decode when a guess of the
+    /// next ones is right, with the same output as without. Used by [`Context::generate`](crate::Context::generate)
+    /// and [`Session`](crate::Session); such a generation samples on the host.
+    pub speculation: Option<crate::speculative::Speculation>,
 }
 
 impl Default for GenerateOptions {
@@ -84,6 +88,7 @@ impl Default for GenerateOptions {
             n_probs: 0,
             json_schema: None,
             lora: None,
+            speculation: None,
         }
     }
 }
@@ -97,6 +102,7 @@ crate::config::setters!(GenerateOptions {
     cancel: CancelToken,
     json_schema: serde_json::Value,
     lora: Vec<(crate::adapter::LoraAdapter, f32)>,
+    speculation: crate::speculative::Speculation,
 });
 
 impl GenerateOptions {
@@ -160,6 +166,12 @@ pub struct Summary {
     pub decode_tokens_per_s: f64,
     /// Wall time of the whole generation.
     pub total_time: Duration,
+    /// Tokens guessed by [speculative decoding](GenerateOptions::speculation) and decoded
+    /// for checking (llama-server's `draft_n`); 0 without it.
+    pub draft_tokens: usize,
+    /// Of those, the ones the model's own picks confirmed (`draft_n_accepted`): each saved a
+    /// decode.
+    pub draft_tokens_accepted: usize,
 }
 
 /// One step of a generation.

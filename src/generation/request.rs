@@ -169,6 +169,8 @@ pub(crate) struct RequestSpec {
     pub(crate) lora: Option<Vec<(LoraAdapter, f32)>>,
     /// `lora`'s key (none given: no adapters).
     pub(crate) lora_key: LoraKey,
+    /// Speculative decoding, where the runner supports it.
+    pub(crate) speculation: Option<crate::speculative::Speculation>,
 }
 
 impl RequestSpec {
@@ -190,6 +192,9 @@ impl RequestSpec {
                 return Err(Error::invalid("lora scale", format!("{scale} is not finite")));
             }
         }
+        if let Some(s) = &opts.speculation {
+            s.check()?;
+        }
         let sampling = match &opts.json_schema {
             None => opts.sampling.clone(),
             Some(_) if opts.sampling.grammar.is_some() => {
@@ -206,6 +211,7 @@ impl RequestSpec {
             n_probs: opts.n_probs.min(model.vocab().n_tokens().max(0) as usize),
             lora: opts.lora.clone(),
             lora_key: LoraKey::of(opts.lora.as_deref().unwrap_or_default()),
+            speculation: opts.speculation.clone(),
         };
         Ok((spec, sampler))
     }
@@ -226,6 +232,8 @@ pub(crate) struct Request<'m> {
     pub(crate) shared: usize,
     /// Tokens generated (an end-of-generation token is not counted).
     pub(crate) generated: usize,
+    /// Speculative decoding's counts.
+    pub(crate) drafts: crate::speculative::DraftCounts,
     /// When the caller handed the request over: time to first token and total time count
     /// from here.
     pub(crate) submitted: Instant,
@@ -250,6 +258,7 @@ impl<'m> Request<'m> {
             cached: 0,
             shared: 0,
             generated: 0,
+            drafts: Default::default(),
             submitted,
             started: submitted,
             prefill_done: None,
@@ -390,6 +399,8 @@ impl<'m> Request<'m> {
                 0.0
             },
             total_time: now - self.submitted,
+            draft_tokens: self.drafts.drafted,
+            draft_tokens_accepted: self.drafts.accepted,
         }
     }
 }
@@ -406,5 +417,7 @@ pub(crate) fn cancelled_before_start(prompt_tokens: usize, submitted: Instant) -
         prefill_tokens_per_s: 0.0,
         decode_tokens_per_s: 0.0,
         total_time: submitted.elapsed(),
+        draft_tokens: 0,
+        draft_tokens_accepted: 0,
     }
 }

@@ -27,7 +27,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ),
     ("the machine", &["devices", "rpc"]),
     ("the safe llama.cpp layer", &["vocab", "batch", "model", "adapter", "context", "sampler", "memory", "seq_state"]),
-    ("generation and fitting", &["chat", "logprobs", "options", "request", "generate", "session", "speculative", "fit"]),
+    (
+        "generation and fitting",
+        &["chat", "logprobs", "options", "request", "generate", "session", "speculative", "fit"],
+    ),
     ("embeddings and classification", &["embed", "classify"]),
     ("the engine", &["engine"]),
     ("tools and the server", &["inventory", "pull", "synth", "bench", "server"]),

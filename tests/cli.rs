@@ -1006,3 +1006,41 @@ fn run_takes_lora_adapters_and_control_vectors() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `run --spec-type ngram-simple` (llama.cpp's flag): on a prompt whose reply copies from it,
+/// the same greedy text as without, with guesses confirmed (`--json`'s summary); tuning flags
+/// without a type, and bad lengths, stop with a reason.
+#[test]
+fn run_speculates_with_spec_type_ngram_simple() {
+    let Some(model) = common::model_path() else { return };
+    let prompt = "Paragraph: The old lighthouse stood on the northern cliff, its white tower cracked by a \
+                  hundred winters.\nThe same paragraph, copied exactly:\nParagraph: The old lighthouse";
+    let run = |extra: &[&str]| {
+        bin()
+            .args(["run", prompt, "-n", "24", "--temp", "0", "-t", "1", "--json", "-m"])
+            .arg(&model)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let json = |extra: &[&str]| -> serde_json::Value {
+        let out = run(extra);
+        assert!(out.status.success(), "{extra:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let plain = json(&[]);
+    let spec = json(&["--spec-type", "ngram-simple", "--draft-max", "8"]);
+    assert_eq!(spec["text"], plain["text"]);
+    let accepted = spec["draft_tokens_accepted"].as_u64().unwrap_or(0);
+    assert!(accepted > 5, "{spec}");
+    assert_eq!(plain["draft_tokens"].as_u64(), Some(0), "{plain}");
+    for (extra, needle) in [
+        (vec!["--draft-max", "4"], "need --spec-type"),
+        (vec!["--spec-type", "ngram-simple", "--spec-draft-n-max", "0"], "draft_max 0"),
+        (vec!["--spec-type", "ngram-simple", "--draft-max", "2", "--draft-min", "3"], "draft_min 3"),
+    ] {
+        let out = run(&extra);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(needle), "{extra:?}: {err}");
+    }
+}

@@ -1090,3 +1090,41 @@ fn lora_adapters_are_served_per_request() {
     assert!(!out.status.success() && err.contains("not a LoRA adapter"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `serve --spec-type ngram-simple`: a request that copies from its prompt confirms guesses
+/// (`timings.draft_n_accepted`, `/metrics`) and gets the text it gets without speculation
+/// (`speculative.n_max: 0`, greedy); bad lengths are a 400.
+#[test]
+fn serve_speculates_by_prompt_lookup() {
+    let Some(server) = Server::start(&["--spec-type", "ngram-simple", "-np", "2"]) else { return };
+    let copy = "Paragraph: The old lighthouse stood on the northern cliff, its white tower cracked by a hundred \
+                winters. Every evening the keeper climbed the narrow stairs to light the lamp.\nThe same \
+                paragraph, copied exactly:\nParagraph: The old lighthouse stood on the northern cliff,";
+    let ask = |extra: serde_json::Value| {
+        let mut body = serde_json::json!({"prompt": copy, "n_predict": 32, "temperature": 0});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let (status, v) = server.json("/completion", None, &body.to_string());
+        assert_eq!(status, 200, "{v}");
+        v
+    };
+    let spec = ask(serde_json::json!({}));
+    let plain = ask(serde_json::json!({"speculative.n_max": 0}));
+    assert!(spec["timings"]["draft_n_accepted"].as_u64().unwrap_or(0) > 10, "{spec}");
+    assert!(spec["timings"]["draft_n"].as_u64() >= spec["timings"]["draft_n_accepted"].as_u64(), "{spec}");
+    assert!(plain["timings"].get("draft_n").is_none(), "{plain}");
+    assert_eq!(spec["content"], plain["content"]);
+    let short = ask(serde_json::json!({"speculative.n_max": 2, "speculative.n_min": 2}));
+    assert_eq!(short["content"], plain["content"]);
+    for bad in [r#""speculative.n_max": 300"#, r#""speculative.n_max": 2, "speculative.n_min": 3"#] {
+        let body = format!(r#"{{"prompt": "a", "n_predict": 1, {bad}}}"#);
+        let (status, v) = server.json("/completion", None, &body);
+        assert_eq!(status, 400, "{bad}: {v}");
+    }
+    let (_, _, metrics) = server.request("GET", "/metrics", None, "");
+    let accepted: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("rocm_llama_draft_tokens_accepted_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(accepted > 10, "{metrics}");
+}

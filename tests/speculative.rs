@@ -5,7 +5,12 @@
 
 mod common;
 
-use rocm_llama::{Context, Event, GenerateOptions, SamplingParams, Session, Speculation, Summary};
+use std::sync::Arc;
+
+use rocm_llama::{
+    Context, Engine, EngineConfig, Event, GenerateOptions, LoadConfig, Model, SamplingParams, Session, Speculation,
+    Summary,
+};
 
 /// A task that copies from its prompt: the paragraph again, as a base model continues it.
 const COPY: &str = "Paragraph: The old lighthouse stood on the northern cliff, its white tower \
@@ -33,7 +38,7 @@ fn greedy_with_prompt_lookup_is_greedy_without() {
     let (plain, s) = run(&mut ctx, COPY, &GenerateOptions::greedy(48));
     assert_eq!((s.draft_tokens, s.draft_tokens_accepted), (0, 0));
     common::assert_greedy_matches(&reference, &plain, "without speculation");
-    for spec in [Speculation::ngram(), Speculation::Ngram { n_min: 1, n_max: 1, draft_max: 3 }] {
+    for spec in [Speculation::ngram(), Speculation::Ngram { n_min: 1, n_max: 1, draft_max: 3, draft_min: 0 }] {
         let (ids, s) = run(&mut ctx, COPY, &GenerateOptions::greedy(48).speculation(spec.clone()));
         common::assert_greedy_matches(&reference, &ids, &format!("{spec:?}"));
         assert!(s.draft_tokens_accepted > 10, "{spec:?}: the copy was not guessed: {s:?}");
@@ -46,7 +51,7 @@ fn greedy_with_prompt_lookup_is_greedy_without() {
     let (ids, _) = run(&mut ctx, prompt, &GenerateOptions::greedy(24).speculation(Speculation::ngram()));
     common::assert_greedy_matches(&reference, &ids, "no copy");
     // Bad settings are refused before anything runs.
-    let bad = Speculation::Ngram { n_min: 0, n_max: 2, draft_max: 4 };
+    let bad = Speculation::Ngram { n_min: 0, n_max: 2, draft_max: 4, draft_min: 0 };
     assert!(ctx.generate(COPY, &GenerateOptions::greedy(4).speculation(bad)).is_err());
 }
 
@@ -137,4 +142,102 @@ fn sampling_at_guessed_positions_draws_from_the_models_distribution() {
     chi += (rest_seen as f64 - n * rest_p).powi(2) / (n * rest_p).max(1e-9);
     eprintln!("{} draws, top-4 p {:?}, chi-square {chi:.2}", thirds.len(), top);
     assert!(chi < 18.5, "chi-square {chi}");
+}
+
+/// The test model for an engine (the engines here take an `Arc`), loaded without CPU
+/// repacking as a reproducible engine wants (see the README's section on determinism).
+fn engine_model() -> Option<Arc<Model>> {
+    let path = common::model_path()?;
+    Some(Arc::new(Model::load(&path, &LoadConfig::default().cpu_repack(false)).unwrap()))
+}
+
+/// The engine speculates per slot: three requests with prompt lookup beside one without, all
+/// at once, each get the greedy text (near ties aside), the copying ones confirm most of their
+/// guesses, the engine's counters hold the requests' counts, and a slot's next request starts
+/// from what a speculative request left (wrong guesses removed): its text is a fresh
+/// context's.
+#[test]
+fn an_engine_speculates_per_slot_and_gives_the_greedy_text() {
+    let Some(model) = engine_model() else { return };
+    let config = EngineConfig::default().n_seq_max(4).n_ctx_per_seq(512).threads(Some(2)).prefix_sharing(false);
+    let engine = Engine::start(model.clone(), config).unwrap();
+    let other = "The weather today";
+    let copy_reference = common::greedy_reference(&model, COPY, 40);
+    let other_reference = common::greedy_reference(&model, other, 24);
+    let results: Vec<(usize, Vec<i32>, Summary)> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..4)
+            .map(|k| {
+                let engine = engine.clone();
+                s.spawn(move || {
+                    let (prompt, options) = match k {
+                        3 => (other, GenerateOptions::greedy(24)),
+                        _ => (COPY, GenerateOptions::greedy(40).speculation(Speculation::ngram())),
+                    };
+                    let (ids, summary) = common::tokens_of(engine.generate(prompt, &options).unwrap());
+                    (k, ids, summary)
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let (mut drafted, mut accepted) = (0, 0);
+    for (k, ids, s) in &results {
+        if *k == 3 {
+            common::assert_greedy_matches(&other_reference, ids, "beside the speculating requests");
+            assert_eq!((s.draft_tokens, s.draft_tokens_accepted), (0, 0));
+        } else {
+            common::assert_greedy_matches(&copy_reference, ids, &format!("speculating request {k}"));
+            assert!(s.draft_tokens_accepted > 10, "request {k} confirmed few guesses: {s:?}");
+            assert!(s.draft_tokens_accepted <= s.draft_tokens);
+            assert_eq!(s.generated_tokens, ids.len());
+        }
+        drafted += s.draft_tokens as u64;
+        accepted += s.draft_tokens_accepted as u64;
+    }
+    let stats = engine.stats();
+    assert_eq!((stats.draft_tokens, stats.draft_tokens_accepted), (drafted, accepted));
+    assert_eq!(stats.generated_tokens, results.iter().map(|r| r.1.len() as u64).sum::<u64>());
+    // The next request on a slot reuses what a speculative one left.
+    let (_, ids, _) = &results[0];
+    let text = model.vocab().detokenize(ids, false, false).unwrap();
+    let next = format!("{COPY}{text} Then again: The old lighthouse");
+    let next_reference = common::greedy_reference(&model, &next, 16);
+    let before = engine.stats().prompt_tokens_cached;
+    let (got, _) = common::tokens_of(engine.generate(&next, &GenerateOptions::greedy(16)).unwrap());
+    assert!(engine.stats().prompt_tokens_cached > before, "nothing was reused");
+    common::assert_greedy_matches(&next_reference, &got, "after a speculative request");
+}
+
+/// A reproducible engine keeps its promise with speculation: a request with prompt lookup
+/// (greedy, or sampled with a seed) gets exactly the tokens it got alone, whatever runs beside
+/// it, since each sequence decodes alone and its guesses depend on its own tokens only.
+#[test]
+fn a_reproducible_engine_speculates_reproducibly() {
+    let Some(model) = engine_model() else { return };
+    let config = EngineConfig::default().n_seq_max(4).n_ctx_per_seq(512).threads(Some(2)).reproducible(true);
+    let engine = Engine::start(model.clone(), config).unwrap();
+    let options = |k: usize| {
+        let o = GenerateOptions::greedy(32).speculation(Speculation::ngram());
+        match k {
+            0 => o,
+            1 => o.sampling(SamplingParams::default().temperature(0.7).seed(5)),
+            _ => GenerateOptions::greedy(32),
+        }
+    };
+    let alone: Vec<(Vec<i32>, Summary)> =
+        (0..3).map(|k| common::tokens_of(engine.generate(COPY, &options(k)).unwrap())).collect();
+    assert!(alone[0].1.draft_tokens_accepted > 10, "{:?}", alone[0].1);
+    assert!(alone[1].1.draft_tokens > 0, "{:?}", alone[1].1);
+    let together: Vec<(usize, Vec<i32>)> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..6)
+            .map(|t| {
+                let (engine, options) = (engine.clone(), &options);
+                s.spawn(move || (t % 3, common::tokens_of(engine.generate(COPY, &options(t % 3)).unwrap()).0))
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    for (k, ids) in together {
+        assert_eq!(ids, alone[k].0, "request {k} beside others");
+    }
 }

@@ -91,6 +91,14 @@ pub struct EngineConfig {
     /// A control vector every request is generated under, over these layers (llama.cpp's
     /// `--control-vector`; applied to the engine's context once, at start).
     pub control_vector: Option<(crate::adapter::ControlVector, std::ops::RangeInclusive<u32>)>,
+    /// The most tokens a decode step holds when requests with
+    /// [speculative decoding](crate::GenerateOptions::speculation) add their guesses, default
+    /// 32: the guesses share what the step's decode tokens leave, so with many sequences
+    /// decoding there are none, and a step that computes a prompt has none either. Guesses
+    /// help one stream or a few, where a decode costs about the same for one token as for a
+    /// few dozen; a full batch is never slowed by them. (A reproducible engine decodes each
+    /// sequence alone and gives its guesses the room a [`Generation`](crate::Generation) does.)
+    pub draft_step_tokens: usize,
 }
 
 crate::config::setters!(EngineConfig {
@@ -105,6 +113,7 @@ crate::config::setters!(EngineConfig {
     reproducible: bool,
     type_k: KvType,
     type_v: KvType,
+    draft_step_tokens: usize,
 } optional {
     threads: u32,
     control_vector: (crate::adapter::ControlVector, std::ops::RangeInclusive<u32>),
@@ -126,6 +135,7 @@ impl Default for EngineConfig {
             type_k: KvType::F16,
             type_v: KvType::F16,
             control_vector: None,
+            draft_step_tokens: 32,
         }
     }
 }
@@ -180,6 +190,10 @@ pub struct EngineStats {
     pub graphs_reused: u64,
     /// Texts embedded since start ([`Engine::embed`]).
     pub texts_embedded: u64,
+    /// Tokens guessed by speculative decoding and decoded for checking, since start.
+    pub draft_tokens: u64,
+    /// Of `draft_tokens`, those the model's own picks confirmed.
+    pub draft_tokens_accepted: u64,
 }
 
 /// One slot of an engine, from [`Engine::slots`].
@@ -232,6 +246,8 @@ pub(crate) struct SharedStats {
     pub(crate) prompt_decode_ns: AtomicU64,
     pub(crate) graphs_reused: AtomicU64,
     pub(crate) texts_embedded: AtomicU64,
+    pub(crate) draft_tokens: AtomicU64,
+    pub(crate) draft_accepted: AtomicU64,
 }
 
 struct HandleInner {
@@ -414,11 +430,6 @@ impl Engine {
         // setting fails here) run on the caller's thread, never on the engine's.
         let (spec, _chain) =
             crate::request::RequestSpec::resolve(&inner.model, tokens, options, inner.config.n_ctx_per_seq)?;
-        if spec.speculation.is_some() {
-            return Err(Error::Unsupported(
-                "speculative decoding in the engine: use Context::generate or a Session for now".into(),
-            ));
-        }
         // Admission counts every request not yet finished against the slots plus the queue:
         // a permit, released when the request ends (or its job is dropped), so the count
         // cannot drift and free slots count at once, before the worker has seen anything.
@@ -611,6 +622,8 @@ impl Engine {
             prompt_decode_s: s.prompt_decode_ns.load(Ordering::Relaxed) as f64 / 1e9,
             graphs_reused: s.graphs_reused.load(Ordering::Relaxed),
             texts_embedded: s.texts_embedded.load(Ordering::Relaxed),
+            draft_tokens: s.draft_tokens.load(Ordering::Relaxed),
+            draft_tokens_accepted: s.draft_accepted.load(Ordering::Relaxed),
         }
     }
 

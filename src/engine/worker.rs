@@ -140,6 +140,14 @@ struct Active<'m> {
     span: tracing::Span,
     /// Of the generated tokens, how many the engine's counters already hold.
     counted: usize,
+    /// Of the speculative counts, those the engine's counters already hold.
+    counted_drafts: crate::speculative::DraftCounts,
+    /// With speculative decoding: the prompt and the tokens accepted so far (what guesses
+    /// come from), the guess decoded after `pending` this step, and after sampling, how many
+    /// leading cells of the sequence stand (the rest held guessed tokens not confirmed).
+    history: Vec<Token>,
+    guess: Vec<Token>,
+    keep: Option<usize>,
 }
 
 /// What a waiting request waits for: slot `donor`, while it runs request `donor_job`, to hold
@@ -198,6 +206,8 @@ pub(crate) struct Worker<'m> {
     align: usize,
     /// The fewest tokens a copy from another slot must gain.
     min_copy: usize,
+    /// The most tokens a step with speculative guesses decodes (`EngineConfig::draft_step_tokens`).
+    draft_step_tokens: usize,
     /// Threads that sample many sequences at once (none on a single CPU, or when the pool
     /// could not start: then one thread samples them all).
     pool: Option<rayon::ThreadPool>,
@@ -227,6 +237,7 @@ impl<'m> Worker<'m> {
             sharing: config.prefix_sharing,
             align: if config.reproducible { n_batch.max(1) } else { 1 },
             min_copy,
+            draft_step_tokens: config.draft_step_tokens,
             pool: sampling_pool(config.n_seq_max as usize),
             embedder: None,
             embeds: VecDeque::new(),
@@ -463,7 +474,12 @@ impl<'m> Worker<'m> {
                 shared = request.shared,
             );
             tracing::debug!(parent: &span, queued_ms = job.submitted.elapsed().as_secs_f64() * 1e3, ?wait, "admitted");
+            let history = if request.spec.speculation.is_some() { request.spec.prompt.clone() } else { Vec::new() };
             self.slots[best].active = Some(Active {
+                history,
+                guess: Vec::new(),
+                keep: None,
+                counted_drafts: Default::default(),
                 request,
                 prefilled: common,
                 pending: None,
@@ -670,24 +686,67 @@ impl<'m> Worker<'m> {
     }
 
     /// Phase 1: one decode token for every running sequence that has one (its last sampled
-    /// token). Returns the batch budget left.
+    /// token), followed by its speculative guess where it asks for one and the step has room
+    /// (see [`draft_room`](Self::draft_room)). Returns the batch budget left.
     fn add_decode_tokens(&mut self, in_step: &[bool]) -> usize {
         let mut budget = self.n_batch;
+        let per_seq = self.draft_room(in_step);
+        let n_ctx = self.n_ctx_per_seq;
         for (_, slot) in self.slots.iter_mut().enumerate().filter(|(i, _)| in_step[*i]) {
             let Some(a) = slot.active.as_mut() else { continue };
             a.output = None;
-            if let Some(t) = a.pending {
-                if budget == 0 {
-                    continue;
-                }
-                let pos = slot.cached.len() as i32;
-                if let Ok(i) = self.batch.add(t, pos, &[slot.seq], true) {
-                    a.output = Some(i);
-                    budget -= 1;
+            a.guess.clear();
+            let Some(t) = a.pending else { continue };
+            if budget == 0 {
+                continue;
+            }
+            let pos = slot.cached.len() as i32;
+            let Ok(i) = self.batch.add(t, pos, &[slot.seq], true) else { continue };
+            a.output = Some(i);
+            budget -= 1;
+            let Some(spec) = a.request.spec.speculation.as_ref().filter(|_| per_seq > 0) else { continue };
+            // Each guessed token takes a cell, and the budget's last token needs no guess
+            // after it: the same room a Generation gives its guesses.
+            let ctx_room = n_ctx.saturating_sub(pos as usize + 2);
+            let budget_room = a.request.spec.max_tokens.saturating_sub(a.request.generated + 1);
+            let mut guess = spec.draft(&a.history, per_seq.min(budget).min(ctx_room).min(budget_room));
+            for (k, &g) in guess.iter().enumerate() {
+                if self.batch.add(g, pos + 1 + k as i32, &[slot.seq], true).is_err() {
+                    // Cannot happen within the budget; a guess cut short is still a guess.
+                    guess.truncate(k);
+                    break;
                 }
             }
+            budget -= guess.len();
+            a.guess = guess;
         }
         budget
+    }
+
+    /// How many guessed tokens each speculating sequence of this step may add. A reproducible
+    /// engine decodes each sequence alone, as a [`Generation`](crate::Generation) would, and
+    /// gives it the same room (the batch). Otherwise guesses never slow anything down: none
+    /// while a prompt waits to be computed (its tokens come first), and all of them within
+    /// `draft_step_tokens` with the step's decode tokens, shared evenly, so a step with many
+    /// sequences decoding has none.
+    fn draft_room(&self, in_step: &[bool]) -> usize {
+        let mut decoding = 0;
+        let mut speculating = 0;
+        for a in self.slots.iter().enumerate().filter(|(i, _)| in_step[*i]).filter_map(|(_, s)| s.active.as_ref()) {
+            if a.pending.is_some() {
+                decoding += 1;
+                speculating += usize::from(a.request.spec.speculation.is_some());
+            } else if a.wait.is_none() && a.prefilled < a.request.spec.prompt.len() && !self.reproducible {
+                return 0;
+            }
+        }
+        if speculating == 0 {
+            0
+        } else if self.reproducible {
+            usize::MAX
+        } else {
+            self.draft_step_tokens.saturating_sub(decoding) / speculating
+        }
     }
 
     /// Phase 2: prefill chunks of waiting prompts with the `budget` left: the prompts closest
@@ -816,6 +875,7 @@ impl<'m> Worker<'m> {
                 }
             }
         }
+        drop_wrong_guesses(ctx, slots);
         settle_outcomes(slots, stats);
     }
 
@@ -908,8 +968,12 @@ fn gather_picks<'s, 'c, 'm>(ctx: &'c mut Context<'m>, slots: &'s mut [Slot<'m>])
     for (slot, pick) in slots.iter_mut().zip(device_picks) {
         let pick = match pick {
             Some(token) => token.map(Pick::Token),
-            None => match slot.active.as_mut().and_then(|a| a.output.take()) {
-                Some(index) => ctx.logits(index).map(Pick::Logits),
+            None => match slot.active.as_mut().and_then(|a| Some((a.output.take()?, a.guess.len()))) {
+                Some((index, 0)) => ctx.logits(index).map(Pick::Logits),
+                // The rows of the last sampled token and of each guessed one, in order.
+                Some((index, n)) => {
+                    (index..=index + n as i32).map(|i| ctx.logits(i)).collect::<Result<_>>().map(Pick::Rows)
+                }
                 None => continue,
             },
         };
@@ -932,6 +996,10 @@ fn settle_outcomes(slots: &mut [Slot<'_>], stats: &SharedStats) {
         let Some(outcome) = a.outcome.take() else { continue };
         stats.generated.fetch_add((a.request.generated - a.counted) as u64, Ordering::Relaxed);
         a.counted = a.request.generated;
+        let drafts = a.request.drafts;
+        stats.draft_tokens.fetch_add((drafts.drafted - a.counted_drafts.drafted) as u64, Ordering::Relaxed);
+        stats.draft_accepted.fetch_add((drafts.accepted - a.counted_drafts.accepted) as u64, Ordering::Relaxed);
+        a.counted_drafts = drafts;
         match outcome {
             Ok(None) => {}
             Ok(Some(reason)) => {
@@ -949,24 +1017,69 @@ fn settle_outcomes(slots: &mut [Slot<'_>], stats: &SharedStats) {
     }
 }
 
-/// What a decode gave one sequence: logits to sample on the host, or the device's token.
+/// What a decode gave one sequence: logits to sample on the host, the device's token, or
+/// with a speculative guess, the rows of the last sampled token and of each guessed one.
 enum Pick<'a> {
     Logits(&'a [f32]),
     Token(Token),
+    Rows(Vec<&'a [f32]>),
 }
 
-/// Samples one token for `a`; returns a stop reason when the request is finished.
+/// Samples the next token for `a` (with a guess, as many as its rows confirm); returns a
+/// stop reason when the request is finished. `n_cached` counts the sequence's cells, the
+/// guessed ones included.
 fn sample_one(a: &mut Active<'_>, pick: Pick<'_>, n_cached: usize, n_ctx: usize) -> Result<Option<StopReason>> {
+    let rows = match pick {
+        Pick::Token(t) => {
+            if a.request.budget_spent() {
+                return Ok(Some(StopReason::MaxTokens));
+            }
+            return take_token(a, t, n_cached, n_ctx);
+        }
+        Pick::Logits(row) => return sample_row(a, row, n_cached, n_ctx),
+        Pick::Rows(rows) => rows,
+    };
+    // Row k picks the token at the position after guessed token k-1: each pick is the one the
+    // model makes without the guess. While picks equal the guess, its cells stand and the
+    // next row is read; the first other pick becomes the token to decode next, and the cells
+    // after the last confirmed guess are dropped once sampling is done.
+    let guess = std::mem::take(&mut a.guess);
+    let base = n_cached - guess.len();
+    let mut accepted = 0;
+    let mut outcome = Ok(None);
+    for (k, row) in rows.into_iter().enumerate() {
+        outcome = sample_row(a, row, base + k, n_ctx);
+        if matches!(outcome, Ok(None)) && a.pending.is_some() && a.pending == guess.get(k).copied() {
+            a.pending = None;
+            accepted += 1;
+            continue;
+        }
+        break;
+    }
+    a.request.drafts.drafted += guess.len();
+    a.request.drafts.accepted += accepted;
+    a.keep = Some(base + accepted);
+    outcome
+}
+
+/// Samples from one logits row for a token that would be decoded at `next_pos`.
+fn sample_row(a: &mut Active<'_>, row: &[f32], next_pos: usize, n_ctx: usize) -> Result<Option<StopReason>> {
     if a.request.budget_spent() {
         return Ok(Some(StopReason::MaxTokens));
     }
-    let t = match pick {
-        Pick::Token(t) => t,
-        Pick::Logits(row) => a.request.sample_logits(row)?,
-    };
-    match a.request.accept(t, n_cached, n_ctx)? {
+    let t = a.request.sample_logits(row)?;
+    take_token(a, t, next_pos, n_ctx)
+}
+
+/// Takes a sampled token: sends it (with the text it releases) and makes it the token to
+/// decode next, unless the request ends with it.
+fn take_token(a: &mut Active<'_>, t: Token, next_pos: usize, n_ctx: usize) -> Result<Option<StopReason>> {
+    match a.request.accept(t, next_pos, n_ctx)? {
         Accepted::EndOfGeneration => Ok(Some(StopReason::Eos)),
         Accepted::Token { id, text, stop } => {
+            if a.request.spec.speculation.is_some() {
+                a.history.push(id);
+            }
             let logprobs = a.request.take_logprobs();
             if a.job.events.send(Ok(Event::Token { id, text, logprobs })).is_err() {
                 // The stream was dropped: treat as a cancel.
@@ -977,6 +1090,28 @@ fn sample_one(a: &mut Active<'_>, pick: Pick<'_>, n_cached: usize, n_ctx: usize)
             }
             Ok(stop)
         }
+    }
+}
+
+/// Removes the cells of guessed tokens that sampling did not confirm, so the sequence ends at
+/// its last accepted token. A sequence that cannot be cut (not expected: speculation is
+/// refused for recurrent models) fails alone, its cells freed.
+fn drop_wrong_guesses(ctx: &mut Context<'_>, slots: &mut [Slot<'_>]) {
+    for slot in slots.iter_mut() {
+        let Some(a) = slot.active.as_mut() else { continue };
+        let Some(keep) = a.keep.take() else { continue };
+        if slot.cached.len() <= keep {
+            continue;
+        }
+        if let Ok(true) = ctx.seq_remove(Some(slot.seq), keep as i32..) {
+            slot.cached.truncate(keep);
+            slot.prompt_cells = slot.prompt_cells.min(keep);
+            continue;
+        }
+        let _ = ctx.seq_remove(Some(slot.seq), ..);
+        slot.cached.clear();
+        slot.prompt_cells = 0;
+        a.outcome = Some(Err(Error::Engine("the cells of a wrong guess could not be removed".into())));
     }
 }
 

@@ -108,10 +108,7 @@ impl<'c, 'm> Generation<'c, 'm> {
         }
         let history = if spec.speculation.is_some() { spec.prompt.clone() } else { Vec::new() };
         let mut request = Request::new(ctx.model(), spec, sampler, Instant::now());
-        // Speculation checks each guessed position's pick on the host.
-        if request.spec.speculation.is_none() {
-            request.try_device(ctx, 0)?;
-        }
+        request.try_device(ctx, 0)?;
         let batch = Batch::new(ctx.n_batch() as usize, 1)?;
         Ok(Generation {
             ctx,

@@ -70,6 +70,11 @@ impl SeqCache {
         self.tokens.extend_from_slice(tokens);
     }
 
+    /// Forgets the tokens after the first `len` (their cells were removed).
+    pub(crate) fn truncate(&mut self, len: usize) {
+        self.tokens.truncate(len);
+    }
+
     /// Forgets everything (the cells were freed, or changed by something that does not
     /// report here).
     pub(crate) fn clear(&mut self) {
@@ -194,6 +199,13 @@ impl RequestSpec {
         }
         if let Some(s) = &opts.speculation {
             s.check()?;
+            if model.is_recurrent() {
+                return Err(Error::Unsupported(
+                    "speculative decoding on a recurrent or hybrid model: its sequences cannot be cut back \
+                     when a guess is wrong"
+                        .into(),
+                ));
+            }
         }
         let sampling = match &opts.json_schema {
             None => opts.sampling.clone(),
@@ -272,6 +284,8 @@ impl<'m> Request<'m> {
     pub(crate) fn wants_device(&self) -> bool {
         self.spec.sampling.placement.prefers_device()
             && self.spec.n_probs == 0
+            // Speculation checks each guessed position's pick on the host.
+            && self.spec.speculation.is_none()
             && self.sampler.as_ref().is_some_and(Sampler::runs_on_device)
     }
 

@@ -32,19 +32,41 @@ pub enum Speculation {
         n_max: usize,
         /// The most tokens guessed per decode.
         draft_max: usize,
+        /// The fewest: a shorter guess is not decoded (llama-server's `speculative.n_min`;
+        /// 0 decodes any guess found).
+        draft_min: usize,
     },
 }
 
 impl Speculation {
     /// Prompt lookup with runs of 2 to 4 tokens and guesses of up to 10.
     pub fn ngram() -> Speculation {
-        Speculation::Ngram { n_min: 2, n_max: 4, draft_max: 10 }
+        Speculation::Ngram { n_min: 2, n_max: 4, draft_max: 10, draft_min: 0 }
     }
 
-    /// Checks the settings.
-    pub(crate) fn check(&self) -> crate::Result<()> {
+    /// The most and the fewest tokens guessed per decode.
+    pub fn draft_limits(&self) -> (usize, usize) {
         match self {
-            Speculation::Ngram { n_min, n_max, draft_max } => {
+            Speculation::Ngram { draft_max, draft_min, .. } => (*draft_max, *draft_min),
+        }
+    }
+
+    /// The same speculation with other draft limits (llama-server's per-request
+    /// `speculative.n_max` and `speculative.n_min`).
+    #[must_use]
+    pub fn with_draft_limits(self, max: usize, min: usize) -> Speculation {
+        match self {
+            Speculation::Ngram { n_min, n_max, .. } => {
+                Speculation::Ngram { n_min, n_max, draft_max: max, draft_min: min }
+            }
+        }
+    }
+
+    /// Checks the settings (what [`GenerateOptions::speculation`](crate::GenerateOptions::speculation)
+    /// does before a generation starts).
+    pub fn check(&self) -> crate::Result<()> {
+        match self {
+            Speculation::Ngram { n_min, n_max, draft_max, draft_min } => {
                 if *n_min == 0 || n_min > n_max || *n_max > 64 {
                     return Err(crate::Error::invalid(
                         "speculation",
@@ -57,6 +79,12 @@ impl Speculation {
                         format!("draft_max {draft_max}: need 1 to 256 tokens"),
                     ));
                 }
+                if draft_min > draft_max {
+                    return Err(crate::Error::invalid(
+                        "speculation",
+                        format!("draft_min {draft_min} is more than draft_max {draft_max}"),
+                    ));
+                }
                 Ok(())
             }
         }
@@ -65,8 +93,12 @@ impl Speculation {
     /// The guess after `history` (prompt and reply so far), at most `limit` tokens.
     pub(crate) fn draft(&self, history: &[Token], limit: usize) -> Vec<Token> {
         match self {
-            Speculation::Ngram { n_min, n_max, draft_max } => {
-                ngram_draft(history, *n_min, *n_max, (*draft_max).min(limit)).to_vec()
+            Speculation::Ngram { n_min, n_max, draft_max, draft_min } => {
+                let guess = ngram_draft(history, *n_min, *n_max, (*draft_max).min(limit));
+                if guess.len() < *draft_min {
+                    return Vec::new();
+                }
+                guess.to_vec()
             }
         }
     }
@@ -135,13 +167,25 @@ mod tests {
     }
 
     #[test]
+    fn a_guess_shorter_than_draft_min_is_none() {
+        let h = [1, 2, 3, 9, 1, 2];
+        let s = |draft_min| Speculation::Ngram { n_min: 2, n_max: 2, draft_max: 8, draft_min };
+        assert_eq!(s(0).draft(&h, 8), vec![3, 9, 1, 2]);
+        assert_eq!(s(4).draft(&h, 8), vec![3, 9, 1, 2]);
+        assert!(s(5).draft(&h, 8).is_empty());
+        // The limit cuts the guess before draft_min is checked.
+        assert!(s(4).draft(&h, 3).is_empty());
+    }
+
+    #[test]
     fn settings_are_checked() {
         assert!(Speculation::ngram().check().is_ok());
         for bad in [
-            Speculation::Ngram { n_min: 0, n_max: 2, draft_max: 4 },
-            Speculation::Ngram { n_min: 3, n_max: 2, draft_max: 4 },
-            Speculation::Ngram { n_min: 1, n_max: 2, draft_max: 0 },
-            Speculation::Ngram { n_min: 1, n_max: 1000, draft_max: 4 },
+            Speculation::Ngram { n_min: 0, n_max: 2, draft_max: 4, draft_min: 0 },
+            Speculation::Ngram { n_min: 3, n_max: 2, draft_max: 4, draft_min: 0 },
+            Speculation::Ngram { n_min: 1, n_max: 2, draft_max: 0, draft_min: 0 },
+            Speculation::Ngram { n_min: 1, n_max: 1000, draft_max: 4, draft_min: 0 },
+            Speculation::Ngram { n_min: 1, n_max: 2, draft_max: 4, draft_min: 5 },
         ] {
             assert!(bad.check().is_err(), "{bad:?}");
         }

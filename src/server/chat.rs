@@ -252,8 +252,13 @@ pub(super) async fn chat_completions(
     }
     let messages = req.messages.into_iter().map(openai::chat_message).collect::<Result<Vec<_>, _>>()?;
     let top = if req.logprobs { req.top_logprobs.unwrap_or(0).min(20) as usize } else { 0 };
-    let mut opts =
-        options(&req.common, if req.logprobs { top.max(1) } else { 0 }, state.engine.model().vocab(), &state.lora)?;
+    let mut opts = options(
+        &req.common,
+        if req.logprobs { top.max(1) } else { 0 },
+        state.engine.model().vocab(),
+        &state.lora,
+        state.config.speculation.as_ref(),
+    )?;
     let (tools, forced) = tool_choice(req.tools, req.tool_choice.as_ref())?;
     if let Some(schema) = forced {
         if opts.json_schema.is_some() || opts.sampling.grammar.is_some() {

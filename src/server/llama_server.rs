@@ -73,7 +73,7 @@ pub(super) async fn completion(
         ));
     }
     let prompt = list.remove(0);
-    let opts = options(&req.common, 0, state.engine.model().vocab(), &state.lora)?;
+    let opts = options(&req.common, 0, state.engine.model().vocab(), &state.lora, state.config.speculation.as_ref())?;
     let engine = state.engine.clone();
     let mut streams = state
         .start(1, move |_| match &prompt {
@@ -276,7 +276,9 @@ pub(super) async fn rerank(State(state): State<Arc<AppState>>, body: axum::body:
 
 /// `GET /props`: the defaults a request gets, the slots, the model, the template.
 pub(super) async fn props(State(state): State<Arc<AppState>>) -> Json<Value> {
-    let defaults = options(&Common::default(), 0, state.engine.model().vocab(), &state.lora).ok();
+    let defaults =
+        options(&Common::default(), 0, state.engine.model().vocab(), &state.lora, state.config.speculation.as_ref())
+            .ok();
     let config = state.engine.config();
     let model = state.engine.model();
     let template = match &state.config.chat_template {

@@ -118,6 +118,18 @@ impl Metrics {
             e.prefix_waits,
         );
         counter(&mut out, "rocm_llama_texts_embedded_total", "Texts embedded.", e.texts_embedded);
+        counter(
+            &mut out,
+            "rocm_llama_draft_tokens_total",
+            "Tokens guessed by speculative decoding and decoded for checking.",
+            e.draft_tokens,
+        );
+        counter(
+            &mut out,
+            "rocm_llama_draft_tokens_accepted_total",
+            "Of the guessed tokens, those the model's own picks confirmed.",
+            e.draft_tokens_accepted,
+        );
         gauge(&mut out, "rocm_llama_requests_running", "Generations in slots now.", e.running as f64);
         gauge(&mut out, "rocm_llama_queue_depth", "Requests waiting for a slot.", e.queued as f64);
         gauge(&mut out, "rocm_llama_kv_cells_used", "KV cells held by running generations.", e.kv_cells_used as f64);

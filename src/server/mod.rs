@@ -43,6 +43,7 @@ use crate::engine::{AsyncTokenStream, Engine};
 use crate::generate::{Event, GenerateOptions, Summary};
 use crate::logprobs::TokenLogprobs;
 use crate::sampler::SamplingParams;
+use crate::speculative::Speculation;
 use crate::vocab::{Token, Vocab};
 use openai::{ApiError, Common, CompletionRequest, EmbeddingRequest};
 
@@ -79,6 +80,9 @@ pub struct ServerConfig {
     /// name their own (`lora` field) or `POST /lora-adapters` changes it; a request's adapters
     /// are numbered by their place here.
     pub lora: Vec<(crate::adapter::LoraAdapter, f32)>,
+    /// Speculative decoding for every request (`serve --spec-type`), which a request's
+    /// `speculative.n_max` and `speculative.n_min` tune; none by default.
+    pub speculation: Option<Speculation>,
 }
 
 impl Default for ServerConfig {
@@ -92,6 +96,7 @@ impl Default for ServerConfig {
             chat_template: ChatTemplate::Model,
             chat_template_kwargs: serde_json::Map::new(),
             lora: Vec::new(),
+            speculation: None,
         }
     }
 }
@@ -105,6 +110,7 @@ crate::config::setters!(ServerConfig {
 } optional {
     api_key: String,
     slot_save_path: std::path::PathBuf,
+    speculation: Speculation,
 });
 
 impl ServerConfig {
@@ -257,9 +263,41 @@ impl AppState {
     }
 }
 
+/// The speculative decoding a request gets: what `serve` was started with, with the request's
+/// draft lengths (llama-server's `speculative.n_max` and `speculative.n_min`; `n_max: 0` turns
+/// it off for the request). Without speculation served, the fields change nothing, as in
+/// llama-server.
+fn request_speculation(c: &Common, served: Option<&Speculation>) -> Result<Option<Speculation>, ApiError> {
+    let Some(served) = served else { return Ok(None) };
+    let (max, min) = served.draft_limits();
+    let max = match c.speculative_n_max {
+        None => max,
+        Some(0) => return Ok(None),
+        Some(n @ 1..=256) => n as usize,
+        Some(_) => return Err(ApiError::invalid("speculative.n_max must be 0 (off) to 256", "speculative.n_max")),
+    };
+    let min = match c.speculative_n_min {
+        None => min.min(max),
+        Some(n) if n >= 0 && n as usize <= max => n as usize,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                format!("speculative.n_min must be 0 to speculative.n_max ({max})"),
+                "speculative.n_min",
+            ))
+        }
+    };
+    Ok(Some(served.clone().with_draft_limits(max, min)))
+}
+
 /// The generation options both endpoints share: every field `fields.rs` marks as read for
 /// them, mapped onto the library's settings (`vocab` turns `logit_bias` texts into tokens).
-fn options(c: &Common, n_probs: usize, vocab: Vocab<'_>, lora: &lora::Adapters) -> Result<GenerateOptions, ApiError> {
+fn options(
+    c: &Common,
+    n_probs: usize,
+    vocab: Vocab<'_>,
+    lora: &lora::Adapters,
+    speculation: Option<&Speculation>,
+) -> Result<GenerateOptions, ApiError> {
     let mut sampling = SamplingParams::default();
     let range = |v: f32, lo: f32, hi: f32, name: &'static str| {
         if (lo..=hi).contains(&v) {
@@ -324,6 +362,7 @@ fn options(c: &Common, n_probs: usize, vocab: Vocab<'_>, lora: &lora::Adapters) 
     let mut o =
         GenerateOptions::default().sampling(sampling).n_probs(n_probs.max(c.n_probs.unwrap_or(0).min(20) as usize));
     o.lora = lora.for_request(c.lora.as_ref())?;
+    o.speculation = request_speculation(c, speculation)?;
     match (c.max_completion_tokens.or(c.max_tokens), c.n_predict) {
         (Some(m), _) => o = o.max_tokens(m as usize),
         (None, Some(n)) if n >= 0 => o = o.max_tokens(n as usize),
@@ -567,7 +606,7 @@ async fn completions(State(state): State<Arc<AppState>>, body: axum::body::Bytes
             "echo",
         ));
     }
-    let opts = options(&req.common, top, state.engine.model().vocab(), &state.lora)?;
+    let opts = options(&req.common, top, state.engine.model().vocab(), &state.lora, state.config.speculation.as_ref())?;
     // With echo, each choice starts with its prompt's text.
     let echoes: Vec<String> = if req.echo {
         let vocab = state.engine.model().vocab();
@@ -819,11 +858,11 @@ mod tests {
         let c: Common =
             serde_json::from_str(r#"{"temperature":0.5,"top_p":0.9,"seed":7,"ignore_eos":true,"max_tokens":3}"#)
                 .unwrap();
-        let o = options(&c, 0, vocab, &none).unwrap();
+        let o = options(&c, 0, vocab, &none, None).unwrap();
         assert!(o.sampling.ignore_eos);
         assert_eq!((o.sampling.temperature, o.sampling.top_p, o.sampling.seed), (0.5, 0.9, 7));
         assert_eq!(o.max_tokens, 3);
-        assert!(!options(&Common::default(), 0, vocab, &none).unwrap().sampling.ignore_eos);
+        assert!(!options(&Common::default(), 0, vocab, &none, None).unwrap().sampling.ignore_eos);
     }
 
     /// Every field the table marks as read changes the generation's options (those the
@@ -856,8 +895,10 @@ mod tests {
             "dry_allowed_length": 3, "dry_penalty_last_n": 16, "dry_sequence_breakers": ["x"], "seed": 7,
             "stop": "x", "ignore_eos": true, "logit_bias": {"5": 2.0}, "grammar": "root ::= \"a\"",
             "json_schema": {"type": "object"}, "response_format": {"type": "json_object"}, "n_probs": 2,
+            "speculative.n_max": 5, "speculative.n_min": 1,
         });
-        let default = format!("{:?}", options(&Common::default(), 0, vocab, &none).unwrap());
+        let served = Some(Speculation::ngram());
+        let default = format!("{:?}", options(&Common::default(), 0, vocab, &none, served.as_ref()).unwrap());
         for route in [fields::Route::Chat, fields::Route::Completions] {
             for (name, handling) in route.fields() {
                 if !matches!(handling, fields::Handling::Read) || by_handler.contains(&name) {
@@ -865,16 +906,19 @@ mod tests {
                 }
                 let value = samples.get(name).unwrap_or_else(|| panic!("no sample value for the read field {name}"));
                 let c: Common = serde_json::from_value(json!({ name: value })).unwrap();
-                let got = format!("{:?}", options(&c, 0, vocab, &none).unwrap());
+                let got = format!("{:?}", options(&c, 0, vocab, &none, served.as_ref()).unwrap());
                 assert_ne!(got, default, "{name} changed nothing");
             }
         }
         // llama-server's logit_bias shapes: ids, texts (each of their tokens), false bans.
         let c: Common = serde_json::from_value(json!({"logit_bias": [[5, 1.5], [6, false]]})).unwrap();
-        assert_eq!(options(&c, 0, vocab, &none).unwrap().sampling.logit_bias, vec![(5, 1.5), (6, f32::NEG_INFINITY)]);
+        assert_eq!(
+            options(&c, 0, vocab, &none, None).unwrap().sampling.logit_bias,
+            vec![(5, 1.5), (6, f32::NEG_INFINITY)]
+        );
         for bad in [json!({"x": 1}), json!({"999999": 1}), json!([[1]]), json!("no")] {
             let c: Common = serde_json::from_value(json!({"logit_bias": bad})).unwrap();
-            assert!(options(&c, 0, vocab, &none).is_err(), "{bad}");
+            assert!(options(&c, 0, vocab, &none, None).is_err(), "{bad}");
         }
     }
 }

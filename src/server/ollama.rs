@@ -89,7 +89,7 @@ fn generate_options(
     if c.n_predict.is_some_and(|n| n < 0) {
         c.n_predict = Some(-1);
     }
-    let mut o = options(&c, 0, state.engine.model().vocab(), &state.lora)?;
+    let mut o = options(&c, 0, state.engine.model().vocab(), &state.lora, state.config.speculation.as_ref())?;
     match format {
         None | Some(Value::Null) => {}
         Some(Value::String(s)) if s.is_empty() => {}

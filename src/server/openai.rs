@@ -62,6 +62,12 @@ pub(crate) struct Common {
     pub(crate) n_probs: Option<u32>,
     /// llama-server's per-request adapter scales: `[{"id": N, "scale": S}, ...]`.
     pub(crate) lora: Option<Value>,
+    /// llama-server's per-request speculative draft lengths (when `serve` speculates; 0 turns
+    /// it off for the request).
+    #[serde(rename = "speculative.n_max")]
+    pub(crate) speculative_n_max: Option<i64>,
+    #[serde(rename = "speculative.n_min")]
+    pub(crate) speculative_n_min: Option<i64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -150,7 +156,7 @@ pub(crate) fn finish_reason(reason: &StopReason) -> &'static str {
 pub(crate) fn timings(s: &Summary) -> Value {
     let ttft_ms = s.time_to_first_token.as_secs_f64() * 1e3;
     let total_ms = s.total_time.as_secs_f64() * 1e3;
-    json!({
+    let mut t = json!({
         "prompt_n": s.prompt_tokens - s.cached_prompt_tokens,
         "prompt_ms": ttft_ms,
         "prompt_per_second": s.prefill_tokens_per_s,
@@ -158,7 +164,13 @@ pub(crate) fn timings(s: &Summary) -> Value {
         "predicted_ms": (total_ms - ttft_ms).max(0.0),
         "predicted_per_second": s.decode_tokens_per_s,
         "cache_n": s.cached_prompt_tokens,
-    })
+    });
+    // As llama-server: the speculative counts when the request speculated.
+    if s.draft_tokens > 0 {
+        t["draft_n"] = json!(s.draft_tokens);
+        t["draft_n_accepted"] = json!(s.draft_tokens_accepted);
+    }
+    t
 }
 
 /// An error answered as OpenAI's error object.

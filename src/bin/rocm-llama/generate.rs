@@ -11,7 +11,9 @@ use rocm_llama::{
     CancelToken, ChatMessage, ChatOptions, ChatTemplate, Context, Event, Generation, Model, Session, Summary,
 };
 
-use crate::options::{context_config, generate_options, load_model, AdapterArgs, ContextArgs, ModelArgs, SamplingArgs};
+use crate::options::{
+    context_config, generate_options, load_model, AdapterArgs, ContextArgs, ModelArgs, SamplingArgs, SpeculationArgs,
+};
 use crate::signals::{self, Action, Signal};
 use crate::{AnyResult, UserError};
 
@@ -36,6 +38,8 @@ pub struct GenerateArgs {
     sampling: SamplingArgs,
     #[command(flatten)]
     adapters: AdapterArgs,
+    #[command(flatten)]
+    speculation: SpeculationArgs,
     /// Print one JSON object per reply (text and summary) to stdout instead of streaming.
     #[arg(long)]
     json: bool,
@@ -327,8 +331,13 @@ impl Drop for Reply {
 }
 
 fn summary_line(s: &Summary) -> String {
+    let drafts = if s.draft_tokens > 0 {
+        format!(", guessed {} tokens ({} confirmed)", s.draft_tokens, s.draft_tokens_accepted)
+    } else {
+        String::new()
+    };
     format!(
-        "prompt {} tokens ({} cached), generated {} tokens, first token {:.0} ms, prefill {:.1} tok/s, decode {:.1} tok/s, stop: {:?}",
+        "prompt {} tokens ({} cached), generated {} tokens, first token {:.0} ms, prefill {:.1} tok/s, decode {:.1} tok/s{drafts}, stop: {:?}",
         s.prompt_tokens,
         s.cached_prompt_tokens,
         s.generated_tokens,
@@ -350,6 +359,8 @@ fn summary_json(text: &str, s: &Summary) -> serde_json::Value {
         "prefill_tokens_per_s": s.prefill_tokens_per_s,
         "decode_tokens_per_s": s.decode_tokens_per_s,
         "total_ms": s.total_time.as_secs_f64() * 1000.0,
+        "draft_tokens": s.draft_tokens,
+        "draft_tokens_accepted": s.draft_tokens_accepted,
     })
 }
 
@@ -425,6 +436,7 @@ pub fn run(RunArgs { mut args }: RunArgs) -> AnyResult<()> {
     let cancel = CancelToken::new();
     let mut opts = generate_options(&args.sampling)?.cancel(cancel.clone()).n_probs(args.logprobs.unwrap_or(0));
     opts.lora = lora;
+    opts.speculation = args.speculation.speculation()?;
     let gen = session.generate(&prompt, &opts)?;
     let answer = stream(gen, &cancel, args.json)?;
     args.save_prompt_cache(&session)?;
@@ -450,6 +462,7 @@ pub fn chat(ChatArgs { system, template, chat_template_kwargs, mut args }: ChatA
     install_interrupt_handler();
     let mut gen_opts = generate_options(&args.sampling)?.chat(chat).n_probs(args.logprobs.unwrap_or(0));
     gen_opts.lora = lora;
+    gen_opts.speculation = args.speculation.speculation()?;
     let mut messages: Vec<ChatMessage> = system.into_iter().map(ChatMessage::system).collect();
 
     if let Some(p) = prompt {

@@ -10,7 +10,7 @@ use rocm_llama::{
     ContextConfig, FitOptions, FlashAttention, GenerateOptions, GpuLayers, KvType, LoadConfig, Model, SamplingParams,
     SplitMode,
 };
-use rocm_llama::{ControlVector, LoraAdapter};
+use rocm_llama::{ControlVector, LoraAdapter, Speculation};
 
 use crate::{AnyResult, UserError};
 
@@ -182,6 +182,61 @@ pub fn parse_ngl(s: &str) -> Result<NglArg, String> {
             .parse::<u32>()
             .map(|n| NglArg::Fixed(GpuLayers::Count(n)))
             .map_err(|_| format!("expected a number of layers, `all` or `auto`, not {n:?}")),
+    }
+}
+
+/// Speculative decoding, with llama.cpp's flags (`run`, `chat`, `serve`, `bench`).
+#[derive(Args, Clone, Debug, Default)]
+pub struct SpeculationArgs {
+    /// Speculative decoding: `ngram-simple` guesses the next tokens from where the last few
+    /// appeared before in the prompt or reply (prompt lookup: pays off when the reply copies
+    /// from the prompt), `none` turns it off [default: none]. Greedy output is the same either
+    /// way; sampled output has the same distribution.
+    #[arg(long, value_name = "TYPE", value_parser = ["none", "ngram-simple"])]
+    spec_type: Option<String>,
+    /// ngram-simple: the longest run of tokens looked up, tried down to 2 [default: 4].
+    #[arg(long, value_name = "N")]
+    spec_ngram_simple_size_n: Option<usize>,
+    /// ngram-simple: the most tokens guessed after a match [default: 10].
+    #[arg(long, value_name = "M")]
+    spec_ngram_simple_size_m: Option<usize>,
+    /// The most tokens guessed per decode (overrides --spec-ngram-simple-size-m).
+    #[arg(long, visible_alias = "draft-max", value_name = "N")]
+    spec_draft_n_max: Option<usize>,
+    /// The fewest tokens worth a guess: a shorter one is not decoded [default: 0].
+    #[arg(long, visible_alias = "draft-min", value_name = "N")]
+    spec_draft_n_min: Option<usize>,
+}
+
+impl SpeculationArgs {
+    /// The speculation asked for, checked; `None` without `--spec-type` (or with `none`).
+    pub fn speculation(&self) -> AnyResult<Option<Speculation>> {
+        let tuned = self.spec_ngram_simple_size_n.is_some()
+            || self.spec_ngram_simple_size_m.is_some()
+            || self.spec_draft_n_max.is_some()
+            || self.spec_draft_n_min.is_some();
+        match self.spec_type.as_deref() {
+            None | Some("none") => {
+                if tuned {
+                    return Err(UserError::boxed("the --spec-* and --draft-* settings need --spec-type ngram-simple"));
+                }
+                Ok(None)
+            }
+            _ => {
+                let Speculation::Ngram { n_min, n_max, draft_max, draft_min } = Speculation::ngram() else {
+                    return Err(UserError::boxed("--spec-type: unknown default"));
+                };
+                let n_max = self.spec_ngram_simple_size_n.unwrap_or(n_max);
+                let spec = Speculation::Ngram {
+                    n_min: n_min.min(n_max),
+                    n_max,
+                    draft_max: self.spec_draft_n_max.or(self.spec_ngram_simple_size_m).unwrap_or(draft_max),
+                    draft_min: self.spec_draft_n_min.unwrap_or(draft_min),
+                };
+                spec.check().map_err(|e| UserError::boxed(format!("--spec-type ngram-simple: {e}")))?;
+                Ok(Some(spec))
+            }
+        }
     }
 }
 

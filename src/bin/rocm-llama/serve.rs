@@ -8,7 +8,7 @@ use clap::Args;
 use rocm_llama::server::{router, ConnectionLimits, ServerConfig};
 use rocm_llama::{Engine, EngineConfig, FlashAttention, Pooling};
 
-use crate::options::{load_model, model_path, AdapterArgs, ContextPlan, FaArg, KvArg, ModelArgs};
+use crate::options::{load_model, model_path, AdapterArgs, ContextPlan, FaArg, KvArg, ModelArgs, SpeculationArgs};
 use crate::{AnyResult, UserError};
 
 #[derive(Args)]
@@ -17,6 +17,12 @@ pub struct ServeArgs {
     model: ModelArgs,
     #[command(flatten)]
     adapters: AdapterArgs,
+    #[command(flatten)]
+    speculation: SpeculationArgs,
+    /// The most tokens a decode step holds with speculative guesses: they share what the
+    /// running sequences' decode tokens leave, so a full batch has none.
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    spec_step_tokens: usize,
     /// Load the --lora adapters at scale 0: requests (their `lora` field) or POST
     /// /lora-adapters turn them on.
     #[arg(long)]
@@ -142,6 +148,7 @@ pub fn serve(args: ServeArgs) -> AnyResult<()> {
     };
     let (model, _) = load_model(&args.model, Some(plan))?;
     let model = Arc::new(model);
+    let speculation = args.speculation.speculation()?;
     let (mut lora, control_vector) = args.adapters.load(&model)?;
     if args.lora_init_without_apply {
         lora.iter_mut().for_each(|(_, scale)| *scale = 0.0);
@@ -161,6 +168,7 @@ pub fn serve(args: ServeArgs) -> AnyResult<()> {
             .kv_unified(args.kv_unified)
             .prefix_sharing(!args.no_prefix_sharing)
             .reproducible(args.reproducible)
+            .draft_step_tokens(args.spec_step_tokens)
             .type_k(args.cache_type_k.into())
             .type_v(args.cache_type_v.into()),
     )?;
@@ -175,7 +183,8 @@ pub fn serve(args: ServeArgs) -> AnyResult<()> {
         .slot_save_path(args.slot_save_path.clone())
         .chat_template(chat_template)
         .chat_template_kwargs(chat_kwargs)
-        .lora(lora);
+        .lora(lora)
+        .speculation(speculation);
     let app = router(engine.clone(), config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

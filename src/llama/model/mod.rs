@@ -499,6 +499,15 @@ impl Model {
         unsafe { sys::llama_model_n_swa(self.raw()) }.max(0) as u32
     }
 
+    /// Whether some of the model's layers keep a running state instead of a cell per token
+    /// (recurrent and hybrid models: Mamba, RWKV, Jamba...): their sequences cannot be cut
+    /// back to an earlier position. Wraps `llama_model_is_recurrent` and
+    /// `llama_model_is_hybrid`.
+    pub fn is_recurrent(&self) -> bool {
+        // SAFETY: the model pointer is valid.
+        unsafe { sys::llama_model_is_recurrent(self.raw()) || sys::llama_model_is_hybrid(self.raw()) }
+    }
+
     /// Number of layers. Wraps `llama_model_n_layer`.
     pub fn n_layer(&self) -> u32 {
         // SAFETY: the model pointer is valid.

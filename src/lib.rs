@@ -64,7 +64,7 @@ pub mod rpc;
 
 mod generation;
 pub(crate) use generation::request;
-pub use generation::{chat, generate, logprobs, reasoning, schema, session, speculative, tools};
+pub use generation::{chat, draft, generate, logprobs, reasoning, schema, session, speculative, tools};
 
 mod embedding;
 pub use embedding::{classify, embed};
@@ -92,6 +92,7 @@ pub use chat::{
 pub use classify::{Classification, Classifier, ClassifyConfig};
 pub use context::{AbortHandle, Context, ContextConfig, FlashAttention, KvType};
 pub use devices::{available, devices, DeviceReport};
+pub use draft::DraftModel;
 pub use embed::{EmbedConfig, Embedder, Pooling};
 #[cfg(feature = "async")]
 pub use engine::AsyncTokenStream;

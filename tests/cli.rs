@@ -1007,9 +1007,10 @@ fn run_takes_lora_adapters_and_control_vectors() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `run --spec-type ngram-simple` (llama.cpp's flag): on a prompt whose reply copies from it,
-/// the same greedy text as without, with guesses confirmed (`--json`'s summary); tuning flags
-/// without a type, and bad lengths, stop with a reason.
+/// `run --spec-type ngram-simple` and `-md FILE` (llama.cpp's flags): on a prompt whose reply
+/// copies from it, the same greedy text as without, with guesses confirmed (`--json`'s
+/// summary; the test model drafts for itself); tuning flags without a type, bad lengths and a
+/// draft of another vocabulary stop with a reason.
 #[test]
 fn run_speculates_with_spec_type_ngram_simple() {
     let Some(model) = common::model_path() else { return };
@@ -1030,6 +1031,10 @@ fn run_speculates_with_spec_type_ngram_simple() {
     };
     let plain = json(&[]);
     let spec = json(&["--spec-type", "ngram-simple", "--draft-max", "8"]);
+    let draft = json(&["-md", model.to_str().unwrap(), "--draft-p-min", "0"]);
+    assert_eq!(draft["text"], plain["text"]);
+    assert!(draft["draft_tokens_accepted"].as_u64().unwrap_or(0) > 5, "{draft}");
+    let tiny = rocm_llama::synth::tiny_model().unwrap();
     assert_eq!(spec["text"], plain["text"]);
     let accepted = spec["draft_tokens_accepted"].as_u64().unwrap_or(0);
     assert!(accepted > 5, "{spec}");
@@ -1038,6 +1043,8 @@ fn run_speculates_with_spec_type_ngram_simple() {
         (vec!["--draft-max", "4"], "need --spec-type"),
         (vec!["--spec-type", "ngram-simple", "--spec-draft-n-max", "0"], "draft_max 0"),
         (vec!["--spec-type", "ngram-simple", "--draft-max", "2", "--draft-min", "3"], "draft_min 3"),
+        (vec!["--spec-type", "draft-simple"], "needs a draft model"),
+        (vec!["-md", tiny.to_str().unwrap()], "--model-draft"),
     ] {
         let out = run(&extra);
         let err = String::from_utf8_lossy(&out.stderr);

@@ -29,7 +29,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("the safe llama.cpp layer", &["vocab", "batch", "model", "adapter", "context", "sampler", "memory", "seq_state"]),
     (
         "generation and fitting",
-        &["chat", "logprobs", "options", "request", "generate", "session", "speculative", "fit"],
+        &["chat", "logprobs", "options", "request", "generate", "session", "draft", "speculative", "fit"],
     ),
     ("embeddings and classification", &["embed", "classify"]),
     ("the engine", &["engine"]),

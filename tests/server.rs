@@ -1091,17 +1091,19 @@ fn lora_adapters_are_served_per_request() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A prompt whose reply copies from it.
+const COPY: &str = "Paragraph: The old lighthouse stood on the northern cliff, its white tower cracked by a hundred \
+                    winters. Every evening the keeper climbed the narrow stairs to light the lamp.\nThe same \
+                    paragraph, copied exactly:\nParagraph: The old lighthouse stood on the northern cliff,";
+
 /// `serve --spec-type ngram-simple`: a request that copies from its prompt confirms guesses
 /// (`timings.draft_n_accepted`, `/metrics`) and gets the text it gets without speculation
 /// (`speculative.n_max: 0`, greedy); bad lengths are a 400.
 #[test]
 fn serve_speculates_by_prompt_lookup() {
     let Some(server) = Server::start(&["--spec-type", "ngram-simple", "-np", "2"]) else { return };
-    let copy = "Paragraph: The old lighthouse stood on the northern cliff, its white tower cracked by a hundred \
-                winters. Every evening the keeper climbed the narrow stairs to light the lamp.\nThe same \
-                paragraph, copied exactly:\nParagraph: The old lighthouse stood on the northern cliff,";
     let ask = |extra: serde_json::Value| {
-        let mut body = serde_json::json!({"prompt": copy, "n_predict": 32, "temperature": 0});
+        let mut body = serde_json::json!({"prompt": COPY, "n_predict": 32, "temperature": 0});
         body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         let (status, v) = server.json("/completion", None, &body.to_string());
         assert_eq!(status, 200, "{v}");
@@ -1127,4 +1129,32 @@ fn serve_speculates_by_prompt_lookup() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     assert!(accepted > 10, "{metrics}");
+}
+
+/// `serve -md FILE` (the test model drafting for itself, `--draft-p-min 0`): the greedy text
+/// is the text without speculation, and the target confirms most guesses.
+#[test]
+fn serve_speculates_with_a_draft_model() {
+    let Some(model) = common::model_path() else { return };
+    let draft = model.to_str().unwrap().to_string();
+    let server =
+        Server::start_model(&model, &["-md", &draft, "-ngld", "all", "--draft-p-min", "0", "--draft-max", "6"]);
+    let ask = |extra: serde_json::Value| {
+        // A prompt without near ties in its greedy reply ("The capital of France is" has one at
+        // its 12th token, where batch shapes may pick either).
+        let mut body = serde_json::json!({"prompt": COPY, "n_predict": 24, "temperature": 0});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let (status, v) = server.json("/completion", None, &body.to_string());
+        assert_eq!(status, 200, "{v}");
+        v
+    };
+    let spec = ask(serde_json::json!({}));
+    let plain = ask(serde_json::json!({"speculative.n_max": 0}));
+    assert!(spec["timings"]["draft_n_accepted"].as_u64().unwrap_or(0) > 10, "{spec}");
+    assert_eq!(spec["content"], plain["content"]);
+    // A draft that refuses every guess: p_min 1 (no pick is certain), still the same text.
+    let none = ask(serde_json::json!({"speculative.p_min": 1.0}));
+    assert_eq!(none["content"], plain["content"]);
+    let (status, v) = server.json("/completion", None, r#"{"prompt": "a", "speculative.p_min": 2}"#);
+    assert_eq!(status, 400, "{v}");
 }

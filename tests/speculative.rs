@@ -241,3 +241,56 @@ fn a_reproducible_engine_speculates_reproducibly() {
         assert_eq!(ids, alone[k].0, "request {k} beside others");
     }
 }
+
+/// The test model drafting for itself (a second load of the same file): the machinery of a
+/// draft model, whose guesses the target nearly always confirms. Greedy text is the greedy
+/// reference (near ties aside), in a context and in an engine beside another request; a draft
+/// of another vocabulary, another engine's draft, and a reproducible engine with a draft are
+/// refused with their reasons.
+#[test]
+fn a_draft_model_guesses_and_the_target_decides() {
+    use rocm_llama::{DraftModel, Error};
+    let Some(target) = engine_model() else { return };
+    let draft_model = engine_model().unwrap();
+    let draft = DraftModel::new(&target, draft_model.clone()).unwrap();
+    let prompt = "The capital of France is";
+    let reference = common::greedy_reference(&target, prompt, 32);
+    let mut ctx = Context::new(&target, &common::config().n_ctx(512)).unwrap();
+    // Every guess drafted in full (p_min 0): the target confirms nearly all of them.
+    let spec = Speculation::Draft { draft: draft.clone(), draft_max: 6, draft_min: 0, p_min: 0.0 };
+    let (ids, s) = run(&mut ctx, prompt, &GenerateOptions::greedy(32).speculation(spec.clone()));
+    common::assert_greedy_matches(&reference, &ids, "with a draft model");
+    assert!(s.draft_tokens_accepted > 20, "{s:?}");
+    assert!(s.draft_tokens_accepted <= s.draft_tokens);
+    // In an engine that drafts with it, beside a request without speculation.
+    let config = EngineConfig::default().n_seq_max(2).n_ctx_per_seq(512).threads(Some(2)).draft(Some(draft.clone()));
+    let engine = Engine::start(target.clone(), config.clone()).unwrap();
+    let other = "The weather today";
+    let other_reference = common::greedy_reference(&target, other, 16);
+    let (a, b) = std::thread::scope(|s| {
+        let e = engine.clone();
+        let spec = spec.clone();
+        let a = s.spawn(move || {
+            common::tokens_of(e.generate(prompt, &GenerateOptions::greedy(32).speculation(spec)).unwrap())
+        });
+        let e = engine.clone();
+        let b = s.spawn(move || common::tokens_of(e.generate(other, &GenerateOptions::greedy(16)).unwrap()));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    common::assert_greedy_matches(&reference, &a.0, "engine, with the draft");
+    assert!(a.1.draft_tokens_accepted > 10, "{:?}", a.1);
+    common::assert_greedy_matches(&other_reference, &b.0, "engine, beside the drafting request");
+    assert!(engine.stats().draft_tokens_accepted > 10);
+    // Another draft (a third load) is not the engine's.
+    let third = DraftModel::new(&target, engine_model().unwrap()).unwrap();
+    let refused = engine.generate(prompt, &GenerateOptions::greedy(4).speculation(Speculation::draft_model(third)));
+    assert!(matches!(refused, Err(Error::Unsupported(_))), "{:?}", refused.err());
+    assert!(Engine::start(target.clone(), config.reproducible(true)).is_err());
+    // A draft of another vocabulary.
+    let tiny = Arc::new(Model::load(rocm_llama::synth::tiny_model().unwrap(), &LoadConfig::default()).unwrap());
+    let err = DraftModel::new(&target, tiny).unwrap_err().to_string();
+    assert!(err.contains("vocabulary") || err.contains("token"), "{err}");
+    // Bad settings.
+    let bad = Speculation::Draft { draft, draft_max: 4, draft_min: 0, p_min: 1.5 };
+    assert!(ctx.generate(prompt, &GenerateOptions::greedy(4).speculation(bad)).is_err());
+}

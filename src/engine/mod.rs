@@ -99,6 +99,10 @@ pub struct EngineConfig {
     /// few dozen; a full batch is never slowed by them. (A reproducible engine decodes each
     /// sequence alone and gives its guesses the room a [`Generation`](crate::Generation) does.)
     pub draft_step_tokens: usize,
+    /// The draft model requests with [`Speculation::Draft`](crate::Speculation::Draft) guess
+    /// with (llama-server's `--model-draft`): the engine keeps a context of it with a sequence
+    /// per slot. A request naming another draft model is refused. Not with `reproducible`.
+    pub draft: Option<crate::draft::DraftModel>,
 }
 
 crate::config::setters!(EngineConfig {
@@ -117,6 +121,7 @@ crate::config::setters!(EngineConfig {
 } optional {
     threads: u32,
     control_vector: (crate::adapter::ControlVector, std::ops::RangeInclusive<u32>),
+    draft: crate::draft::DraftModel,
 });
 
 impl Default for EngineConfig {
@@ -136,6 +141,7 @@ impl Default for EngineConfig {
             type_v: KvType::F16,
             control_vector: None,
             draft_step_tokens: 32,
+            draft: None,
         }
     }
 }
@@ -323,6 +329,18 @@ impl Engine {
                  sequences' cells",
             ));
         }
+        if let Some(draft) = &config.draft {
+            if config.reproducible {
+                return Err(Error::invalid(
+                    "draft",
+                    "a reproducible engine cannot use a draft model: its guesses, and so the batch shapes, depend \
+                     on what the draft's context computed before",
+                ));
+            }
+            if !draft.drafts_for(&model) {
+                return Err(Error::invalid("draft", "the draft model was checked for another target model"));
+            }
+        }
         let n_ctx = config
             .n_ctx_per_seq
             .checked_mul(config.n_seq_max)
@@ -430,6 +448,14 @@ impl Engine {
         // setting fails here) run on the caller's thread, never on the engine's.
         let (spec, _chain) =
             crate::request::RequestSpec::resolve(&inner.model, tokens, options, inner.config.n_ctx_per_seq)?;
+        if let Some(crate::speculative::Speculation::Draft { draft, .. }) = &spec.speculation {
+            if inner.config.draft.as_ref() != Some(draft) {
+                return Err(Error::Unsupported(
+                    "a draft model other than the engine's (EngineConfig::draft): the engine keeps one draft context"
+                        .into(),
+                ));
+            }
+        }
         // Admission counts every request not yet finished against the slots plus the queue:
         // a permit, released when the request ends (or its job is dropped), so the count
         // cannot drift and free slots count at once, before the worker has seen anything.

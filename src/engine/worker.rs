@@ -208,6 +208,8 @@ pub(crate) struct Worker<'m> {
     min_copy: usize,
     /// The most tokens a step with speculative guesses decodes (`EngineConfig::draft_step_tokens`).
     draft_step_tokens: usize,
+    /// The draft model's context, a sequence per slot (`EngineConfig::draft`).
+    drafter: Option<crate::draft::Drafter>,
     /// Threads that sample many sequences at once (none on a single CPU, or when the pool
     /// could not start: then one thread samples them all).
     pool: Option<rayon::ThreadPool>,
@@ -225,6 +227,16 @@ impl<'m> Worker<'m> {
             .map(|seq| Slot { seq, device_sampler: None, cached: SeqCache::default(), prompt_cells: 0, active: None })
             .collect();
         let min_copy = if ctx.kv_unified { 1 } else { MIN_COPY_TOKENS };
+        let drafter = match &config.draft {
+            Some(d) => Some(crate::draft::Drafter::new(
+                d,
+                config.n_seq_max,
+                config.n_ctx_per_seq,
+                n_batch as u32,
+                ctx.threads().0,
+            )?),
+            None => None,
+        };
         Ok(Worker {
             batch: Batch::new(n_batch, 1)?,
             ctx,
@@ -238,6 +250,7 @@ impl<'m> Worker<'m> {
             align: if config.reproducible { n_batch.max(1) } else { 1 },
             min_copy,
             draft_step_tokens: config.draft_step_tokens,
+            drafter,
             pool: sampling_pool(config.n_seq_max as usize),
             embedder: None,
             embeds: VecDeque::new(),
@@ -709,7 +722,8 @@ impl<'m> Worker<'m> {
             // after it: the same room a Generation gives its guesses.
             let ctx_room = n_ctx.saturating_sub(pos as usize + 2);
             let budget_room = a.request.spec.max_tokens.saturating_sub(a.request.generated + 1);
-            let mut guess = spec.draft(&a.history, per_seq.min(budget).min(ctx_room).min(budget_room));
+            let limit = per_seq.min(budget).min(ctx_room).min(budget_room);
+            let mut guess = spec.guess(self.drafter.as_mut(), slot.seq, &a.history, limit);
             for (k, &g) in guess.iter().enumerate() {
                 if self.batch.add(g, pos + 1 + k as i32, &[slot.seq], true).is_err() {
                     // Cannot happen within the budget; a guess cut short is still a guess.

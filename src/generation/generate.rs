@@ -38,6 +38,8 @@ pub struct Generation<'c, 'm> {
     /// and the guess of the last decode with how many of its tokens are confirmed so far.
     history: Vec<Token>,
     guess: Option<(Vec<Token>, usize)>,
+    /// The draft model's context, with [`Speculation::Draft`](crate::Speculation::Draft).
+    drafter: Option<crate::draft::Drafter>,
 }
 
 impl<'m> Context<'m> {
@@ -110,7 +112,14 @@ impl<'c, 'm> Generation<'c, 'm> {
         let mut request = Request::new(ctx.model(), spec, sampler, Instant::now());
         request.try_device(ctx, 0)?;
         let batch = Batch::new(ctx.n_batch() as usize, 1)?;
+        let drafter = match &request.spec.speculation {
+            Some(crate::speculative::Speculation::Draft { draft, .. }) => {
+                Some(crate::draft::Drafter::new(draft, 1, ctx.n_ctx_seq(), ctx.n_batch(), ctx.threads().0)?)
+            }
+            _ => None,
+        };
         Ok(Generation {
+            drafter,
             ctx,
             cache,
             request,
@@ -273,7 +282,7 @@ impl Generation<'_, '_> {
         let batch_room = self.ctx.n_batch() as usize - 1;
         let ctx_room = (self.ctx.n_ctx_seq() as usize).saturating_sub(self.pos as usize + 2);
         let budget_room = self.request.spec.max_tokens.saturating_sub(self.request.generated + 1);
-        spec.draft(&self.history, batch_room.min(ctx_room).min(budget_room))
+        spec.guess(self.drafter.as_mut(), 0, &self.history, batch_room.min(ctx_room).min(budget_room))
     }
 
     /// After the pick `id` at a guessed decode: whether it is the next token of the guess, so

@@ -3,6 +3,7 @@
 //! Built on the llama.cpp layer; the engine runs the same `request` state for many slots.
 
 pub mod chat;
+pub mod draft;
 pub mod generate;
 pub mod logprobs;
 mod options;

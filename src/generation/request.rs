@@ -199,6 +199,11 @@ impl RequestSpec {
         }
         if let Some(s) = &opts.speculation {
             s.check()?;
+            if let crate::speculative::Speculation::Draft { draft, .. } = s {
+                if !draft.drafts_for(model) {
+                    return Err(Error::invalid("speculation", "the draft model was checked for another target model"));
+                }
+            }
             if model.is_recurrent() {
                 return Err(Error::Unsupported(
                     "speculative decoding on a recurrent or hybrid model: its sequences cannot be cut back \

@@ -7,8 +7,11 @@
 //!
 //! The guesses come from the text itself ([`Speculation::Ngram`], prompt lookup): after the
 //! last few tokens, what followed their latest earlier occurrence, which pays off when the
-//! reply copies from the prompt (editing a given text, extending a list, code).
+//! reply copies from the prompt (editing a given text, extending a list, code); or from a
+//! small draft model with the same vocabulary ([`Speculation::Draft`]).
 
+use crate::batch::SeqId;
+use crate::draft::{DraftModel, Drafter};
 use crate::vocab::Token;
 
 /// Speculative decoding for a generation ([`GenerateOptions::speculation`](crate::GenerateOptions::speculation)).
@@ -19,7 +22,7 @@ use crate::vocab::Token;
 /// let options = GenerateOptions::greedy(256).speculation(Speculation::ngram());
 /// assert!(matches!(options.speculation, Some(Speculation::Ngram { .. })));
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Speculation {
     /// Prompt lookup (llama.cpp's n-gram speculation): the last `n` tokens, for `n` from
@@ -36,6 +39,18 @@ pub enum Speculation {
         /// 0 decodes any guess found).
         draft_min: usize,
     },
+    /// A draft model (llama.cpp's `--model-draft`) guesses greedily, up to `draft_max` tokens,
+    /// stopping early where its own probability of a pick falls below `p_min`.
+    Draft {
+        /// The draft model, checked against the target.
+        draft: DraftModel,
+        /// The most tokens guessed per decode.
+        draft_max: usize,
+        /// The fewest: a shorter guess is not decoded.
+        draft_min: usize,
+        /// The draft's least probability for a guessed token (0 to 1).
+        p_min: f32,
+    },
 }
 
 impl Speculation {
@@ -44,10 +59,18 @@ impl Speculation {
         Speculation::Ngram { n_min: 2, n_max: 4, draft_max: 10, draft_min: 0 }
     }
 
+    /// Guesses by `draft` of up to 8 tokens, each at least 0.5 likely to the draft model
+    /// (llama.cpp's defaults differ by version; set the fields to taste).
+    pub fn draft_model(draft: DraftModel) -> Speculation {
+        Speculation::Draft { draft, draft_max: 8, draft_min: 0, p_min: 0.5 }
+    }
+
     /// The most and the fewest tokens guessed per decode.
     pub fn draft_limits(&self) -> (usize, usize) {
         match self {
-            Speculation::Ngram { draft_max, draft_min, .. } => (*draft_max, *draft_min),
+            Speculation::Ngram { draft_max, draft_min, .. } | Speculation::Draft { draft_max, draft_min, .. } => {
+                (*draft_max, *draft_min)
+            }
         }
     }
 
@@ -58,6 +81,9 @@ impl Speculation {
         match self {
             Speculation::Ngram { n_min, n_max, .. } => {
                 Speculation::Ngram { n_min, n_max, draft_max: max, draft_min: min }
+            }
+            Speculation::Draft { draft, p_min, .. } => {
+                Speculation::Draft { draft, draft_max: max, draft_min: min, p_min }
             }
         }
     }
@@ -87,12 +113,52 @@ impl Speculation {
                 }
                 Ok(())
             }
+            Speculation::Draft { draft_max, draft_min, p_min, .. } => {
+                if *draft_max == 0 || *draft_max > 256 || draft_min > draft_max {
+                    return Err(crate::Error::invalid(
+                        "speculation",
+                        format!("draft lengths {draft_min}..={draft_max}: need 0 <= min <= max, 1 <= max <= 256"),
+                    ));
+                }
+                if !(0.0..=1.0).contains(p_min) {
+                    return Err(crate::Error::invalid("speculation", format!("p_min {p_min}: need 0 to 1")));
+                }
+                Ok(())
+            }
         }
     }
 
-    /// The guess after `history` (prompt and reply so far), at most `limit` tokens.
+    /// The guess after `history` for sequence `seq`, at most `limit` tokens: prompt lookup, or
+    /// the draft model through `drafter` (none: no guess). A guess shorter than the least
+    /// asked for is none; a draft that fails is no guess (logged), never the request's end.
+    pub(crate) fn guess(
+        &self,
+        drafter: Option<&mut Drafter>,
+        seq: SeqId,
+        history: &[Token],
+        limit: usize,
+    ) -> Vec<Token> {
+        let guess = match self {
+            Speculation::Ngram { .. } => return self.draft(history, limit),
+            Speculation::Draft { draft_max, p_min, .. } => {
+                let Some(drafter) = drafter else { return Vec::new() };
+                drafter.draft(seq, history, (*draft_max).min(limit), *p_min).unwrap_or_else(|e| {
+                    tracing::warn!("the draft model failed, no guess this step: {e}");
+                    Vec::new()
+                })
+            }
+        };
+        if guess.len() < self.draft_limits().1 {
+            return Vec::new();
+        }
+        guess
+    }
+
+    /// The prompt-lookup guess after `history` (prompt and reply so far), at most `limit`
+    /// tokens (none for a draft model: see [`guess`](Self::guess)).
     pub(crate) fn draft(&self, history: &[Token], limit: usize) -> Vec<Token> {
         match self {
+            Speculation::Draft { .. } => Vec::new(),
             Speculation::Ngram { n_min, n_max, draft_max, draft_min } => {
                 let guess = ngram_draft(history, *n_min, *n_max, (*draft_max).min(limit));
                 if guess.len() < *draft_min {

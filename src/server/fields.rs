@@ -84,7 +84,7 @@ const SAMPLING: &[Field] = &[
     ("lora", Read),
     ("speculative.n_max", Read),
     ("speculative.n_min", Read),
-    ("speculative.p_min", Ignored("a draft model's confidence threshold; n-gram guesses have none")),
+    ("speculative.p_min", Read),
     ("image_data", Refused("multimodal input is not supported")),
     ("multimodal_data", Refused("multimodal input is not supported")),
     ("prediction", Refused("predicted outputs are not supported")),

@@ -265,8 +265,9 @@ impl AppState {
 
 /// The speculative decoding a request gets: what `serve` was started with, with the request's
 /// draft lengths (llama-server's `speculative.n_max` and `speculative.n_min`; `n_max: 0` turns
-/// it off for the request). Without speculation served, the fields change nothing, as in
-/// llama-server.
+/// it off for the request) and, with a draft model, its `speculative.p_min`. Without
+/// speculation served, the fields change nothing, as in llama-server (nor does `p_min` for
+/// n-gram guesses, which have no probabilities).
 fn request_speculation(c: &Common, served: Option<&Speculation>) -> Result<Option<Speculation>, ApiError> {
     let Some(served) = served else { return Ok(None) };
     let (max, min) = served.draft_limits();
@@ -286,7 +287,14 @@ fn request_speculation(c: &Common, served: Option<&Speculation>) -> Result<Optio
             ))
         }
     };
-    Ok(Some(served.clone().with_draft_limits(max, min)))
+    let mut spec = served.clone().with_draft_limits(max, min);
+    if let (Speculation::Draft { p_min, .. }, Some(p)) = (&mut spec, c.speculative_p_min) {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(ApiError::invalid("speculative.p_min must be between 0 and 1", "speculative.p_min"));
+        }
+        *p_min = p;
+    }
+    Ok(Some(spec))
 }
 
 /// The generation options both endpoints share: every field `fields.rs` marks as read for
@@ -895,9 +903,12 @@ mod tests {
             "dry_allowed_length": 3, "dry_penalty_last_n": 16, "dry_sequence_breakers": ["x"], "seed": 7,
             "stop": "x", "ignore_eos": true, "logit_bias": {"5": 2.0}, "grammar": "root ::= \"a\"",
             "json_schema": {"type": "object"}, "response_format": {"type": "json_object"}, "n_probs": 2,
-            "speculative.n_max": 5, "speculative.n_min": 1,
+            "speculative.n_max": 5, "speculative.n_min": 1, "speculative.p_min": 0.9,
         });
-        let served = Some(Speculation::ngram());
+        // A draft model (the tiny model drafting for itself) reads every speculative field.
+        let full = crate::Model::load(crate::synth::tiny_model().unwrap(), &crate::LoadConfig::default()).unwrap();
+        let draft = crate::Model::load(crate::synth::tiny_model().unwrap(), &crate::LoadConfig::default()).unwrap();
+        let served = Some(Speculation::draft_model(crate::DraftModel::new(&full, Arc::new(draft)).unwrap()));
         let default = format!("{:?}", options(&Common::default(), 0, vocab, &none, served.as_ref()).unwrap());
         for route in [fields::Route::Chat, fields::Route::Completions] {
             for (name, handling) in route.fields() {

@@ -68,6 +68,9 @@ pub(crate) struct Common {
     pub(crate) speculative_n_max: Option<i64>,
     #[serde(rename = "speculative.n_min")]
     pub(crate) speculative_n_min: Option<i64>,
+    /// The draft model's least probability for a guessed token (with `serve -md`).
+    #[serde(rename = "speculative.p_min")]
+    pub(crate) speculative_p_min: Option<f32>,
 }
 
 #[derive(Debug, Deserialize, Default)]

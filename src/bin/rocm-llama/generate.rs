@@ -436,7 +436,7 @@ pub fn run(RunArgs { mut args }: RunArgs) -> AnyResult<()> {
     let cancel = CancelToken::new();
     let mut opts = generate_options(&args.sampling)?.cancel(cancel.clone()).n_probs(args.logprobs.unwrap_or(0));
     opts.lora = lora;
-    opts.speculation = args.speculation.speculation()?;
+    opts.speculation = args.speculation.speculation(&model)?;
     let gen = session.generate(&prompt, &opts)?;
     let answer = stream(gen, &cancel, args.json)?;
     args.save_prompt_cache(&session)?;
@@ -462,7 +462,7 @@ pub fn chat(ChatArgs { system, template, chat_template_kwargs, mut args }: ChatA
     install_interrupt_handler();
     let mut gen_opts = generate_options(&args.sampling)?.chat(chat).n_probs(args.logprobs.unwrap_or(0));
     gen_opts.lora = lora;
-    gen_opts.speculation = args.speculation.speculation()?;
+    gen_opts.speculation = args.speculation.speculation(&model)?;
     let mut messages: Vec<ChatMessage> = system.into_iter().map(ChatMessage::system).collect();
 
     if let Some(p) = prompt {

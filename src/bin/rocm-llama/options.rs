@@ -10,7 +10,7 @@ use rocm_llama::{
     ContextConfig, FitOptions, FlashAttention, GenerateOptions, GpuLayers, KvType, LoadConfig, Model, SamplingParams,
     SplitMode,
 };
-use rocm_llama::{ControlVector, LoraAdapter, Speculation};
+use rocm_llama::{ControlVector, DraftModel, LoraAdapter, Speculation};
 
 use crate::{AnyResult, UserError};
 
@@ -32,6 +32,8 @@ const LLAMA_FLAGS: &[(&str, &str)] = &[
     ("-np", "--parallel"),
     ("-cb", "--cont-batching"),
     ("-nocb", "--no-cont-batching"),
+    ("-md", "--model-draft"),
+    ("-ngld", "--gpu-layers-draft"),
 ];
 
 /// More of llama-cli's single-dash flags, rewritten only for `run` and `chat` (elsewhere `-r`
@@ -190,10 +192,21 @@ pub fn parse_ngl(s: &str) -> Result<NglArg, String> {
 pub struct SpeculationArgs {
     /// Speculative decoding: `ngram-simple` guesses the next tokens from where the last few
     /// appeared before in the prompt or reply (prompt lookup: pays off when the reply copies
-    /// from the prompt), `none` turns it off [default: none]. Greedy output is the same either
-    /// way; sampled output has the same distribution.
-    #[arg(long, value_name = "TYPE", value_parser = ["none", "ngram-simple"])]
+    /// from the prompt), `draft-simple` has the --model-draft guess them (the default when one
+    /// is given), `none` turns it off [default: none]. Greedy output is the same either way;
+    /// sampled output has the same distribution.
+    #[arg(long, value_name = "TYPE", value_parser = ["none", "ngram-simple", "draft-simple"])]
     spec_type: Option<String>,
+    /// A draft model for speculative decoding (-md): smaller, with the same vocabulary.
+    #[arg(long, visible_alias = "spec-draft-model", value_name = "FILE")]
+    model_draft: Option<PathBuf>,
+    /// The draft model's layers on the GPU (-ngld): a number or `all` [default: all].
+    #[arg(long, visible_aliases = ["n-gpu-layers-draft", "spec-draft-ngl"], value_name = "N|all", value_parser = parse_ngl)]
+    gpu_layers_draft: Option<NglArg>,
+    /// The draft model's least probability for a guessed token: its guess stops at a less
+    /// likely one [default: 0.5].
+    #[arg(long, visible_alias = "spec-draft-p-min", value_name = "P")]
+    draft_p_min: Option<f32>,
     /// ngram-simple: the longest run of tokens looked up, tried down to 2 [default: 4].
     #[arg(long, value_name = "N")]
     spec_ngram_simple_size_n: Option<usize>,
@@ -209,18 +222,52 @@ pub struct SpeculationArgs {
 }
 
 impl SpeculationArgs {
-    /// The speculation asked for, checked; `None` without `--spec-type` (or with `none`).
-    pub fn speculation(&self) -> AnyResult<Option<Speculation>> {
+    /// The speculation asked for, checked (a draft model loaded and checked against
+    /// `target`); `None` without `--spec-type` or `--model-draft` (or with `--spec-type none`).
+    pub fn speculation(&self, target: &Model) -> AnyResult<Option<Speculation>> {
         let tuned = self.spec_ngram_simple_size_n.is_some()
             || self.spec_ngram_simple_size_m.is_some()
             || self.spec_draft_n_max.is_some()
-            || self.spec_draft_n_min.is_some();
-        match self.spec_type.as_deref() {
-            None | Some("none") => {
-                if tuned {
-                    return Err(UserError::boxed("the --spec-* and --draft-* settings need --spec-type ngram-simple"));
+            || self.spec_draft_n_min.is_some()
+            || self.gpu_layers_draft.is_some()
+            || self.draft_p_min.is_some();
+        let kind = match (self.spec_type.as_deref(), &self.model_draft) {
+            (None, Some(_)) => Some("draft-simple"),
+            (Some("none"), _) | (None, None) => None,
+            (kind, _) => kind,
+        };
+        match kind {
+            None => {
+                if tuned || self.model_draft.is_some() {
+                    return Err(UserError::boxed(
+                        "the --spec-*, --draft-* and --model-draft settings need --spec-type (ngram-simple or draft-simple)",
+                    ));
                 }
                 Ok(None)
+            }
+            Some("draft-simple") => {
+                let Some(path) = &self.model_draft else {
+                    return Err(UserError::boxed("--spec-type draft-simple needs a draft model (--model-draft, -md)"));
+                };
+                let gpu_layers = match self.gpu_layers_draft {
+                    Some(NglArg::Fixed(layers)) => layers,
+                    Some(NglArg::Auto) | None => GpuLayers::All,
+                };
+                let draft = Model::load(path, &LoadConfig::default().gpu_layers(gpu_layers))
+                    .map_err(|e| UserError::boxed(format!("--model-draft {}: {e}", path.display())))?;
+                let draft = DraftModel::new(target, std::sync::Arc::new(draft))
+                    .map_err(|e| UserError::boxed(format!("--model-draft {}: {e}", path.display())))?;
+                let Speculation::Draft { draft, draft_max, draft_min, p_min } = Speculation::draft_model(draft) else {
+                    return Err(UserError::boxed("--spec-type: unknown default"));
+                };
+                let spec = Speculation::Draft {
+                    draft,
+                    draft_max: self.spec_draft_n_max.unwrap_or(draft_max),
+                    draft_min: self.spec_draft_n_min.unwrap_or(draft_min),
+                    p_min: self.draft_p_min.unwrap_or(p_min),
+                };
+                spec.check().map_err(|e| UserError::boxed(format!("--spec-type draft-simple: {e}")))?;
+                Ok(Some(spec))
             }
             _ => {
                 let Speculation::Ngram { n_min, n_max, draft_max, draft_min } = Speculation::ngram() else {

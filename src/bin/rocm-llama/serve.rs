@@ -148,7 +148,7 @@ pub fn serve(args: ServeArgs) -> AnyResult<()> {
     };
     let (model, _) = load_model(&args.model, Some(plan))?;
     let model = Arc::new(model);
-    let speculation = args.speculation.speculation()?;
+    let speculation = args.speculation.speculation(&model)?;
     let (mut lora, control_vector) = args.adapters.load(&model)?;
     if args.lora_init_without_apply {
         lora.iter_mut().for_each(|(_, scale)| *scale = 0.0);
@@ -156,6 +156,9 @@ pub fn serve(args: ServeArgs) -> AnyResult<()> {
     let fa: FlashAttention = args.flash_attn.into();
     let mut engine_config = EngineConfig::default();
     engine_config.control_vector = control_vector;
+    if let Some(rocm_llama::Speculation::Draft { draft, .. }) = &speculation {
+        engine_config.draft = Some(draft.clone());
+    }
     let engine = Engine::start(
         model,
         engine_config

@@ -81,6 +81,20 @@ pub struct BenchConfig {
     /// mixing them, as the engine decodes each set apart (the raw baseline runs without).
     #[serde(serialize_with = "lora_sets")]
     pub lora_sets: Vec<Vec<(crate::adapter::LoraAdapter, f32)>>,
+    /// Speculative decoding for the copy test: `tg{n} copy` generates `n_gen` greedy tokens
+    /// after a prompt that repeats a run of tokens (a reply that copies from its prompt), with
+    /// and without it (none: no copy test).
+    #[serde(serialize_with = "speculation_name")]
+    pub speculation: Option<crate::speculative::Speculation>,
+}
+
+/// The speculation in a report, as its settings read (a draft model by its path).
+fn speculation_name<S: serde::Serializer>(
+    spec: &Option<crate::speculative::Speculation>,
+    ser: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    use serde::Serialize;
+    spec.as_ref().map(|s| format!("{s:?}")).serialize(ser)
 }
 
 /// The adapter sets in a report: each adapter's path and scale.
@@ -115,6 +129,7 @@ crate::config::setters!(BenchConfig {
     lora_sets: Vec<Vec<(crate::adapter::LoraAdapter, f32)>>,
 } optional {
     threads: u32,
+    speculation: crate::speculative::Speculation,
 });
 
 impl Default for BenchConfig {
@@ -137,6 +152,7 @@ impl Default for BenchConfig {
             reproducible: false,
             shared_prompt: false,
             lora_sets: Vec::new(),
+            speculation: None,
         }
     }
 }
@@ -460,6 +476,44 @@ pub fn run(shared: &Arc<Model>, cfg: &BenchConfig, progress: &dyn Fn(&str)) -> R
         }
     }
 
+    // The copy test: greedy generation after a prompt that repeats a run of random tokens
+    // (the reply can copy the rest of the run), through `Context::generate_tokens`, without and
+    // with the speculation asked for. Decode speed from the first token on, as the summary
+    // reports it; the share of guessed tokens confirmed beside it.
+    if let (Some(spec), true) = (&cfg.speculation, cfg.n_gen > 0) {
+        let run_len = (cfg.n_gen + 16).min(2048);
+        let run = tokens(model, run_len, 11);
+        let mut prompt = run.clone();
+        prompt.extend_from_slice(&run[..16]);
+        let n_ctx = (prompt.len() + cfg.n_gen + 16).next_multiple_of(256) as u32;
+        for &fa in &cfg.flash_attention {
+            progress(&format!("tg{} copy, flash attention {fa:?}", cfg.n_gen));
+            let mut cc = ContextConfig::default().n_ctx(n_ctx).n_batch(cfg.n_batch).flash_attention(fa);
+            cc.type_k = cfg.kv_type;
+            cc.type_v = cfg.kv_type;
+            if let Some(t) = cfg.threads {
+                cc = cc.threads(t);
+            }
+            let mut ctx = Context::new(model, &cc)?;
+            let mut greedy = crate::GenerateOptions::greedy(cfg.n_gen);
+            greedy.sampling.ignore_eos = true;
+            let (mut plain, mut with, mut confirmed) = (Vec::new(), Vec::new(), Vec::new());
+            for rep in 0..=cfg.repetitions {
+                let (_, a) = ctx.generate_tokens(prompt.clone(), &greedy)?.collect_text()?;
+                let opts = greedy.clone().speculation(spec.clone());
+                let (_, b) = ctx.generate_tokens(prompt.clone(), &opts)?.collect_text()?;
+                if rep > 0 {
+                    plain.push(a.decode_tokens_per_s);
+                    with.push(b.decode_tokens_per_s);
+                    confirmed.push(100.0 * b.draft_tokens_accepted as f64 / b.draft_tokens.max(1) as f64);
+                }
+            }
+            push(&mut measurements, format!("tg{} copy", cfg.n_gen), fa, 0, "tok/s", plain);
+            push(&mut measurements, format!("tg{} copy spec", cfg.n_gen), fa, 0, "tok/s", with);
+            push(&mut measurements, format!("tg{} copy spec confirmed", cfg.n_gen), fa, 0, "%", confirmed);
+        }
+    }
+
     let mut concurrency = Vec::new();
     for &n in &cfg.concurrency {
         progress(&format!("{n} concurrent sequences"));
@@ -703,12 +757,13 @@ impl BenchReport {
     /// A terminal table.
     pub fn table(&self) -> String {
         let mut s = format!("model: {}\n", self.model);
+        let w = self.measurements.iter().map(|m| m.test.len()).max().unwrap_or(0).max(12);
         if !self.measurements.is_empty() {
-            s.push_str(&format!("\n{:<12} {:<6} {:>6} {:>22}\n", "test", "fa", "depth", "result"));
+            s.push_str(&format!("\n{:<w$} {:<6} {:>6} {:>22}\n", "test", "fa", "depth", "result"));
         }
         for m in &self.measurements {
             s.push_str(&format!(
-                "{:<12} {:<6} {:>6} {:>14.2} ± {:<6.2} {}\n",
+                "{:<w$} {:<6} {:>6} {:>14.2} ± {:<6.2} {}\n",
                 m.test,
                 format!("{:?}", m.flash_attention).to_lowercase(),
                 m.depth,

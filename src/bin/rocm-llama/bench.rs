@@ -117,6 +117,8 @@ pub struct BenchArgs {
     /// what mixing sets costs (the engine decodes each set apart); the raw loop runs without.
     #[arg(long, value_name = "FILE[:SCALE]")]
     lora: Vec<String>,
+    #[command(flatten)]
+    speculation: crate::options::SpeculationArgs,
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -168,7 +170,7 @@ pub fn bench(args: BenchArgs) -> AnyResult<()> {
         let (lora, _) = crate::options::AdapterArgs::lora_only(item).load(&model)?;
         lora_sets.push(lora);
     }
-    let cfg = cfg.lora_sets(lora_sets);
+    let cfg = cfg.lora_sets(lora_sets).speculation(args.speculation.speculation(&model)?);
     let spinner = crate::spinner();
     let sp = spinner.clone();
     let report = rocm_llama::bench::run(&model, &cfg, &move |m| sp.set_message(m.to_string()));

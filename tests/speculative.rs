@@ -117,11 +117,19 @@ fn sampling_at_guessed_positions_draws_from_the_models_distribution() {
     let thirds: Vec<i32> = kept.iter().map(|(ids, _)| ids[2]).collect();
     assert!(thirds.len() >= 200, "too few draws after the commonest start: {}", thirds.len());
     // The exact distribution after prompt + t0 t1, one token at a time.
-    let mut ctx = Context::new(model, &common::config().n_ctx(256)).unwrap();
     let mut tokens = vocab.tokenize(prompt, true, true).unwrap();
     tokens.extend([t0, t1]);
+    let chi = chi_square(model, &tokens, temperature, &thirds);
+    assert!(chi < 18.5, "chi-square {chi}");
+}
+
+/// Chi-square of `draws` against the exact softmax at `temperature` of the logits after
+/// `tokens` (computed in one batch): the 4 most likely tokens and the rest, 4 degrees of
+/// freedom.
+fn chi_square(model: &Model, tokens: &[i32], temperature: f32, draws: &[i32]) -> f64 {
+    let mut ctx = Context::new(model, &common::config().n_ctx(256)).unwrap();
     let mut batch = rocm_llama::Batch::new(256, 1).unwrap();
-    batch.add_sequence(&tokens, 0, 0, true).unwrap();
+    batch.add_sequence(tokens, 0, 0, true).unwrap();
     ctx.decode(&batch).unwrap();
     let logits = ctx.logits(batch.len() as i32 - 1).unwrap();
     let max = logits.iter().copied().fold(f32::MIN, f32::max);
@@ -130,18 +138,71 @@ fn sampling_at_guessed_positions_draws_from_the_models_distribution() {
         logits.iter().enumerate().map(|(i, &l)| (i as i32, (((l - max) / temperature) as f64).exp() / z)).collect();
     p.sort_by(|a, b| b.1.total_cmp(&a.1));
     let top = &p[..4];
-    let n = thirds.len() as f64;
+    let n = draws.len() as f64;
     let mut chi = 0.0;
-    let (mut rest_seen, mut rest_p) = (thirds.len(), 1.0);
+    let (mut rest_seen, mut rest_p) = (draws.len(), 1.0);
     for &(t, prob) in top {
-        let seen = thirds.iter().filter(|&&x| x == t).count();
+        let seen = draws.iter().filter(|&&x| x == t).count();
         rest_seen -= seen;
         rest_p -= prob;
         chi += (seen as f64 - n * prob).powi(2) / (n * prob);
     }
     chi += (rest_seen as f64 - n * rest_p).powi(2) / (n * rest_p).max(1e-9);
-    eprintln!("{} draws, top-4 p {:?}, chi-square {chi:.2}", thirds.len(), top);
-    assert!(chi < 18.5, "chi-square {chi}");
+    eprintln!("{} draws, top-4 p {:?}, chi-square {chi:.2}", draws.len(), top);
+    chi
+}
+
+/// Sampling where the model's distribution is spread, through a draft model (the test model
+/// drafting for itself, so its one-token guess after the first token is the likeliest second
+/// token): "The quick brown fox jumps over the lazy" continues with " dog" (p 0.86), then "."
+/// (0.37) among many, then a spread third token (0.34 at most). At temperature 1 over 600
+/// seeds, the second tokens after " dog" (read from the first row of a decode that carries a
+/// guess) and the third tokens after " dog." (read from the guessed position's row; the guess
+/// was "." there) each fit the exact softmax (chi-square, 4 degrees of freedom, 18.5 is the
+/// 0.1% critical value). Fixed seeds, so the outcome is fixed.
+#[test]
+fn sampling_with_a_draft_model_draws_from_the_targets_distribution() {
+    use rocm_llama::DraftModel;
+    let Some(target) = engine_model() else { return };
+    let draft = DraftModel::new(&target, engine_model().unwrap()).unwrap();
+    let vocab = target.vocab();
+    let prompt = "The quick brown fox jumps over the lazy";
+    let params = |seed| SamplingParams::default().temperature(1.0).top_k(0).top_p(1.0).min_p(0.0).seed(seed);
+    let spec = Speculation::Draft { draft, draft_max: 4, draft_min: 0, p_min: 0.0 };
+    let mut session = Session::new(&target, &common::config().n_ctx(256)).unwrap();
+    let mut runs: Vec<(Vec<i32>, usize)> = Vec::new();
+    for seed in 0..600 {
+        let opts = GenerateOptions::default().max_tokens(3).sampling(params(seed)).speculation(spec.clone());
+        let mut ids = Vec::new();
+        let mut accepted = 0;
+        for e in session.generate(prompt, &opts).unwrap() {
+            match e.unwrap() {
+                Event::Token { id, .. } => ids.push(id),
+                Event::Done(s) => accepted = s.draft_tokens_accepted,
+                Event::Text(_) => {}
+            }
+        }
+        if ids.len() == 3 {
+            runs.push((ids, accepted));
+        }
+    }
+    let dog = vocab.tokenize(" dog", false, false).unwrap()[0];
+    let dot = vocab.tokenize(".", false, false).unwrap()[0];
+    let seconds: Vec<i32> = runs.iter().filter(|(ids, _)| ids[0] == dog).map(|(ids, _)| ids[1]).collect();
+    let thirds: Vec<(i32, usize)> =
+        runs.iter().filter(|(ids, _)| ids[0] == dog && ids[1] == dot).map(|(ids, a)| (ids[2], *a)).collect();
+    assert!(seconds.len() >= 400 && thirds.len() >= 120, "{} and {} draws", seconds.len(), thirds.len());
+    // The guess after " dog" was "." (the draft's likeliest), so these thirds were read at the
+    // guessed position: each run confirmed exactly that one guessed token.
+    assert!(thirds.iter().all(|&(_, a)| a == 1), "the second token was not a confirmed guess");
+    let mut tokens = vocab.tokenize(prompt, true, true).unwrap();
+    tokens.push(dog);
+    let chi = chi_square(&target, &tokens, 1.0, &seconds);
+    assert!(chi < 18.5, "second tokens: chi-square {chi}");
+    tokens.push(dot);
+    let thirds: Vec<i32> = thirds.iter().map(|&(t, _)| t).collect();
+    let chi = chi_square(&target, &tokens, 1.0, &thirds);
+    assert!(chi < 18.5, "third tokens: chi-square {chi}");
 }
 
 /// The test model for an engine (the engines here take an `Arc`), loaded without CPU

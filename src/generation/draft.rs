@@ -107,6 +107,8 @@ pub(crate) struct Drafter {
     batch: Batch,
     target_n_vocab: i32,
     n_ctx_seq: usize,
+    /// The draft this context is of (for reuse by a session's next turn).
+    draft: DraftModel,
     _model: Arc<Model>,
 }
 
@@ -131,8 +133,14 @@ impl Drafter {
             target_n_vocab: draft.target_n_vocab,
             n_ctx_seq: ctx.n_ctx_seq() as usize,
             ctx,
+            draft: draft.clone(),
             _model: model,
         })
+    }
+
+    /// Whether this context drafts with `draft` for one sequence of at least `n_ctx_seq` tokens.
+    pub(crate) fn fits(&self, draft: &DraftModel, n_ctx_seq: u32) -> bool {
+        self.draft == *draft && self.caches.len() == 1 && self.n_ctx_seq >= n_ctx_seq as usize
     }
 
     /// Up to `max` tokens the draft model expects after `history` in sequence `seq`, greedily;

@@ -9,6 +9,14 @@ use crate::chat::{ChatMessage, ChatTemplate};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::request::{Accepted, Request, RequestSpec, SeqCache};
+
+/// What a [`Session`](crate::Session) keeps between generations on sequence 0: the tokens its
+/// cells hold, and the draft model's context when a turn drafted with one.
+#[derive(Default)]
+pub(crate) struct SessionCache {
+    pub(crate) tokens: SeqCache,
+    pub(crate) drafter: Option<crate::draft::Drafter>,
+}
 use crate::vocab::Token;
 
 enum Phase {
@@ -27,7 +35,7 @@ enum Phase {
 pub struct Generation<'c, 'm> {
     ctx: &'c mut Context<'m>,
     /// What sequence 0 holds, when a [`Session`](crate::Session) keeps track of it.
-    cache: Option<&'c mut SeqCache>,
+    cache: Option<&'c mut SessionCache>,
     request: Request<'m>,
     pos: i32,
     batch: Batch,
@@ -100,7 +108,7 @@ pub fn collect_events(events: impl IntoIterator<Item = Result<Event>>) -> Result
 impl<'c, 'm> Generation<'c, 'm> {
     pub(crate) fn new(
         ctx: &'c mut Context<'m>,
-        cache: Option<&'c mut SeqCache>,
+        mut cache: Option<&'c mut SessionCache>,
         prompt: Vec<Token>,
         opts: &GenerateOptions,
     ) -> Result<Self> {
@@ -112,11 +120,15 @@ impl<'c, 'm> Generation<'c, 'm> {
         let mut request = Request::new(ctx.model(), spec, sampler, Instant::now());
         request.try_device(ctx, 0)?;
         let batch = Batch::new(ctx.n_batch() as usize, 1)?;
+        // A session keeps its draft context between turns (a turn with the same draft and
+        // context size reuses it, and the draft's cells of the conversation with it).
+        let kept = cache.as_deref_mut().and_then(|c| c.drafter.take());
         let drafter = match &request.spec.speculation {
-            Some(crate::speculative::Speculation::Draft { draft, .. }) => {
-                Some(crate::draft::Drafter::new(draft, 1, ctx.n_ctx_seq(), ctx.n_batch(), ctx.threads().0)?)
-            }
-            _ => None,
+            Some(crate::speculative::Speculation::Draft { draft, .. }) => match kept {
+                Some(d) if d.fits(draft, ctx.n_ctx_seq()) => Some(d),
+                _ => Some(crate::draft::Drafter::new(draft, 1, ctx.n_ctx_seq(), ctx.n_batch(), ctx.threads().0)?),
+            },
+            _ => kept,
         };
         Ok(Generation {
             drafter,
@@ -137,7 +149,7 @@ impl<'c, 'm> Generation<'c, 'm> {
     /// tokens parsed (for [`Context::generate`] and [`Session`](crate::Session)).
     pub(crate) fn from_text(
         ctx: &'c mut Context<'m>,
-        cache: Option<&'c mut SeqCache>,
+        cache: Option<&'c mut SessionCache>,
         prompt: &str,
         opts: &GenerateOptions,
     ) -> Result<Self> {
@@ -148,7 +160,7 @@ impl<'c, 'm> Generation<'c, 'm> {
     /// Starts the assistant's reply to `messages` formatted with `template`.
     pub(crate) fn from_chat(
         ctx: &'c mut Context<'m>,
-        cache: Option<&'c mut SeqCache>,
+        cache: Option<&'c mut SessionCache>,
         messages: &[ChatMessage],
         template: &ChatTemplate,
         opts: &GenerateOptions,
@@ -168,7 +180,7 @@ impl<'c, 'm> Generation<'c, 'm> {
         let prompt = &self.request.spec.prompt;
         let lora = crate::adapter::LoraKey::of(ctx.lora());
         let common = match self.cache.as_deref_mut() {
-            Some(cache) => cache.reuse(ctx, 0, prompt, &lora, usize::MAX)?,
+            Some(cache) => cache.tokens.reuse(ctx, 0, prompt, &lora, usize::MAX)?,
             None => {
                 ctx.seq_remove(Some(0), ..)?;
                 0
@@ -184,7 +196,7 @@ impl<'c, 'm> Generation<'c, 'm> {
             self.batch.add_sequence(chunk, pos, 0, last)?;
             ctx.decode(&self.batch)?;
             if let Some(cache) = self.cache.as_deref_mut() {
-                cache.extend(chunk);
+                cache.tokens.extend(chunk);
             }
             pos += chunk.len() as i32;
         }
@@ -208,7 +220,7 @@ impl<'c, 'm> Generation<'c, 'm> {
             self.guess = Some((guess, 0));
         }
         if let Some(cache) = self.cache.as_deref_mut() {
-            cache.extend(&[token]);
+            cache.tokens.extend(&[token]);
         }
         self.pos += 1;
         self.last_index = 0;
@@ -299,7 +311,7 @@ impl Generation<'_, '_> {
         self.request.drafts.accepted += 1;
         self.history.push(id);
         if let Some(cache) = self.cache.as_deref_mut() {
-            cache.extend(&[id]);
+            cache.tokens.extend(&[id]);
         }
         self.pos += 1;
         self.last_index += 1;
@@ -321,6 +333,12 @@ impl Drop for Generation<'_, '_> {
     fn drop(&mut self) {
         if self.request.sampler.is_none() {
             let _ = self.ctx.clear_device_sampler(0);
+        }
+        // The draft context goes back to the session for its next turn.
+        if let Some(cache) = self.cache.as_deref_mut() {
+            if self.drafter.is_some() {
+                cache.drafter = self.drafter.take();
+            }
         }
     }
 }

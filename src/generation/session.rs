@@ -5,9 +5,9 @@
 use crate::chat::{ChatMessage, ChatTemplate};
 use crate::context::{Context, ContextConfig};
 use crate::error::Result;
+use crate::generate::SessionCache;
 use crate::generate::{GenerateOptions, Generation};
 use crate::model::Model;
-use crate::request::SeqCache;
 use crate::vocab::Token;
 
 /// A [`Context`] plus the record of what its sequence 0 holds, for prompt-prefix reuse across
@@ -37,7 +37,7 @@ use crate::vocab::Token;
 /// ```
 pub struct Session<'m> {
     ctx: Context<'m>,
-    cache: SeqCache,
+    cache: SessionCache,
 }
 
 impl<'m> Session<'m> {
@@ -49,7 +49,7 @@ impl<'m> Session<'m> {
     /// Takes over a context. Nothing of what it holds is reused: the first generation
     /// empties sequence 0.
     pub fn from_context(ctx: Context<'m>) -> Self {
-        Session { ctx, cache: SeqCache::default() }
+        Session { ctx, cache: SessionCache::default() }
     }
 
     /// The context, to read from.
@@ -60,7 +60,7 @@ impl<'m> Session<'m> {
     /// The context, to change. The session forgets what sequence 0 holds, since the caller
     /// may change it; the next generation computes its whole prompt.
     pub fn context_mut(&mut self) -> &mut Context<'m> {
-        self.cache.clear();
+        self.cache.tokens.clear();
         &mut self.ctx
     }
 
@@ -71,7 +71,7 @@ impl<'m> Session<'m> {
 
     /// The tokens sequence 0 holds, as far as this session knows.
     pub fn cached_tokens(&self) -> &[Token] {
-        self.cache.tokens()
+        self.cache.tokens.tokens()
     }
 
     /// Generates from a text prompt (tokenized with BOS as the model wants and with control
@@ -117,7 +117,7 @@ impl<'m> Session<'m> {
     /// # }
     /// ```
     pub fn save(&self, path: impl AsRef<std::path::Path>) -> Result<u64> {
-        crate::seq_state::save(&self.ctx, 0, self.cache.tokens(), path.as_ref())
+        crate::seq_state::save(&self.ctx, 0, self.cache.tokens.tokens(), path.as_ref())
     }
 
     /// Replaces what sequence 0 holds with a file written by [`save`](Session::save); the
@@ -125,9 +125,9 @@ impl<'m> Session<'m> {
     /// truncated or changed file is an [`Error::StateFile`](crate::Error::StateFile) (nothing
     /// loaded, sequence 0 empty). Returns how many tokens it holds now.
     pub fn load(&mut self, path: impl AsRef<std::path::Path>) -> Result<usize> {
-        self.cache.clear();
+        self.cache.tokens.clear();
         let tokens = crate::seq_state::load(&mut self.ctx, 0, path.as_ref())?;
-        self.cache.extend(&tokens);
+        self.cache.tokens.extend(&tokens);
         Ok(tokens.len())
     }
 

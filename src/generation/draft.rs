@@ -166,6 +166,12 @@ impl Drafter {
         cache.truncate(common);
         let n_batch = ctx.n_batch() as usize;
         let rest = &history[common..];
+        // A token of the target's that the draft's (smaller) vocabulary lacks: nothing to
+        // draft from.
+        let n_draft_vocab = ctx.model().vocab().n_tokens();
+        if rest.iter().any(|&t| t >= n_draft_vocab) {
+            return Ok(Vec::new());
+        }
         let mut pos = common as i32;
         for (k, chunk) in rest.chunks(n_batch).enumerate() {
             self.batch.clear();

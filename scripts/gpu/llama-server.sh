@@ -16,7 +16,7 @@ prepare_server_tree() {
     for f in manifest.webmanifest build.json version.json; do echo '{}' > "$d/$f"; done
     for f in sw.js bundle.0.js bundle.0.css workbox-0.js; do : > "$d/$f"; done
 }
-TOOLS="llama-server" CMAKE_EXTRA="-DLLAMA_BUILD_SERVER=ON" PRE_BUILD=prepare_server_tree
+TOOLS="llama-server ${EXTRA_TOOLS:-}" CMAKE_EXTRA="-DLLAMA_BUILD_SERVER=ON" PRE_BUILD=prepare_server_tree
 source scripts/gpu/setup.sh
 LS="$(tool llama-server)"
 

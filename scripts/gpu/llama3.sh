@@ -13,12 +13,14 @@ synth_model() { # binary
     "$1" synth --shape llama3-8b --type q4_k_m -o "$MODEL.part" --threads "$(nproc)" >> "$OUT/run.log" 2>&1 &&
         mv "$MODEL.part" "$MODEL"
 }
-if [ ! -f "$MODEL" ] && [ -f .dev/rocm-llama-cpu ]; then
+# NO_MODEL=1: a script that measures another model skips this one.
+if [ "${NO_MODEL:-0}" != 1 ] && [ ! -f "$MODEL" ] && [ -f .dev/rocm-llama-cpu ]; then
     chmod +x .dev/rocm-llama-cpu
     synth_model "$PWD/.dev/rocm-llama-cpu" &
     SYNTH_PID=$!
 fi
 model_ready() {
+    [ "${NO_MODEL:-0}" = 1 ] && return 0
     if [ -n "$SYNTH_PID" ]; then wait "$SYNTH_PID"; SYNTH_PID=""; fi
     [ -f "$MODEL" ] || synth_model "$B"
     [ -f "$MODEL" ] || { log "no model: synth failed (see run.log)"; exit 1; }

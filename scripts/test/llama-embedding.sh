@@ -15,7 +15,13 @@ exec 9>"$cache/.$(basename "$0" .sh).lock"
 flock 9
 dir="$cache/llama-embedding"
 bin="$dir/llama-embedding"
-if [ -x "$bin" ]; then
+# Built as rocm-llama's own llama.cpp is (the crate's default: GGML_NATIVE off), so the reference
+# runs the same kernels. With GGML_NATIVE on, a CPU with AMX (seen 2026-12-06 on a machine of
+# this project's kind) sends this model's matrix products through ggml's AMX path, which crashed
+# the tool (SIGSEGV in ggml_backend_amx_mul_mat) before its first vector. A tool built with
+# other flags is built again.
+flags="GGML_NATIVE=OFF"
+if [ -x "$bin" ] && [ "$(cat "$dir/.flags" 2>/dev/null)" = "$flags" ]; then
     echo "$bin"
     exit 0
 fi
@@ -29,7 +35,7 @@ cp "$work"/llama_cpp_python-*/vendor/llama.cpp/examples/embedding/embedding.cpp 
 echo "llama-embedding: building llama.cpp's library, common and the embedding tool (CPU, a few minutes, once)" >&2
 jobs="$(nproc)"
 cmake -S "$work/llama.cpp" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
-    -DGGML_NATIVE=ON -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+    -D"$flags" -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
     -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_CURL=OFF \
     -DLLAMA_OPENSSL=OFF \
     > "$work/cmake.log" 2>&1 \
@@ -47,5 +53,6 @@ ${CXX:-c++} -O2 -std=c++17 -fopenmp -I"$work/llama.cpp/include" -I"$work/llama.c
 mkdir -p "$dir"
 mv "$work/llama-embedding" "$bin"
 basename "$sdist" > "$dir/.source"
+echo "$flags" > "$dir/.flags"
 rm -rf "$work"
 echo "$bin"

@@ -1096,19 +1096,22 @@ const COPY: &str = "Paragraph: The old lighthouse stood on the northern cliff, i
                     winters. Every evening the keeper climbed the narrow stairs to light the lamp.\nThe same \
                     paragraph, copied exactly:\nParagraph: The old lighthouse stood on the northern cliff,";
 
+/// A greedy `/completion` of `n` tokens after COPY, with the body fields `extra`; asserts a 200.
+fn greedy_copy(server: &Server, n: u32, extra: serde_json::Value) -> serde_json::Value {
+    let mut body = serde_json::json!({"prompt": COPY, "n_predict": n, "temperature": 0});
+    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    let (status, v) = server.json("/completion", None, &body.to_string());
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
 /// `serve --spec-type ngram-simple`: a request that copies from its prompt confirms guesses
 /// (`timings.draft_n_accepted`, `/metrics`) and gets the text it gets without speculation
 /// (`speculative.n_max: 0`, greedy); bad lengths are a 400.
 #[test]
 fn serve_speculates_by_prompt_lookup() {
     let Some(server) = Server::start(&["--spec-type", "ngram-simple", "-np", "2"]) else { return };
-    let ask = |extra: serde_json::Value| {
-        let mut body = serde_json::json!({"prompt": COPY, "n_predict": 32, "temperature": 0});
-        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-        let (status, v) = server.json("/completion", None, &body.to_string());
-        assert_eq!(status, 200, "{v}");
-        v
-    };
+    let ask = |extra: serde_json::Value| greedy_copy(&server, 32, extra);
     let spec = ask(serde_json::json!({}));
     let plain = ask(serde_json::json!({"speculative.n_max": 0}));
     assert!(spec["timings"]["draft_n_accepted"].as_u64().unwrap_or(0) > 10, "{spec}");
@@ -1139,15 +1142,9 @@ fn serve_speculates_with_a_draft_model() {
     let draft = model.to_str().unwrap().to_string();
     let server =
         Server::start_model(&model, &["-md", &draft, "-ngld", "all", "--draft-p-min", "0", "--draft-max", "6"]);
-    let ask = |extra: serde_json::Value| {
-        // A prompt without near ties in its greedy reply ("The capital of France is" has one at
-        // its 12th token, where batch shapes may pick either).
-        let mut body = serde_json::json!({"prompt": COPY, "n_predict": 24, "temperature": 0});
-        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-        let (status, v) = server.json("/completion", None, &body.to_string());
-        assert_eq!(status, 200, "{v}");
-        v
-    };
+    // COPY: a prompt without near ties in its greedy reply ("The capital of France is" has one
+    // at its 12th token, where batch shapes may pick either).
+    let ask = |extra: serde_json::Value| greedy_copy(&server, 24, extra);
     let spec = ask(serde_json::json!({}));
     let plain = ask(serde_json::json!({"speculative.n_max": 0}));
     assert!(spec["timings"]["draft_n_accepted"].as_u64().unwrap_or(0) > 10, "{spec}");

@@ -86,22 +86,7 @@ fn sampling_at_guessed_positions_draws_from_the_models_distribution() {
     let params = |seed| SamplingParams::default().temperature(temperature).top_k(0).top_p(1.0).min_p(0.0).seed(seed);
     let mut session = Session::new(model, &common::config().n_ctx(256)).unwrap();
     // Each run: its three tokens and how many guessed tokens were confirmed.
-    let mut runs: Vec<(Vec<i32>, usize)> = Vec::new();
-    for seed in 0..600 {
-        let opts = GenerateOptions::default().max_tokens(3).sampling(params(seed)).speculation(Speculation::ngram());
-        let mut ids = Vec::new();
-        let mut accepted = 0;
-        for e in session.generate(prompt, &opts).unwrap() {
-            match e.unwrap() {
-                Event::Token { id, .. } => ids.push(id),
-                Event::Done(s) => accepted = s.draft_tokens_accepted,
-                Event::Text(_) => {}
-            }
-        }
-        if ids.len() == 3 {
-            runs.push((ids, accepted));
-        }
-    }
+    let runs = three_token_runs(&mut session, prompt, &params, &Speculation::ngram());
     // The commonest first two tokens of the runs that confirmed a guess; the third tokens
     // after them are the draws. The guess
     // after the first token is one token (the budget leaves room for one), the same in every
@@ -121,6 +106,33 @@ fn sampling_at_guessed_positions_draws_from_the_models_distribution() {
     tokens.extend([t0, t1]);
     let chi = chi_square(model, &tokens, temperature, &thirds);
     assert!(chi < 18.5, "chi-square {chi}");
+}
+
+/// 600 seeded generations of three tokens from `prompt` with `spec`: the runs that gave all
+/// three, each with how many guessed tokens were confirmed.
+fn three_token_runs(
+    session: &mut Session<'_>,
+    prompt: &str,
+    params: &dyn Fn(u32) -> SamplingParams,
+    spec: &Speculation,
+) -> Vec<(Vec<i32>, usize)> {
+    let mut runs = Vec::new();
+    for seed in 0..600 {
+        let opts = GenerateOptions::default().max_tokens(3).sampling(params(seed)).speculation(spec.clone());
+        let mut ids = Vec::new();
+        let mut accepted = 0;
+        for e in session.generate(prompt, &opts).unwrap() {
+            match e.unwrap() {
+                Event::Token { id, .. } => ids.push(id),
+                Event::Done(s) => accepted = s.draft_tokens_accepted,
+                Event::Text(_) => {}
+            }
+        }
+        if ids.len() == 3 {
+            runs.push((ids, accepted));
+        }
+    }
+    runs
 }
 
 /// Chi-square of `draws` against the exact softmax at `temperature` of the logits after
@@ -170,22 +182,7 @@ fn sampling_with_a_draft_model_draws_from_the_targets_distribution() {
     let params = |seed| SamplingParams::default().temperature(1.0).top_k(0).top_p(1.0).min_p(0.0).seed(seed);
     let spec = Speculation::Draft { draft, draft_max: 4, draft_min: 0, p_min: 0.0 };
     let mut session = Session::new(&target, &common::config().n_ctx(256)).unwrap();
-    let mut runs: Vec<(Vec<i32>, usize)> = Vec::new();
-    for seed in 0..600 {
-        let opts = GenerateOptions::default().max_tokens(3).sampling(params(seed)).speculation(spec.clone());
-        let mut ids = Vec::new();
-        let mut accepted = 0;
-        for e in session.generate(prompt, &opts).unwrap() {
-            match e.unwrap() {
-                Event::Token { id, .. } => ids.push(id),
-                Event::Done(s) => accepted = s.draft_tokens_accepted,
-                Event::Text(_) => {}
-            }
-        }
-        if ids.len() == 3 {
-            runs.push((ids, accepted));
-        }
-    }
+    let runs = three_token_runs(&mut session, prompt, &params, &spec);
     let dog = vocab.tokenize(" dog", false, false).unwrap()[0];
     let dot = vocab.tokenize(".", false, false).unwrap()[0];
     let seconds: Vec<i32> = runs.iter().filter(|(ids, _)| ids[0] == dog).map(|(ids, _)| ids[1]).collect();

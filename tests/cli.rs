@@ -243,6 +243,20 @@ fn errors_are_reported_not_crashes() {
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/models is not a folder"), "{out:?}");
+    // --device (llama.cpp's -dev): a device this build lacks, and the CPU, are refused with
+    // what there is; `none` keeps the model on the CPU and runs.
+    for (flag, name, says) in
+        [("--device", "Vulkan9", "there is no device \"Vulkan9\""), ("-dev", "CPU", "CPU is not a GPU")]
+    {
+        let out = bin().args(["run", "hi", "-n", "2", flag, name, "--model"]).arg(&model).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says) && !err.contains("panicked"), "{err}");
+    }
+    let out = bin().args(["run", "hi", "-n", "2", "--temp", "0", "-dev", "none", "--model"]).arg(&model).output();
+    let out = out.unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("on CPU"), "{out:?}");
     if rocm_llama::devices::offload_devices(&rocm_llama::devices::backend_devices()).len() == 1 {
         let out = bin().args(["run", "hi", "--split-mode", "none", "--main-gpu", "7", "--model"]).arg(&model).output();
         let out = out.unwrap();

@@ -17,6 +17,8 @@ struct Node<'a> {
     gtt: Option<u64>,
     vendor_info: bool,
     product: &'a str,
+    /// KFD's `location_id` (bus << 8 | device << 3 | function).
+    location_id: Option<u32>,
 }
 
 fn tree(name: &str, kfd: bool, nodes: &[Node]) -> PathBuf {
@@ -38,6 +40,9 @@ fn tree(name: &str, kfd: bool, nodes: &[Node]) -> PathBuf {
             "cpu_cores_count 0\nsimd_count 120\ngfx_target_version {}\nvendor_id 4098\ndevice_id 29822\n",
             n.gfx_target_version
         );
+        if let Some(loc) = n.location_id {
+            props.push_str(&format!("domain 0\nlocation_id {loc}\n"));
+        }
         if let Some(m) = n.minor {
             props.push_str(&format!("drm_render_minor {m}\n"));
             let dev = root.join(format!("sys/class/drm/renderD{m}/device"));
@@ -68,6 +73,7 @@ fn rx7800xt() -> Node<'static> {
         gtt: Some(32 * GIB),
         vendor_info: true,
         product: "AMD Radeon RX 7800 XT",
+        location_id: None,
     }
 }
 
@@ -79,6 +85,7 @@ fn igpu780m() -> Node<'static> {
         gtt: Some(16 * GIB),
         vendor_info: false,
         product: "AMD Radeon 780M",
+        location_id: None,
     }
 }
 
@@ -156,6 +163,7 @@ fn a_lone_7900xtx() {
         gtt: Some(64 * GIB),
         vendor_info: true,
         product: "AMD Radeon RX 7900 XTX",
+        location_id: None,
     };
     let root = tree("xtx", true, &[xtx]);
     let r = report(&root, &GpuEnv::default());
@@ -258,7 +266,97 @@ fn backend(index: usize, name: &str, kind: DeviceKind, free: u64) -> BackendDevi
         free,
         total: 16 * GIB,
         remote: None,
+        pci_bus: None,
     }
+}
+
+/// A device of another backend (`Vulkan`) on a given PCI bus.
+fn on_bus(mut d: BackendDevice, backend: &str, bus: &str) -> BackendDevice {
+    d.backend = backend.into();
+    d.pci_bus = Some(bus.into());
+    d
+}
+
+/// A `hip,vulkan` build on a machine with two cards: each card is ROCm<i> and Vulkan<i>.
+/// llama.cpp offloads to the ROCm devices only (registered first), the fit counts each card
+/// once, the report matches both names to the card by PCI bus id, and naming devices picks
+/// per device or refuses with a reason.
+#[test]
+fn a_card_reached_through_two_backends_counts_once() {
+    let env = GpuEnv::default();
+    let mut first = rx7800xt();
+    let mut second = Node { minor: Some(130), ..rx7800xt() };
+    first.location_id = Some(0x0300);
+    second.location_id = Some(0xc100);
+    let root = tree("two-backends", true, &[first, second]);
+    let devs = vec![
+        on_bus(backend(0, "ROCm0", DeviceKind::Gpu, 14 * GIB), "ROCm", "0000:03:00.0"),
+        on_bus(backend(1, "ROCm1", DeviceKind::Gpu, 14 * GIB), "ROCm", "0000:c1:00.0"),
+        on_bus(backend(2, "Vulkan0", DeviceKind::Gpu, 13 * GIB), "Vulkan", "0000:03:00.0"),
+        on_bus(backend(3, "Vulkan1", DeviceKind::Gpu, 13 * GIB), "Vulkan", "0000:c1:00.0"),
+        backend(4, "CPU", DeviceKind::Cpu, 64 * GIB),
+    ];
+    let used: Vec<&str> = devices::offload_devices(&devs).iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(used, ["ROCm0", "ROCm1"]);
+    let skipped: Vec<(&str, &str)> =
+        devices::same_card_skipped(&devs).iter().map(|(s, u)| (s.name.as_str(), u.name.as_str())).collect();
+    assert_eq!(skipped, [("Vulkan0", "ROCm0"), ("Vulkan1", "ROCm1")]);
+
+    let r = devices::report(&root, &env, devs.clone(), None);
+    assert_eq!(r.gpus[0].amd.pci_bus.as_deref(), Some("0000:03:00.0"));
+    assert_eq!(
+        (r.gpus[0].backend_device.as_deref(), &r.gpus[0].other_backend_devices[..]),
+        (Some("ROCm0"), &["Vulkan0".to_string()][..])
+    );
+    assert_eq!(r.gpus[1].backend_device.as_deref(), Some("ROCm1"));
+    assert_eq!(r.split_gpus(), vec![("ROCm0".to_string(), 14 * GIB), ("ROCm1".to_string(), 14 * GIB)]);
+    let table = r.table();
+    assert!(table.contains("Vulkan0 is the same card as ROCm0 (PCI 0000:03:00.0)"), "{table}");
+    assert!(table.contains("--device Vulkan0 picks Vulkan instead"), "{table}");
+
+    // Picking per device: Vulkan for both cards, or one card on each backend.
+    let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        r.named_gpus(&names(&["vulkan0", "Vulkan1"])).unwrap(),
+        vec![("Vulkan0".to_string(), 13 * GIB), ("Vulkan1".to_string(), 13 * GIB)]
+    );
+    assert_eq!(r.named_gpus(&names(&["Vulkan1", "ROCm0"])).unwrap().len(), 2);
+    assert!(r.named_gpus(&names(&["none"])).unwrap().is_empty());
+    // Refusals, each with its reason.
+    let refused = |list: &[&str]| match devices::pick_devices(&devs, &names(list)) {
+        Err(Error::InvalidArgument { reason, .. }) => reason,
+        other => panic!("{list:?} was not refused: {other:?}"),
+    };
+    let m = refused(&["ROCm0", "Vulkan0"]);
+    assert!(m.contains("same card") && m.contains("0000:03:00.0"), "{m}");
+    let m = refused(&["Vulkan7"]);
+    assert!(m.contains("no device \"Vulkan7\"") && m.contains("ROCm0") && m.contains("Vulkan1"), "{m}");
+    assert!(refused(&["CPU"]).contains("not a GPU"));
+    assert!(refused(&["ROCm0", "rocm0"]).contains("named twice"));
+    assert!(refused(&["none", "ROCm0"]).contains("none"));
+}
+
+/// A Vulkan-only build on an AMD card: the Vulkan device is matched to the card by PCI bus id
+/// and its free memory is the lower of the Vulkan backend's and the driver's.
+#[test]
+fn a_vulkan_build_on_an_amd_card() {
+    let mut card = rx7800xt();
+    card.location_id = Some(0x0300);
+    card.vram = Some((16 * GIB, 3 * GIB));
+    let root = tree("vulkan-only", true, &[card]);
+    let devs = vec![
+        on_bus(backend(0, "Vulkan0", DeviceKind::Gpu, 14 * GIB), "Vulkan", "0000:03:00.0"),
+        backend(1, "CPU", DeviceKind::Cpu, 64 * GIB),
+    ];
+    let r = devices::report(&root, &GpuEnv::default(), devs, None);
+    assert_eq!(r.gpus[0].backend_device.as_deref(), Some("Vulkan0"));
+    let v = r.gpus[0].vram.as_ref().unwrap();
+    assert_eq!(
+        (v.free, v.source, v.runtime, v.runtime_free),
+        (13 * GIB, VramSource::Sysfs, VramSource::Vulkan, Some(14 * GIB))
+    );
+    assert_eq!(r.split_gpus(), vec![("Vulkan0".to_string(), 13 * GIB)]);
+    assert!(r.table().contains("Vulkan"), "{}", r.table());
 }
 
 #[test]

@@ -7,17 +7,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const PREFLIGHT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/build_support/hip-preflight.cmake");
+use common::cmake;
 
-fn cmake() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    let found = std::env::split_paths(&path).map(|d| d.join("cmake")).find(|p| p.is_file());
-    if found.is_none() {
-        assert!(std::env::var_os("CI").is_none(), "cmake is missing under CI (scripts/dev/setup.sh installs it)");
-        eprintln!("SKIPPED: no cmake on PATH");
-    }
-    found
-}
+mod common;
+
+const PREFLIGHT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/build_support/hip-preflight.cmake");
 
 fn tree(name: &str) -> PathBuf {
     let root = std::env::temp_dir().join(format!("rocm-llama-preflight-{}-{name}", std::process::id()));

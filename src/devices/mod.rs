@@ -9,6 +9,7 @@
 
 pub mod hip;
 pub mod sysfs;
+pub mod vulkan;
 
 use std::ffi::CStr;
 use std::path::Path;
@@ -17,6 +18,7 @@ use llama_cpp_sys_2 as sys;
 
 pub use hip::HipRuntime;
 pub use sysfs::{AmdGpu, SysfsScan};
+pub use vulkan::{VulkanDevice, VulkanStatus};
 
 use crate::accounting::gib;
 
@@ -70,20 +72,116 @@ pub struct BackendDevice {
     /// For a device on an RPC server ([`crate::rpc`]): the server, `HOST:PORT`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remote: Option<String>,
+    /// The card's PCI bus id (`0000:03:00.0`, lower case) where the backend knows it: the
+    /// same card seen through two backends (`ROCm0` and `Vulkan0` in a `hip,vulkan` build)
+    /// has the same id, and llama.cpp offloads to the first of them only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pci_bus: Option<String>,
+}
+
+impl BackendDevice {
+    /// Whether this device and `other` are the same card reached through two backends (the
+    /// same PCI bus id).
+    pub fn same_card(&self, other: &BackendDevice) -> bool {
+        self.index != other.index && self.pci_bus.is_some() && self.pci_bus == other.pci_bus
+    }
 }
 
 /// The local devices llama.cpp offloads to by default, in its order: every discrete GPU, or
-/// the integrated ones when there is none. Remote devices ([`crate::rpc`]) are not among
-/// them: a model uses those only when its [`LoadConfig::rpc`](crate::LoadConfig::rpc) names
-/// their server.
+/// the integrated ones (of one backend) when there is none. A card that a build reaches
+/// through two backends (`hip,vulkan`, `cuda,vulkan`) counts once, through the backend
+/// registered first (HIP or CUDA before Vulkan), as llama.cpp itself skips the second: see
+/// [`same_card_skipped`]. Remote devices ([`crate::rpc`]) are not among them: a model uses
+/// those only when its [`LoadConfig::rpc`](crate::LoadConfig::rpc) names their server.
 pub fn offload_devices(devices: &[BackendDevice]) -> Vec<&BackendDevice> {
-    let of_kind = |kind| devices.iter().filter(|d| d.kind == kind && d.remote.is_none()).collect::<Vec<_>>();
-    let discrete = of_kind(DeviceKind::Gpu);
-    if discrete.is_empty() {
-        of_kind(DeviceKind::IntegratedGpu)
-    } else {
-        discrete
+    let local = |kind| devices.iter().filter(move |d| d.kind == kind && d.remote.is_none());
+    let mut discrete: Vec<&BackendDevice> = Vec::new();
+    for d in local(DeviceKind::Gpu) {
+        if !discrete.iter().any(|kept| kept.same_card(d)) {
+            discrete.push(d);
+        }
     }
+    if !discrete.is_empty() {
+        return discrete;
+    }
+    // llama.cpp takes integrated GPUs from the backend of the first one only: an APU seen by
+    // two backends would otherwise count twice (and without a PCI id to tell).
+    let mut integrated = local(DeviceKind::IntegratedGpu).peekable();
+    let Some(backend) = integrated.peek().map(|d| d.backend.clone()) else { return Vec::new() };
+    integrated.filter(|d| d.backend == backend).collect()
+}
+
+/// The local GPUs llama.cpp leaves out because an earlier backend already has the same card,
+/// each with the device it uses instead: `(skipped, used)`.
+pub fn same_card_skipped(devices: &[BackendDevice]) -> Vec<(&BackendDevice, &BackendDevice)> {
+    let used = offload_devices(devices);
+    devices
+        .iter()
+        .filter(|d| matches!(d.kind, DeviceKind::Gpu | DeviceKind::IntegratedGpu) && d.remote.is_none())
+        .filter(|d| !used.iter().any(|u| u.index == d.index))
+        .filter_map(|d| used.iter().find(|u| u.same_card(d)).map(|u| (d, *u)))
+        .collect()
+}
+
+/// The devices named by `names` (llama.cpp's `--device`: `Vulkan0`, `ROCm0,ROCm1`, any case;
+/// `none` alone for no offloading), in the order named. What
+/// [`LoadConfig::devices`](crate::LoadConfig::devices) resolves to.
+///
+/// # Errors
+/// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for a name this build does not
+/// have (the message lists those it has), the CPU, a remote device (name its server in
+/// [`LoadConfig::rpc`](crate::LoadConfig::rpc) instead), a name given twice, or two names of
+/// one card (`ROCm0` and `Vulkan0` of the same PCI bus id: a model must not count its memory
+/// twice).
+pub fn pick_devices<'a>(devices: &'a [BackendDevice], names: &[String]) -> crate::Result<Vec<&'a BackendDevice>> {
+    let bad = |why: String| crate::Error::invalid("devices", why);
+    let names: Vec<&str> = names.iter().map(|n| n.trim()).collect();
+    if names.len() == 1 && names[0].eq_ignore_ascii_case("none") {
+        return Ok(Vec::new());
+    }
+    let offerable: Vec<&BackendDevice> = devices
+        .iter()
+        .filter(|d| matches!(d.kind, DeviceKind::Gpu | DeviceKind::IntegratedGpu) && d.remote.is_none())
+        .collect();
+    let listing = || {
+        if offerable.is_empty() {
+            "this build has no GPU device here (only the CPU)".to_string()
+        } else {
+            let names: Vec<String> = offerable.iter().map(|d| format!("{} ({})", d.name, d.description)).collect();
+            format!("this build has: {}", names.join(", "))
+        }
+    };
+    let mut picked: Vec<&BackendDevice> = Vec::new();
+    for name in names {
+        if name.is_empty() {
+            return Err(bad("an empty device name".into()));
+        }
+        if name.eq_ignore_ascii_case("none") {
+            return Err(bad("`none` (no offloading) cannot be listed with other devices".into()));
+        }
+        let Some(d) = devices.iter().find(|d| d.name.eq_ignore_ascii_case(name)) else {
+            return Err(bad(format!("there is no device {name:?}: {}", listing())));
+        };
+        if let Some(server) = &d.remote {
+            return Err(bad(format!("{} is on the RPC server {server}: name the server with --rpc instead", d.name)));
+        }
+        if !offerable.iter().any(|o| o.index == d.index) {
+            return Err(bad(format!("{} is not a GPU (use -ngl 0 to keep a model on the CPU): {}", d.name, listing())));
+        }
+        if picked.iter().any(|p| p.index == d.index) {
+            return Err(bad(format!("{} is named twice", d.name)));
+        }
+        if let Some(p) = picked.iter().find(|p| p.same_card(d)) {
+            return Err(bad(format!(
+                "{} and {} are the same card (PCI {}) through two backends: name one of them",
+                p.name,
+                d.name,
+                d.pci_bus.as_deref().unwrap_or_default()
+            )));
+        }
+        picked.push(d);
+    }
+    Ok(picked)
 }
 
 /// The devices of ggml's backend registry. Wraps `ggml_backend_dev_count`/`_get`/`_memory`.
@@ -134,6 +232,18 @@ fn registry(with_memory: bool) -> Vec<BackendDevice> {
                     sys::ggml_backend_dev_backend_reg(dev),
                 )
             };
+            // A local device's PCI bus id (its props; a remote one's would be a round trip).
+            let pci_bus = if remote.is_none() {
+                // SAFETY: the props struct is plain data (integers, pointers, bools) for which
+                // all zeroes is a valid value.
+                let mut props: sys::ggml_backend_dev_props = unsafe { std::mem::zeroed() };
+                // SAFETY: `dev` is a registered device; ggml fills `props`, whose strings are
+                // owned by the device, which lives as long as the registry.
+                unsafe { sys::ggml_backend_dev_get_props(dev, &mut props) };
+                Some(text(props.device_id)).filter(|id| !id.is_empty()).map(|id| id.to_ascii_lowercase())
+            } else {
+                None
+            };
             let backend = if reg.is_null() {
                 String::new()
             } else {
@@ -158,6 +268,7 @@ fn registry(with_memory: bool) -> Vec<BackendDevice> {
                 free: free as u64,
                 total: total as u64,
                 remote: remote.map(|r| r.server),
+                pci_bus,
             })
         })
         .collect()
@@ -179,6 +290,12 @@ pub struct GpuEnv {
     pub hsa_override_gfx_version: Option<String>,
     /// `GGML_CUDA_ENABLE_UNIFIED_MEMORY` (any value, even empty, turns it on).
     pub ggml_cuda_enable_unified_memory: Option<String>,
+    /// `GGML_VK_VISIBLE_DEVICES`: the Vulkan devices ggml uses, by the loader's index (it
+    /// also admits CPU devices such as llvmpipe, which ggml otherwise skips).
+    pub ggml_vk_visible_devices: Option<String>,
+    /// `VK_DRIVER_FILES` (or the older `VK_ICD_FILENAMES`): which Vulkan drivers the loader
+    /// opens, e.g. RADV's or AMDVLK's ICD file.
+    pub vk_driver_files: Option<String>,
 }
 
 impl GpuEnv {
@@ -190,6 +307,8 @@ impl GpuEnv {
             rocr_visible_devices: var("ROCR_VISIBLE_DEVICES"),
             hsa_override_gfx_version: var("HSA_OVERRIDE_GFX_VERSION"),
             ggml_cuda_enable_unified_memory: var("GGML_CUDA_ENABLE_UNIFIED_MEMORY"),
+            ggml_vk_visible_devices: var("GGML_VK_VISIBLE_DEVICES"),
+            vk_driver_files: var("VK_DRIVER_FILES").or_else(|| var("VK_ICD_FILENAMES")),
         }
     }
 }
@@ -199,6 +318,9 @@ impl GpuEnv {
 pub enum VramSource {
     /// `hipMemGetInfo` (the lower, or the only one).
     HipMemGetInfo,
+    /// ggml's Vulkan backend: the driver's memory budget (`VK_EXT_memory_budget`) where it
+    /// has one, else the device-local heap.
+    Vulkan,
     /// `mem_info_vram_total - mem_info_vram_used` from sysfs.
     Sysfs,
 }
@@ -212,27 +334,36 @@ pub struct Vram {
     pub total: u64,
     /// Which source was lower.
     pub source: VramSource,
-    /// What `hipMemGetInfo` said.
-    pub hip_free: Option<u64>,
+    /// What the GPU runtime said (HIP's `hipMemGetInfo`, or the Vulkan backend's figure:
+    /// [`Vram::runtime`] says which).
+    pub runtime_free: Option<u64>,
+    /// The runtime that gave [`Vram::runtime_free`].
+    pub runtime: VramSource,
     /// What sysfs said.
     pub sysfs_free: Option<u64>,
 }
 
-/// Combines the two free-VRAM readings: the lower wins.
-pub fn combine_vram(hip: Option<(u64, u64)>, sysfs_total: Option<u64>, sysfs_used: Option<u64>) -> Option<Vram> {
+/// Combines the two free-VRAM readings, a GPU runtime's (`(free, total)` from `runtime`) and
+/// the driver's sysfs files: the lower wins.
+pub fn combine_vram(
+    reading: Option<(u64, u64)>,
+    runtime: VramSource,
+    sysfs_total: Option<u64>,
+    sysfs_used: Option<u64>,
+) -> Option<Vram> {
     let sysfs_free = match (sysfs_total, sysfs_used) {
         (Some(t), Some(u)) => Some(t.saturating_sub(u)),
         _ => None,
     };
-    let total = hip.map(|h| h.1).or(sysfs_total)?;
-    let hip_free = hip.map(|h| h.0);
-    let (free, source) = match (hip_free, sysfs_free) {
+    let total = reading.map(|h| h.1).or(sysfs_total)?;
+    let runtime_free = reading.map(|h| h.0);
+    let (free, source) = match (runtime_free, sysfs_free) {
         (Some(h), Some(s)) if s < h => (s, VramSource::Sysfs),
-        (Some(h), _) => (h, VramSource::HipMemGetInfo),
+        (Some(h), _) => (h, runtime),
         (None, Some(s)) => (s, VramSource::Sysfs),
         (None, None) => return None,
     };
-    Some(Vram { free, total, source, hip_free, sysfs_free })
+    Some(Vram { free, total, source, runtime_free, runtime, sysfs_free })
 }
 
 /// One AMD GPU as the kernel sees it, matched with what HIP and llama.cpp see.
@@ -244,8 +375,12 @@ pub struct Gpu {
     pub hip_index: Option<u32>,
     /// The gfx target ROCm will run: `HSA_OVERRIDE_GFX_VERSION`'s when set, else the native one.
     pub effective_gfx: String,
-    /// The matching llama.cpp device (`ROCm0`, ...), in HIP builds.
+    /// The llama.cpp device that offloads to this card (`ROCm0` in a HIP build, `Vulkan0` in
+    /// a Vulkan build; the first-registered backend's where a build has both).
     pub backend_device: Option<String>,
+    /// The card's other llama.cpp devices, which llama.cpp skips unless named
+    /// ([`LoadConfig::devices`](crate::LoadConfig::devices)): `Vulkan0` beside `ROCm0`.
+    pub other_backend_devices: Vec<String>,
     /// Free and total VRAM.
     pub vram: Option<Vram>,
 }
@@ -315,6 +450,9 @@ pub struct DeviceReport {
     /// The HIP runtime's own answer, when it was asked: always in a build with the `hip`
     /// feature, otherwise only where the kernel shows AMD GPUs.
     pub hip: Option<HipStatus>,
+    /// The Vulkan loader's own answer (its drivers' devices, or why none), asked in a build
+    /// with the `vulkan` feature.
+    pub vulkan: Option<VulkanStatus>,
     /// AMD GPUs found through sysfs.
     pub gpus: Vec<Gpu>,
     /// Devices this build of llama.cpp can use.
@@ -385,29 +523,45 @@ pub fn report(
     }
     let forced = override_gfx.as_ref().and_then(|(_, g)| g.clone());
 
-    let rocm_devices: Vec<&BackendDevice> = backend_devices
-        .iter()
-        .filter(|d| d.backend.eq_ignore_ascii_case("rocm") || d.name.starts_with("ROCm"))
-        .collect();
+    let is_rocm = |d: &BackendDevice| d.backend.eq_ignore_ascii_case("rocm") || d.name.starts_with("ROCm");
+    let rocm_devices: Vec<&BackendDevice> = backend_devices.iter().filter(|d| is_rocm(d)).collect();
     let mut gpus = Vec::new();
     for (i, amd) in scan.gpus.iter().enumerate() {
         let hip_index = order.iter().position(|&g| g == i).map(|p| p as u32);
-        let backend = hip_index.and_then(|h| rocm_devices.get(h as usize).copied());
-        let hip_mem = match (backend, hip_index, hip) {
-            (Some(d), _, _) if d.total > 0 => Some((d.free, d.total)),
+        // The card's llama.cpp devices: by PCI bus id where both sides know it (any backend),
+        // else the ROCm device at its HIP index.
+        let mut mine: Vec<&BackendDevice> = backend_devices
+            .iter()
+            .filter(|d| d.remote.is_none() && d.pci_bus.is_some() && d.pci_bus == amd.pci_bus)
+            .collect();
+        if !mine.iter().any(|d| is_rocm(d)) {
+            if let Some(d) = hip_index.and_then(|h| rocm_devices.get(h as usize).copied()) {
+                if d.pci_bus.is_none() || d.pci_bus == amd.pci_bus {
+                    mine.push(d);
+                }
+            }
+        }
+        mine.sort_by_key(|d| d.index);
+        let backend = mine.first().copied();
+        let (reading, runtime) = match (backend, hip_index, hip) {
+            (Some(d), _, _) if d.total > 0 => {
+                let runtime = if is_rocm(d) { VramSource::HipMemGetInfo } else { VramSource::Vulkan };
+                (Some((d.free, d.total)), runtime)
+            }
             (_, Some(h), Some(rt)) => match rt.mem_info(h) {
-                Ok(m) => Some(m),
+                Ok(m) => (Some(m), VramSource::HipMemGetInfo),
                 Err(e) => {
                     problems.push(format!("GPU {h} ({}): {e}", amd.gfx));
-                    None
+                    (None, VramSource::HipMemGetInfo)
                 }
             },
-            _ => None,
+            _ => (None, VramSource::HipMemGetInfo),
         };
         gpus.push(Gpu {
             effective_gfx: forced.clone().unwrap_or_else(|| amd.gfx.clone()),
             backend_device: backend.map(|d| d.name.clone()),
-            vram: combine_vram(hip_mem, amd.vram_total, amd.vram_used),
+            other_backend_devices: mine.iter().skip(1).map(|d| d.name.clone()).collect(),
+            vram: combine_vram(reading, runtime, amd.vram_total, amd.vram_used),
             hip_index,
             amd: amd.clone(),
         });
@@ -438,9 +592,18 @@ pub fn report(
              exists at all, whatever its value; RDNA discrete cards lack XNACK, so unset it unless you mean it"
         ));
     }
+    if let Some(v) = &env.ggml_vk_visible_devices {
+        if v.split(',').map(str::trim).any(|s| !s.is_empty() && s.parse::<usize>().is_err()) {
+            warnings.push(format!(
+                "GGML_VK_VISIBLE_DEVICES={v:?} holds an entry that is not a device index: ggml's Vulkan backend \
+                 reads the list only up to it"
+            ));
+        }
+    }
     DeviceReport {
         kfd: scan.kfd,
         hip: hip.map(HipStatus::of),
+        vulkan: None,
         gpus,
         backend_devices,
         env: env.clone(),
@@ -469,6 +632,22 @@ pub fn devices() -> DeviceReport {
     if let Some(Err(e)) = &hip {
         r.hip = Some(HipStatus::unavailable(e));
     }
+    if cfg!(feature = "vulkan") {
+        let status = VulkanStatus::probe();
+        if let (Some(v), None) = (&env.ggml_vk_visible_devices, &status.error) {
+            let n = status.devices.len();
+            let beyond: Vec<&str> =
+                v.split(',').map(str::trim).filter(|s| s.parse::<usize>().is_ok_and(|i| i >= n)).collect();
+            if !beyond.is_empty() {
+                r.warnings.push(format!(
+                    "GGML_VK_VISIBLE_DEVICES={v:?} names device {} but the Vulkan loader lists {n}: ggml's Vulkan \
+                     backend then takes no device at all",
+                    beyond.join(", ")
+                ));
+            }
+        }
+        r.vulkan = Some(status);
+    }
     r
 }
 
@@ -480,9 +659,7 @@ impl DeviceReport {
             let v = g.vram.as_ref()?;
             return Some((v.free, v.total, g.backend_device.clone().unwrap_or_default()));
         }
-        if let Some(d) =
-            self.backend_devices.iter().find(|d| matches!(d.kind, DeviceKind::Gpu | DeviceKind::IntegratedGpu))
-        {
+        if let Some(d) = offload_devices(&self.backend_devices).first() {
             return Some((d.free, d.total, d.name.clone()));
         }
         self.backend_devices.iter().find(|d| d.kind == DeviceKind::Cpu).map(|d| (d.free, d.total, d.name.clone()))
@@ -493,14 +670,23 @@ impl DeviceReport {
     /// when there is no discrete one (llama.cpp's own choice). For an AMD GPU the free memory is the report's (the
     /// lower of HIP's and the driver's figures). Empty in a CPU-only build.
     pub fn split_gpus(&self) -> Vec<(String, u64)> {
-        let free = |d: &BackendDevice| {
-            self.gpus
-                .iter()
-                .find(|g| g.backend_device.as_deref() == Some(d.name.as_str()))
-                .and_then(|g| g.vram.as_ref())
-                .map_or(d.free, |v| v.free)
-        };
-        offload_devices(&self.backend_devices).into_iter().map(|d| (d.name.clone(), free(d))).collect()
+        offload_devices(&self.backend_devices).into_iter().map(|d| (d.name.clone(), self.free_of(d))).collect()
+    }
+
+    /// What [`DeviceReport::split_gpus`] gives for the devices `names` picks instead
+    /// ([`pick_devices`]; [`LoadConfig::devices`](crate::LoadConfig::devices)).
+    pub fn named_gpus(&self, names: &[String]) -> crate::Result<Vec<(String, u64)>> {
+        Ok(pick_devices(&self.backend_devices, names)?.into_iter().map(|d| (d.name.clone(), self.free_of(d))).collect())
+    }
+
+    /// A device's free memory: for an AMD card, the report's (the lower of the runtime's and
+    /// the driver's figures), else the backend's.
+    fn free_of(&self, d: &BackendDevice) -> u64 {
+        self.gpus
+            .iter()
+            .find(|g| g.backend_device.as_deref() == Some(d.name.as_str()) || g.other_backend_devices.contains(&d.name))
+            .and_then(|g| g.vram.as_ref())
+            .map_or(d.free, |v| v.free.min(if d.total > 0 { d.free } else { v.free }))
     }
 
     /// A human-readable table.
@@ -527,6 +713,7 @@ impl DeviceReport {
                         format!("{} / {}", gib(v.free), gib(v.total)),
                         match v.source {
                             VramSource::HipMemGetInfo => "hipMemGetInfo",
+                            VramSource::Vulkan => "Vulkan",
                             VramSource::Sysfs => "sysfs",
                         },
                     ),
@@ -560,6 +747,24 @@ impl DeviceReport {
         if cfg!(feature = "hip") && !has_rocm {
             out.push_str("  (this build has the hip backend, but it found no AMD GPU: llama.cpp runs on the CPU)\n");
         }
+        let has_vulkan = self.backend_devices.iter().any(|d| d.backend.eq_ignore_ascii_case("vulkan"));
+        if let (Some(v), false) = (&self.vulkan, has_vulkan) {
+            out.push_str(&format!(
+                "  (this build has the vulkan backend, but it found no Vulkan GPU: {})\n",
+                v.why_none()
+            ));
+        }
+        for (skipped, used) in same_card_skipped(&self.backend_devices) {
+            out.push_str(&format!(
+                "  {} is the same card as {} (PCI {}): llama.cpp offloads to {}; --device {} picks {} instead\n",
+                skipped.name,
+                used.name,
+                used.pci_bus.as_deref().unwrap_or_default(),
+                used.name,
+                skipped.name,
+                skipped.backend
+            ));
+        }
         let split = self.split_gpus();
         if !split.is_empty() {
             let names: Vec<&str> = split.iter().map(|(n, _)| n.as_str()).collect();
@@ -587,14 +792,15 @@ mod tests {
     #[test]
     fn the_lower_free_figure_wins() {
         let gib = 1u64 << 30;
-        let v = combine_vram(Some((15 * gib, 16 * gib)), Some(16 * gib), Some(4 * gib)).unwrap();
+        let v =
+            combine_vram(Some((15 * gib, 16 * gib)), VramSource::HipMemGetInfo, Some(16 * gib), Some(4 * gib)).unwrap();
         assert_eq!((v.free, v.source), (12 * gib, VramSource::Sysfs));
-        let v = combine_vram(Some((10 * gib, 16 * gib)), Some(16 * gib), Some(gib)).unwrap();
+        let v = combine_vram(Some((10 * gib, 16 * gib)), VramSource::HipMemGetInfo, Some(16 * gib), Some(gib)).unwrap();
         assert_eq!((v.free, v.source), (10 * gib, VramSource::HipMemGetInfo));
-        let v = combine_vram(None, Some(16 * gib), Some(gib)).unwrap();
+        let v = combine_vram(None, VramSource::Vulkan, Some(16 * gib), Some(gib)).unwrap();
         assert_eq!((v.free, v.total, v.source), (15 * gib, 16 * gib, VramSource::Sysfs));
-        assert_eq!(combine_vram(None, None, None), None);
-        assert_eq!(combine_vram(None, Some(gib), None), None);
+        assert_eq!(combine_vram(None, VramSource::Vulkan, None, None), None);
+        assert_eq!(combine_vram(None, VramSource::Vulkan, Some(gib), None), None);
     }
 
     #[test]

@@ -18,6 +18,9 @@ pub struct AmdGpu {
     pub vendor_id: u32,
     /// PCI device id.
     pub device_id: u32,
+    /// The PCI bus id (`0000:03:00.0`) from the node's `domain` and `location_id`: how a
+    /// Vulkan or HIP device of llama.cpp is matched to this card.
+    pub pci_bus: Option<String>,
     /// `renderD<minor>` of the DRM device.
     pub render_minor: Option<u32>,
     /// `mem_info_vram_total` in bytes.
@@ -72,6 +75,12 @@ pub fn override_gfx_name(value: &str) -> Option<String> {
         return None;
     };
     gfx_name(a * 10_000 + b * 100 + c)
+}
+
+/// A PCI bus id as ggml writes it (`domain:bus:device.function`, lower-case hex) from KFD's
+/// `domain` and `location_id` (`bus << 8 | device << 3 | function`).
+pub fn pci_bus_id(domain: u64, location_id: u64) -> String {
+    format!("{:04x}:{:02x}:{:02x}.{:x}", domain, (location_id >> 8) & 0xff, (location_id >> 3) & 0x1f, location_id & 7)
 }
 
 fn properties(text: &str) -> Vec<(&str, &str)> {
@@ -143,6 +152,7 @@ pub fn scan(root: &Path) -> SysfsScan {
             gfx_target_version: version as u32,
             vendor_id: num("vendor_id").unwrap_or(0) as u32,
             device_id: num("device_id").unwrap_or(0) as u32,
+            pci_bus: num("location_id").map(|loc| pci_bus_id(num("domain").unwrap_or(0), loc)),
             render_minor,
             vram_total: None,
             vram_used: None,
@@ -197,5 +207,13 @@ mod tests {
         assert_eq!(override_gfx_name("9.0.10").as_deref(), Some("gfx90a"));
         assert_eq!(override_gfx_name("11.0"), None);
         assert_eq!(override_gfx_name("eleven"), None);
+    }
+
+    #[test]
+    fn pci_bus_ids_are_written_as_ggml_writes_them() {
+        // bus 0x03, device 0, function 0; bus 0xc1, device 0, function 0; a function on device 2.
+        assert_eq!(pci_bus_id(0, 0x300), "0000:03:00.0");
+        assert_eq!(pci_bus_id(0, 0xc100), "0000:c1:00.0");
+        assert_eq!(pci_bus_id(1, 0x0a11), "0001:0a:02.1");
     }
 }

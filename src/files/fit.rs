@@ -181,6 +181,9 @@ pub struct FitOptions {
     /// RPC servers whose devices take part ([`LoadConfig::rpc`]): planned before the local
     /// GPUs, as llama.cpp orders them, with the free memory each server reports.
     pub rpc: Vec<String>,
+    /// The local GPUs to plan for, by name ([`LoadConfig::devices`]); empty: those llama.cpp
+    /// would use.
+    pub devices: Vec<String>,
 }
 
 crate::config::setters!(FitOptions {
@@ -193,6 +196,7 @@ crate::config::setters!(FitOptions {
     type_v: KvType,
     flash_attention: bool,
     rpc: Vec<String>,
+    devices: Vec<String>,
 } optional {
     n_ctx: u32,
     single_gpu: u32,
@@ -212,6 +216,7 @@ impl Default for FitOptions {
             flash_attention: false,
             single_gpu: None,
             rpc: Vec::new(),
+            devices: Vec::new(),
         }
     }
 }
@@ -435,7 +440,7 @@ impl LoadConfig {
         let file = GgufFile::open(path)?;
         let shape = ModelShape::from_gguf(&file)?;
         let report = crate::devices::devices();
-        let mut gpus = report.split_gpus();
+        let mut gpus = if opts.devices.is_empty() { report.split_gpus() } else { report.named_gpus(&opts.devices)? };
         if !opts.rpc.is_empty() {
             let remote = crate::rpc::devices(&opts.rpc, crate::rpc::DEFAULT_TIMEOUT)?;
             let named = remote.into_iter().map(|d| (format!("{} ({})", d.name, d.remote.unwrap_or_default()), d.free));
@@ -467,7 +472,7 @@ impl LoadConfig {
             None => (SplitMode::default(), 0),
         };
         let config = LoadConfig::default().gpu_layers(gpu_layers).split_mode(split_mode).main_gpu(main_gpu);
-        Ok((config.rpc(opts.rpc.clone()), plan))
+        Ok((config.rpc(opts.rpc.clone()).devices(opts.devices.clone()), plan))
     }
 }
 

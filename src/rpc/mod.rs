@@ -214,8 +214,8 @@ pub fn devices(endpoints: &[String], timeout: Duration) -> Result<Vec<BackendDev
 /// The ggml devices a model loads onto: these servers' devices (first, as llama.cpp orders
 /// them), then the local GPUs llama.cpp would pick. `None` when no server was ever attached
 /// in this process: llama.cpp's own default then gives the same list.
-pub(crate) fn load_devices(links: &[Arc<Link>]) -> Option<Vec<sys::ggml_backend_dev_t>> {
-    if links.is_empty() && !any_attached() {
+pub(crate) fn load_devices(links: &[Arc<Link>], local: Option<&[usize]>) -> Option<Vec<sys::ggml_backend_dev_t>> {
+    if links.is_empty() && !any_attached() && local.is_none() {
         return None;
     }
     let mut list: Vec<sys::ggml_backend_dev_t> = Vec::new();
@@ -224,10 +224,16 @@ pub(crate) fn load_devices(links: &[Arc<Link>]) -> Option<Vec<sys::ggml_backend_
             link.devices.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|&d| d as sys::ggml_backend_dev_t),
         );
     }
-    let local = crate::devices::backend_devices_unmeasured();
-    for d in crate::devices::offload_devices(&local) {
+    let local: Vec<usize> = match local {
+        Some(picked) => picked.to_vec(),
+        None => crate::devices::offload_devices(&crate::devices::backend_devices_unmeasured())
+            .iter()
+            .map(|d| d.index)
+            .collect(),
+    };
+    for index in local {
         // SAFETY: `index` came from the registry, which only grows.
-        list.push(unsafe { sys::ggml_backend_dev_get(d.index) });
+        list.push(unsafe { sys::ggml_backend_dev_get(index) });
     }
     list.push(std::ptr::null_mut());
     Some(list)

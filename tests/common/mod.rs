@@ -8,6 +8,18 @@ use std::sync::OnceLock;
 
 use rocm_llama::{Context, ContextConfig, LoadConfig, Model};
 
+/// CMake on PATH (a build prerequisite), for the preflight tests; `None` with a message
+/// where it is missing outside CI.
+pub fn cmake() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    let found = std::env::split_paths(&path).map(|d| d.join("cmake")).find(|p| p.is_file());
+    if found.is_none() {
+        assert!(std::env::var_os("CI").is_none(), "cmake is missing under CI (scripts/dev/setup.sh installs it)");
+        eprintln!("SKIPPED: no cmake on PATH");
+    }
+    found
+}
+
 /// The test model's path: `ROCM_LLAMA_TEST_MODEL`, else the cache that
 /// `scripts/test/model.sh` fills. `None` (with a message) only when it is really absent
 /// outside CI; under CI (`CI` set) a missing model fails the test.

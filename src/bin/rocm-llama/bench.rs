@@ -85,6 +85,10 @@ pub struct BenchArgs {
     /// RPC servers whose devices take part in the layer split (-rpc).
     #[arg(long, value_name = "HOST:PORT[,HOST:PORT...]", value_delimiter = ',')]
     rpc: Vec<String>,
+    /// The GPUs to offload to, by the names `rocm-llama devices` lists (`Vulkan0`), or
+    /// `none` [default: llama.cpp's choice] (-dev).
+    #[arg(long = "device", value_name = "DEV[,DEV...]", value_delimiter = ',')]
+    devices: Vec<String>,
     /// Keep CPU weights in their file's layout instead of llama.cpp's repacked one (-nr).
     #[arg(long)]
     no_repack: bool,
@@ -142,7 +146,8 @@ pub fn bench(args: BenchArgs) -> AnyResult<()> {
         .gpu_layers(gpu_layers)
         .split_mode(args.split_mode.into())
         .main_gpu(args.main_gpu)
-        .rpc(args.rpc.clone());
+        .rpc(args.rpc.clone())
+        .devices(args.devices.clone());
     if args.no_repack {
         load = load.cpu_repack(false);
     }

@@ -26,6 +26,7 @@ const LLAMA_FLAGS: &[(&str, &str)] = &[
     ("-mg", "--main-gpu"),
     ("-kvu", "--kv-unified"),
     ("-rpc", "--rpc"),
+    ("-dev", "--device"),
     ("-nr", "--no-repack"),
     ("-hf", "--hf-repo"),
     ("-ot", "--override-tensor"),
@@ -423,6 +424,11 @@ pub struct ModelArgs {
     /// (`rocm-llama rpc-server` or llama.cpp's; no authentication: trusted networks only).
     #[arg(long, value_name = "HOST:PORT[,HOST:PORT...]", value_delimiter = ',')]
     pub rpc: Vec<String>,
+    /// The GPUs to offload to, by the names `rocm-llama devices` lists (`Vulkan0`,
+    /// `ROCm0,ROCm1`), or `none` [default: every GPU, a card that two backends reach counted
+    /// once, through HIP or CUDA before Vulkan] (-dev).
+    #[arg(long = "device", value_name = "DEV[,DEV...]", value_delimiter = ',')]
+    pub devices: Vec<String>,
     /// Keep the weights in their file's layout on the CPU instead of llama.cpp's faster
     /// repacked one (-nr).
     #[arg(long)]
@@ -652,7 +658,8 @@ pub fn load_model(args: &ModelArgs, ctx: Option<ContextPlan>) -> AnyResult<(Mode
         NglArg::Auto => {
             let mut fit = FitOptions::default()
                 .single_gpu((split_mode == SplitMode::None).then_some(args.main_gpu))
-                .rpc(args.rpc.clone());
+                .rpc(args.rpc.clone())
+                .devices(args.devices.clone());
             if let Some(c) = ctx {
                 fit = c.fit_options(fit);
             }
@@ -676,7 +683,8 @@ pub fn load_model(args: &ModelArgs, ctx: Option<ContextPlan>) -> AnyResult<(Mode
         .gpu_layers(gpu_layers)
         .split_mode(split_mode)
         .main_gpu(args.main_gpu)
-        .rpc(args.rpc.clone());
+        .rpc(args.rpc.clone())
+        .devices(args.devices.clone());
     if args.no_repack {
         config = config.cpu_repack(false);
     }

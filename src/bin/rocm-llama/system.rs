@@ -161,6 +161,23 @@ pub fn info(args: JsonArg) -> AnyResult<()> {
     if let Some(v) = info.hip_version {
         println!("hip             {v}");
     }
+    // The devices a model goes to here, by backend (`--device` picks others).
+    let registry = rocm_llama::devices::backend_devices();
+    let offload: Vec<String> = rocm_llama::devices::offload_devices(&registry)
+        .iter()
+        .map(|d| format!("{} ({}, {})", d.name, d.backend, d.description))
+        .collect();
+    println!(
+        "offloads to     {}",
+        if offload.is_empty() { "- (the CPU only)".to_string() } else { offload.join("; ") }
+    );
+    let skipped: Vec<String> = rocm_llama::devices::same_card_skipped(&registry)
+        .iter()
+        .map(|(s, u)| format!("{} (the card of {})", s.name, u.name))
+        .collect();
+    if !skipped.is_empty() {
+        println!("also reachable  {} (--device)", skipped.join("; "));
+    }
     println!("target          {}", info.target);
     println!("cpu features    {}", info.cpu_features);
     println!("default threads {}", rocm_llama::default_threads());

@@ -110,6 +110,13 @@ pub struct LoadConfig {
     /// RPC servers (`HOST:PORT`, see [`crate::rpc`]) whose devices take part in the layer
     /// split, before the local GPUs, in shares of their free memory (default: none).
     pub rpc: Vec<String>,
+    /// The local GPUs to offload to, by llama.cpp device name (`Vulkan0`, `ROCm0,ROCm1`; any
+    /// case; llama.cpp's `--device`), or `["none"]` for none. Empty (the default): llama.cpp's
+    /// own choice, every discrete GPU with a card reached through two backends counted once
+    /// ([`devices::offload_devices`](crate::devices::offload_devices)). In a `hip,vulkan`
+    /// build this is how a card runs on Vulkan instead of HIP. Unknown names, the CPU, or two
+    /// names of one card are refused ([`devices::pick_devices`](crate::devices::pick_devices)).
+    pub devices: Vec<String>,
     /// How long an RPC server may take to answer one command before the model counts it as
     /// failed (default [`rpc::DEFAULT_TIMEOUT`](crate::rpc::DEFAULT_TIMEOUT), 30 s).
     pub rpc_timeout: Option<std::time::Duration>,
@@ -126,6 +133,7 @@ impl std::fmt::Debug for LoadConfig {
             .field("cpu_repack", &self.cpu_repack)
             .field("vocab_only", &self.vocab_only)
             .field("rpc", &self.rpc)
+            .field("devices", &self.devices)
             .field("rpc_timeout", &self.rpc_timeout)
             .finish()
     }
@@ -137,6 +145,7 @@ crate::config::setters!(LoadConfig {
     split_mode: SplitMode,
     vocab_only: bool,
     rpc: Vec<String>,
+    devices: Vec<String>,
 } optional {
     use_mmap: bool,
     progress: Arc<LoadProgressFn>,
@@ -247,9 +256,17 @@ impl Model {
         } else {
             crate::rpc::attach(&config.rpc, config.rpc_timeout.unwrap_or(crate::rpc::DEFAULT_TIMEOUT))?
         };
-        // Named devices when any RPC server is known to this process, so that one model's
-        // servers stay out of another's load (a null-terminated list that outlives the load).
-        let mut devices = crate::rpc::load_devices(&rpc);
+        // The local GPUs the caller named, checked before llama.cpp sees them.
+        let picked = if config.devices.is_empty() || config.vocab_only {
+            None
+        } else {
+            let registry = crate::devices::backend_devices_unmeasured();
+            Some(crate::devices::pick_devices(&registry, &config.devices)?.iter().map(|d| d.index).collect::<Vec<_>>())
+        };
+        // Named devices when the caller named them or any RPC server is known to this
+        // process, so that one model's servers stay out of another's load (a null-terminated
+        // list that outlives the load).
+        let mut devices = crate::rpc::load_devices(&rpc, picked.as_deref());
         if let Some(list) = devices.as_mut() {
             params.devices = list.as_mut_ptr();
         }

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Builds `rocm-llama --features hip` for AMD RDNA3 (gfx1100;gfx1101 by default) against
-# Debian's ROCm 6.4, on any Debian/Ubuntu machine, without touching the host's packages.
+# Builds `rocm-llama --features hip,vulkan` for AMD RDNA3 (gfx1100;gfx1101 by default) against
+# Debian's ROCm 6.4 and sid's Vulkan headers and glslc, on any Debian/Ubuntu machine, without
+# touching the host's packages. Both AMD backends in one binary: llama.cpp offloads a card
+# through HIP, and `--device VulkanN` picks Vulkan for it instead.
 #
 # ROCm 6.4 comes from Debian's unstable suite (sid), which a Debian 12 or Ubuntu host cannot
 # install directly, so this script keeps a sid root folder (debootstrap) with hipcc, clang 21,
@@ -9,12 +11,13 @@
 # Cargo.lock as the CPU build). Mounts live in a private mount namespace (unshare), so
 # nothing stays mounted when the script ends, however it ends.
 #
-#   bash scripts/hip/build.sh [build]    the root (made once), then cargo build --release --features hip
+#   bash scripts/hip/build.sh [build]    the root (made once), then cargo build --release --features $FEATURES
 #   bash scripts/hip/build.sh root       only make (or check) the root
 #   bash scripts/hip/build.sh inspect    what the binary holds: GPU code objects per target, kernels,
 #                                        `rocm-llama info`, ldd (writes $HIP_OUT/inspect.txt)
 #   bash scripts/hip/build.sh fallback   without an AMD GPU: `devices` gives the HIP runtime's reason,
-#                                        `run` falls back to the CPU with the CPU build's greedy text
+#                                        `run` falls back to the CPU with the CPU build's greedy text,
+#                                        and on Vulkan's llvmpipe (`--device Vulkan0`) gives it too
 #   bash scripts/hip/build.sh run ...    the hip binary inside the root (no /dev/kfd here)
 #   bash scripts/hip/build.sh test       the whole test suite against the hip build, inside the root
 #   bash scripts/hip/build.sh smoke      configure llama.cpp for HIP and compile a representative set
@@ -26,6 +29,7 @@
 #   ROCM_LLAMA_HIP_ROOT      the sid root (default: $ROCM_LLAMA_CACHE/hip-sid-root,
 #                            ROCM_LLAMA_CACHE defaults to ~/.cache/rocm-llama); about 6 GB
 #   CMAKE_HIP_ARCHITECTURES  GPU targets (default gfx1100;gfx1101)
+#   FEATURES                 the cargo features (default hip,vulkan; `hip` for HIP alone)
 #   HIP_OUT                  where `inspect` and `test` write their reports (default target/hip/report)
 #
 # Results: the binary is target/hip/release/rocm-llama. It links Debian sid's glibc and ROCm
@@ -39,14 +43,19 @@ repo="$PWD"
 cache="${ROCM_LLAMA_CACHE:-$HOME/.cache/rocm-llama}"
 root="${ROCM_LLAMA_HIP_ROOT:-$cache/hip-sid-root}"
 targets="${CMAKE_HIP_ARCHITECTURES:-gfx1100;gfx1101}"
+features="${FEATURES:-hip,vulkan}"
 out="${HIP_OUT:-$repo/target/hip/report}"
 cargo_home="${CARGO_HOME:-$HOME/.cargo}"
 rustup_home="${RUSTUP_HOME:-$HOME/.rustup}"
 marker="$root/.rocm-llama-root"
 # What the root holds. hipcc pulls in clang 21 and rocm-device-libs; llvm-21 brings
 # llvm-objdump/llvm-readelf for `inspect`; libclang-dev is for bindgen.
+# libvulkan-dev, glslc and spirv-headers are for the Vulkan backend built beside HIP (the
+# default FEATURES, hip,vulkan); mesa-vulkan-drivers brings llvmpipe, a Vulkan device on the
+# CPU that `fallback` runs the Vulkan path on.
 packages=(hipcc libamdhip64-dev libhipblas-dev librocblas-dev cmake ninja-build make g++
-    libclang-dev llvm-21 pkg-config ca-certificates file)
+    libclang-dev llvm-21 pkg-config ca-certificates file
+    libvulkan-dev glslc spirv-headers mesa-vulkan-drivers)
 
 log() { echo "hip-build: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -84,7 +93,8 @@ in_root() {
 }
 
 make_root() {
-    if [ -f "$marker" ]; then
+    # A root made before the Vulkan packages joined the list gets them now.
+    if [ -f "$marker" ] && grep -q '^glslc ' "$marker"; then
         return 0
     fi
     local t0=$SECONDS
@@ -153,9 +163,9 @@ cmd_build() {
             rm -rf "$d"
         fi
     done
-    log "cargo build --release --features hip for $targets (llama.cpp's 144 HIP objects: about 22 minutes on 2 cores)"
+    log "cargo build --release --features $features for $targets (llama.cpp's 144 HIP objects: about 22 minutes on 2 cores)"
     local t0=$SECONDS
-    cargo_in_root build --release --locked --features hip
+    cargo_in_root build --release --locked --features "$features"
     local bin="$repo/target/hip/release/rocm-llama"
     [ -x "$bin" ] || die "the build finished but $bin is missing"
     log "built $bin in $((SECONDS - t0)) s"
@@ -207,8 +217,59 @@ cmd_fallback() {
         else
             say "FAIL: the hip build printed other text than the CPU build"; fail=1
         fi
+        if "$hip" info | grep -q "^backends .*vulkan"; then
+            # No GPU here, but the root has Mesa'"'"'s llvmpipe: a Vulkan device on the CPU, which
+            # ggml skips unless GGML_VK_VISIBLE_DEVICES names it. devices must say why it found
+            # no Vulkan GPU, and the Vulkan path must give the CPU build'"'"'s text on it.
+            say "## Vulkan: devices without a Vulkan GPU, then a greedy run on llvmpipe"
+            grep "vulkan backend" "$out/devices.txt" | tee -a "$report" | grep -q "llvmpipe" ||
+                { say "FAIL: devices does not say why the vulkan backend found no GPU"; fail=1; }
+            GGML_VK_VISIBLE_DEVICES=0 "$hip" devices >"$out/devices-llvmpipe.txt" 2>&1
+            tee -a "$report" <"$out/devices-llvmpipe.txt"
+            # Token ids with their top-2 log-probabilities, for the comparison on the host
+            # after this block (the root has no Python).
+            GGML_VK_VISIBLE_DEVICES=0 "$hip" run "$prompt" -m "$model" --temp 0 -n 32 -t 2 --device Vulkan0 \
+                --json --logprobs 2 >"$out/run-vulkan.json" 2>"$out/run-vulkan.err" || { say "FAIL: vulkan run exited $?"; fail=1; }
+            "$cpu" run "$prompt" -m "$model" --temp 0 -n 32 -t 2 --json --logprobs 2 >"$out/run-cpu.json" 2>/dev/null ||
+                { say "FAIL: cpu run --json exited $?"; fail=1; }
+            # The same run in text, for where its weights, KV cache and compute buffers went.
+            GGML_VK_VISIBLE_DEVICES=0 "$hip" run "$prompt" -m "$model" --temp 0 -n 8 -t 2 --device Vulkan0 \
+                >"$out/run-vulkan.txt" 2>"$out/run-vulkan-text.err" || { say "FAIL: vulkan run exited $?"; fail=1; }
+            say "vulkan memory line: $(grep -m1 "weights" "$out/run-vulkan-text.err" || true)"
+            grep -q "weights.*Vulkan0" "$out/run-vulkan-text.err" || { say "FAIL: the run did not use Vulkan0"; fail=1; }
+            "$hip" run "$prompt" -m "$model" --temp 0 -n 4 --device Vulkan9 >/dev/null 2>"$out/run-bad-device.err" &&
+                { say "FAIL: an unknown --device was accepted"; fail=1; }
+            say "unknown device: $(tail -n1 "$out/run-bad-device.err")"
+        fi
         [ "$fail" -eq 0 ] && say "RESULT: ok" || { say "RESULT: FAIL"; exit 1; }
     ' bash "$bin" "$cpu_bin" "$model" "$out"
+    if [ -f "$out/run-vulkan.json" ]; then
+        # The Vulkan path's greedy tokens against the CPU build's: the same up to the first
+        # step where the CPU's two most probable tokens are within 0.05 nats (a near tie that
+        # other kernels' rounding may break either way), and at least 8 tokens.
+        python3 - "$out/run-cpu.json" "$out/run-vulkan.json" <<'PY' | tee -a "$out/fallback.txt"
+import json, sys
+cpu, vk = (json.load(open(p))["tokens"] for p in sys.argv[1:3])
+same = 0
+for c, v in zip(cpu, vk):
+    if c["id"] != v["id"]:
+        break
+    same += 1
+n = min(len(cpu), len(vk))
+if same == n:
+    print(f"same greedy tokens on Vulkan (llvmpipe): {same} of {n}")
+    sys.exit(0)
+top = cpu[same]["top_logprobs"]
+margin = top[0]["logprob"] - top[1]["logprob"] if len(top) > 1 else float("inf")
+vk_pick = vk[same]["id"]
+near_tie = margin < 0.05 and vk_pick in [t["id"] for t in top[:2]]
+print(f"Vulkan (llvmpipe) = CPU for {same} of {n} tokens, then {cpu[same]['text']!r} (CPU) vs {vk[same]['text']!r}"
+      f" (Vulkan), the CPU's top-2 margin there {margin:.4f} nats: {'a near tie' if near_tie else 'NOT a near tie'}")
+if not near_tie or same < 8:
+    print("RESULT: FAIL (the Vulkan path's greedy tokens differ from the CPU build's)")
+    sys.exit(1)
+PY
+    fi
 }
 
 cmd_test() {
@@ -220,12 +281,12 @@ cmd_test() {
     log "the test suite against the hip build, inside the root (no AMD GPU: GPU tests report themselves skipped)"
     build_env
     in_root "${env_args[@]}" ROCM_LLAMA_TEST_MODEL="$model" \
-        bash -c 'cd "$1" && cargo test --release --locked --features hip,async --all-targets 2>&1 | tee "$2/tests.txt"; s=${PIPESTATUS[0]}
+        bash -c 'cd "$1" && cargo test --release --locked --features "$3",async --all-targets 2>&1 | tee "$2/tests.txt"; s=${PIPESTATUS[0]}
             # Tests that need an AMD GPU pass by skipping here; show what they said.
-            cargo test --release --locked --features hip,async --test devices hip_build -- --nocapture 2>&1 |
+            cargo test --release --locked --features "$3",async --test devices hip_build -- --nocapture 2>&1 |
                 grep -E "SKIPPED|test result" | tee "$2/gpu-skips.txt"
             exit "$s"' \
-        bash "$repo" "$out"
+        bash "$repo" "$out" "$features"
 }
 
 cmd_smoke() {

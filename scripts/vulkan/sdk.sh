@@ -19,7 +19,8 @@
 # mesa-vulkan-drivers). Nothing outside the folder changes.
 #
 # Environment: ROCM_LLAMA_CACHE (default ~/.cache/rocm-llama) holds the folder,
-# vulkan-sdk-trixie.
+# vulkan-sdk-trixie; DEBIAN_MIRROR, the Debian archive to read Debian 13 from (default: the
+# one this host's apt sources name).
 set -euo pipefail
 cache="${ROCM_LLAMA_CACHE:-$HOME/.cache/rocm-llama}"
 sdk="$cache/vulkan-sdk-trixie"
@@ -47,7 +48,12 @@ fi
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$tmp/lists/partial" "$tmp/debs"
-echo "deb http://deb.debian.org/debian trixie main" >"$tmp/sources.list"
+# Debian 13 from the mirror this host's apt already uses (or DEBIAN_MIRROR): the first Debian
+# archive address in its sources, security and updates suites aside.
+mirror="${DEBIAN_MIRROR:-$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null |
+    grep -oE '^(deb|URIs:) +[a-z]+://[^ ]+/debian/?( |$)' | grep -v security | head -n1 | awk '{print $2}' || true)}"
+[ -n "$mirror" ] || { log "no Debian mirror in this host's apt sources: set DEBIAN_MIRROR to one"; exit 1; }
+echo "deb ${mirror%/} trixie main" >"$tmp/sources.list"
 apt_opts=(-o "APT::Architecture=$arch" -o "APT::Architectures=$arch" -o "Dir::Etc::SourceList=$tmp/sources.list"
     -o "Dir::Etc::SourceParts=/dev/null" -o "Dir::State::Lists=$tmp/lists" -o "Dir::Cache::archives=$tmp/debs")
 log "reading Debian 13's package lists"

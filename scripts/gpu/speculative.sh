@@ -17,9 +17,7 @@ set -uo pipefail
 source scripts/gpu/env.sh
 STAGE="${STAGE:-bench}"
 # Every stage keeps the parts it carries.
-mkdir -p "$W/parts"
-cp .dev/m/part-* "$W/parts/" 2>/dev/null
-ls -la "$W/parts" | tee -a "$OUT/run.log"
+keep_parts
 [ "$STAGE" = part ] && exit 0
 nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader | tee -a "$OUT/run.log"
 NO_MODEL=1 EXTRA_TOOLS="llama-quantize"
@@ -28,15 +26,7 @@ source scripts/gpu/llama-server.sh
 LQ="$(tool llama-quantize)"
 TARGET="$W/gemma-3-270m-q4_k_m.gguf"
 DRAFT="$W/gemma-3-270m-q2_k-requant.gguf"
-if [ ! -f "$TARGET" ]; then
-    cat "$W"/parts/part-* > "$TARGET.part"
-    (cd "$W" && sha256sum "$TARGET.part" | cut -d' ' -f1) > "$W/got.sha256"
-    if [ "$(cat "$W/got.sha256")" != "$(cat .dev/m/sha256)" ]; then
-        log "the joined model does not match its checksum"
-        exit 1
-    fi
-    mv "$TARGET.part" "$TARGET"
-fi
+join_parts "$TARGET" || exit 1
 [ -f "$DRAFT" ] || "$LQ" --allow-requantize "$TARGET" "$DRAFT" Q2_K >> "$W/quantize.log" 2>&1 ||
     { log "llama-quantize failed"; tail -5 "$W/quantize.log" | tee -a "$OUT/run.log"; exit 1; }
 ls -la "$TARGET" "$DRAFT" | tee -a "$OUT/run.log"

@@ -16,9 +16,7 @@
 set -uo pipefail
 source scripts/gpu/env.sh
 STAGE="${STAGE:-run}"
-mkdir -p "$W/parts"
-cp .dev/m/part-* "$W/parts/" 2>/dev/null
-ls -la "$W/parts" | tee -a "$OUT/run.log"
+keep_parts
 [ "$STAGE" = part ] && exit 0
 
 for f in .gl/*.deb; do dpkg -x "$f" /; done
@@ -34,14 +32,7 @@ CPU="$W/rocm-llama-cpu"
 xz -dc .dev/vk/rocm-llama.xz > "$B" && chmod +x "$B"
 xz -dc .dev/vk/rocm-llama-cpu.xz > "$CPU" && chmod +x "$CPU"
 MODEL="$W/gemma-3-270m-q4_k_m.gguf"
-if [ ! -f "$MODEL" ]; then
-    cat "$W"/parts/part-* > "$MODEL.part"
-    if [ "$(sha256sum "$MODEL.part" | cut -d' ' -f1)" != "$(cat .dev/m/sha256)" ]; then
-        log "the joined model does not match its checksum"
-        exit 1
-    fi
-    mv "$MODEL.part" "$MODEL"
-fi
+join_parts "$MODEL" || exit 1
 
 "$B" info 2>&1 | tee -a "$OUT/run.log"
 "$B" devices 2>&1 | tee "$OUT/devices.txt" | tee -a "$OUT/run.log"

@@ -9,7 +9,9 @@ use llama_cpp_sys_2 as sys;
 pub struct BuildInfo {
     /// This crate's version.
     pub version: &'static str,
-    /// Compiled backends: `cpu` plus any of `hip`, `cuda`, `vulkan`.
+    /// Backends: `cpu` plus any of `hip`, `cuda`, `vulkan`. Those compiled in; in a
+    /// `dynamic` build, those of the llama.cpp libraries this process loaded (the same binary
+    /// runs on whichever shared libraries it finds).
     pub backends: Vec<&'static str>,
     /// The pinned llama-cpp-sys-2 crate that carries llama.cpp.
     pub llama_cpp_sys_version: &'static str,
@@ -43,7 +45,11 @@ pub fn build_info() -> BuildInfo {
     let split = |s: &'static str| s.split([',', ';']).filter(|x| !x.is_empty()).collect::<Vec<_>>();
     BuildInfo {
         version: env!("CARGO_PKG_VERSION"),
-        backends: split(env!("ROCM_LLAMA_BACKENDS")),
+        backends: if env!("ROCM_LLAMA_LINKAGE") == "dynamic" {
+            loaded_backends()
+        } else {
+            split(env!("ROCM_LLAMA_BACKENDS"))
+        },
         llama_cpp_sys_version: "0.1.161",
         llama_cpp_version: text(version),
         gpu_targets: split(env!("ROCM_LLAMA_GPU_TARGETS")).into_iter().map(String::from).collect(),
@@ -52,6 +58,38 @@ pub fn build_info() -> BuildInfo {
         target: env!("ROCM_LLAMA_TARGET"),
         cpu_features: cpu_features(&text(system)),
     }
+}
+
+/// The backends registered by the llama.cpp libraries in this process, by this crate's
+/// feature names (ggml registers HIP's as `ROCm`).
+fn loaded_backends() -> Vec<&'static str> {
+    let mut out = vec!["cpu"];
+    // SAFETY: registry queries after backend init; names are static NUL-terminated strings.
+    let n = unsafe { sys::ggml_backend_reg_count() };
+    for i in 0..n {
+        // SAFETY: `i < count`; a null registry or name is skipped.
+        let name = unsafe {
+            let reg = sys::ggml_backend_reg_get(i);
+            if reg.is_null() {
+                continue;
+            }
+            let name = sys::ggml_backend_reg_name(reg);
+            if name.is_null() {
+                continue;
+            }
+            CStr::from_ptr(name).to_bytes()
+        };
+        let ours = match name {
+            b"CUDA" => "cuda",
+            b"ROCm" | b"HIP" => "hip",
+            b"Vulkan" => "vulkan",
+            _ => continue,
+        };
+        if !out.contains(&ours) {
+            out.push(ours);
+        }
+    }
+    out
 }
 
 /// Keeps the `NAME = 1` entries of llama.cpp's system-info line.

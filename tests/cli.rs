@@ -535,8 +535,7 @@ fn bench_prints_llama_bench_formats() {
     assert_eq!(pp["flash_attn"], "off");
     // True values: the layers the load put on a GPU (none in a CPU build), the run's time as
     // its rate says (16 tokens at avg_ts), no invented commit.
-    let gpu = rocm_llama::build_info().backends.iter().any(|b| *b != "cpu");
-    if !gpu {
+    if !rocm_llama::available() {
         assert_eq!(pp["n_gpu_layers"], 0);
     }
     let ns = pp["avg_ns"].as_f64().unwrap();

@@ -75,12 +75,22 @@ fn greedy_is_the_same_on_the_device_and_on_the_host() {
 fn seeded_device_sampling_is_reproducible_and_sessions_reuse_the_prompt() {
     let model = require_model!();
     let sampling = SamplingParams::default().seed(42).placement(SamplerPlacement::Device);
+    let generate = |session: &mut Session| {
+        session.generate("Once upon a time", &opts(sampling.clone(), 16)).unwrap().collect_text().unwrap()
+    };
     let mut session = Session::from_context(common::context(model));
-    let (a, _) = session.generate("Once upon a time", &opts(sampling.clone(), 16)).unwrap().collect_text().unwrap();
-    let (b, second) =
-        session.generate("Once upon a time", &opts(sampling.clone(), 16)).unwrap().collect_text().unwrap();
+    let (a, _) = generate(&mut session);
+    // The same seed in a fresh session: the same decodes, the same draws.
+    let (b, _) = generate(&mut Session::from_context(common::context(model)));
     assert_eq!(a, b);
+    // Again in the first session: the prompt comes from its cache, so only the last token is
+    // decoded. On the CPU the logits do not depend on that; a GPU's kernels differ by batch
+    // shape, which can move a temperature draw across a boundary.
+    let (c, second) = generate(&mut session);
     assert!(second.cached_prompt_tokens > 0, "{second:?}");
+    if !rocm_llama::available() {
+        assert_eq!(a, c);
+    }
 }
 
 /// Samples `rounds` x 32 first tokens after one prompt (temperature 1.5, no truncation), one
@@ -175,19 +185,30 @@ fn the_engine_samples_on_the_device_with_the_same_greedy_text() {
     let engine =
         Engine::start(model, EngineConfig::default().n_seq_max(4).n_ctx_per_seq(256).n_batch(256).threads(1)).unwrap();
     let prompts = ["The capital of France is", "One, two, three,", "Water boils at", "The capital of France is"];
-    let run = |placement| -> Vec<String> {
+    let run = |placement| -> Vec<Vec<i32>> {
         let streams: Vec<_> = prompts
             .iter()
             .map(|p| engine.generate(p, &opts(SamplingParams::greedy().placement(placement), 12)).unwrap())
             .collect();
-        streams.into_iter().map(|s| s.collect_text().unwrap().0).collect()
+        streams.into_iter().map(|s| common::tokens_of(s).0).collect()
     };
     let host = run(SamplerPlacement::Host);
     let device = run(SamplerPlacement::Device);
-    assert_eq!(host, device);
     // Again on the device: the slots' chains are reset and reused, and prefixes still hit.
     let again = run(SamplerPlacement::Device);
-    assert_eq!(again, host);
+    if !rocm_llama::available() {
+        assert_eq!(host, device);
+        assert_eq!(again, host);
+    }
+    // A GPU's kernels depend on the batch's shape, which the engine's steps vary: each run
+    // gives the plain greedy decode's tokens up to a near tie (the first prompt has one, 0.008
+    // nats, at its 12th token).
+    for (k, p) in prompts.iter().enumerate() {
+        let reference = common::greedy_reference(engine.model(), p, 12);
+        for (what, got) in [("host", &host[k]), ("device", &device[k]), ("device again", &again[k])] {
+            common::assert_greedy_matches(&reference, got, &format!("{what}, prompt {k}"));
+        }
+    }
     assert!(engine.stats().prompt_cache_hits > 0);
     engine.shutdown();
 }

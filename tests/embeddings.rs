@@ -150,8 +150,12 @@ fn rerank_scores_come_back_in_document_order() {
     for (doc, &s) in docs.iter().zip(&scores) {
         // Qwen3's rank head ends in a softmax: each score is a probability.
         assert!((0.0..=1.0).contains(&s), "{s}");
+        // Packed with the others or alone, the same score: within 1e-4 on the CPU, 1e-3 on a
+        // GPU, whose kernels differ by batch shape (2e-4 seen through Vulkan on an H100).
+        // Documents leaking into each other move scores far more.
         let alone = ranker.rerank("t1 t2 t3", &[doc]).unwrap()[0];
-        assert!((alone - s).abs() < 1e-4, "{doc}: {alone} alone against {s} packed");
+        let tolerance = if rocm_llama::available() { 1e-3 } else { 1e-4 };
+        assert!((alone - s).abs() < tolerance, "{doc}: {alone} alone against {s} packed");
     }
     assert!(matches!(ranker.rerank("", &docs), Err(Error::Embedding { .. })));
     assert!(matches!(ranker.rerank("q", &["ok", ""]), Err(Error::Embedding { text: Some(1), .. })));

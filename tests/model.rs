@@ -45,6 +45,38 @@ fn greedy_generation_is_deterministic_across_runs_and_contexts() {
     assert_eq!(first, other);
 }
 
+/// Several threads loading models and making contexts at once: each gets the plain greedy
+/// decode. (ggml's Vulkan backend set up its device state without a lock, so two loads at
+/// once crashed the process; rocm-llama sets each device up once before any load.)
+#[test]
+fn models_load_on_several_threads_at_once() {
+    let Some(path) = common::model_path() else { return };
+    let prompt = "Water boils at";
+    let loaded: Vec<Vec<i32>> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    let model = Model::load(&path, &LoadConfig::default()).unwrap();
+                    let mut ctx = common::context(&model);
+                    let events = ctx.generate(prompt, &GenerateOptions::greedy(8)).unwrap();
+                    events
+                        .filter_map(|e| match e.unwrap() {
+                            Event::Token { id, .. } => Some(id),
+                            _ => None,
+                        })
+                        .collect::<Vec<i32>>()
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let model = Model::load(&path, &LoadConfig::default()).unwrap();
+    let reference = common::greedy_reference(&model, prompt, 8);
+    for (k, got) in loaded.iter().enumerate() {
+        common::assert_greedy_matches(&reference, got, &format!("thread {k}"));
+    }
+}
+
 #[test]
 fn summary_counts_and_prompt_cache() {
     let model = require_model!();

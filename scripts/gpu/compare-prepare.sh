@@ -5,15 +5,15 @@
 #   .dev/llama.cpp.tar.gz    the pinned llama.cpp source, from the llama-cpp-sys-2 crate
 #   .dev/llama-tools.tar.gz  llama.cpp's tools/ folder (llama-bench, llama-batched-bench, ...)
 #                            from the llama-cpp-python sdist: the crate ships llama.cpp without
-#                            the tools' sources. Fetched with pip now; never committed.
+#                            the tools' sources. Fetched once into the cache by
+#                            scripts/test/llama-cpp-python-sdist.sh; never committed.
 # Carry `.dev` in the device call.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-TESTS=0 bash scripts/gpu/prepare.sh
+TESTS="${TESTS:-0}" bash scripts/gpu/prepare.sh
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
-python3 -m pip download --quiet --no-deps --no-binary :all: llama-cpp-python -d "$tmp"
-sdist="$(ls "$tmp"/llama_cpp_python-*.tar.gz)"
+sdist="$(bash scripts/test/llama-cpp-python-sdist.sh)"
 tar xzf "$sdist" -C "$tmp" --wildcards '*/vendor/llama.cpp/tools/*'
 # The web UI's sources stay out (llama-server is built with placeholder assets, see
 # scripts/gpu/serve-compare.sh); its CMake files, the templates of the embedded-asset sources and the

@@ -9,8 +9,8 @@
 # with std::ifstream directly.
 prepare_server_tree() {
     sed -i 's/std::ifstream f = fs_open_ifstream(params.mcp_servers_config, std::ios::in);/std::ifstream f(params.mcp_servers_config, std::ios::in);/' \
-        "$W/llama.cpp/tools/server/server-mcp.cpp"
-    local d="$W/llama.cpp/tools/ui/dist"
+        "$BUILD.src/llama.cpp/tools/server/server-mcp.cpp"
+    local d="$BUILD.src/llama.cpp/tools/ui/dist"
     mkdir -p "$d"
     echo '<!doctype html><title>llama-server</title><p>web UI not built (benchmark build)</p>' > "$d/index.html"
     for f in manifest.webmanifest build.json version.json; do echo '{}' > "$d/$f"; done

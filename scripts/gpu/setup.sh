@@ -5,7 +5,7 @@
 source scripts/gpu/llama3.sh
 source scripts/gpu/build-tools.sh
 model_ready
-tool() { find "$W/build" -name "$1" -type f | head -1; }
+tool() { find "$BUILD" -name "$1" -type f | head -1; }
 "$B" info >> "${INFO:-$OUT/run.log}" 2>&1
 if [ "${STAGE:-all}" = build ]; then
     log "built"

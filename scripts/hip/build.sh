@@ -247,28 +247,9 @@ cmd_fallback() {
         # The Vulkan path's greedy tokens against the CPU build's: the same up to the first
         # step where the CPU's two most probable tokens are within 0.05 nats (a near tie that
         # other kernels' rounding may break either way), and at least 8 tokens.
-        python3 - "$out/run-cpu.json" "$out/run-vulkan.json" <<'PY' | tee -a "$out/fallback.txt"
-import json, sys
-cpu, vk = (json.load(open(p))["tokens"] for p in sys.argv[1:3])
-same = 0
-for c, v in zip(cpu, vk):
-    if c["id"] != v["id"]:
-        break
-    same += 1
-n = min(len(cpu), len(vk))
-if same == n:
-    print(f"same greedy tokens on Vulkan (llvmpipe): {same} of {n}")
-    sys.exit(0)
-top = cpu[same]["top_logprobs"]
-margin = top[0]["logprob"] - top[1]["logprob"] if len(top) > 1 else float("inf")
-vk_pick = vk[same]["id"]
-near_tie = margin < 0.05 and vk_pick in [t["id"] for t in top[:2]]
-print(f"Vulkan (llvmpipe) = CPU for {same} of {n} tokens, then {cpu[same]['text']!r} (CPU) vs {vk[same]['text']!r}"
-      f" (Vulkan), the CPU's top-2 margin there {margin:.4f} nats: {'a near tie' if near_tie else 'NOT a near tie'}")
-if not near_tie or same < 8:
-    print("RESULT: FAIL (the Vulkan path's greedy tokens differ from the CPU build's)")
-    sys.exit(1)
-PY
+        python3 "$repo/scripts/test/same-greedy.py" "$out/run-cpu.json" "$out/run-vulkan.json" --label "Vulkan (llvmpipe)" |
+            tee -a "$out/fallback.txt" ||
+            { echo "RESULT: FAIL (the Vulkan path's greedy tokens differ from the CPU build's)" | tee -a "$out/fallback.txt"; exit 1; }
     fi
 }
 

@@ -12,7 +12,7 @@
 
 use std::cell::RefCell;
 use std::ffi::{c_char, c_void, CStr};
-use std::sync::Once;
+use std::sync::{Mutex, Once};
 
 use llama_cpp_sys_2 as sys;
 
@@ -60,6 +60,53 @@ pub fn init() {
 
 /// The log levels of ggml, as plain integers so they match any bindgen enum repr
 /// (unsigned on Linux, signed on Windows).
+/// Local GPU devices whose backend state has been set up in this process (ggml device pointers).
+static SET_UP: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
+/// Whether `dev` is a GPU of this machine (not the CPU, not a device on an RPC server).
+#[allow(clippy::unnecessary_cast)]
+fn is_local_gpu(dev: sys::ggml_backend_dev_t) -> bool {
+    // SAFETY: `dev` is a registered device (the registry only grows).
+    let (kind, reg) = unsafe { (sys::ggml_backend_dev_type(dev), sys::ggml_backend_dev_backend_reg(dev)) };
+    let gpu = kind as u32 == sys::GGML_BACKEND_DEVICE_TYPE_GPU as u32
+        || kind as u32 == sys::GGML_BACKEND_DEVICE_TYPE_IGPU as u32;
+    if !gpu || reg.is_null() {
+        return gpu;
+    }
+    // SAFETY: a registered backend's name is a static NUL-terminated string, or null.
+    let name = unsafe { sys::ggml_backend_reg_name(reg) };
+    // SAFETY: checked non-null just before.
+    name.is_null() || unsafe { CStr::from_ptr(name) }.to_bytes() != b"RPC"
+}
+
+/// Sets up each of these local GPU devices' backend state once per process, one device at a
+/// time, before a model load can reach it.
+///
+/// ggml's Vulkan backend creates a device's state the first time anything asks for its buffer
+/// types, without a lock: two threads loading models at once each create it, and one frees
+/// what the other goes on using (a segfault, seen on an H100 through NVIDIA's Vulkan driver,
+/// 2026-12-06). Asking for a device's buffer types here, under one lock, makes that first time
+/// happen on one thread; later loads find the state made. It costs what the first load would
+/// have spent anyway. RPC devices are left alone: theirs is a connection, set up by
+/// [`crate::rpc`].
+pub(crate) fn set_up_devices(devices: &[sys::ggml_backend_dev_t]) {
+    let mut done = SET_UP.lock().unwrap_or_else(|e| e.into_inner());
+    for &dev in devices {
+        if dev.is_null() || done.contains(&(dev as usize)) {
+            continue;
+        }
+        if is_local_gpu(dev) {
+            // SAFETY: plain queries of a registered local device; the results are the
+            // backend's own static buffer types and need no freeing.
+            unsafe {
+                sys::ggml_backend_dev_buffer_type(dev);
+                sys::ggml_backend_dev_host_buffer_type(dev);
+            }
+        }
+        done.push(dev as usize);
+    }
+}
+
 #[allow(clippy::unnecessary_cast)]
 fn level_of(level: u32) -> tracing::Level {
     match level {
@@ -114,6 +161,23 @@ unsafe extern "C" fn log_callback(level: sys::ggml_log_level, text: *const c_cha
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_device_is_set_up_once_and_nulls_are_skipped() {
+        init();
+        // SAFETY: indices below the registry's count.
+        let n = unsafe { sys::ggml_backend_dev_count() };
+        // SAFETY: as above.
+        let mut all: Vec<_> = (0..n).map(|i| unsafe { sys::ggml_backend_dev_get(i) }).collect();
+        all.push(std::ptr::null_mut());
+        set_up_devices(&all);
+        set_up_devices(&all);
+        let done = SET_UP.lock().unwrap();
+        for d in all.iter().filter(|d| !d.is_null()) {
+            assert_eq!(done.iter().filter(|&&x| x == *d as usize).count(), 1);
+        }
+        assert!(!done.contains(&0));
+    }
 
     #[test]
     fn init_is_idempotent() {

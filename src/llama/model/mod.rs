@@ -306,6 +306,18 @@ impl Model {
             params.progress_callback_user_data = state as *mut ProgressState as *mut c_void;
         }
 
+        if !config.vocab_only {
+            // The devices this load may reach: the named list, or else every local GPU
+            // (llama.cpp's default takes them all, and the first one's host buffers).
+            let reach: Vec<sys::ggml_backend_dev_t> = match &devices {
+                Some(list) => list.clone(),
+                // SAFETY: indices below the registry's count.
+                None => (0..unsafe { sys::ggml_backend_dev_count() })
+                    .map(|i| unsafe { sys::ggml_backend_dev_get(i) })
+                    .collect(),
+            };
+            crate::init::set_up_devices(&reach);
+        }
         let (raw, log) = crate::init::capture_log(|| {
             // SAFETY: `c_path` is a valid C string; `params` is fully initialised; the progress
             // state outlives the call.

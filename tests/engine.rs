@@ -115,6 +115,23 @@ fn concurrent_requests_match_requests_run_alone() {
     assert!(stats.generated_tokens >= 32);
 }
 
+/// The warm-up before the first request leaves no trace: the engine starts with no cells in
+/// use and nothing counted, and a request gets exactly what it gets from an engine started
+/// without one.
+#[test]
+fn the_warm_up_leaves_no_trace() {
+    let Some(model) = shared_model() else { return };
+    let config = EngineConfig::default().n_seq_max(2).n_ctx_per_seq(256).n_batch(256).threads(Some(1));
+    let warm = Engine::start(model.clone(), config.clone()).unwrap();
+    let stats = warm.stats();
+    assert_eq!((stats.kv_cells_used, stats.prompt_tokens_computed, stats.generated_tokens), (0, 0, 0), "{stats:?}");
+    let cold = Engine::start(model.clone(), config.warmup(false)).unwrap();
+    for prompt in &PROMPTS[..2] {
+        let got = |e: &Engine| common::tokens_of(e.generate(prompt, &GenerateOptions::greedy(8)).unwrap()).0;
+        assert_eq!(got(&warm), got(&cold), "{prompt}");
+    }
+}
+
 /// In the reproducible mode, what a request gets does not depend on what else the engine
 /// serves: 32 requests (greedy and seeded sampling) from 8 threads each get exactly the tokens
 /// the same request got alone, and the same again after all that. (Without it, a greedy

@@ -45,6 +45,29 @@ fn greedy_generation_is_deterministic_across_runs_and_contexts() {
     assert_eq!(first, other);
 }
 
+/// A warm-up leaves nothing behind: the context then generates what a fresh one does, no
+/// output of the warm-up can be read, and a context already in use is refused untouched.
+#[test]
+fn a_warm_up_leaves_the_context_as_it_found_it() {
+    let model = require_model!();
+    let prompt = "The capital of France is";
+    let expected = greedy_text(&mut common::context(model), prompt, 16);
+    let mut ctx = common::context(model);
+    ctx.warm_up().unwrap();
+    assert_eq!(ctx.seq_pos_max(0).unwrap(), None);
+    assert!(matches!(ctx.logits(1), Err(Error::NoOutput { .. })));
+    assert_eq!(greedy_text(&mut ctx, prompt, 16), expected);
+    // In use: refused, and what sequence 0 holds stays.
+    let held = ctx.seq_pos_max(0).unwrap();
+    assert!(held.is_some());
+    assert!(matches!(ctx.warm_up(), Err(Error::InvalidArgument { .. })));
+    assert_eq!(ctx.seq_pos_max(0).unwrap(), held);
+    // A context of one-token batches and the shortest sequences still warms up.
+    let mut small = Context::new(model, &common::config().n_ctx(16).n_batch(1)).unwrap();
+    small.warm_up().unwrap();
+    assert_eq!(small.seq_pos_max(0).unwrap(), None);
+}
+
 /// Several threads loading models and making contexts at once: each gets the plain greedy
 /// decode. (ggml's Vulkan backend set up its device state without a lock, so two loads at
 /// once crashed the process; rocm-llama sets each device up once before any load.)

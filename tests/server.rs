@@ -231,7 +231,7 @@ fn routes_errors_and_streaming() {
 
 #[test]
 fn a_full_queue_answers_503_and_a_client_that_leaves_frees_its_slot() {
-    let Some(server) = Server::start(&["--parallel", "1", "--queue", "1"]) else { return };
+    let Some(server) = Server::start(&["--parallel", "1", "--queue", "1", "--no-warmup"]) else { return };
     // One long streamed request holds the only slot.
     // A schema keeps it from ending early: no end of generation before a 300-character string.
     let long = r#"{"messages":[{"role":"user","content":"Write."}],"max_tokens":400,"stream":true,"response_format":{"type":"json_schema","json_schema":{"schema":{"type":"object","properties":{"a":{"type":"string","minLength":300}},"required":["a"]}}}}"#;

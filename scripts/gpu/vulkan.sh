@@ -24,6 +24,8 @@
 #   STAGE=run    carry the last part: waits for the builds, joins the model, measures
 #   STAGE=tests  runs the test binaries on the Vulkan libraries (after STAGE=run, or after the
 #                parts when the start was BACKENDS=vulkan SYNTH=0: it joins the model too)
+#   STAGE=warmup a fresh server's first requests with and without its warm-up, on each
+#                backend built (warmup.jsonl)
 # Results in $OUT: run.log, table.txt (the bench table, then the text comparisons),
 # tests.txt, details.tar.gz (every raw file).
 set -uo pipefail
@@ -110,6 +112,29 @@ if [ "$STAGE" = tests ]; then
     done
     grep -h -B2 -A20 -E "^---- |panicked" "$RES"/test-*.txt > "$OUT/test-failures.txt" 2>/dev/null
     tar czf "$OUT/details-tests.tar.gz" -C "$RES" .
+    exit 0
+fi
+
+if [ "$STAGE" = warmup ]; then
+    # The first requests of a fresh server, with and without its warm-up, on each backend
+    # built (scripts/gpu/first-request.py): one run first so the driver's on-disk pipeline
+    # cache is as full as a second start finds it, then the two alternately, three times.
+    [ -f "$MODEL" ] || join_parts "$MODEL" || exit 1
+    : > "$OUT/warmup.jsonl"
+    for b in ${BACKENDS:-vulkan cuda}; do
+        [ -d "$W/build-$b" ] || continue
+        serve=(python3 scripts/gpu/first-request.py "$D" "$MODEL" -ngl all --threads 4)
+        on "$b" "${serve[@]}" --no-warmup > /dev/null 2>> "$RES/warmup.err"
+        for i in 1 2 3; do
+            for w in warm cold; do
+                flag=()
+                [ "$w" = cold ] && flag=(--no-warmup)
+                line="$(on "$b" "${serve[@]}" "${flag[@]}" 2>> "$RES/warmup.err")"
+                echo "{\"backend\": \"$b\", \"run\": $i, \"warmup\": \"$w\", \"result\": $line}" | tee -a "$OUT/warmup.jsonl"
+            done
+        done
+    done
+    cp "$RES/warmup.err" "$OUT/" 2>/dev/null
     exit 0
 fi
 

@@ -103,6 +103,11 @@ pub struct EngineConfig {
     /// with (llama-server's `--model-draft`): the engine keeps a context of it with a sequence
     /// per slot. A request naming another draft model is refused. Not with `reproducible`.
     pub draft: Option<crate::draft::DraftModel>,
+    /// Run the model (and the draft model) once over two tokens before taking requests
+    /// ([`Context::warm_up`](crate::context::Context::warm_up)), default on: the first
+    /// request then does not wait for the backends' first-use work (on Vulkan, compiling the
+    /// compute pipelines). llama-server's `--no-warmup` turns it off.
+    pub warmup: bool,
 }
 
 crate::config::setters!(EngineConfig {
@@ -118,6 +123,7 @@ crate::config::setters!(EngineConfig {
     type_k: KvType,
     type_v: KvType,
     draft_step_tokens: usize,
+    warmup: bool,
 } optional {
     threads: u32,
     control_vector: (crate::adapter::ControlVector, std::ops::RangeInclusive<u32>),
@@ -142,6 +148,7 @@ impl Default for EngineConfig {
             control_vector: None,
             draft_step_tokens: 32,
             draft: None,
+            warmup: true,
         }
     }
 }
@@ -296,7 +303,8 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Spawns the worker thread, which creates the context. Returns once the context exists,
+    /// Spawns the worker thread, which creates the context (and warms it up, see
+    /// [`EngineConfig::warmup`]). Returns once the context exists,
     /// or with the error that prevented it.
     ///
     /// ```
@@ -368,6 +376,9 @@ impl Engine {
                     let made = Context::new(&model, &ctx_config).and_then(|mut c| {
                         if let Some((vector, layers)) = &config.control_vector {
                             c.set_control_vector(Some((vector, layers.clone())))?;
+                        }
+                        if config.warmup {
+                            c.warm_up()?;
                         }
                         Ok(c)
                     });

@@ -228,13 +228,19 @@ impl<'m> Worker<'m> {
             .collect();
         let min_copy = if ctx.kv_unified { 1 } else { MIN_COPY_TOKENS };
         let drafter = match &config.draft {
-            Some(d) => Some(crate::draft::Drafter::new(
-                d,
-                config.n_seq_max,
-                config.n_ctx_per_seq,
-                n_batch as u32,
-                ctx.threads().0,
-            )?),
+            Some(d) => {
+                let mut drafter = crate::draft::Drafter::new(
+                    d,
+                    config.n_seq_max,
+                    config.n_ctx_per_seq,
+                    n_batch as u32,
+                    ctx.threads().0,
+                )?;
+                if config.warmup {
+                    drafter.warm_up()?;
+                }
+                Some(drafter)
+            }
             None => None,
         };
         Ok(Worker {

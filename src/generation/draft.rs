@@ -138,6 +138,11 @@ impl Drafter {
         })
     }
 
+    /// Runs the draft model once before its first guess ([`Context::warm_up`]).
+    pub(crate) fn warm_up(&mut self) -> Result<()> {
+        self.ctx.warm_up()
+    }
+
     /// Whether this context drafts with `draft` for one sequence of at least `n_ctx_seq` tokens.
     pub(crate) fn fits(&self, draft: &DraftModel, n_ctx_seq: u32) -> bool {
         self.draft == *draft && self.caches.len() == 1 && self.n_ctx_seq >= n_ctx_seq as usize

@@ -853,6 +853,36 @@ impl<'m> Context<'m> {
         unsafe { sys::llama_synchronize(self.raw()) };
     }
 
+    /// Runs the model once over two tokens in sequence 0 and forgets them: the backends do
+    /// their first-use work now instead of in the first real request (ggml's Vulkan backend
+    /// compiles the compute pipelines a graph needs the first time it runs, which took 1.3 to
+    /// 5 s on an NVIDIA H100; a CUDA or HIP device starts its runtime; a memory-mapped file's
+    /// pages are read). llama.cpp's tools do the same unless given `--no-warmup`.
+    ///
+    /// The tokens are the model's BOS and EOS (whichever it has, else token 0); the last one
+    /// computes the output head, unless sequence 0 is sampled on the device (its sampler would
+    /// move on). Sequence 0 must be empty; afterwards it is empty again and no output of the
+    /// warm-up can be read.
+    pub fn warm_up(&mut self) -> Result<()> {
+        if self.seq_pos_max(0)?.is_some() {
+            return Err(Error::invalid("warm_up", "sequence 0 must be empty (warm a context up before using it)"));
+        }
+        let vocab = self.model.vocab();
+        let mut tokens: Vec<Token> = [vocab.bos(), vocab.eos()].into_iter().flatten().collect();
+        if tokens.is_empty() {
+            tokens.push(0);
+        }
+        tokens.truncate(self.n_batch.min(self.n_ctx_seq) as usize);
+        let mut batch = Batch::new(tokens.len(), 1)?;
+        batch.add_sequence(&tokens, 0, 0, !self.has_device_sampler(0))?;
+        let ran = self.decode(&batch);
+        self.synchronize();
+        // Whatever the decode did, sequence 0 is left as it was found.
+        self.seq_remove(Some(0), ..)?;
+        self.outputs.clear();
+        ran
+    }
+
     fn check_output(&self, index: i32) -> Result<()> {
         match usize::try_from(index).ok().and_then(|i| self.outputs.get(i)) {
             Some(Output::Logits) => Ok(()),

@@ -445,8 +445,9 @@ pub struct ModelArgs {
     /// reclaimable).
     #[arg(long, hide = true)]
     pub mlock: bool,
-    /// Accepted for llama.cpp's sake; there is no warm-up run to skip.
-    #[arg(long, hide = true)]
+    /// `serve`: take requests without running the model once first (the first request then
+    /// waits for the backends' first-use work, such as Vulkan compiling its pipelines).
+    #[arg(long)]
     pub no_warmup: bool,
     /// llama.cpp's metadata overrides (KEY=TYPE:VALUE): not supported; refused with a reason.
     #[arg(long, hide = true, value_name = "KEY=TYPE:VALUE")]
@@ -474,7 +475,7 @@ impl ModelArgs {
             eprintln!("note: --mlock has no effect here");
         }
         if self.no_warmup {
-            eprintln!("note: --no-warmup has no effect here (there is no warm-up run)");
+            eprintln!("note: --no-warmup has no effect here (only serve runs a warm-up)");
         }
         Ok(())
     }

@@ -116,8 +116,9 @@ pub struct ServeArgs {
     timeout: u64,
 }
 
-pub fn serve(args: ServeArgs) -> AnyResult<()> {
-    args.model.check_compat()?;
+pub fn serve(mut args: ServeArgs) -> AnyResult<()> {
+    // The warm-up is the engine's (EngineConfig::warmup), not the load's.
+    let warmup = !std::mem::take(&mut args.model.no_warmup);
     if args.no_cont_batching {
         return Err(UserError::boxed("--no-cont-batching (-nocb): batching is always continuous here"));
     }
@@ -173,7 +174,8 @@ pub fn serve(args: ServeArgs) -> AnyResult<()> {
             .reproducible(args.reproducible)
             .draft_step_tokens(args.spec_step_tokens)
             .type_k(args.cache_type_k.into())
-            .type_v(args.cache_type_v.into()),
+            .type_v(args.cache_type_v.into())
+            .warmup(warmup),
     )?;
     if let Some(dir) = &args.slot_save_path {
         std::fs::create_dir_all(dir)

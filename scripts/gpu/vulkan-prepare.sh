@@ -11,6 +11,10 @@
 #                            build, for the first call
 #   .dev/vk/bin.tar          the dynamic-link binary, its tests and the static vulkan build
 #                            (target/vulkan, when built) for the run
+#   .dev/vk/data.tar         test data the machine cannot fetch: the published chat templates
+#                            (scripts/test/templates.sh) and llama.cpp's llama-embedding built
+#                            here for the CPU (scripts/test/llama-embedding.sh), the reference
+#                            tests/embeddings.rs compares the Vulkan vectors with
 #   .dev/m/part-*, sha256    the test model in parts of $PART_SIZE (default 58M)
 #   .gl/*.deb                the Vulkan loader and glvnd (the device manual's route)
 set -euo pipefail
@@ -31,6 +35,10 @@ if [ -x target/vulkan/release/rocm-llama ]; then
 fi
 tar cJf "$tmp/tests.tar.xz" -C .dev rocm-llama tests bin-path
 tar cf .dev/vk/bin.tar -C "$tmp" tests.tar.xz $(cd "$tmp" && ls rocm-llama-vulkan.xz 2>/dev/null)
+
+templates="$(bash scripts/test/templates.sh)"
+embedding="$(bash scripts/test/llama-embedding.sh)"
+tar cf .dev/vk/data.tar -C "$(dirname "$templates")" "$(basename "$templates")" -C "$(dirname "$embedding")" llama-embedding
 
 rm -f .dev/m/part-*
 split -b "${PART_SIZE:-58M}" "$model" .dev/m/part-

@@ -39,6 +39,7 @@ start)
     for f in .gl/*.deb; do dpkg -x "$f" /; done
     ldconfig
     tar xf .dev/vk/src.tar -C "$W" && tar xf .dev/vk/bin.tar -C "$W" || { log "cannot unpack .dev/vk"; exit 1; }
+    mkdir -p "$W/data" && tar xf .dev/vk/data.tar -C "$W/data" 2>/dev/null
     tar xJf "$W/vulkan-sdk.tar.xz" -C "$W"
     mkdir -p "$W/dev" && tar xJf "$W/tests.tar.xz" -C "$W/dev"
     xz -dc "$W/rocm-llama-cpu.xz" > "$W/rocm-llama-cpu" && chmod +x "$W/rocm-llama-cpu"
@@ -92,18 +93,23 @@ on() {
 
 if [ "$STAGE" = tests ]; then
     keep_parts
-    for _ in $(seq 90); do [ -f "$W/build.done" ] && break; sleep 5; done
+    # Only the Vulkan build is needed (build-tools.sh writes .cmake-extra when one is done).
+    for _ in $(seq 90); do [ -f "$W/build-vulkan/.cmake-extra" ] && break; sleep 5; done
     join_parts "$MODEL" || exit 1
     bin_path="$(cat "$W/dev/bin-path")"
     mkdir -p "$(dirname "$bin_path")" && cp "$D" "$bin_path"
     export ROCM_LLAMA_TEST_MODEL="$MODEL"
+    # The test data carried in .dev/vk/data.tar; llama-embedding runs on the CPU.
+    [ -d "$W/data/chat-templates" ] && export ROCM_LLAMA_TEST_TEMPLATES="$W/data/chat-templates"
+    [ -x "$W/data/llama-embedding" ] && export ROCM_LLAMA_LLAMA_EMBEDDING="$W/data/llama-embedding"
     on vulkan "$D" devices > "$RES/tests-devices.txt" 2>&1
     # Left out: the build preflights (CMake checks, no GPU), pull and inventory (network and
-    # downloads), chat_templates (fetches the sdist), the fuzzers (CPU time, no GPU path).
+    # downloads), chat_templates (templating only), tokenizer (llama.cpp's test vocabularies,
+    # 75 MB, loaded without weights: no GPU path), the fuzzers (CPU time, no GPU path).
     : > "$OUT/tests.txt"
     for t in "$W"/dev/tests/*; do
         name=$(basename "$t")
-        case "$name" in hip_preflight | vulkan_preflight | pull | inventory | chat_templates | fuzz | fuzz_wire) continue ;; esac
+        case "$name" in hip_preflight | vulkan_preflight | pull | inventory | chat_templates | tokenizer | fuzz | fuzz_wire) continue ;; esac
         start=$(date +%s)
         on vulkan timeout 240 "$t" --test-threads 4 > "$RES/test-$name.txt" 2>&1
         rc=$?
@@ -120,6 +126,7 @@ if [ "$STAGE" = warmup ]; then
     # built (scripts/gpu/first-request.py): one run first so the driver's on-disk pipeline
     # cache is as full as a second start finds it, then the two alternately, three times.
     [ -f "$MODEL" ] || join_parts "$MODEL" || exit 1
+    for _ in $(seq 90); do [ -f "$W/build.done" ] && break; sleep 5; done
     : > "$OUT/warmup.jsonl"
     for b in ${BACKENDS:-vulkan cuda}; do
         [ -d "$W/build-$b" ] || continue

@@ -92,6 +92,7 @@ fn layers_split_over_two_servers_and_the_cpu_give_the_local_greedy_output() {
     let local = Model::load(&path, &LoadConfig::default().cpu_repack(false)).unwrap();
     let prompt = "The capital of France is";
     let want = greedy_ids(&local, prompt, 32);
+    let reference = common::greedy_reference(&local, prompt, 32);
     drop(local);
 
     let devices = rocm_llama::rpc::devices(&servers, rocm_llama::rpc::DEFAULT_TIMEOUT).unwrap();
@@ -109,7 +110,15 @@ fn layers_split_over_two_servers_and_the_cpu_give_the_local_greedy_output() {
         assert!(weights.iter().any(|w| w.contains(server.as_str())), "no weights on {server}: {weights:?}");
     }
     assert!(weights.iter().any(|w| w.starts_with("CPU")), "no weights on this CPU: {weights:?}");
-    assert_eq!(greedy_ids(&model, prompt, 32), want, "greedy tokens over RPC differ from the local run");
+    let got = greedy_ids(&model, prompt, 32);
+    if rocm_llama::available() {
+        // With a GPU the local run and the split one compute on different backends (the
+        // servers offer the GPU, the layers kept here run on the CPU), so they may part at a
+        // near tie: on an H100 through Vulkan they parted at token 11 (2026-12-06).
+        common::assert_greedy_matches(&reference, &got, "greedy tokens over RPC");
+    } else {
+        assert_eq!(got, want, "greedy tokens over RPC differ from the local run");
+    }
 
     // fit plans over the remote devices and keeps the servers in the config it returns.
     let (fitted, plan) =
@@ -242,7 +251,9 @@ fn rpc_server_on_the_command_line_says_where_warns_off_loopback_and_stops_on_ctr
     let mut first = String::new();
     stderr.read_line(&mut first).unwrap();
     let endpoint = format!("127.0.0.1:{port}");
-    assert!(first.contains("offering CPU") && first.contains(&endpoint) && first.contains("free of"), "{first}");
+    // The first GPU where there is one ("offering Vulkan0 (NVIDIA H100 ...)"), else the CPU.
+    let offers = if rocm_llama::available() { "offering " } else { "offering CPU" };
+    assert!(first.contains(offers) && first.contains(&endpoint) && first.contains("free of"), "{first}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(&endpoint).is_err() {
         assert!(Instant::now() < deadline);

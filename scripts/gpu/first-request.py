@@ -6,7 +6,8 @@
 Starts the server on a free port, notes when it prints its address (ready), then sends three
 one-token completions one after the other, each a different prompt, and stops it. Prints one
 JSON line: seconds from the start to ready, and each request's seconds with its
-`timings.prompt_ms` (the prompt's decode as the server measured it). With the warm-up the
+`timings.prompt_ms` (llama-server's `/completion`: the time to the first token as the server
+measured it). With the warm-up the
 backends' first-use work falls before ready; with --no-warmup, into the first request.
 """
 import json
@@ -35,11 +36,12 @@ def main():
         if base is None:
             sys.exit(f"the server stopped before it listened: {server.wait()}")
         result["ready_s"] = round(time.monotonic() - start, 3)
+        root = base.rsplit("/v1", 1)[0]
         requests = []
         for prompt in PROMPTS:
-            body = json.dumps({"prompt": prompt, "max_tokens": 1, "temperature": 0}).encode()
+            body = json.dumps({"prompt": prompt, "n_predict": 1, "temperature": 0}).encode()
             req = urllib.request.Request(
-                f"http://{base}/completions", body, {"Content-Type": "application/json"}
+                f"http://{root}/completion", body, {"Content-Type": "application/json"}
             )
             t0 = time.monotonic()
             with urllib.request.urlopen(req, timeout=300) as answer:

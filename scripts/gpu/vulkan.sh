@@ -110,6 +110,8 @@ if [ "$STAGE" = tests ]; then
     for t in "$W"/dev/tests/*; do
         name=$(basename "$t")
         case "$name" in hip_preflight | vulkan_preflight | pull | inventory | chat_templates | tokenizer | fuzz | fuzz_wire) continue ;; esac
+        # ONLY="rpc embeddings": just those binaries.
+        if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then continue; fi
         start=$(date +%s)
         on vulkan timeout 240 "$t" --test-threads 4 > "$RES/test-$name.txt" 2>&1
         rc=$?
@@ -125,8 +127,9 @@ if [ "$STAGE" = warmup ]; then
     # The first requests of a fresh server, with and without its warm-up, on each backend
     # built (scripts/gpu/first-request.py): one run first so the driver's on-disk pipeline
     # cache is as full as a second start finds it, then the two alternately, three times.
-    [ -f "$MODEL" ] || join_parts "$MODEL" || exit 1
+    keep_parts
     for _ in $(seq 90); do [ -f "$W/build.done" ] && break; sleep 5; done
+    join_parts "$MODEL" || exit 1
     : > "$OUT/warmup.jsonl"
     for b in ${BACKENDS:-vulkan cuda}; do
         [ -d "$W/build-$b" ] || continue
@@ -136,8 +139,13 @@ if [ "$STAGE" = warmup ]; then
             for w in warm cold; do
                 flag=()
                 [ "$w" = cold ] && flag=(--no-warmup)
-                line="$(on "$b" "${serve[@]}" "${flag[@]}" 2>> "$RES/warmup.err")"
-                echo "{\"backend\": \"$b\", \"run\": $i, \"warmup\": \"$w\", \"result\": $line}" | tee -a "$OUT/warmup.jsonl"
+                # FRESH_CACHE=1: the NVIDIA driver's shader cache starts empty for each server,
+                # as on a machine's first run (or after a driver update).
+                cache=""
+                [ "${FRESH_CACHE:-0}" = 1 ] && cache="$(mktemp -d)"
+                line="$([ -n "$cache" ] && export __GL_SHADER_DISK_CACHE_PATH="$cache"
+                    on "$b" "${serve[@]}" "${flag[@]}" 2>> "$RES/warmup.err")"
+                echo "{\"backend\": \"$b\", \"run\": $i, \"warmup\": \"$w\", \"fresh_cache\": ${FRESH_CACHE:-0}, \"cache_kib\": $([ -n "$cache" ] && du -sk "$cache" | cut -f1 || echo null), \"result\": $line}" | tee -a "$OUT/warmup.jsonl"
             done
         done
     done

@@ -377,9 +377,6 @@ impl Engine {
                         if let Some((vector, layers)) = &config.control_vector {
                             c.set_control_vector(Some((vector, layers.clone())))?;
                         }
-                        if config.warmup {
-                            c.warm_up()?;
-                        }
                         Ok(c)
                     });
                     let ctx = match made {

@@ -221,28 +221,30 @@ pub(crate) struct Worker<'m> {
 }
 
 impl<'m> Worker<'m> {
-    pub(crate) fn new(ctx: Context<'m>, config: &EngineConfig, stats: Arc<SharedStats>) -> Result<Self> {
+    pub(crate) fn new(mut ctx: Context<'m>, config: &EngineConfig, stats: Arc<SharedStats>) -> Result<Self> {
         let n_batch = ctx.n_batch() as usize;
         let slots = (0..config.n_seq_max as SeqId)
             .map(|seq| Slot { seq, device_sampler: None, cached: SeqCache::default(), prompt_cells: 0, active: None })
             .collect();
         let min_copy = if ctx.kv_unified { 1 } else { MIN_COPY_TOKENS };
-        let drafter = match &config.draft {
-            Some(d) => {
-                let mut drafter = crate::draft::Drafter::new(
-                    d,
-                    config.n_seq_max,
-                    config.n_ctx_per_seq,
-                    n_batch as u32,
-                    ctx.threads().0,
-                )?;
-                if config.warmup {
-                    drafter.warm_up()?;
-                }
-                Some(drafter)
-            }
+        let mut drafter = match &config.draft {
+            Some(d) => Some(crate::draft::Drafter::new(
+                d,
+                config.n_seq_max,
+                config.n_ctx_per_seq,
+                n_batch as u32,
+                ctx.threads().0,
+            )?),
             None => None,
         };
+        // Both models once before the first request (EngineConfig::warmup), so that it does
+        // not wait for the backend's first-use work.
+        if config.warmup {
+            ctx.warm_up()?;
+            if let Some(drafter) = &mut drafter {
+                drafter.warm_up()?;
+            }
+        }
         Ok(Worker {
             batch: Batch::new(n_batch, 1)?,
             ctx,

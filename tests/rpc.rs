@@ -455,6 +455,13 @@ fn malformed_commands_end_their_own_connection_and_clients_are_served_side_by_si
     if !answered {
         assert!(log.contains("the worker ended during get_device_memory"), "{log}");
     }
+    // Its worker, where it answered, ends with its connection; the next case counts workers.
+    drop(c);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while workers_of(server.child.id()) > 0 {
+        assert!(Instant::now() < deadline, "a worker outlived its client: {}", server.log.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     for refused in [
         "set_tensor request of 9223372036854775808 bytes from a client that holds no buffer",
         "node 0 is tensor 0x0",
@@ -464,8 +471,10 @@ fn malformed_commands_end_their_own_connection_and_clients_are_served_side_by_si
         assert!(log.contains(refused), "no `{refused}` in the log: {log}");
     }
 
-    // A graph that would run for hours (2^46 additions over rows of stride 0): its client
-    // leaves without waiting, and its worker ends with it.
+    // A graph that would run for hours on the CPU (2^50 additions over rows of stride 0): its
+    // client leaves without waiting, and its worker ends with it. (ggml's Vulkan backend
+    // counts a node's elements in 32 bits and computes none of these, so there the answer
+    // may come before the client leaves; the worker must end all the same.)
     let mut c = RawClient::connect(&server.endpoint);
     let (buf, base) = c.alloc(4096);
     let long = |id, data, op, src: &[u64]| {
@@ -489,7 +498,9 @@ fn malformed_commands_end_their_own_connection_and_clients_are_served_side_by_si
         assert!(Instant::now() < deadline, "the worker outlived its client: {}", server.log.lock().unwrap());
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(server.log.lock().unwrap().contains("it left while its worker computed get_device_memory"));
+    if !rocm_llama::available() {
+        assert!(server.log.lock().unwrap().contains("it left while its worker computed get_device_memory"));
+    }
 
     // A client that holds its connection (and worker) without a word keeps no one else out:
     // a model loads and generates over the same server meanwhile.

@@ -24,6 +24,8 @@
 #   STAGE=run    carry the last part: waits for the builds, joins the model, measures
 #   STAGE=tests  runs the test binaries on the Vulkan libraries (after STAGE=run, or after the
 #                parts when the start was BACKENDS=vulkan SYNTH=0: it joins the model too)
+#   STAGE=rpc-leave  an rpc-server worker whose client leaves while the GPU computes
+#                (rpc-leave.txt; needs only the Vulkan build)
 #   STAGE=warmup a fresh server's first requests with and without its warm-up, on each
 #                backend built (warmup.jsonl)
 # Results in $OUT: run.log, table.txt (the bench table, then the text comparisons),
@@ -120,6 +122,14 @@ if [ "$STAGE" = tests ]; then
     done
     grep -h -B2 -A20 -E "^---- |panicked" "$RES"/test-*.txt > "$OUT/test-failures.txt" 2>/dev/null
     tar czf "$OUT/details-tests.tar.gz" -C "$RES" .
+    exit 0
+fi
+
+if [ "$STAGE" = rpc-leave ]; then
+    # An rpc-server worker whose client leaves while the GPU computes (scripts/gpu/rpc-leave.py):
+    # needs only the Vulkan build, no model.
+    for _ in $(seq 90); do [ -f "$W/build-vulkan/.cmake-extra" ] && break; sleep 5; done
+    on vulkan python3 scripts/gpu/rpc-leave.py "$D" --linger-limit "${LINGER_LIMIT:-200}" 2>&1 | tee "$OUT/rpc-leave.txt"
     exit 0
 fi
 

@@ -129,7 +129,7 @@ if [ "$STAGE" = rpc-leave ]; then
     # An rpc-server worker whose client leaves while the GPU computes (scripts/gpu/rpc-leave.py):
     # needs only the Vulkan build, no model.
     for _ in $(seq 90); do [ -f "$W/build-vulkan/.cmake-extra" ] && break; sleep 5; done
-    on vulkan python3 scripts/gpu/rpc-leave.py "$D" --linger-limit "${LINGER_LIMIT:-200}" 2>&1 | tee "$OUT/rpc-leave.txt"
+    on vulkan python3 scripts/gpu/rpc-leave.py "$D" --linger-limit "${LINGER_LIMIT:-200}" --busy "${BUSY:-120}" --answer-limit "${ANSWER_LIMIT:-60}" 2>&1 | tee "$OUT/rpc-leave.txt"
     exit 0
 fi
 

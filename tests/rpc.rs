@@ -367,6 +367,15 @@ fn workers_of(pid: u32) -> usize {
         .count()
 }
 
+/// Waits until the server has no worker left, at most `limit`: each worker ends with its client.
+fn no_workers_within(server: &RpcServer, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while workers_of(server.child.id()) > 0 {
+        assert!(Instant::now() < deadline, "a worker outlived its client: {}", server.log.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A serialized F32 tensor (ggml's packed `rpc_tensor`) of `ne` elements, contiguous.
 fn rpc_tensor(id: u64, buffer: u64, data: u64, ne: [u32; 4], op: u32, src: &[u64]) -> Vec<u8> {
     let mut t = id.to_le_bytes().to_vec();
@@ -457,11 +466,7 @@ fn malformed_commands_end_their_own_connection_and_clients_are_served_side_by_si
     }
     // Its worker, where it answered, ends with its connection; the next case counts workers.
     drop(c);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while workers_of(server.child.id()) > 0 {
-        assert!(Instant::now() < deadline, "a worker outlived its client: {}", server.log.lock().unwrap());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    no_workers_within(&server, Duration::from_secs(60));
     for refused in [
         "set_tensor request of 9223372036854775808 bytes from a client that holds no buffer",
         "node 0 is tensor 0x0",
@@ -494,10 +499,7 @@ fn malformed_commands_end_their_own_connection_and_clients_are_served_side_by_si
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(c);
-    while workers_of(server.child.id()) > 0 {
-        assert!(Instant::now() < deadline, "the worker outlived its client: {}", server.log.lock().unwrap());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    no_workers_within(&server, deadline.saturating_duration_since(Instant::now()));
     if !rocm_llama::available() {
         assert!(server.log.lock().unwrap().contains("it left while its worker computed get_device_memory"));
     }
